@@ -1,0 +1,46 @@
+"""The few places where the pack touches ComfyUI internals: device, model folders, progress, memory."""
+
+from __future__ import annotations
+
+import logging
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+import torch
+
+log = logging.getLogger("qwenfit")
+
+
+def compute_device() -> torch.device:
+    """The device ComfyUI runs models on (the CPU under --cpu)."""
+    device = comfy.model_management.get_torch_device()
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def diffusers_model_roots() -> list[str]:
+    """Every folder ComfyUI (and extra_model_paths.yaml) names for diffusers-format models."""
+    return list(folder_paths.get_folder_paths("diffusers"))
+
+
+def free_comfy_models() -> None:
+    """Unload ComfyUI's own models before we load ours, so the two never compete for VRAM."""
+    comfy.model_management.unload_all_models()
+    comfy.model_management.soft_empty_cache()
+
+
+def after_run() -> None:
+    """Give cached GPU blocks back after a run, as ComfyUI's own nodes do."""
+    comfy.model_management.soft_empty_cache()
+
+
+def progress_callback(total: int, node_id: str | None):
+    """One ComfyUI progress update per denoising step; ComfyUI's Cancel raises from it."""
+    bar = comfy.utils.ProgressBar(total, node_id=node_id)
+
+    def on_step(done: int, steps: int) -> None:
+        bar.update_absolute(done, steps)
+
+    return on_step

@@ -1,0 +1,87 @@
+"""Instruction editing with Qwen-Image-Edit-2509/2511 (diffusers' Edit-Plus pipeline)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from .errors import QwenFitError
+from .images import numpy_to_tensor
+from .loading import LoadedPipeline
+from .runs import Stopwatch, StepCallback, check_steps, generator_for, prepared, step_callback
+
+MAX_REFERENCES = 3
+# Output sides must be multiples of 16 (8x VAE scale, 2x2 patches).
+SIZE_MULTIPLE = 16
+MIN_SIZE, MAX_SIZE = 64, 4096
+
+
+@dataclass(frozen=True)
+class EditJob:
+    """One edit request. width/height 0 means about 1 megapixel at the first reference's aspect."""
+
+    prompt: str
+    negative_prompt: str = " "
+    true_cfg_scale: float = 4.0
+    steps: int = 40
+    seed: int = 0
+    width: int = 0
+    height: int = 0
+
+
+@dataclass(frozen=True)
+class EditResult:
+    image: torch.Tensor  # [1, H, W, 3] float in 0..1
+    seconds: float
+    report: str
+
+
+def _check_size(job: EditJob) -> None:
+    if (job.width == 0) != (job.height == 0):
+        raise QwenFitError("set both width and height, or both to 0 for the automatic ~1 megapixel size.")
+    for side, value in (("width", job.width), ("height", job.height)):
+        if value and (value % SIZE_MULTIPLE or not MIN_SIZE <= value <= MAX_SIZE):
+            raise QwenFitError(
+                f"{side}={value} is not usable: use a multiple of {SIZE_MULTIPLE} from {MIN_SIZE} to {MAX_SIZE}, "
+                "or 0 for automatic."
+            )
+
+
+def run_edit(loaded: LoadedPipeline, references: list[Image.Image], job: EditJob,
+             on_step: StepCallback | None = None) -> EditResult:
+    """Edit ``references`` (1 to 3 RGB images) as ``job.prompt`` says; returns one image."""
+    if not loaded.variant.is_edit:
+        raise QwenFitError(
+            f"'{loaded.name}' is a {loaded.variant.value} model; InstructEdit needs Qwen-Image-Edit-2509 or 2511. "
+            "Load an Edit model, or use LayeredDecompose with this one."
+        )
+    if not 1 <= len(references) <= MAX_REFERENCES:
+        raise QwenFitError(f"InstructEdit takes 1 to {MAX_REFERENCES} reference images, got {len(references)}.")
+    if not job.prompt.strip():
+        raise QwenFitError("the edit prompt is empty; say what to change.")
+    check_steps(job.steps)
+    _check_size(job)
+    clock = Stopwatch()
+    with prepared(loaded):
+        output = loaded.pipeline(
+            image=references,
+            prompt=job.prompt,
+            negative_prompt=job.negative_prompt,
+            true_cfg_scale=job.true_cfg_scale,
+            num_inference_steps=job.steps,
+            width=job.width or None,
+            height=job.height or None,
+            generator=generator_for(job.seed),
+            output_type="np",
+            callback_on_step_end=step_callback(job.steps, on_step),
+        )
+    image = numpy_to_tensor(output.images)
+    cfg = job.true_cfg_scale > 1 and job.negative_prompt is not None
+    report = (
+        f"{loaded.name} ({loaded.variant.value}): {len(references)} reference(s) -> "
+        f"{image.shape[2]}x{image.shape[1]}, {job.steps} steps, CFG {'on' if cfg else 'off'} "
+        f"({job.true_cfg_scale:g}), seed {job.seed}, {clock.seconds:.1f} s\n{loaded.plan.describe()}"
+    )
+    return EditResult(image=image, seconds=clock.seconds, report=report)

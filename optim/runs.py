@@ -1,0 +1,65 @@
+"""What every generation shares: seeding, per-step progress, VAE settings, timing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from .errors import QwenFitError
+from .loading import LoadedPipeline
+from .placement import apply_vae_settings
+
+# Called after every denoising step with (steps done, total steps). A host's progress bar
+# lives here; raising from it (ComfyUI's Cancel does) stops the run within one step.
+StepCallback = Callable[[int, int], None]
+
+MAX_STEPS = 200
+
+
+def check_steps(steps: int) -> None:
+    """Refuse step counts outside 1..MAX_STEPS."""
+    if not 1 <= steps <= MAX_STEPS:
+        raise QwenFitError(f"steps={steps} is out of range; use 1 to {MAX_STEPS} (40-50 is typical, 4-8 with Lightning).")
+
+
+def generator_for(seed: int) -> torch.Generator:
+    """A CPU generator: the same seed gives the same noise on any device."""
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def step_callback(total: int, on_step: StepCallback | None) -> Callable[..., dict[str, Any]]:
+    """Adapt a (done, total) callback to diffusers' ``callback_on_step_end``."""
+
+    def callback(_pipeline: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        if on_step is not None:
+            on_step(step + 1, total)
+        return tensors
+
+    return callback
+
+
+@contextmanager
+def prepared(loaded: LoadedPipeline) -> Iterator[None]:
+    """Set the run's VAE handling; always leave the GPU cache clean, also after an error."""
+    apply_vae_settings(loaded.pipeline, loaded.plan)
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+class Stopwatch:
+    """Wall-clock seconds since creation."""
+
+    def __init__(self) -> None:
+        self._start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self._start

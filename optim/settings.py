@@ -1,0 +1,60 @@
+"""Immutable descriptions of the user's choices (precision, offload, VAE).
+
+Settings are values, not mutations: the settings nodes return these, the loader and the
+run functions turn them into a plan. They are frozen and hashable, so they can key caches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from .errors import QwenFitError
+
+# "auto" lets the planner decide: bf16 on a GPU, fp32 on a CPU (bf16 matmuls are slow there).
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+OFFLOAD_MODES = ("auto", "none", "model", "blocks")
+SWITCHES = ("auto", "on", "off")
+
+
+def _check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise QwenFitError(f"{field}={value!r} is not supported; pick one of {', '.join(allowed)}.")
+
+
+@dataclass(frozen=True)
+class PrecisionSettings:
+    """Compute/storage dtype per component."""
+
+    transformer: str = "auto"
+    text_encoder: str = "auto"
+    vae: str = "auto"
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _check_choice(f"precision of {f.name}", getattr(self, f.name), PRECISIONS)
+
+
+@dataclass(frozen=True)
+class OffloadSettings:
+    """Where weights live between uses.
+
+    ``none`` keeps everything on the GPU, ``model`` moves whole components on and off
+    the GPU, ``blocks`` streams transformer blocks from host memory; ``auto`` decides.
+    """
+
+    mode: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_choice("offload mode", self.mode, OFFLOAD_MODES)
+
+
+@dataclass(frozen=True)
+class VaeSettings:
+    """VAE tiling (bounded decode memory for large images) and slicing (one image at a time)."""
+
+    tiling: str = "auto"
+    slicing: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_choice("VAE tiling", self.tiling, SWITCHES)
+        _check_choice("VAE slicing", self.slicing, SWITCHES)

@@ -11,7 +11,13 @@ from .monitor import VRAMMonitor
 from .settings import OffloadToggle, PrecisionSelector, VAESlicer
 
 NODES: list[type[io.ComfyNode]] = [
-    OptimizedLoader, PrecisionSelector, OffloadToggle, VAESlicer, InstructEdit, LayeredDecompose, VRAMMonitor,
+    OptimizedLoader,
+    PrecisionSelector,
+    OffloadToggle,
+    VAESlicer,
+    InstructEdit,
+    LayeredDecompose,
+    VRAMMonitor,
 ]
 
 

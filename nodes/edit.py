@@ -22,33 +22,70 @@ class InstructEdit(io.ComfyNode):
             display_name="QwenFit Instruct Edit",
             category=CATEGORY,
             description="Edit images by instruction with Qwen-Image-Edit-2509/2511. Each image of a connected "
-                        "batch counts as one reference (up to 3 in all).",
+            "batch counts as one reference (up to 3 in all).",
             inputs=[
                 QwenPipeline.Input("pipeline", tooltip="From QwenFit Optimized Loader (an Edit model)."),
                 io.Image.Input("image", tooltip="The picture to edit (reference 1; sets the aspect ratio)."),
                 io.String.Input("prompt", multiline=True, default="", tooltip="What to change."),
-                io.String.Input("negative_prompt", multiline=True, default=" ",
-                                tooltip="Kept at a single space by default so true CFG runs, as the model "
-                                        "authors recommend."),
-                io.Float.Input("true_cfg_scale", default=4.0, min=1.0, max=20.0, step=0.1,
-                               tooltip="1 turns CFG off (twice as fast)."),
+                io.String.Input(
+                    "negative_prompt",
+                    multiline=True,
+                    default=" ",
+                    tooltip="Kept at a single space by default so true CFG runs, as the model authors recommend.",
+                ),
+                io.Float.Input(
+                    "true_cfg_scale",
+                    default=4.0,
+                    min=1.0,
+                    max=20.0,
+                    step=0.1,
+                    tooltip="1 turns CFG off (twice as fast).",
+                ),
                 io.Int.Input("steps", default=40, min=1, max=MAX_STEPS),
                 io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True),
-                io.Int.Input("width", default=0, min=0, max=MAX_SIZE, step=SIZE_MULTIPLE,
-                             tooltip="0 with height 0: about 1 megapixel at the first reference's aspect."),
+                io.Int.Input(
+                    "width",
+                    default=0,
+                    min=0,
+                    max=MAX_SIZE,
+                    step=SIZE_MULTIPLE,
+                    tooltip="0 with height 0: about 1 megapixel at the first reference's aspect.",
+                ),
                 io.Int.Input("height", default=0, min=0, max=MAX_SIZE, step=SIZE_MULTIPLE),
                 io.Image.Input("image2", optional=True, tooltip="Optional reference 2."),
                 io.Image.Input("image3", optional=True, tooltip="Optional reference 3."),
             ],
-            outputs=[io.Image.Output("edited", display_name="edited"), io.String.Output("report", display_name="report")],
+            outputs=[
+                io.Image.Output("edited", display_name="edited"),
+                io.String.Output("report", display_name="report"),
+            ],
         )
 
     @classmethod
-    def execute(cls, pipeline: LoadedPipeline, image, prompt: str, negative_prompt: str, true_cfg_scale: float,
-                steps: int, seed: int, width: int, height: int, image2=None, image3=None) -> io.NodeOutput:
+    def execute(
+        cls,
+        pipeline: LoadedPipeline,
+        image,
+        prompt: str,
+        negative_prompt: str,
+        true_cfg_scale: float,
+        steps: int,
+        seed: int,
+        width: int,
+        height: int,
+        image2=None,
+        image3=None,
+    ) -> io.NodeOutput:
         references = images_from_batches([("image", image), ("image2", image2), ("image3", image3)])
-        job = EditJob(prompt=prompt, negative_prompt=negative_prompt, true_cfg_scale=true_cfg_scale,
-                      steps=steps, seed=seed, width=width, height=height)
+        job = EditJob(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            true_cfg_scale=true_cfg_scale,
+            steps=steps,
+            seed=seed,
+            width=width,
+            height=height,
+        )
         try:
             result = run_edit(pipeline, references, job, on_step=progress_callback(steps, None))
         finally:

@@ -27,36 +27,71 @@ class LayeredDecompose(io.ComfyNode):
             inputs=[
                 QwenPipeline.Input("pipeline", tooltip="From QwenFit Optimized Loader (a Layered model)."),
                 io.Image.Input("image", tooltip="The picture to split (first image of the batch)."),
-                io.Mask.Input("mask", optional=True,
-                              tooltip="Optional alpha, as Load Image gives it (1 = transparent)."),
+                io.Mask.Input(
+                    "mask", optional=True, tooltip="Optional alpha, as Load Image gives it (1 = transparent)."
+                ),
                 io.Int.Input("layers", default=4, min=MIN_LAYERS, max=MAX_LAYERS),
-                io.Combo.Input("resolution", options=[str(r) for r in RESOLUTIONS], default="640",
-                               tooltip="640 is what the authors recommend; 1024 is about 2.5x slower."),
-                io.String.Input("prompt", multiline=True, default="",
-                                tooltip="Describe the image. Empty: the model captions it itself, which costs "
-                                        "a 7B-model text generation."),
+                io.Combo.Input(
+                    "resolution",
+                    options=[str(r) for r in RESOLUTIONS],
+                    default="640",
+                    tooltip="640 is what the authors recommend; 1024 is about 2.5x slower.",
+                ),
+                io.String.Input(
+                    "prompt",
+                    multiline=True,
+                    default="",
+                    tooltip="Describe the image. Empty: the model captions it itself, which costs "
+                    "a 7B-model text generation.",
+                ),
                 io.String.Input("negative_prompt", multiline=True, default=" "),
                 io.Float.Input("true_cfg_scale", default=4.0, min=1.0, max=20.0, step=0.1),
                 io.Int.Input("steps", default=50, min=1, max=MAX_STEPS),
                 io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True),
             ],
             outputs=[
-                io.Image.Output("layer_images", display_name="layer_images", tooltip="RGB of each layer, bottom first."),
-                io.Mask.Output("layer_masks", display_name="layer_masks", tooltip="Each layer's transparency, 1 = transparent (as Load Image); "
-                                               "Join Image with Alpha turns layers + mask into RGBA."),
-                io.Image.Output("preview", display_name="preview", tooltip="All layers composited over a checkerboard."),
+                io.Image.Output(
+                    "layer_images", display_name="layer_images", tooltip="RGB of each layer, bottom first."
+                ),
+                io.Mask.Output(
+                    "layer_masks",
+                    display_name="layer_masks",
+                    tooltip="Each layer's transparency, 1 = transparent (as Load Image); "
+                    "Join Image with Alpha turns layers + mask into RGBA.",
+                ),
+                io.Image.Output(
+                    "preview", display_name="preview", tooltip="All layers composited over a checkerboard."
+                ),
                 io.String.Output("report", display_name="report"),
             ],
         )
 
     @classmethod
-    def execute(cls, pipeline: LoadedPipeline, image, layers: int, resolution: str, prompt: str,
-                negative_prompt: str, true_cfg_scale: float, steps: int, seed: int, mask=None) -> io.NodeOutput:
+    def execute(
+        cls,
+        pipeline: LoadedPipeline,
+        image,
+        layers: int,
+        resolution: str,
+        prompt: str,
+        negative_prompt: str,
+        true_cfg_scale: float,
+        steps: int,
+        seed: int,
+        mask=None,
+    ) -> io.NodeOutput:
         source = images_from_batches([("image", image[:1])], mode="RGBA")[0]
         if mask is not None:
             source = with_alpha_from_mask(source, mask)
-        job = LayeredJob(layers=layers, resolution=int(resolution), prompt=prompt.strip(),
-                         negative_prompt=negative_prompt, true_cfg_scale=true_cfg_scale, steps=steps, seed=seed)
+        job = LayeredJob(
+            layers=layers,
+            resolution=int(resolution),
+            prompt=prompt.strip(),
+            negative_prompt=negative_prompt,
+            true_cfg_scale=true_cfg_scale,
+            steps=steps,
+            seed=seed,
+        )
         try:
             result = run_layered(pipeline, source, job, on_step=progress_callback(steps, None))
         finally:

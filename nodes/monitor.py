@@ -19,7 +19,10 @@ class VRAMMonitor(io.ComfyNode):
             category=CATEGORY,
             description="Passes its input through unchanged and reports per-GPU VRAM and host RAM when it runs.",
             inputs=[io.AnyType.Input("anything", optional=True, tooltip="Anything; passed through unchanged.")],
-            outputs=[io.AnyType.Output("passthrough", display_name="passthrough"), io.String.Output("report", display_name="report")],
+            outputs=[
+                io.AnyType.Output("passthrough", display_name="passthrough"),
+                io.String.Output("report", display_name="report"),
+            ],
             is_output_node=True,
         )
 

@@ -20,7 +20,7 @@ def checkerboard(height: int, width: int) -> torch.Tensor:
 def checkerboard_composite(rgb: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """Stack layers [N,H,W,3] with alpha [N,H,W] (1 = opaque), first at the bottom; returns [1,H,W,3]."""
     out = checkerboard(rgb.shape[1], rgb.shape[2])
-    for layer, a in zip(rgb, alpha):
+    for layer, a in zip(rgb, alpha, strict=True):
         a = a[..., None]
         out = layer * a + out * (1 - a)
     return out[None].clamp(0, 1)

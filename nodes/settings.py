@@ -44,10 +44,12 @@ class OffloadToggle(io.ComfyNode):
             description="Where weights wait between uses. Connect to QwenFit Optimized Loader.",
             inputs=[
                 io.Combo.Input(
-                    "mode", options=list(OFFLOAD_MODES), default="auto",
+                    "mode",
+                    options=list(OFFLOAD_MODES),
+                    default="auto",
                     tooltip="auto: keep everything on the GPU when it fits, else stream blocks. none: all on "
-                            "the GPU. model: move whole components in and out. blocks: stream transformer "
-                            "and text-encoder blocks from host memory.",
+                    "the GPU. model: move whole components in and out. blocks: stream transformer "
+                    "and text-encoder blocks from host memory.",
                 ),
             ],
             outputs=[OffloadConfig.Output("offload", display_name="offload")],
@@ -67,11 +69,19 @@ class VAESlicer(io.ComfyNode):
             category=CATEGORY,
             description="Bound the VAE's memory. Connect to QwenFit Optimized Loader; changing it never reloads.",
             inputs=[
-                io.Combo.Input("tiling", options=list(SWITCHES), default="auto",
-                               tooltip="Decode in tiles: far less VRAM for large images, a little slower. "
-                                       "auto: on when weights are offloaded."),
-                io.Combo.Input("slicing", options=list(SWITCHES), default="auto",
-                               tooltip="Decode one image (or layer) at a time. auto: on for Layered."),
+                io.Combo.Input(
+                    "tiling",
+                    options=list(SWITCHES),
+                    default="auto",
+                    tooltip="Decode in tiles: far less VRAM for large images, a little slower. "
+                    "auto: on when weights are offloaded.",
+                ),
+                io.Combo.Input(
+                    "slicing",
+                    options=list(SWITCHES),
+                    default="auto",
+                    tooltip="Decode one image (or layer) at a time. auto: on for Layered.",
+                ),
             ],
             outputs=[VaeConfig.Output("vae_settings", display_name="vae_settings")],
         )

@@ -10,7 +10,7 @@ from PIL import Image
 from .errors import QwenFitError
 from .images import numpy_to_tensor
 from .loading import LoadedPipeline
-from .runs import Stopwatch, StepCallback, check_steps, generator_for, prepared, step_callback
+from .runs import StepCallback, Stopwatch, check_steps, generator_for, prepared, step_callback
 
 MAX_REFERENCES = 3
 # Output sides must be multiples of 16 (8x VAE scale, 2x2 patches).
@@ -49,8 +49,9 @@ def _check_size(job: EditJob) -> None:
             )
 
 
-def run_edit(loaded: LoadedPipeline, references: list[Image.Image], job: EditJob,
-             on_step: StepCallback | None = None) -> EditResult:
+def run_edit(
+    loaded: LoadedPipeline, references: list[Image.Image], job: EditJob, on_step: StepCallback | None = None
+) -> EditResult:
     """Edit ``references`` (1 to 3 RGB images) as ``job.prompt`` says; returns one image."""
     if not loaded.variant.is_edit:
         raise QwenFitError(

@@ -45,15 +45,21 @@ def tensor_to_pil(image: torch.Tensor, mode: str) -> Image.Image:
 
 
 def with_alpha_from_mask(image: Image.Image, mask: torch.Tensor) -> Image.Image:
-    """Attach a ComfyUI MASK (1 = transparent, as Load Image gives it) as the image's alpha."""
+    """Attach a ComfyUI MASK (1 = transparent, as Load Image gives it) as the image's alpha.
+
+    A mask of another size is stretched to the image, as ComfyUI's own nodes do (Load Image
+    gives a 64x64 empty mask for pictures without alpha).
+    """
     if mask.ndim == 3:
         mask = mask[0]
+    if mask.ndim != 2 or not torch.isfinite(mask).all():
+        raise QwenFitError("mask must be a finite [height, width] MASK; connect the MASK output of Load Image.")
+    mask = mask.detach().float().clamp(0, 1).cpu()
     if tuple(mask.shape) != (image.height, image.width):
-        raise QwenFitError(
-            f"mask is {mask.shape[-1]}x{mask.shape[-2]} but the image is {image.width}x{image.height}; "
-            "use the mask that came with the image."
-        )
-    alpha = ((1.0 - mask.detach().float().clamp(0, 1)).cpu().numpy() * 255.0).round().astype(np.uint8)
+        mask = torch.nn.functional.interpolate(
+            mask[None, None], size=(image.height, image.width), mode="bilinear", align_corners=False
+        )[0, 0]
+    alpha = ((1.0 - mask).numpy() * 255.0).round().astype(np.uint8)
     rgba = image.convert("RGBA")
     rgba.putalpha(Image.fromarray(alpha, "L"))
     return rgba

@@ -10,7 +10,7 @@ from PIL import Image
 from .errors import QwenFitError
 from .images import numpy_to_tensor
 from .loading import LoadedPipeline
-from .runs import Stopwatch, StepCallback, check_steps, generator_for, prepared, step_callback
+from .runs import StepCallback, Stopwatch, check_steps, generator_for, prepared, step_callback
 from .variants import Variant
 
 RESOLUTIONS = (640, 1024)
@@ -38,8 +38,9 @@ class LayeredResult:
     report: str
 
 
-def run_layered(loaded: LoadedPipeline, image: Image.Image, job: LayeredJob,
-                on_step: StepCallback | None = None) -> LayeredResult:
+def run_layered(
+    loaded: LoadedPipeline, image: Image.Image, job: LayeredJob, on_step: StepCallback | None = None
+) -> LayeredResult:
     """Split an RGBA ``image`` into ``job.layers`` RGBA layers, in the model's order."""
     if loaded.variant is not Variant.LAYERED:
         raise QwenFitError(
@@ -72,5 +73,6 @@ def run_layered(loaded: LoadedPipeline, image: Image.Image, job: LayeredJob,
         f"{loaded.name}: {rgba.shape[0]} layers at {rgba.shape[2]}x{rgba.shape[1]} ({caption}), "
         f"{job.steps} steps, seed {job.seed}, {clock.seconds:.1f} s\n{loaded.plan.describe()}"
     )
-    return LayeredResult(rgb=rgba[..., :3].contiguous(), alpha=rgba[..., 3].contiguous(),
-                         seconds=clock.seconds, report=report)
+    return LayeredResult(
+        rgb=rgba[..., :3].contiguous(), alpha=rgba[..., 3].contiguous(), seconds=clock.seconds, report=report
+    )

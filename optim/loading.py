@@ -125,7 +125,7 @@ def load_pipeline(request: LoadRequest) -> LoadedPipeline:
     pipeline = None
     try:
         pipeline = pipeline_cls.from_pretrained(
-            str(request.folder), torch_dtype=dtypes, local_files_only=True, use_safetensors=True
+            str(request.folder), dtype=dtypes, local_files_only=True, use_safetensors=True
         )
         pipeline.set_progress_bar_config(disable=True)
         plan = plan_placement(pipeline, device, request.offload)

@@ -47,14 +47,16 @@ def memory_snapshot() -> MemorySnapshot:
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
             free, total = torch.cuda.mem_get_info(index)
-            gpus.append(GpuMemory(
-                index=index,
-                name=torch.cuda.get_device_name(index),
-                used_bytes=total - free,
-                total_bytes=total,
-                allocated_bytes=torch.cuda.memory_allocated(index),
-                peak_allocated_bytes=torch.cuda.max_memory_allocated(index),
-            ))
+            gpus.append(
+                GpuMemory(
+                    index=index,
+                    name=torch.cuda.get_device_name(index),
+                    used_bytes=total - free,
+                    total_bytes=total,
+                    allocated_bytes=torch.cuda.memory_allocated(index),
+                    peak_allocated_bytes=torch.cuda.max_memory_allocated(index),
+                )
+            )
     host = psutil.virtual_memory()
     return MemorySnapshot(
         gpus=tuple(gpus),

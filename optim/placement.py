@@ -61,8 +61,7 @@ def plan_placement(pipeline: Any, device: torch.device, offload: OffloadSettings
         else:
             home, residency = "cpu", "streamed (blocks)"
         components.append(ComponentPlacement(name, count, dtype_name(dtype), nbytes, home, dev, residency))
-    plan = Plan(device=dev, components=tuple(components), vae_tiling=False, vae_slicing=False,
-                notes=tuple(notes))
+    plan = Plan(device=dev, components=tuple(components), vae_tiling=False, vae_slicing=False, notes=tuple(notes))
     return plan_vae(plan, VaeSettings(), is_layered=type(pipeline).__name__ == "QwenImageLayeredPipeline")
 
 
@@ -88,8 +87,11 @@ def apply_placement(pipeline: Any, plan: Plan, device: torch.device) -> None:
     else:
         for name in ("transformer", "text_encoder"):
             getattr(pipeline, name).enable_group_offload(
-                onload_device=device, offload_device=torch.device("cpu"),
-                offload_type="block_level", num_blocks_per_group=1, use_stream=True,
+                onload_device=device,
+                offload_device=torch.device("cpu"),
+                offload_type="block_level",
+                num_blocks_per_group=1,
+                use_stream=True,
             )
         pipeline.vae.to(device)
 

@@ -23,7 +23,9 @@ MAX_STEPS = 200
 def check_steps(steps: int) -> None:
     """Refuse step counts outside 1..MAX_STEPS."""
     if not 1 <= steps <= MAX_STEPS:
-        raise QwenFitError(f"steps={steps} is out of range; use 1 to {MAX_STEPS} (40-50 is typical, 4-8 with Lightning).")
+        raise QwenFitError(
+            f"steps={steps} is out of range; use 1 to {MAX_STEPS} (40-50 is typical, 4-8 with Lightning)."
+        )
 
 
 def generator_for(seed: int) -> torch.Generator:

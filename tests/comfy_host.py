@@ -1,6 +1,6 @@
 """A real ComfyUI server for tests and the demo: start, run API workflows, collect, stop.
 
-The host runs ``main.py --cpu --listen 127.0.0.1`` on a free port with its own base
+The host runs ``main.py --cpu --listen 127.0.0.1`` (``--cpu`` unless asked for the GPU) on a free port with its own base
 directory (models, input, output, user, custom_nodes) and the pack linked into
 ``custom_nodes/`` under any name. Workflows go to ``POST /prompt``; the websocket is
 followed until the prompt ends; outputs come from ``/history`` and the output folder.
@@ -67,8 +67,13 @@ class PromptResult:
 class ComfyHost:
     """One ComfyUI server process. Use as a context manager; it always shuts down."""
 
-    def __init__(self, base_dir: Path, pack_link_name: str = "ComfyUI-QwenFit",
-                 extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        base_dir: Path,
+        pack_link_name: str = "ComfyUI-QwenFit",
+        extra_args: tuple[str, ...] = (),
+        cpu: bool = True,
+    ) -> None:
         env = read_env()
         self.python = env["QWENFIT_PYTHON"]
         self.comfy = Path(env["QWENFIT_COMFYUI"])
@@ -76,6 +81,7 @@ class ComfyHost:
         self.base = base_dir
         self.pack_link_name = pack_link_name
         self.extra_args = extra_args
+        self.cpu = cpu
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = base_dir / "server.log"
@@ -114,9 +120,19 @@ class ComfyHost:
     def start(self) -> "ComfyHost":
         self.prepare()
         args = [
-            self.python, str(self.comfy / "main.py"), "--cpu", "--listen", "127.0.0.1",
-            "--port", str(self.port), "--base-directory", str(self.base), "--disable-auto-launch",
-            "--database-url", "sqlite:///:memory:", *self.extra_args,
+            self.python,
+            str(self.comfy / "main.py"),
+            *(["--cpu"] if self.cpu else []),
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--base-directory",
+            str(self.base),
+            "--disable-auto-launch",
+            "--database-url",
+            "sqlite:///:memory:",
+            *self.extra_args,
         ]
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
         log = open(self.log_path, "wb")  # noqa: SIM115 (kept open for the process's life)
@@ -159,7 +175,8 @@ class ComfyHost:
     def pack_import_failures(self) -> list[str]:
         """Lines of the server log that report this pack failing to import."""
         return [
-            line for line in self.log().splitlines()
+            line
+            for line in self.log().splitlines()
             if self.pack_link_name in line and ("IMPORT FAILED" in line or "Cannot import" in line)
         ]
 
@@ -178,8 +195,9 @@ class ComfyHost:
         client_id = uuid.uuid4().hex
         ws = websocket.create_connection(f"ws://127.0.0.1:{self.port}/ws?clientId={client_id}", timeout=timeout)
         try:
-            response = requests.post(f"{self.url}/prompt", json={"prompt": workflow, "client_id": client_id},
-                                     timeout=30)
+            response = requests.post(
+                f"{self.url}/prompt", json={"prompt": workflow, "client_id": client_id}, timeout=30
+            )
             if response.status_code != 200:
                 return PromptResult(None, "invalid", error=response.json())
             prompt_id = response.json()["prompt_id"]

@@ -47,8 +47,7 @@ def _processor(tokenizer):
     pixels = {"min_pixels": 56 * 56, "max_pixels": 112 * 112}
     image_processor = Qwen2VLImageProcessor(**pixels)
     video_processor = Qwen2VLVideoProcessor(**pixels)
-    return Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                            video_processor=video_processor)
+    return Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor)
 
 
 def _text_encoder(vocab_size: int):
@@ -63,8 +62,7 @@ def _text_encoder(vocab_size: int):
             "num_key_value_heads": 1,
             "vocab_size": vocab_size,
             "max_position_embeddings": 4096,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
-                                "mrope_section": [1, 1, 2]},
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [1, 1, 2]},
         },
         vision_config={
             "depth": 2,
@@ -194,8 +192,9 @@ def ensure_tiny_models(out_dir: Path, tokenizer_dir: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokenizer", type=Path, required=True,
-                        help="folder with the Qwen2.5 tokenizer (vocab.json, merges.txt)")
+    parser.add_argument(
+        "--tokenizer", type=Path, required=True, help="folder with the Qwen2.5 tokenizer (vocab.json, merges.txt)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="models/diffusers folder to write into")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,0 +1,26 @@
+# The two commands of the README, plus the steps behind them.
+# Everything is provisioned into .cache/ (git-ignored) by tools/provision.sh.
+SHELL := /bin/bash
+PY := .cache/venv/bin/python
+PRESET ?= qwenfit_edit_auto
+
+.PHONY: demo test setup workflows lint clean
+
+## Run a preset workflow through a real ComfyUI with the pack (tiny models unless QWENFIT_MODELS_DIR is set).
+demo: setup
+	$(PY) -m tools.demo --preset $(PRESET)
+
+## Run the whole test suite (real ComfyUI server, tiny models, CPU).
+test: setup
+	$(PY) -m pytest tests -q
+
+## Provision the venv, ComfyUI 0.3.75 and the tiny models (idempotent).
+setup:
+	bash tools/provision.sh
+
+## Rewrite workflows/*.json and their API twins from tools/presets.py.
+workflows: setup
+	$(PY) -m tools.presets
+
+clean:
+	rm -rf .cache out

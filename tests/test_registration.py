@@ -1,0 +1,64 @@
+"""The pack registers with a real ComfyUI: seven nodes, web extension, workflow templates."""
+
+from __future__ import annotations
+
+from conftest import PACK_LINK_NAME
+
+EXPECTED = {
+    "QwenFitOptimizedLoader": ({"model", "variant"}, ["QWENFIT_PIPELINE", "STRING"]),
+    "QwenFitPrecisionSelector": ({"transformer", "text_encoder", "vae"}, ["QWENFIT_PRECISION"]),
+    "QwenFitOffloadToggle": ({"mode"}, ["QWENFIT_OFFLOAD"]),
+    "QwenFitVAESlicer": ({"tiling", "slicing"}, ["QWENFIT_VAE"]),
+    "QwenFitInstructEdit": (
+        {"pipeline", "image", "prompt", "negative_prompt", "true_cfg_scale", "steps", "seed", "width", "height"},
+        ["IMAGE", "STRING"],
+    ),
+    "QwenFitLayeredDecompose": (
+        {"pipeline", "image", "layers", "resolution", "prompt", "negative_prompt", "true_cfg_scale", "steps", "seed"},
+        ["IMAGE", "MASK", "IMAGE", "STRING"],
+    ),
+    "QwenFitVRAMMonitor": (set(), ["*", "STRING"]),
+}
+
+
+def test_all_seven_nodes_listed_with_inputs_and_outputs(comfy):
+    info = comfy.object_info()
+    ours = {name for name in info if name.startswith("QwenFit")}
+    assert ours == set(EXPECTED)
+    for name, (required, outputs) in EXPECTED.items():
+        node = info[name]
+        assert set(node["input"].get("required", {})) == required, name
+        assert node["output"] == outputs, name
+        assert node["category"] == "QwenFit"
+        assert node["display_name"].startswith("QwenFit ")
+        assert node["description"], name
+
+
+def test_widgets_carry_tooltips(comfy):
+    info = comfy.object_info()
+    loader = info["QwenFitOptimizedLoader"]["input"]
+    assert "tooltip" in loader["required"]["model"][1]
+    assert "qwenfit-tiny-edit-2509" in loader["required"]["model"][1]["options"]
+    edit = info["QwenFitInstructEdit"]["input"]["required"]
+    assert edit["negative_prompt"][1]["default"] == " "
+    assert edit["seed"][1]["control_after_generate"] is True
+
+
+def test_server_log_shows_no_import_failure(comfy):
+    assert comfy.pack_import_failures() == []
+    assert f"custom_nodes/{PACK_LINK_NAME}" in comfy.log()
+
+
+def test_web_extension_is_served(comfy):
+    listed = comfy.get("/extensions").json()
+    ours = [path for path in listed if path.startswith(f"/extensions/{PACK_LINK_NAME}/")]
+    assert ours == [f"/extensions/{PACK_LINK_NAME}/qwenfit.js"]
+    script = comfy.get(ours[0])
+    assert script.ok and "registerExtension" in script.text
+
+
+def test_presets_appear_in_template_browser(comfy):
+    templates = comfy.get("/workflow_templates").json()
+    assert {"qwenfit_edit_auto", "qwenfit_layered_auto"} <= set(templates[PACK_LINK_NAME])
+    served = comfy.get(f"/api/workflow_templates/{PACK_LINK_NAME}/qwenfit_edit_auto.json")
+    assert served.ok and served.json()["nodes"]

@@ -1,0 +1,101 @@
+"""The main job: run a bundled preset through a real ComfyUI with the pack, save the outputs.
+
+    python -m tools.demo [--preset qwenfit_edit_auto] [--models DIR] [--out DIR]
+
+With ``--models`` (or QWENFIT_MODELS_DIR) naming a ComfyUI models folder that holds the
+preset's model (``diffusers/Qwen-Image-Edit-2509`` ...), the real weights run, on the GPU
+when there is one. Otherwise the embedded tiny models run on the CPU (random weights: the
+images are noise; the point is the whole path). Prints the folder the outputs went to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from comfy_host import ComfyHost  # noqa: E402
+
+from .presets import API_DIR, PRESETS, SAMPLE_IMAGE, TINY_STAND_INS, on_tiny_models  # noqa: E402
+
+
+def _real_model_folders(models_dir: Path | None, api: dict) -> dict[str, Path]:
+    """The preset's model folders found under the user's models folder (empty: use tiny models)."""
+    if models_dir is None:
+        return {}
+    found = {}
+    for node in api.values():
+        if node["class_type"] == "QwenFitOptimizedLoader":
+            folder = models_dir / "diffusers" / node["inputs"]["model"]
+            if (folder / "model_index.json").is_file():
+                found[node["inputs"]["model"]] = folder
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run a QwenFit preset through ComfyUI.")
+    parser.add_argument("--preset", default="qwenfit_edit_auto", choices=[p.name for p in PRESETS])
+    parser.add_argument(
+        "--models",
+        type=Path,
+        default=os.environ.get("QWENFIT_MODELS_DIR") or None,
+        help="a ComfyUI models folder with real weights (default: the tiny models)",
+    )
+    parser.add_argument("--out", type=Path, default=REPO / "out")
+    args = parser.parse_args(argv)
+
+    api = json.loads((API_DIR / f"{args.preset}.api.json").read_text())
+    real = _real_model_folders(args.models, api)
+    if real:
+        print(f"[demo] real weights: {', '.join(str(p) for p in real.values())}")
+    else:
+        print(
+            f"[demo] no real weights configured: running the embedded tiny models "
+            f"({', '.join(TINY_STAND_INS.values())}) on the CPU"
+        )
+        api = on_tiny_models(api)
+
+    base = Path(tempfile.mkdtemp(prefix="qwenfit-demo-"))
+    use_gpu = bool(real) and _cuda_available()
+    host = ComfyHost(base, cpu=not use_gpu)
+    host.prepare()
+    for name, folder in real.items():
+        (base / "models" / "diffusers" / name).symlink_to(folder, target_is_directory=True)
+    host.add_input(REPO / "workflows" / "inputs" / SAMPLE_IMAGE)
+    started = time.perf_counter()
+    with host:
+        print(f"[demo] ComfyUI {host.url} running {args.preset} ...", flush=True)
+        result = host.run(api, timeout=3600)
+    out = args.out / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(host.log_path, out / "server.log")
+    if result.status != "success":
+        print(f"[demo] the prompt ended with {result.status}: {result.error_text()}\n[demo] log: {out / 'server.log'}")
+        return 1
+    for path in result.files:
+        shutil.copyfile(path, out / path.name)
+    for node in result.outputs.values():
+        for text in node.get("text", []):
+            (out / "report.txt").write_text(text)
+    shutil.rmtree(base, ignore_errors=True)
+    print(f"[demo] {len(result.files)} image(s) in {time.perf_counter() - started:.0f} s")
+    print(f"[demo] outputs: {out}")
+    return 0
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""The bundled preset workflows, described once, written as UI format (workflows/) and API twins.
+
+Run ``make workflows`` after changing a preset or a node's inputs: it starts the real
+ComfyUI test host (for /object_info) and rewrites both files. The tests check that each
+API twin still equals the conversion of its UI workflow.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .workflow_format import VIRTUAL_NODES, ui_to_api, widget_names
+
+REPO = Path(__file__).resolve().parent.parent
+UI_DIR = REPO / "workflows"
+API_DIR = REPO / "tests" / "workflows"
+SAMPLE_IMAGE = "qwenfit_sample.png"
+
+# Model folder names as users have them; the tests and the demo swap in the tiny models.
+EDIT_MODEL = "Qwen-Image-Edit-2509"
+LAYERED_MODEL = "Qwen-Image-Layered"
+
+
+@dataclass
+class Node:
+    id: int
+    type: str
+    pos: tuple[int, int]
+    widgets: dict[str, Any] = field(default_factory=dict)
+    title: str | None = None
+    size: tuple[int, int] = (320, 160)
+
+
+@dataclass
+class Preset:
+    name: str  # file stem
+    title: str
+    nodes: list[Node]
+    links: list[tuple[int, str, int, str]]  # (from node, output name, to node, input name)
+
+
+def _note(node_id: int, pos: tuple[int, int], text: str) -> Node:
+    return Node(node_id, "MarkdownNote", pos, {"text": text}, title="Read me", size=(420, 260))
+
+
+EDIT_NOTE = """**QwenFit - Instruct Edit (auto plan)**
+
+Put the model in `ComfyUI/models/diffusers/Qwen-Image-Edit-2509/` (a diffusers folder with `model_index.json`),
+or pick another Edit folder (2509 or 2511) in the loader. Press R after copying files.
+
+The settings nodes are on *auto*: the pack plans precision, offload and VAE tiling for the GPU it finds.
+Reference size: about 1 megapixel at the input's aspect ratio (width/height 0)."""
+
+LAYERED_NOTE = """**QwenFit - Layered Decompose (auto plan)**
+
+Put the model in `ComfyUI/models/diffusers/Qwen-Image-Layered/` (a diffusers folder with `model_index.json`).
+Press R after copying files.
+
+An empty prompt lets the model caption the picture itself (a 7B text generation: slower).
+Outputs: RGB layers bottom first, their masks (1 = transparent, as Load Image), and a preview."""
+
+
+def _settings_nodes(start_id: int, y: int) -> list[Node]:
+    return [
+        Node(
+            start_id,
+            "QwenFitPrecisionSelector",
+            (40, y),
+            {"transformer": "auto", "text_encoder": "auto", "vae": "auto"},
+            size=(300, 110),
+        ),
+        Node(start_id + 1, "QwenFitOffloadToggle", (40, y + 150), {"mode": "auto"}, size=(300, 60)),
+        Node(start_id + 2, "QwenFitVAESlicer", (40, y + 250), {"tiling": "auto", "slicing": "auto"}, size=(300, 80)),
+    ]
+
+
+def _settings_links(start_id: int, loader_id: int) -> list[tuple[int, str, int, str]]:
+    return [
+        (start_id, "precision", loader_id, "precision"),
+        (start_id + 1, "offload", loader_id, "offload"),
+        (start_id + 2, "vae_settings", loader_id, "vae_settings"),
+    ]
+
+
+PRESETS = [
+    Preset(
+        name="qwenfit_edit_auto",
+        title="QwenFit Edit (auto plan)",
+        nodes=[
+            _note(1, (40, -300), EDIT_NOTE),
+            *_settings_nodes(2, 0),
+            Node(5, "QwenFitOptimizedLoader", (400, 0), {"model": EDIT_MODEL, "variant": "auto"}, size=(320, 140)),
+            Node(6, "LoadImage", (400, 200), {"image": SAMPLE_IMAGE}, size=(320, 320)),
+            Node(
+                7,
+                "QwenFitInstructEdit",
+                (780, 0),
+                {
+                    "prompt": "Paint the house blue and add snow on the roof.",
+                    "negative_prompt": " ",
+                    "true_cfg_scale": 4.0,
+                    "steps": 40,
+                    "seed": 42,
+                    "width": 0,
+                    "height": 0,
+                },
+                size=(360, 420),
+            ),
+            Node(8, "SaveImage", (1200, 0), {"filename_prefix": "QwenFit/edit"}, size=(360, 400)),
+        ],
+        links=[
+            *_settings_links(2, 5),
+            (5, "pipeline", 7, "pipeline"),
+            (6, "IMAGE", 7, "image"),
+            (7, "edited", 8, "images"),
+        ],
+    ),
+    Preset(
+        name="qwenfit_layered_auto",
+        title="QwenFit Layered (auto plan)",
+        nodes=[
+            _note(1, (40, -300), LAYERED_NOTE),
+            *_settings_nodes(2, 0),
+            Node(5, "QwenFitOptimizedLoader", (400, 0), {"model": LAYERED_MODEL, "variant": "auto"}, size=(320, 140)),
+            Node(6, "LoadImage", (400, 200), {"image": SAMPLE_IMAGE}, size=(320, 320)),
+            Node(
+                7,
+                "QwenFitLayeredDecompose",
+                (780, 0),
+                {
+                    "layers": 4,
+                    "resolution": "640",
+                    "prompt": "",
+                    "negative_prompt": " ",
+                    "true_cfg_scale": 4.0,
+                    "steps": 50,
+                    "seed": 42,
+                },
+                size=(360, 440),
+            ),
+            Node(8, "SaveImage", (1200, 0), {"filename_prefix": "QwenFit/layer"}, size=(360, 400)),
+            Node(9, "PreviewImage", (1200, 450), {}, size=(360, 300)),
+        ],
+        links=[
+            *_settings_links(2, 5),
+            (5, "pipeline", 7, "pipeline"),
+            (6, "IMAGE", 7, "image"),
+            (6, "MASK", 7, "mask"),
+            (7, "layer_images", 8, "images"),
+            (7, "preview", 9, "images"),
+        ],
+    ),
+]
+
+
+def _widget_values(node: Node, info: dict[str, Any] | None) -> list[Any]:
+    if info is None:  # notes
+        return list(node.widgets.values())
+    values: list[Any] = []
+    for name, has_control in widget_names(info):
+        values.append(node.widgets.get(name, _default(info, name)))
+        if has_control:
+            values.append("randomize")
+    if node.type == "LoadImage":
+        values.append("image")  # the upload button's slot, as the frontend saves it
+    return values
+
+
+def _default(info: dict[str, Any], name: str) -> Any:
+    for section in ("required", "optional"):
+        spec = info["input"].get(section, {}).get(name)
+        if spec is not None:
+            options = spec[1] if len(spec) > 1 else {}
+            if "default" in options:
+                return options["default"]
+            choices = spec[0] if isinstance(spec[0], list) else options.get("options", [])
+            return choices[0] if choices else None
+    raise KeyError(name)
+
+
+def to_ui(preset: Preset, object_info: dict[str, Any]) -> dict[str, Any]:
+    """The UI-format (LiteGraph) workflow of a preset."""
+    ui_nodes: dict[int, dict[str, Any]] = {}
+    for order, node in enumerate(preset.nodes):
+        info = None if node.type in VIRTUAL_NODES else object_info[node.type]
+        outputs = []
+        if info is not None:
+            for slot, (kind, name) in enumerate(zip(info["output"], info["output_name"], strict=True)):
+                outputs.append({"name": name, "type": kind, "links": [], "slot_index": slot})
+        ui_nodes[node.id] = {
+            "id": node.id,
+            "type": node.type,
+            "pos": list(node.pos),
+            "size": list(node.size),
+            "flags": {},
+            "order": order,
+            "mode": 0,
+            "inputs": [],
+            "outputs": outputs,
+            "properties": {"Node name for S&R": node.type} if info is not None else {},
+            "widgets_values": _widget_values(node, info),
+            **({"title": node.title} if node.title else {}),
+        }
+    ui_links = []
+    for link_id, (src, out_name, dst, in_name) in enumerate(preset.links, start=1):
+        src_node, dst_node = ui_nodes[src], ui_nodes[dst]
+        slot = next(i for i, o in enumerate(src_node["outputs"]) if o["name"] == out_name)
+        kind = src_node["outputs"][slot]["type"]
+        src_node["outputs"][slot]["links"].append(link_id)
+        dst_node["inputs"].append({"name": in_name, "type": kind, "link": link_id})
+        ui_links.append([link_id, src, slot, dst, len(dst_node["inputs"]) - 1, kind])
+    return {
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"qwenfit/{preset.name}")),
+        "revision": 0,
+        "last_node_id": max(ui_nodes),
+        "last_link_id": len(ui_links),
+        "nodes": list(ui_nodes.values()),
+        "links": ui_links,
+        "groups": [],
+        "config": {},
+        "extra": {"ds": {"scale": 1.0, "offset": [0, 0]}, "qwenfit_title": preset.title},
+        "version": 0.4,
+    }
+
+
+def write_all(object_info: dict[str, Any]) -> list[Path]:
+    """Write every preset's UI workflow and API twin; returns the paths written."""
+    API_DIR.mkdir(parents=True, exist_ok=True)
+    written = []
+    for preset in PRESETS:
+        ui = to_ui(preset, object_info)
+        api = ui_to_api(ui, object_info)
+        for path, data in ((UI_DIR / f"{preset.name}.json", ui), (API_DIR / f"{preset.name}.api.json", api)):
+            path.write_text(json.dumps(data, indent=2) + "\n")
+            written.append(path)
+    return written
+
+
+def main() -> int:
+    sys.path.insert(0, str(REPO / "tests"))
+    from comfy_host import ComfyHost
+
+    with ComfyHost(Path(tempfile.mkdtemp(prefix="qwenfit-presets-"))) as host:
+        object_info = host.object_info()
+    for path in write_all(object_info):
+        print(path.relative_to(REPO))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+# The tiny stand-ins for the real folder names, and a step count that keeps CPU runs short
+# (the tiny models draw noise whatever the step count).
+TINY_STAND_INS = {EDIT_MODEL: "qwenfit-tiny-edit-2509", LAYERED_MODEL: "qwenfit-tiny-layered"}
+TINY_STEPS = 3
+
+
+def on_tiny_models(api: dict[str, Any], steps: int = TINY_STEPS) -> dict[str, Any]:
+    """A copy of an API workflow that runs on the tiny models with few steps."""
+    api = json.loads(json.dumps(api))
+    for node in api.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "QwenFitOptimizedLoader" and inputs.get("model") in TINY_STAND_INS:
+            inputs["model"] = TINY_STAND_INS[inputs["model"]]
+        if "steps" in inputs and node["class_type"].startswith("QwenFit"):
+            inputs["steps"] = min(inputs["steps"], steps)
+    return api

@@ -224,7 +224,7 @@ def to_ui(preset: Preset, object_info: dict[str, Any]) -> dict[str, Any]:
         "links": ui_links,
         "groups": [],
         "config": {},
-        "extra": {"ds": {"scale": 1.0, "offset": [0, 0]}, "qwenfit_title": preset.title},
+        "extra": {"ds": {"scale": 0.8, "offset": [80, 420]}, "qwenfit_title": preset.title},
         "version": 0.4,
     }
 

@@ -62,8 +62,18 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# Debian's Chromium drives the frontend tests (Playwright uses it; it downloads no browser).
+if ! command -v "${QWENFIT_CHROMIUM:-chromium}" > /dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+    say "installing Debian's chromium for the browser tests"
+    apt-get update -qq > /dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null
+  else
+    say "no chromium: the browser tests will fail; install Debian's chromium or set QWENFIT_CHROMIUM"
+  fi
+fi
+
 say "tiny models"
-HF_HUB_OFFLINE=1 "$py" -m tools.tiny_models \
+HF_HUB_OFFLINE=1 TQDM_DISABLE=1 "$py" -m tools.tiny_models \
   --tokenizer "$comfy/comfy/text_encoders/qwen25_tokenizer" --out "$cache/models/diffusers" > /dev/null
 
 # Where things are, for the Makefile, the tests and the demo.

@@ -1,0 +1,82 @@
+"""The presets load in the real ComfyUI frontend (headless Chromium) with every node and widget,
+and the frontend's own "queue" conversion gives exactly the API twin the other tests run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+from conftest import REPO, load_json
+
+from tools.workflow_format import VIRTUAL_NODES
+
+CHROMIUM = os.environ.get("QWENFIT_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = REPO / ".cache" / "test-artifacts"
+UI_WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+# Chromium flags for a closed network and no display (see the field notes).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]
+
+
+@pytest.fixture(scope="module")
+def page(comfy):
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: `make setup` installs Debian's chromium (needs root), "
+                    "or set QWENFIT_CHROMIUM to a Chromium binary.")
+    from playwright.sync_api import sync_playwright
+
+    # Skip the first-run template dialog so the graph is what the screenshot shows.
+    import requests
+    requests.post(f"{comfy.url}/settings/Comfy.TutorialCompleted", json=True, timeout=10)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.errors = []
+        page.on("pageerror", lambda error: page.errors.append(str(error)))
+        page.goto(comfy.url)
+        page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=120_000)
+        yield page
+        browser.close()
+
+
+def test_our_extension_runs_in_the_browser(page):
+    assert page.evaluate("() => window.app.extensions.some(e => e.name === 'QwenFit.core')")
+
+
+@pytest.mark.parametrize("ui_path", UI_WORKFLOWS, ids=lambda p: p.stem)
+def test_preset_loads_with_all_nodes_and_widgets(page, ui_path):
+    workflow = load_json(ui_path)
+    page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
+    loaded = page.evaluate(
+        """() => window.app.graph._nodes.map(n => ({
+              id: n.id, type: n.type, registered: !!LiteGraph.registered_node_types[n.type],
+              widgets: Object.fromEntries((n.widgets || []).map(w => [w.name, w.value]))}))"""
+    )
+    assert len(loaded) == len(workflow["nodes"])
+    assert [n["type"] for n in loaded if not n["registered"]] == []
+    by_id = {n["id"]: n for n in loaded}
+    object_info = page.evaluate("async () => await (await fetch('/object_info')).json()")
+    from tools.workflow_format import widget_names
+    for node in workflow["nodes"]:
+        if node["type"] in VIRTUAL_NODES:
+            continue
+        names = [name for name, _ in widget_names(object_info[node["type"]])]
+        values = [v for v in node["widgets_values"] if v not in ("randomize", "fixed", "image")]
+        for name, value in zip(names, values, strict=False):
+            assert by_id[node["id"]]["widgets"][name] == value, (node["type"], name)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"frontend-{ui_path.stem}.png"))
+
+
+@pytest.mark.parametrize("ui_path", UI_WORKFLOWS, ids=lambda p: p.stem)
+def test_frontend_queues_exactly_the_api_twin(page, ui_path):
+    page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", load_json(ui_path))
+    queued = page.evaluate("async () => (await window.app.graphToPrompt()).output")
+    twin = load_json(REPO / "tests" / "workflows" / f"{ui_path.stem}.api.json")
+    strip = lambda prompt: {k: (v["class_type"], v["inputs"]) for k, v in prompt.items()}  # noqa: E731
+    assert strip(queued) == strip(twin)
+
+
+def test_no_page_errors_from_the_pack(page):
+    assert [e for e in page.errors if "QwenFit" in e or "qwenfit" in e] == []

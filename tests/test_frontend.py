@@ -7,27 +7,36 @@ import os
 import shutil
 
 import pytest
+import requests
 from conftest import REPO, load_json
 
-from tools.workflow_format import VIRTUAL_NODES
+from tools.workflow_format import VIRTUAL_NODES, widget_names
 
 CHROMIUM = os.environ.get("QWENFIT_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = REPO / ".cache" / "test-artifacts"
 UI_WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 # Chromium flags for a closed network and no display (see the field notes).
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                 "--disable-background-networking", "--disable-component-update"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
 
 
 @pytest.fixture(scope="module")
 def page(comfy):
     if not shutil.which(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: `make setup` installs Debian's chromium (needs root), "
-                    "or set QWENFIT_CHROMIUM to a Chromium binary.")
-    from playwright.sync_api import sync_playwright
+        pytest.fail(
+            f"{CHROMIUM} is missing: `make setup` installs Debian's chromium (needs root), "
+            "or set QWENFIT_CHROMIUM to a Chromium binary."
+        )
+    from playwright.sync_api import sync_playwright  # imported here so a missing browser reads clearly
 
     # Skip the first-run template dialog so the graph is what the screenshot shows.
-    import requests
     requests.post(f"{comfy.url}/settings/Comfy.TutorialCompleted", json=True, timeout=10)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -57,7 +66,6 @@ def test_preset_loads_with_all_nodes_and_widgets(page, ui_path):
     assert [n["type"] for n in loaded if not n["registered"]] == []
     by_id = {n["id"]: n for n in loaded}
     object_info = page.evaluate("async () => await (await fetch('/object_info')).json()")
-    from tools.workflow_format import widget_names
     for node in workflow["nodes"]:
         if node["type"] in VIRTUAL_NODES:
             continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import comfy.model_management
 import comfy.utils
@@ -20,9 +21,14 @@ def compute_device() -> torch.device:
     return device
 
 
-def diffusers_model_roots() -> list[str]:
-    """Every folder ComfyUI (and extra_model_paths.yaml) names for diffusers-format models."""
-    return list(folder_paths.get_folder_paths("diffusers"))
+def model_roots(kind: str) -> list[str]:
+    """Every folder ComfyUI (and extra_model_paths.yaml) names for ``kind`` (diffusers, vae, ...)."""
+    return list(folder_paths.get_folder_paths(kind))
+
+
+def qwen_tokenizer_dir() -> Path:
+    """The Qwen2.5 tokenizer ComfyUI ships (used with split files, which carry none)."""
+    return Path(comfy.utils.__file__).resolve().parent / "text_encoders" / "qwen25_tokenizer"
 
 
 def free_comfy_models() -> None:

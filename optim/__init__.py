@@ -12,10 +12,14 @@ from .model_folders import list_pipeline_folders, resolve_pipeline_folder
 from .pipeline_cache import PipelineCache
 from .plan import ComponentPlacement, Plan
 from .settings import OffloadSettings, PrecisionSettings, VaeSettings
+from .sources import DiffusersFolder, PipelineSource, SplitFiles
 from .variants import VARIANT_CHOICES, Variant
 
 __all__ = [
     "ComponentPlacement",
+    "DiffusersFolder",
+    "PipelineSource",
+    "SplitFiles",
     "EditJob",
     "EditResult",
     "LayeredJob",

@@ -11,12 +11,16 @@ from typing import Any
 
 import torch
 
+from .architectures import processor as arch_processor
+from .architectures import scheduler as arch_scheduler
+from .assemble import build_text_encoder, build_transformer, build_vae
 from .devices import compute_dtype
 from .errors import QwenFitError
-from .placement import apply_placement, plan_placement, plan_vae
+from .placement import apply_placement, choose_offload_mode, plan_placement, plan_vae
 from .plan import Plan
 from .settings import OffloadSettings, PrecisionSettings, VaeSettings
-from .variants import Variant, detect_variant, resolve_variant
+from .sources import DiffusersFolder, PipelineSource, SourceDescription, describe_folder, describe_split_files
+from .variants import Variant, detect_variant
 
 log = logging.getLogger("qwenfit")
 
@@ -31,7 +35,7 @@ _VAE_CHANNELS = {Variant.EDIT_2509: 3, Variant.EDIT_2511: 3, Variant.LAYERED: 4}
 class LoadRequest:
     """Everything that decides which weights are loaded and how; equal requests share a pipeline."""
 
-    folder: Path
+    source: PipelineSource
     variant: str = "auto"
     precision: PrecisionSettings = PrecisionSettings()
     offload: OffloadSettings = OffloadSettings()
@@ -49,13 +53,13 @@ class LoadedPipeline:
 
     @property
     def name(self) -> str:
-        return self.request.folder.name
+        return self.request.source.name
 
     @property
     def device(self) -> torch.device:
         return torch.device(self.request.device)
 
-    def with_vae(self, vae: VaeSettings) -> "LoadedPipeline":
+    def with_vae(self, vae: VaeSettings) -> LoadedPipeline:
         """A view of the same pipeline whose plan carries these VAE settings (no copy of weights)."""
         plan = plan_vae(self.plan, vae, is_layered=self.variant is Variant.LAYERED)
         return replace(self, plan=plan)
@@ -105,44 +109,74 @@ def inspect_folder(folder: Path) -> tuple[Variant, dict[str, Any]]:
     return variant, model_index
 
 
+def describe(request: LoadRequest) -> SourceDescription:
+    """Check the request's files (headers and configs only) and say what they are."""
+    source = request.source
+    if isinstance(source, DiffusersFolder):
+        _, model_index = inspect_folder(source.path)
+        return describe_folder(source.path, model_index, request.variant)
+    return describe_split_files(source, request.variant)
+
+
+def _build(request: LoadRequest, desc: SourceDescription) -> Any:
+    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline, QwenImageLayeredPipeline
+    from transformers import Qwen2_5_VLConfig, Qwen2Tokenizer, Qwen2VLProcessor
+
+    device = torch.device(request.device)
+    precision = request.precision
+    dtypes = {part: compute_dtype(getattr(precision, part), device) for part in ("transformer", "text_encoder", "vae")}
+    total = int(desc.transformer.nbytes + desc.text_encoder.nbytes + desc.vae.nbytes)
+    # Resident plans load straight onto the GPU; offloaded ones stay on the host until placed.
+    home = device if choose_offload_mode(total, device, request.offload.mode) == "none" else torch.device("cpu")
+    folder = desc.folder
+    te_config = Qwen2_5_VLConfig.from_pretrained(str(folder / "text_encoder"), local_files_only=True) if folder else None
+    # "auto" keeps an fp8 file in fp8: expanding it would double its memory for no gain in fidelity.
+    transformer_fp8 = precision.transformer_fp8 or (precision.transformer == "auto" and desc.transformer.holds_fp8())
+    text_encoder_fp8 = precision.text_encoder_fp8 or (
+        precision.text_encoder == "auto" and desc.text_encoder.holds_fp8())
+    transformer = build_transformer(desc.transformer, desc.architecture, desc.folder_config("transformer"),
+                                    desc.variant, dtypes["transformer"], home, fp8=transformer_fp8)
+    text_encoder = build_text_encoder(desc.text_encoder, desc.architecture, te_config, dtypes["text_encoder"],
+                                      home, fp8=text_encoder_fp8)
+    vae = build_vae(desc.vae, desc.architecture, desc.folder_config("vae"), desc.vae_channels, dtypes["vae"], home)
+    tokenizer = Qwen2Tokenizer.from_pretrained(str(desc.tokenizer_dir), local_files_only=True)
+    if folder is not None:
+        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(str(folder / "scheduler"), local_files_only=True)
+        proc = Qwen2VLProcessor.from_pretrained(str(folder / "processor"), local_files_only=True)
+    else:
+        scheduler, proc = arch_scheduler(desc.architecture), arch_processor(desc.architecture, tokenizer)
+    pipeline_cls = QwenImageLayeredPipeline if desc.variant is Variant.LAYERED else QwenImageEditPlusPipeline
+    return pipeline_cls(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                        processor=proc, transformer=transformer)
+
+
 def load_pipeline(request: LoadRequest) -> LoadedPipeline:
-    """Load and place a pipeline as ``request`` says. Nothing is downloaded; only safetensors are read.
+    """Load and place a pipeline as ``request`` says, one tensor at a time, straight into the
+    planned dtype. Nothing is downloaded; only safetensors are read (never pickles).
 
     On failure everything partly loaded is released before the error propagates.
     """
-    from diffusers import QwenImageEditPlusPipeline, QwenImageLayeredPipeline
-
-    variant, _ = inspect_folder(request.folder)
-    variant = resolve_variant(variant, request.variant, f"model folder '{request.folder.name}'")
+    desc = describe(request)
     device = torch.device(request.device)
-    dtypes = {
-        "transformer": compute_dtype(request.precision.transformer, device),
-        "text_encoder": compute_dtype(request.precision.text_encoder, device),
-        "vae": compute_dtype(request.precision.vae, device),
-        "default": torch.float32,
-    }
-    pipeline_cls = QwenImageLayeredPipeline if variant is Variant.LAYERED else QwenImageEditPlusPipeline
     pipeline = None
     try:
-        pipeline = pipeline_cls.from_pretrained(
-            str(request.folder), dtype=dtypes, local_files_only=True, use_safetensors=True
-        )
+        pipeline = _build(request, desc)
         pipeline.set_progress_bar_config(disable=True)
         plan = plan_placement(pipeline, device, request.offload)
         apply_placement(pipeline, plan, device)
     except QwenFitError:
-        del pipeline
+        pipeline = None
         release_memory()
         raise
-    except Exception as exc:  # a corrupt file, a wrong shape: tell the user which folder
-        del pipeline
+    except Exception as exc:  # a corrupt file, a wrong shape: tell the user which model
+        pipeline = None
         release_memory()
         raise QwenFitError(
-            f"model folder '{request.folder.name}' could not be loaded: {type(exc).__name__}: {exc}. "
-            "The files may be truncated or from another model; re-copy the folder."
+            f"'{request.source.name}' could not be loaded: {type(exc).__name__}: {exc}. The files may be "
+            "truncated or from another model; re-copy or download them again."
         ) from exc
     log.info("%s", plan.describe())
-    return LoadedPipeline(pipeline=pipeline, variant=variant, plan=plan, request=request)
+    return LoadedPipeline(pipeline=pipeline, variant=desc.variant, plan=plan, request=request)
 
 
 def release_memory() -> None:

@@ -11,7 +11,9 @@ from dataclasses import dataclass, fields
 from .errors import QwenFitError
 
 # "auto" lets the planner decide: bf16 on a GPU, fp32 on a CPU (bf16 matmuls are slow there).
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# fp8_e4m3fn stores Linear weights in fp8 with a per-tensor scale and computes in the auto dtype.
+FP8 = "fp8_e4m3fn"
+PRECISIONS = ("auto", "bf16", "fp16", "fp32", FP8)
 OFFLOAD_MODES = ("auto", "none", "model", "blocks")
 SWITCHES = ("auto", "on", "off")
 
@@ -32,6 +34,17 @@ class PrecisionSettings:
     def __post_init__(self) -> None:
         for f in fields(self):
             _check_choice(f"precision of {f.name}", getattr(self, f.name), PRECISIONS)
+        if self.vae == FP8:
+            raise QwenFitError("the VAE cannot be stored in fp8 (it is only 0.25 GB and fp8 hurts its output); "
+                               "pick auto, bf16 or fp32 for the VAE.")
+
+    @property
+    def transformer_fp8(self) -> bool:
+        return self.transformer == FP8
+
+    @property
+    def text_encoder_fp8(self) -> bool:
+        return self.text_encoder == FP8
 
 
 @dataclass(frozen=True)

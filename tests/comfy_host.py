@@ -25,6 +25,7 @@ import websocket
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 240
+MODEL_KINDS = ("diffusers", "diffusion_models", "text_encoders", "vae")
 
 
 def read_env(cache: Path | None = None) -> dict[str, str]:
@@ -90,17 +91,17 @@ class ComfyHost:
     # ---- layout -------------------------------------------------------------------------
     def prepare(self) -> None:
         """Create the base directory: pack link, model links, input/output folders."""
-        for sub in ("custom_nodes", "models/diffusers", "input", "output", "user", "temp"):
+        for sub in ("custom_nodes", "input", "output", "user", "temp", *(f"models/{k}" for k in MODEL_KINDS)):
             (self.base / sub).mkdir(parents=True, exist_ok=True)
         link = self.base / "custom_nodes" / self.pack_link_name
         if not link.exists():
             link.symlink_to(REPO, target_is_directory=True)
-        for model in sorted((self.models / "diffusers").iterdir()):
-            if model.name.startswith("."):
-                continue
-            target = self.base / "models" / "diffusers" / model.name
-            if not target.exists():
-                target.symlink_to(model, target_is_directory=True)
+        for kind in MODEL_KINDS:  # the tiny models, in each folder ComfyUI users have
+            source = self.models / kind
+            for model in sorted(source.iterdir()) if source.is_dir() else []:
+                target = self.base / "models" / kind / model.name
+                if not model.name.startswith(".") and not target.exists():
+                    target.symlink_to(model, target_is_directory=model.is_dir())
 
     @property
     def output_dir(self) -> Path:

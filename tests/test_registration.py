@@ -38,7 +38,9 @@ def test_widgets_carry_tooltips(comfy):
     info = comfy.object_info()
     loader = info["QwenFitOptimizedLoader"]["input"]
     assert "tooltip" in loader["required"]["model"][1]
-    assert "qwenfit-tiny-edit-2509" in loader["required"]["model"][1]["options"]
+    models = loader["required"]["model"][1]["options"]
+    assert "qwenfit-tiny-edit-2509" in models and "qwenfit_tiny_edit_2511_fp8mixed.safetensors" in models
+    assert loader["optional"]["text_encoder"][1]["options"][0] == "auto"
     edit = info["QwenFitInstructEdit"]["input"]["required"]
     assert edit["negative_prompt"][1]["default"] == " "
     assert edit["seed"][1]["control_after_generate"] is True

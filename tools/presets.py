@@ -22,9 +22,9 @@ UI_DIR = REPO / "workflows"
 API_DIR = REPO / "tests" / "workflows"
 SAMPLE_IMAGE = "qwenfit_sample.png"
 
-# Model folder names as users have them; the tests and the demo swap in the tiny models.
-EDIT_MODEL = "Qwen-Image-Edit-2509"
-LAYERED_MODEL = "Qwen-Image-Layered"
+# Comfy-Org's file names, as users have them; the tests and the demo swap in the tiny models.
+EDIT_MODEL = "qwen_image_edit_2509_fp8_e4m3fn.safetensors"
+LAYERED_MODEL = "qwen_image_layered_fp8mixed.safetensors"
 
 
 @dataclass
@@ -51,16 +51,22 @@ def _note(node_id: int, pos: tuple[int, int], text: str) -> Node:
 
 EDIT_NOTE = """**QwenFit - Instruct Edit (auto plan)**
 
-Put the model in `ComfyUI/models/diffusers/Qwen-Image-Edit-2509/` (a diffusers folder with `model_index.json`),
-or pick another Edit folder (2509 or 2511) in the loader. Press R after copying files.
+Files (Comfy-Org's repackaged ones; press R after copying):
+- `models/diffusion_models/qwen_image_edit_2509_fp8_e4m3fn.safetensors` (or 2509/2511 bf16 or fp8mixed)
+- `models/text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors`
+- `models/vae/qwen_image_vae.safetensors`
+
+A diffusers folder in `models/diffusers/` works too (pick it as the model).
 
 The settings nodes are on *auto*: the pack plans precision, offload and VAE tiling for the GPU it finds.
 Reference size: about 1 megapixel at the input's aspect ratio (width/height 0)."""
 
 LAYERED_NOTE = """**QwenFit - Layered Decompose (auto plan)**
 
-Put the model in `ComfyUI/models/diffusers/Qwen-Image-Layered/` (a diffusers folder with `model_index.json`).
-Press R after copying files.
+Files (Comfy-Org's repackaged ones; press R after copying):
+- `models/diffusion_models/qwen_image_layered_fp8mixed.safetensors` (or bf16)
+- `models/text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors`
+- `models/vae/qwen_image_layered_vae.safetensors` (the 4-channel one)
 
 An empty prompt lets the model caption the picture itself (a 7B text generation: slower).
 Outputs: RGB layers bottom first, their masks (1 = transparent, as Load Image), and a preview."""
@@ -95,7 +101,7 @@ PRESETS = [
         nodes=[
             _note(1, (40, -300), EDIT_NOTE),
             *_settings_nodes(2, 0),
-            Node(5, "QwenFitOptimizedLoader", (400, 0), {"model": EDIT_MODEL, "variant": "auto"}, size=(320, 140)),
+            Node(5, "QwenFitOptimizedLoader", (400, 0), {"model": EDIT_MODEL}, size=(320, 170)),
             Node(6, "LoadImage", (400, 200), {"image": SAMPLE_IMAGE}, size=(320, 320)),
             Node(
                 7,
@@ -127,7 +133,7 @@ PRESETS = [
         nodes=[
             _note(1, (40, -300), LAYERED_NOTE),
             *_settings_nodes(2, 0),
-            Node(5, "QwenFitOptimizedLoader", (400, 0), {"model": LAYERED_MODEL, "variant": "auto"}, size=(320, 140)),
+            Node(5, "QwenFitOptimizedLoader", (400, 0), {"model": LAYERED_MODEL}, size=(320, 170)),
             Node(6, "LoadImage", (400, 200), {"image": SAMPLE_IMAGE}, size=(320, 320)),
             Node(
                 7,
@@ -259,7 +265,8 @@ if __name__ == "__main__":
 
 # The tiny stand-ins for the real folder names, and a step count that keeps CPU runs short
 # (the tiny models draw noise whatever the step count).
-TINY_STAND_INS = {EDIT_MODEL: "qwenfit-tiny-edit-2509", LAYERED_MODEL: "qwenfit-tiny-layered"}
+TINY_STAND_INS = {EDIT_MODEL: "qwenfit_tiny_edit_2509_fp8_e4m3fn.safetensors",
+                  LAYERED_MODEL: "qwenfit_tiny_layered_fp8mixed.safetensors"}
 TINY_STEPS = 3
 
 

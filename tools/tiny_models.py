@@ -26,11 +26,8 @@ TINY_MODELS = {
     "qwenfit-tiny-layered": "layered",
 }
 # Bump when the architecture of the tiny models changes, so caches are rebuilt.
-BUILD_VERSION = 1
+BUILD_VERSION = 3
 _STAMP = "qwenfit-tiny.json"
-
-TEXT_HIDDEN = 16
-
 
 def _tokenizer(tokenizer_dir: Path):
     from transformers import Qwen2Tokenizer
@@ -38,122 +35,38 @@ def _tokenizer(tokenizer_dir: Path):
     return Qwen2Tokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
 
 
-def _processor(tokenizer):
-    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-
-    # A small pixel budget keeps the tiny vision tower cheap; the pipeline resizes
-    # condition images to ~384x384 first, the processor then shrinks them further.
-    pixels = {"min_pixels": 56 * 56, "max_pixels": 112 * 112}
-    image_processor = Qwen2VLImageProcessor(**pixels)
-    video_processor = Qwen2VLVideoProcessor(**pixels)
-    return Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor)
-
-
-def _text_encoder(vocab_size: int):
+def build_pipeline(variant: str, tokenizer_dir: Path, seed: int = 0):
+    """A tiny random pipeline of ``variant`` (edit-2509, edit-2511, layered) from the shipped tiny configs."""
+    import torch
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        QwenImageEditPlusPipeline,
+        QwenImageLayeredPipeline,
+        QwenImageTransformer2DModel,
+    )
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    config = Qwen2_5_VLConfig(
-        text_config={
-            "hidden_size": TEXT_HIDDEN,
-            "intermediate_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "vocab_size": vocab_size,
-            "max_position_embeddings": 4096,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [1, 1, 2]},
-        },
-        vision_config={
-            "depth": 2,
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_heads": 2,
-            "out_hidden_size": TEXT_HIDDEN,
-            "fullatt_block_indexes": [1],
-            "window_size": 112,
-        },
-        image_token_id=151655,
-        video_token_id=151656,
-        vision_start_token_id=151652,
-        vision_end_token_id=151653,
-    )
-    return Qwen2_5_VLForConditionalGeneration(config).eval()
+    from optim.architectures import Architecture, processor, scheduler
+    from optim.variants import Variant
 
+    arch = Architecture("qwenfit-tiny")
+    kind = Variant(variant)
 
-def _vae(rgba: bool):
-    from diffusers import AutoencoderKLQwenImage
+    def seeded(make):
+        # Each part gets its own seed, so the text encoder and the Edit VAE are the same in every
+        # variant and one split text-encoder file fits all three.
+        torch.manual_seed(seed)
+        return make().eval()
 
-    # base_dim 8 keeps it tiny; three downsamples keep the real 8x spatial scale and
-    # z_dim 16 keeps the real latent width (never z_dim 4 with RGBA: the pipeline would
-    # then mistake a 4-channel image for latents).
-    return AutoencoderKLQwenImage(
-        base_dim=8,
-        z_dim=16,
-        dim_mult=[1, 2, 2, 2],
-        num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-        input_channels=4 if rgba else 3,
-    ).eval()
-
-
-def _transformer(variant: str):
-    from diffusers import QwenImageTransformer2DModel
-
-    flags = {
-        "edit-2509": {},
-        "edit-2511": {"zero_cond_t": True},
-        "layered": {"use_layer3d_rope": True, "use_additional_t_cond": True},
-    }[variant]
-    return QwenImageTransformer2DModel(
-        patch_size=2,
-        in_channels=64,
-        out_channels=16,
-        num_layers=2,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=TEXT_HIDDEN,
-        axes_dims_rope=(4, 6, 6),
-        **flags,
-    ).eval()
-
-
-def _scheduler():
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    # The real Qwen-Image scheduler settings (dynamic shifting, exponential).
-    return FlowMatchEulerDiscreteScheduler(
-        base_image_seq_len=256,
-        base_shift=0.5,
-        max_image_seq_len=8192,
-        max_shift=0.9,
-        num_train_timesteps=1000,
-        shift=1.0,
-        shift_terminal=0.02,
-        stochastic_sampling=False,
-        time_shift_type="exponential",
-        use_beta_sigmas=False,
-        use_dynamic_shifting=True,
-        use_exponential_sigmas=False,
-        use_karras_sigmas=False,
-    )
-
-
-def build_pipeline(variant: str, tokenizer_dir: Path, seed: int = 0):
-    """Return a tiny random pipeline of the given variant (edit-2509, edit-2511, layered)."""
-    import torch
-    from diffusers import QwenImageEditPlusPipeline, QwenImageLayeredPipeline
-
-    torch.manual_seed(seed)
     tokenizer = _tokenizer(tokenizer_dir)
-    pipeline_cls = QwenImageLayeredPipeline if variant == "layered" else QwenImageEditPlusPipeline
+    pipeline_cls = QwenImageLayeredPipeline if kind is Variant.LAYERED else QwenImageEditPlusPipeline
     return pipeline_cls(
-        scheduler=_scheduler(),
-        vae=_vae(rgba=variant == "layered"),
-        text_encoder=_text_encoder(len(tokenizer)),
+        scheduler=scheduler(arch),
+        vae=seeded(lambda: AutoencoderKLQwenImage.from_config(arch.vae_config(4 if kind is Variant.LAYERED else 3))),
+        text_encoder=seeded(lambda: Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**arch.config("text_encoder")))),
         tokenizer=tokenizer,
-        processor=_processor(tokenizer),
-        transformer=_transformer(variant),
+        processor=processor(arch, tokenizer),
+        transformer=seeded(lambda: QwenImageTransformer2DModel.from_config(arch.transformer_config(kind))),
     )
 
 
@@ -195,11 +108,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tokenizer", type=Path, required=True, help="folder with the Qwen2.5 tokenizer (vocab.json, merges.txt)"
     )
-    parser.add_argument("--out", type=Path, required=True, help="models/diffusers folder to write into")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="models/diffusers folder to write into (split files go beside it)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    for folder in ensure_tiny_models(args.out, args.tokenizer):
+    rebuilt = any(not _is_current(args.out / name) for name in TINY_MODELS)
+    folders = ensure_tiny_models(args.out, args.tokenizer)
+    for folder in folders:
         print(folder)
+    from .comfy_layouts import layouts_current, write_layouts
+
+    models_dir = args.out.parent
+    if not layouts_current(models_dir) or rebuilt:
+        variants = {TINY_MODELS[f.name]: f for f in folders}
+        for path in write_layouts(variants, models_dir):
+            print(path)
     return 0
 
 

@@ -1,0 +1,1 @@
+"""Reading weight files: safetensors headers and tensors, key names, fp8 scales."""

@@ -14,6 +14,18 @@ from .weights.source import WeightSource
 
 LM_HEAD = "lm_head.weight"
 
+# How a component's Linear weights are stored: dense, fp8 as the file stores them (layers the
+# file left dense stay dense, as in ComfyUI), or fp8 for every block Linear (quantized on load).
+FP8_NONE, FP8_AS_STORED, FP8_ALL = "none", "as_stored", "all"
+
+
+def _fp8_filter(mode: str, scope, source: WeightSource):
+    if mode == FP8_NONE:
+        return None
+    if mode == FP8_AS_STORED:
+        return lambda name: scope(name) and source.has(f"{name}.weight") and source.is_fp8(f"{name}.weight")
+    return scope
+
 
 def transformer_fp8_filter(name: str) -> bool:
     """Which transformer Linears are stored in fp8: those inside the 60 blocks (99% of the weights)."""
@@ -26,7 +38,7 @@ def text_encoder_fp8_filter(name: str) -> bool:
 
 
 def build_transformer(source: WeightSource, arch: Architecture | None, config: dict[str, Any] | None,
-                      variant: Variant, dtype: torch.dtype, device: torch.device, fp8: bool) -> nn.Module:
+                      variant: Variant, dtype: torch.dtype, device: torch.device, fp8: str) -> nn.Module:
     """The transformer from ``arch`` (split files) or a folder's ``config``, filled from ``source``."""
     from accelerate import init_empty_weights
     from diffusers import QwenImageTransformer2DModel
@@ -36,7 +48,7 @@ def build_transformer(source: WeightSource, arch: Architecture | None, config: d
             module = QwenImageTransformer2DModel.from_config(config).eval()
     else:
         module = empty_transformer(arch, variant)
-    fill_module(module, source, dtype, device, fp8_linears=transformer_fp8_filter if fp8 else None)
+    fill_module(module, source, dtype, device, fp8_linears=_fp8_filter(fp8, transformer_fp8_filter, source))
     return module.to(device)
 
 
@@ -65,7 +77,7 @@ class _MissingLmHead(nn.Module):
 
 
 def build_text_encoder(source: WeightSource, arch: Architecture | None, config: Any | None,
-                       dtype: torch.dtype, device: torch.device, fp8: bool) -> nn.Module:
+                       dtype: torch.dtype, device: torch.device, fp8: str) -> nn.Module:
     from accelerate import init_empty_weights
     from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -74,8 +86,8 @@ def build_text_encoder(source: WeightSource, arch: Architecture | None, config: 
             module = Qwen2_5_VLForConditionalGeneration(config).eval()
     else:
         module = empty_text_encoder(arch)
-    missing = fill_module(module, source, dtype, device, fp8_linears=text_encoder_fp8_filter if fp8 else None,
-                          optional=(LM_HEAD,))
+    missing = fill_module(module, source, dtype, device,
+                          fp8_linears=_fp8_filter(fp8, text_encoder_fp8_filter, source), optional=(LM_HEAD,))
     if LM_HEAD in missing:
         module.lm_head = _MissingLmHead()
     return module.to(device)

@@ -13,12 +13,12 @@ import torch
 
 from .architectures import processor as arch_processor
 from .architectures import scheduler as arch_scheduler
-from .assemble import build_text_encoder, build_transformer, build_vae
+from .assemble import FP8_ALL, FP8_AS_STORED, FP8_NONE, build_text_encoder, build_transformer, build_vae
 from .devices import compute_dtype
 from .errors import QwenFitError
 from .placement import apply_placement, choose_offload_mode, plan_placement, plan_vae
 from .plan import Plan
-from .settings import OffloadSettings, PrecisionSettings, VaeSettings
+from .settings import FP8, OffloadSettings, PrecisionSettings, VaeSettings
 from .sources import DiffusersFolder, PipelineSource, SourceDescription, describe_folder, describe_split_files
 from .variants import Variant, detect_variant
 
@@ -118,6 +118,16 @@ def describe(request: LoadRequest) -> SourceDescription:
     return describe_split_files(source, request.variant)
 
 
+def fp8_mode(choice: str, source: Any) -> str:
+    """fp8 storage for a component: asked for explicitly, or "auto" on an fp8 file (expanding it would
+    double its memory for no gain in fidelity; layers the file keeps dense stay dense)."""
+    if choice == FP8:
+        return FP8_ALL
+    if choice == "auto" and source.holds_fp8():
+        return FP8_AS_STORED
+    return FP8_NONE
+
+
 def _build(request: LoadRequest, desc: SourceDescription) -> Any:
     from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline, QwenImageLayeredPipeline
     from transformers import Qwen2_5_VLConfig, Qwen2Tokenizer, Qwen2VLProcessor
@@ -130,10 +140,8 @@ def _build(request: LoadRequest, desc: SourceDescription) -> Any:
     home = device if choose_offload_mode(total, device, request.offload.mode) == "none" else torch.device("cpu")
     folder = desc.folder
     te_config = Qwen2_5_VLConfig.from_pretrained(str(folder / "text_encoder"), local_files_only=True) if folder else None
-    # "auto" keeps an fp8 file in fp8: expanding it would double its memory for no gain in fidelity.
-    transformer_fp8 = precision.transformer_fp8 or (precision.transformer == "auto" and desc.transformer.holds_fp8())
-    text_encoder_fp8 = precision.text_encoder_fp8 or (
-        precision.text_encoder == "auto" and desc.text_encoder.holds_fp8())
+    transformer_fp8 = fp8_mode(precision.transformer, desc.transformer)
+    text_encoder_fp8 = fp8_mode(precision.text_encoder, desc.text_encoder)
     transformer = build_transformer(desc.transformer, desc.architecture, desc.folder_config("transformer"),
                                     desc.variant, dtypes["transformer"], home, fp8=transformer_fp8)
     text_encoder = build_text_encoder(desc.text_encoder, desc.architecture, te_config, dtypes["text_encoder"],

@@ -32,6 +32,7 @@ class PipelineCache:
             self._drop()
             if before_load is not None:
                 before_load()
+            log.info("QwenFit: loading %s", request.source.name)
             self._loaded = load_pipeline(request)
             self._request = request
             self.loads += 1

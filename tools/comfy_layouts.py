@@ -21,7 +21,7 @@ from optim.weights.fp8 import comfy_quant_tensor, quantize_absmax
 from optim.weights.key_maps import text_encoder_to_comfy, vae_to_diffusers
 
 STAMP = "qwenfit-tiny-layouts.json"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 
 def _load_folder_part(folder: Path, part: str) -> dict[str, torch.Tensor]:
@@ -95,11 +95,9 @@ def _vae_original_candidates(key: str, num_res_blocks: int, levels: int):
                 "conv2": "residual.6", "conv_shortcut": "shortcut"}
 
     def leaves(inner: str) -> list[str]:
-        outs = [inner]
-        for new, old in leaf_map.items():
-            if inner == new or inner.startswith(new + "."):
-                outs.append(old + inner[len(new):])
-        return outs
+        # Renamed leaves first: the forward map passes unknown names through unchanged.
+        outs = [old + inner[len(new):] for new, old in leaf_map.items() if inner == new or inner.startswith(new + ".")]
+        return outs + [inner]
 
     if key.startswith("quant_conv."):
         return ["conv1." + key[len("quant_conv."):]]

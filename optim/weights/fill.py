@@ -14,6 +14,7 @@ from torch import nn
 
 from ..errors import QwenFitError
 from ..fp8_linear import replace_linear
+from ..host_memory import TrimEvery, trim_host_heap
 from .fp8 import Fp8Layout, Fp8Weight, quantize_absmax
 from .source import WeightSource
 
@@ -45,6 +46,7 @@ def fill_module(module: nn.Module, source: WeightSource, compute_dtype: torch.dt
     linears = {name for name, m in module.named_modules() if isinstance(m, nn.Linear)}
     fp8_layers = {name for name in linears if fp8_linears is not None and fp8_linears(name)}
     missing: list[str] = []
+    trim = TrimEvery()
     keys = list(module.state_dict(keep_vars=True).keys())
     for key in keys:
         layer, _, leaf = key.rpartition(".")
@@ -58,7 +60,8 @@ def fill_module(module: nn.Module, source: WeightSource, compute_dtype: torch.dt
         else:
             value = source.read(key)
             value = value.to(_target_dtype(key, value.dtype, compute_dtype, fp32_modules))
-        set_module_tensor_to_device(module, key, device, value=value)
+        set_module_tensor_to_device(module, key, device, value=value, dtype=value.dtype)
+        trim.add(value.numel() * value.element_size())
     for layer in sorted(fp8_layers):
         weight_key = f"{layer}.weight"
         if not source.has(weight_key):
@@ -73,6 +76,8 @@ def fill_module(module: nn.Module, source: WeightSource, compute_dtype: torch.dt
         bias_key = f"{layer}.bias"
         bias = source.read(bias_key).to(device=device, dtype=compute_dtype) if source.has(bias_key) else None
         replace_linear(module, layer, weight, bias)
+        trim.add(weight.data.numel() * 4)
+    trim_host_heap()
     unexpected = [k for k in missing if k not in optional]
     if unexpected:
         shown = ", ".join(source.to_file_key(k) for k in unexpected[:5])

@@ -88,11 +88,22 @@ def scale_key_for(weight_key: str, layout: Fp8Layout) -> str | None:
     return {Fp8Layout.SCALED: f"{layer}.scale_weight", Fp8Layout.MIXED: f"{layer}.weight_scale"}.get(layout)
 
 
-def quantize_absmax(weight: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-tensor absmax quantization, as ComfyUI's guide describes: returns (fp8 data, float32 scale)."""
-    w = weight.float()
-    scale = (w.abs().max() / torch.finfo(dtype).max).clamp(min=1e-12)
-    return (w / scale).to(dtype), scale.reshape(())
+def quantize_absmax(weight: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn,
+                    chunk_elements: int = 1 << 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor absmax quantization, as ComfyUI's guide describes: returns (fp8 data, float32 scale).
+
+    Works in row chunks so the float32 temporaries stay small next to a large weight.
+    """
+    rows = weight.reshape(weight.shape[0], -1) if weight.ndim else weight.reshape(1, 1)
+    step = max(1, chunk_elements // max(1, rows.shape[1]))
+    amax = torch.zeros((), dtype=torch.float32)
+    for start in range(0, rows.shape[0], step):
+        amax = torch.maximum(amax, rows[start:start + step].float().abs().max())
+    scale = (amax / torch.finfo(dtype).max).clamp(min=1e-12)
+    out = torch.empty(rows.shape, dtype=dtype)
+    for start in range(0, rows.shape[0], step):
+        out[start:start + step] = (rows[start:start + step].float() / scale).to(dtype)
+    return out.reshape(weight.shape), scale.reshape(())
 
 
 def comfy_quant_tensor(fmt: str = "float8_e4m3fn") -> torch.Tensor:

@@ -1,0 +1,45 @@
+"""Give freed host memory back to the OS during loading.
+
+glibc keeps freed blocks in its heap, so a loader that creates many per-tensor temporaries
+grows its resident memory well past what it keeps. ``malloc_trim`` returns that slack; it is
+glibc-only and a no-op elsewhere.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+from functools import cache
+
+
+@cache
+def _libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def trim_host_heap() -> None:
+    """Return free heap memory to the OS (glibc); silently nothing on other platforms."""
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None) if libc is not None else None
+    if trim is not None:
+        trim(0)
+
+
+class TrimEvery:
+    """Calls ``trim_host_heap`` after every ``interval`` bytes of processed tensors."""
+
+    def __init__(self, interval: int = 64 * 2**20) -> None:
+        self.interval = interval
+        self._pending = 0
+
+    def add(self, nbytes: int) -> None:
+        self._pending += nbytes
+        if self._pending >= self.interval:
+            self._pending = 0
+            trim_host_heap()

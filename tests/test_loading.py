@@ -1,0 +1,228 @@
+"""Loading the files users have: key names, variants, fp8, bad files, memory, caching (no server)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import shutil
+import subprocess
+import sys
+import weakref
+
+import pytest
+import torch
+from comfy_host import read_env
+from conftest import REPO
+from safetensors.torch import save_file
+from tiny_files import FOLDER, MODELS, TE_BF16, TOKENIZER, split_files
+
+from optim import DiffusersFolder, LoadRequest, PipelineCache, PrecisionSettings, QwenFitError, SplitFiles, Variant
+from optim.fp8_linear import Fp8Linear
+from optim.loading import describe, load_pipeline
+from optim.weights.fp8 import Fp8Layout
+from optim.weights.source import WeightSource
+
+
+def test_key_names_and_configs_match_comfyui_modules_at_real_size():
+    """Our shipped 20B configs + key maps give exactly ComfyUI's own tensor names and shapes, and the
+    tiny VAE files carry the names ComfyUI's VAE module has."""
+    env = read_env()
+    out = subprocess.run([sys.executable, str(REPO / "tests" / "comfy_reference_keys.py"), env["QWENFIT_COMFYUI"],
+                          str(REPO), env["QWENFIT_MODELS"]], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    differences = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(differences) >= {"real transformer", "real text encoder", "real vae"}
+    assert {k: v for k, v in differences.items() if v} == {}
+
+
+@pytest.mark.parametrize("transformer, variant", [
+    ("qwenfit_tiny_edit_2509_bf16.safetensors", Variant.EDIT_2509),
+    ("qwenfit_tiny_edit_2509_fp8_e4m3fn.safetensors", Variant.EDIT_2509),
+    ("qwenfit_tiny_edit_2511_bf16.safetensors", Variant.EDIT_2511),
+    ("qwenfit_tiny_edit_2511_fp8mixed.safetensors", Variant.EDIT_2511),
+    ("qwenfit_tiny_layered_bf16.safetensors", Variant.LAYERED),
+    ("qwenfit_tiny_layered_fp8mixed.safetensors", Variant.LAYERED),
+])
+def test_variant_is_read_from_the_weights(transformer, variant):
+    desc = describe(LoadRequest(source=split_files(transformer, variant.value)))
+    assert desc.variant is variant
+
+
+def test_2511_marker_wins_over_the_file_name(tmp_path):
+    renamed = tmp_path / "my_edit_model.safetensors"  # no "2511" in the name: the marker key decides
+    shutil.copyfile(MODELS / "diffusion_models" / "qwenfit_tiny_edit_2511_bf16.safetensors", renamed)
+    files = split_files("x", "edit-2511")
+    assert describe(LoadRequest(source=SplitFiles(renamed, files.text_encoder, files.vae, TOKENIZER))).variant \
+        is Variant.EDIT_2511
+
+
+def test_a_2511_file_forced_to_2509_is_refused():
+    with pytest.raises(QwenFitError, match=r"edit-2511 by its weights.*variant=edit-2509"):
+        describe(LoadRequest(source=split_files("qwenfit_tiny_edit_2511_bf16.safetensors", "edit-2511"),
+                             variant="edit-2509"))
+
+
+def test_mismatched_vae_names_both_files_and_the_fix():
+    source = split_files("qwenfit_tiny_edit_2509_bf16.safetensors", "edit-2509",
+                         vae="qwenfit_tiny_qwen_image_layered_vae.safetensors")
+    with pytest.raises(QwenFitError) as err:
+        describe(LoadRequest(source=source))
+    message = str(err.value)
+    assert "qwenfit_tiny_qwen_image_layered_vae.safetensors" in message and "edit_2509" in message
+    assert "pick qwen_image_vae.safetensors" in message
+    layered = split_files("qwenfit_tiny_layered_bf16.safetensors", "layered",
+                          vae="qwenfit_tiny_qwen_image_vae.safetensors")
+    with pytest.raises(QwenFitError, match="pick qwen_image_layered_vae"):
+        describe(LoadRequest(source=layered))
+
+
+def test_files_in_the_wrong_slot_say_what_they_are():
+    te_as_transformer = split_files(f"../text_encoders/{TE_BF16}", "edit-2509")
+    with pytest.raises(QwenFitError, match="is a Qwen2.5 text encoder .text_encoders., not a Qwen-Image transformer"):
+        describe(LoadRequest(source=te_as_transformer))
+
+
+@pytest.mark.parametrize("keys, family", [
+    ({"model.diffusion_model.input_blocks.0.0.weight": (4, 4), "model.diffusion_model.label_emb.0.0.weight": (4, 4),
+      "conditioner.embedders.0.transformer.text_model.embeddings.position_ids": (1, 4)}, "SDXL"),
+    ({"double_blocks.0.img_attn.qkv.weight": (4, 4), "img_in.weight": (4, 4)}, "Flux"),
+])
+def test_other_model_families_are_named(tmp_path, keys, family):
+    path = tmp_path / "other.safetensors"
+    save_file({k: torch.zeros(shape) for k, shape in keys.items()}, str(path))
+    files = split_files("x", "edit-2509")
+    with pytest.raises(QwenFitError, match=f"{family}.*not a Qwen-Image transformer"):
+        describe(LoadRequest(source=SplitFiles(path, files.text_encoder, files.vae, TOKENIZER)))
+
+
+def test_pickle_files_are_refused_unread(tmp_path):
+    from optim.weight_files import resolve_weight_file
+    from optim.weights.safetensors_file import SafetensorsFile
+
+    evil = tmp_path / "model.ckpt"
+    evil.write_bytes(b"\x80\x04 pretend pickle that would run code")
+    for name in ("model.ckpt", "model.pt", "model.bin"):
+        with pytest.raises(QwenFitError, match="never loads pickles"):
+            resolve_weight_file([tmp_path], name, "diffusion_models")
+    with pytest.raises(QwenFitError, match="pickle"):
+        SafetensorsFile(evil)
+    disguised = tmp_path / "disguised.safetensors"  # pickle bytes behind a safetensors name
+    disguised.write_bytes(b"\x80\x04\x95" + b"\x00" * 64)
+    with pytest.raises(QwenFitError, match="not a readable safetensors file"):
+        SafetensorsFile(disguised)
+
+
+def test_truncated_file_is_refused_and_nothing_stays_loaded(tmp_path):
+    source = MODELS / "text_encoders" / TE_BF16
+    truncated = tmp_path / "qwen_2.5_vl_truncated.safetensors"
+    truncated.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+    files = split_files("qwenfit_tiny_edit_2509_bf16.safetensors", "edit-2509")
+    with pytest.raises(QwenFitError, match="truncated"):
+        load_pipeline(LoadRequest(source=SplitFiles(files.transformer, truncated, files.vae, TOKENIZER)))
+    gc.collect()
+    from diffusers import QwenImageTransformer2DModel
+
+    alive = [o for o in gc.get_objects() if isinstance(o, QwenImageTransformer2DModel)]
+    assert alive == []
+
+
+def test_missing_tokenizer_says_where_to_get_it(tmp_path):
+    files = split_files("qwenfit_tiny_edit_2509_bf16.safetensors", "edit-2509")
+    with pytest.raises(QwenFitError, match="tokenizer is missing.*qwen25_tokenizer"):
+        describe(LoadRequest(source=SplitFiles(files.transformer, files.text_encoder, files.vae, tmp_path)))
+
+
+def test_fp8_files_keep_fp8_storage_with_comfyui_scales():
+    files = split_files("qwenfit_tiny_edit_2509_fp8_e4m3fn.safetensors", "edit-2509", text_encoder=TE_BF16)
+    loaded = load_pipeline(LoadRequest(source=files))
+    layer = loaded.pipeline.transformer.transformer_blocks[1].attn.to_q
+    assert isinstance(layer, Fp8Linear) and layer.weight_fp8.dtype == torch.float8_e4m3fn
+    assert layer.layout == Fp8Layout.SCALED
+    source = WeightSource([files.transformer], lambda k: "model.diffusion_model." + k)
+    stored = source.read_fp8("transformer_blocks.1.attn.to_q.weight")
+    # ComfyUI's scaled-fp8 arithmetic: weight.to(dtype) * scale_weight.to(dtype)
+    expected = stored.data.to(torch.float32) * stored.scale.to(torch.float32)
+    assert torch.equal(layer.dequantized_weight(torch.float32), expected)
+    assert loaded.pipeline.transformer.dtype == torch.float32  # compute dtype, never fp8
+
+
+def test_mixed_fp8_keeps_unquantized_layers_dense():
+    loaded = load_pipeline(LoadRequest(source=split_files("qwenfit_tiny_edit_2511_fp8mixed.safetensors",
+                                                          "edit-2511")))
+    blocks = loaded.pipeline.transformer.transformer_blocks
+    assert not isinstance(blocks[0].attn.to_q, Fp8Linear)  # left in high precision by the file
+    assert isinstance(blocks[1].attn.to_q, Fp8Linear) and blocks[1].attn.to_q.layout == Fp8Layout.MIXED
+
+
+def test_cache_reuses_same_selection_and_frees_the_old_one():
+    cache = PipelineCache()
+    first = LoadRequest(source=DiffusersFolder(MODELS / "diffusers" / FOLDER["edit-2509"]))
+    loaded = cache.get(first)
+    assert cache.get(first) is loaded and cache.loads == 1
+    old = weakref.ref(loaded.pipeline.transformer)
+    del loaded
+    cache.get(LoadRequest(source=split_files("qwenfit_tiny_edit_2509_bf16.safetensors", "edit-2509"),
+                          precision=PrecisionSettings(transformer="bf16")))
+    gc.collect()
+    assert cache.loads == 2 and old() is None
+    cache.clear()
+
+
+MEMORY_PROBE = r"""
+import json, sys, threading, time
+import psutil, torch
+import accelerate, diffusers.models  # imported before measuring: only the load itself counts
+sys.path.insert(0, sys.argv[1])
+from optim import Variant
+from optim.assemble import build_transformer
+from optim.weights.source import WeightSource
+path, fp8 = sys.argv[2], sys.argv[3]
+config = json.load(open(sys.argv[4]))
+source = WeightSource([path])
+build_transformer(WeightSource([path]), None, config, Variant.EDIT_2509, torch.bfloat16, torch.device("meta"), fp8="none")
+process, peak, done = psutil.Process(), [0], threading.Event()
+def sample():  # resident memory every millisecond while loading
+    while not done.is_set():
+        peak[0] = max(peak[0], process.memory_info().rss)
+        time.sleep(0.001)
+before = process.memory_info().rss
+sampler = threading.Thread(target=sample)
+sampler.start()
+module = build_transformer(source, None, config, Variant.EDIT_2509, torch.bfloat16, torch.device("cpu"), fp8=fp8)
+done.set()
+sampler.join()
+after = process.memory_info().rss
+print(json.dumps({"growth": max(peak[0], after) - before, "kept": after - before, "file": source.nbytes}))
+"""
+
+
+@pytest.fixture(scope="module")
+def medium_transformer(tmp_path_factory):
+    """A bf16 transformer file of ~100 MB: small enough for CI, large enough to measure."""
+    from diffusers import QwenImageTransformer2DModel
+
+    config = {"num_layers": 5, "attention_head_dim": 64, "num_attention_heads": 8, "joint_attention_dim": 64,
+              "axes_dims_rope": [8, 28, 28], "in_channels": 64, "out_channels": 16, "patch_size": 2}
+    folder = tmp_path_factory.mktemp("medium")
+    model = QwenImageTransformer2DModel.from_config(config).to(torch.bfloat16)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "t.safetensors"))
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("fp8", ["none", "all"], ids=["bf16-plan", "fp8-plan"])
+def test_load_peak_host_memory_is_bounded(medium_transformer, fp8):
+    """Peak RSS growth while loading a bf16 file: at most the file size + 32 MiB for a bf16 plan; for an
+    fp8-storage plan clearly below the file size, so the bf16 transformer never existed whole."""
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(REPO), str(medium_transformer / "t.safetensors"),
+                          fp8, str(medium_transformer / "config.json")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    m = json.loads(out.stdout.strip().splitlines()[-1])
+    file_size = m["file"]
+    assert file_size > 80 * 2**20
+    if fp8 == "all":
+        assert m["growth"] <= 0.85 * file_size, m
+        assert m["kept"] <= 0.75 * file_size, m
+    else:
+        assert m["growth"] <= file_size + 32 * 2**20, m
+        assert m["kept"] >= 0.9 * file_size, m  # the weights really were loaded, in bf16

@@ -14,6 +14,7 @@ from ..optim.variants import VARIANT_CHOICES
 from ..optim.weight_files import (
     AUTO,
     STANDARD_TEXT_ENCODERS,
+    STANDARD_TRANSFORMERS,
     STANDARD_VAES,
     TEXT_ENCODER_HINTS,
     VAE_HINTS,
@@ -21,6 +22,7 @@ from ..optim.weight_files import (
     pick_default,
     resolve_weight_file,
 )
+from ..optim.weights.safetensors_file import PICKLE_SUFFIXES
 from .comfy_glue import compute_device, free_comfy_models, model_roots, qwen_tokenizer_dir
 from .types import CATEGORY, OffloadConfig, PrecisionConfig, QwenPipeline, VaeConfig
 
@@ -29,8 +31,11 @@ PIPELINES = PipelineCache()
 
 
 def model_choices() -> list[str]:
-    """Diffusers folders, then transformer files from diffusion_models (Qwen files first)."""
-    return list_pipeline_folders(model_roots("diffusers")) + list_weight_files(model_roots("diffusion_models"))
+    """Transformer files from diffusion_models (Comfy-Org's names first: the default is the first
+    one present), then diffusers folders."""
+    return list_weight_files(model_roots("diffusion_models"), STANDARD_TRANSFORMERS) + list_pipeline_folders(
+        model_roots("diffusers")
+    )
 
 
 def _is_file(model: str) -> bool:
@@ -90,7 +95,7 @@ class OptimizedLoader(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "text_encoder",
-                    options=[AUTO] + list_weight_files(model_roots("text_encoders")),
+                    options=[AUTO] + list_weight_files(model_roots("text_encoders"), STANDARD_TEXT_ENCODERS),
                     default=AUTO,
                     optional=True,
                     tooltip="From models/text_encoders. auto: qwen_2.5_vl_7b_fp8_scaled, else qwen_2.5_vl_7b "
@@ -118,6 +123,8 @@ class OptimizedLoader(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, model: str, **_: object) -> bool | str:
         # Checked when the prompt is queued, before anything runs.
+        if model.lower().endswith(PICKLE_SUFFIXES):
+            return f"{model} is a pickle file; QwenFit never loads pickles (they can run code): use .safetensors."
         if model not in model_choices():
             return (
                 f"model {model!r} is neither a file in models/diffusion_models nor a folder in models/diffusers. "

@@ -87,5 +87,6 @@ def processor(arch: Architecture, tokenizer: Any):
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
     cfg = arch.config("image_processor")
-    return Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(**cfg), tokenizer=tokenizer,
-                            video_processor=Qwen2VLVideoProcessor(**cfg))
+    return Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**cfg), tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor(**cfg)
+    )

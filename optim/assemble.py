@@ -37,8 +37,15 @@ def text_encoder_fp8_filter(name: str) -> bool:
     return ".layers." in name and "visual" not in name
 
 
-def build_transformer(source: WeightSource, arch: Architecture | None, config: dict[str, Any] | None,
-                      variant: Variant, dtype: torch.dtype, device: torch.device, fp8: str) -> nn.Module:
+def build_transformer(
+    source: WeightSource,
+    arch: Architecture | None,
+    config: dict[str, Any] | None,
+    variant: Variant,
+    dtype: torch.dtype,
+    device: torch.device,
+    fp8: str,
+) -> nn.Module:
     """The transformer from ``arch`` (split files) or a folder's ``config``, filled from ``source``."""
     from accelerate import init_empty_weights
     from diffusers import QwenImageTransformer2DModel
@@ -52,8 +59,14 @@ def build_transformer(source: WeightSource, arch: Architecture | None, config: d
     return module.to(device)
 
 
-def build_vae(source: WeightSource, arch: Architecture | None, config: dict[str, Any] | None,
-              input_channels: int, dtype: torch.dtype, device: torch.device) -> nn.Module:
+def build_vae(
+    source: WeightSource,
+    arch: Architecture | None,
+    config: dict[str, Any] | None,
+    input_channels: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> nn.Module:
     from accelerate import init_empty_weights
     from diffusers import AutoencoderKLQwenImage
 
@@ -72,12 +85,20 @@ class _MissingLmHead(nn.Module):
     def forward(self, *_: Any, **__: Any) -> torch.Tensor:
         from .errors import QwenFitError
 
-        raise QwenFitError("this text encoder file has no lm_head, which the Layered auto-caption needs: "
-                           "write a prompt, or use the full qwen_2.5_vl_7b text encoder file.")
+        raise QwenFitError(
+            "this text encoder file has no lm_head, which the Layered auto-caption needs: "
+            "write a prompt, or use the full qwen_2.5_vl_7b text encoder file."
+        )
 
 
-def build_text_encoder(source: WeightSource, arch: Architecture | None, config: Any | None,
-                       dtype: torch.dtype, device: torch.device, fp8: str) -> nn.Module:
+def build_text_encoder(
+    source: WeightSource,
+    arch: Architecture | None,
+    config: Any | None,
+    dtype: torch.dtype,
+    device: torch.device,
+    fp8: str,
+) -> nn.Module:
     from accelerate import init_empty_weights
     from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -86,8 +107,14 @@ def build_text_encoder(source: WeightSource, arch: Architecture | None, config: 
             module = Qwen2_5_VLForConditionalGeneration(config).eval()
     else:
         module = empty_text_encoder(arch)
-    missing = fill_module(module, source, dtype, device,
-                          fp8_linears=_fp8_filter(fp8, text_encoder_fp8_filter, source), optional=(LM_HEAD,))
+    missing = fill_module(
+        module,
+        source,
+        dtype,
+        device,
+        fp8_linears=_fp8_filter(fp8, text_encoder_fp8_filter, source),
+        optional=(LM_HEAD,),
+    )
     if LM_HEAD in missing:
         module.lm_head = _MissingLmHead()
     return module.to(device)

@@ -34,7 +34,7 @@ def trim_host_heap() -> None:
 class TrimEvery:
     """Calls ``trim_host_heap`` after every ``interval`` bytes of processed tensors."""
 
-    def __init__(self, interval: int = 64 * 2**20) -> None:
+    def __init__(self, interval: int = 8 * 2**20) -> None:
         self.interval = interval
         self._pending = 0
 

@@ -139,13 +139,23 @@ def _build(request: LoadRequest, desc: SourceDescription) -> Any:
     # Resident plans load straight onto the GPU; offloaded ones stay on the host until placed.
     home = device if choose_offload_mode(total, device, request.offload.mode) == "none" else torch.device("cpu")
     folder = desc.folder
-    te_config = Qwen2_5_VLConfig.from_pretrained(str(folder / "text_encoder"), local_files_only=True) if folder else None
+    te_config = (
+        Qwen2_5_VLConfig.from_pretrained(str(folder / "text_encoder"), local_files_only=True) if folder else None
+    )
     transformer_fp8 = fp8_mode(precision.transformer, desc.transformer)
     text_encoder_fp8 = fp8_mode(precision.text_encoder, desc.text_encoder)
-    transformer = build_transformer(desc.transformer, desc.architecture, desc.folder_config("transformer"),
-                                    desc.variant, dtypes["transformer"], home, fp8=transformer_fp8)
-    text_encoder = build_text_encoder(desc.text_encoder, desc.architecture, te_config, dtypes["text_encoder"],
-                                      home, fp8=text_encoder_fp8)
+    transformer = build_transformer(
+        desc.transformer,
+        desc.architecture,
+        desc.folder_config("transformer"),
+        desc.variant,
+        dtypes["transformer"],
+        home,
+        fp8=transformer_fp8,
+    )
+    text_encoder = build_text_encoder(
+        desc.text_encoder, desc.architecture, te_config, dtypes["text_encoder"], home, fp8=text_encoder_fp8
+    )
     vae = build_vae(desc.vae, desc.architecture, desc.folder_config("vae"), desc.vae_channels, dtypes["vae"], home)
     tokenizer = Qwen2Tokenizer.from_pretrained(str(desc.tokenizer_dir), local_files_only=True)
     if folder is not None:
@@ -154,8 +164,14 @@ def _build(request: LoadRequest, desc: SourceDescription) -> Any:
     else:
         scheduler, proc = arch_scheduler(desc.architecture), arch_processor(desc.architecture, tokenizer)
     pipeline_cls = QwenImageLayeredPipeline if desc.variant is Variant.LAYERED else QwenImageEditPlusPipeline
-    return pipeline_cls(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                        processor=proc, transformer=transformer)
+    return pipeline_cls(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        processor=proc,
+        transformer=transformer,
+    )
 
 
 def load_pipeline(request: LoadRequest) -> LoadedPipeline:

@@ -35,8 +35,10 @@ class PrecisionSettings:
         for f in fields(self):
             _check_choice(f"precision of {f.name}", getattr(self, f.name), PRECISIONS)
         if self.vae == FP8:
-            raise QwenFitError("the VAE cannot be stored in fp8 (it is only 0.25 GB and fp8 hurts its output); "
-                               "pick auto, bf16 or fp32 for the VAE.")
+            raise QwenFitError(
+                "the VAE cannot be stored in fp8 (it is only 0.25 GB and fp8 hurts its output); "
+                "pick auto, bf16 or fp32 for the VAE."
+            )
 
     @property
     def transformer_fp8(self) -> bool:

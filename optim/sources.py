@@ -77,6 +77,7 @@ def _shards(folder: Path) -> list[Path]:
 
 # ---- transformer ----------------------------------------------------------------------------
 
+
 def _transformer_source(path: Path) -> tuple[WeightSource, Variant | None]:
     """Open a transformer file; returns the source and the variant its keys prove (None: no proof)."""
     source = WeightSource([path])
@@ -111,15 +112,21 @@ def _match_transformer(source: WeightSource, name: str) -> Architecture:
         cfg = arch.config("transformer")
         inner = cfg["num_attention_heads"] * cfg["attention_head_dim"]
         blocks = sum(1 for k in keys if k.endswith("attn.to_q.weight") and "transformer_blocks." in k)
-        if (source.has("img_in.weight") and source.shape("img_in.weight") == (inner, cfg["in_channels"])
-                and source.shape("txt_in.weight") == (inner, cfg["joint_attention_dim"])
-                and blocks == cfg["num_layers"]):
+        if (
+            source.has("img_in.weight")
+            and source.shape("img_in.weight") == (inner, cfg["in_channels"])
+            and source.shape("txt_in.weight") == (inner, cfg["joint_attention_dim"])
+            and blocks == cfg["num_layers"]
+        ):
             return arch
-    raise QwenFitError(f"{name} is a Qwen-Image transformer of an unknown size (img_in "
-                       f"{source.shape('img_in.weight')}); QwenFit knows the 20B release only.")
+    raise QwenFitError(
+        f"{name} is a Qwen-Image transformer of an unknown size (img_in "
+        f"{source.shape('img_in.weight')}); QwenFit knows the 20B release only."
+    )
 
 
 # ---- text encoder ---------------------------------------------------------------------------
+
 
 def _text_encoder_source(path: Path) -> WeightSource:
     source = WeightSource([path])
@@ -146,6 +153,7 @@ def _match_text_encoder(source: WeightSource, name: str) -> Architecture:
 
 
 # ---- VAE ------------------------------------------------------------------------------------
+
 
 def _vae_source(path: Path, arch: Architecture | None) -> tuple[WeightSource, int]:
     source = WeightSource([path])
@@ -206,24 +214,34 @@ def check_tokenizer(folder: Path) -> None:
 
 def describe_split_files(files: SplitFiles, requested_variant: str = "auto") -> SourceDescription:
     """Inspect split files (headers only) and check they belong together."""
-    for label, path in (("transformer", files.transformer), ("text encoder", files.text_encoder),
-                        ("VAE", files.vae)):
+    for label, path in (("transformer", files.transformer), ("text encoder", files.text_encoder), ("VAE", files.vae)):
         if not path.is_file():
-            raise QwenFitError(f"the {label} file {path.name} does not exist any more; refresh (press R) and pick again.")
+            raise QwenFitError(
+                f"the {label} file {path.name} does not exist any more; refresh (press R) and pick again."
+            )
     transformer, proven = _transformer_source(files.transformer)
-    variant = resolve_requested_variant(proven, variant_from_name(files.transformer.name), requested_variant,
-                                        files.transformer.name)
+    variant = resolve_requested_variant(
+        proven, variant_from_name(files.transformer.name), requested_variant, files.transformer.name
+    )
     arch = _match_transformer(transformer, files.transformer.name)
     text_encoder = _text_encoder_source(files.text_encoder)
     te_arch = _match_text_encoder(text_encoder, files.text_encoder.name)
     if te_arch != arch:
-        raise QwenFitError(f"{files.text_encoder.name} ({te_arch.name}) does not belong with "
-                           f"{files.transformer.name} ({arch.name}).")
+        raise QwenFitError(
+            f"{files.text_encoder.name} ({te_arch.name}) does not belong with {files.transformer.name} ({arch.name})."
+        )
     vae, channels = _vae_source(files.vae, arch)
     _check_vae_matches(channels, variant, files.vae.name, files.transformer.name)
     check_tokenizer(files.tokenizer)
-    return SourceDescription(variant=variant, architecture=arch, transformer=transformer, text_encoder=text_encoder,
-                             vae=vae, vae_channels=channels, tokenizer_dir=files.tokenizer)
+    return SourceDescription(
+        variant=variant,
+        architecture=arch,
+        transformer=transformer,
+        text_encoder=text_encoder,
+        vae=vae,
+        vae_channels=channels,
+        tokenizer_dir=files.tokenizer,
+    )
 
 
 def describe_folder(folder: Path, model_index: dict[str, Any], requested_variant: str) -> SourceDescription:
@@ -231,15 +249,19 @@ def describe_folder(folder: Path, model_index: dict[str, Any], requested_variant
     from .variants import resolve_variant
 
     transformer_config = json.loads((folder / "transformer" / "config.json").read_text())
-    variant = resolve_variant(detect_variant(model_index, transformer_config, f"model folder '{folder.name}'"),
-                              requested_variant, f"model folder '{folder.name}'")
+    variant = resolve_variant(
+        detect_variant(model_index, transformer_config, f"model folder '{folder.name}'"),
+        requested_variant,
+        f"model folder '{folder.name}'",
+    )
     text_encoder = WeightSource(_shards(folder / "text_encoder"))
     keys = text_encoder.file_keys()
     if "model.layers.0.self_attn.k_proj.bias" in keys:
         text_encoder.to_file_key = text_encoder_to_comfy
     vae_config = json.loads((folder / "vae" / "config.json").read_text())
     return SourceDescription(
-        variant=variant, architecture=None,
+        variant=variant,
+        architecture=None,
         transformer=WeightSource(_shards(folder / "transformer")),
         text_encoder=text_encoder,
         vae=WeightSource(_shards(folder / "vae")),

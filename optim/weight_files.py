@@ -14,6 +14,15 @@ WEIGHT_SUFFIXES = (".safetensors",)
 AUTO = "auto"
 
 # Comfy-Org's file names, best first; "auto" picks the first one present.
+STANDARD_TRANSFORMERS = (
+    "qwen_image_edit_2511_fp8mixed.safetensors",
+    "qwen_image_edit_2509_fp8_e4m3fn.safetensors",
+    "qwen_image_edit_2509_fp8mixed.safetensors",
+    "qwen_image_edit_2511_bf16.safetensors",
+    "qwen_image_edit_2509_bf16.safetensors",
+    "qwen_image_layered_fp8mixed.safetensors",
+    "qwen_image_layered_bf16.safetensors",
+)
 STANDARD_TEXT_ENCODERS = ("qwen_2.5_vl_7b_fp8_scaled.safetensors", "qwen_2.5_vl_7b.safetensors")
 STANDARD_VAES = {
     Variant.LAYERED: ("qwen_image_layered_vae.safetensors",),
@@ -22,12 +31,16 @@ STANDARD_VAES = {
 }
 # When no standard name is there, a file whose name holds one of these is taken.
 TEXT_ENCODER_HINTS = ("qwen_2.5_vl", "qwen2.5_vl", "qwen25_vl", "qwen2.5-vl")
-VAE_HINTS = {Variant.LAYERED: ("layered_vae",), Variant.EDIT_2509: ("qwen_image_vae", "qwen_vae"),
-             Variant.EDIT_2511: ("qwen_image_vae", "qwen_vae")}
+VAE_HINTS = {
+    Variant.LAYERED: ("layered_vae",),
+    Variant.EDIT_2509: ("qwen_image_vae", "qwen_vae"),
+    Variant.EDIT_2511: ("qwen_image_vae", "qwen_vae"),
+}
 
 
-def list_weight_files(roots: Iterable[str | os.PathLike]) -> list[str]:
-    """Relative names ('/'-separated) of every safetensors file under ``roots``; Qwen files first."""
+def list_weight_files(roots: Iterable[str | os.PathLike], preferred: tuple[str, ...] = ()) -> list[str]:
+    """Relative names ('/'-separated) of every safetensors file under ``roots``: ``preferred`` names
+    first (in their order), then other Qwen files, then the rest."""
     names: set[str] = set()
     for root in roots:
         root = Path(root)
@@ -38,7 +51,8 @@ def list_weight_files(roots: Iterable[str | os.PathLike]) -> list[str]:
             for filename in filenames:
                 if filename.lower().endswith(WEIGHT_SUFFIXES):
                     names.add((Path(dirpath) / filename).relative_to(root).as_posix())
-    return sorted(names, key=lambda n: ("qwen" not in n.lower(), n.lower()))
+    rank = {name: i for i, name in enumerate(preferred)}
+    return sorted(names, key=lambda n: (rank.get(Path(n).name, len(rank)), "qwen" not in n.lower(), n.lower()))
 
 
 def resolve_weight_file(roots: Iterable[str | os.PathLike], name: str, folder_kind: str) -> Path:
@@ -60,8 +74,9 @@ def resolve_weight_file(roots: Iterable[str | os.PathLike], name: str, folder_ki
     )
 
 
-def pick_default(names: list[str], standard: tuple[str, ...], hints: tuple[str, ...], what: str,
-                 folder_kind: str) -> str:
+def pick_default(
+    names: list[str], standard: tuple[str, ...], hints: tuple[str, ...], what: str, folder_kind: str
+) -> str:
     """The standard file when present, else the first whose name carries a hint."""
     basenames = {Path(n).name: n for n in names}
     for wanted in standard:

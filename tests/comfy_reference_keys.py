@@ -40,9 +40,17 @@ def main(comfy_dir: str, repo: str, models: str) -> dict:
         comfy_transformer = shapes(ComfyQwen(operations=ops, dtype=torch.bfloat16, image_model="qwen_image"))
         comfy_te = shapes(Qwen25_7BVLI({}, dtype=torch.bfloat16, device="meta", operations=ops))
         vae_cfg = real.config("vae")
-        comfy_vae = shapes(WanVAE(dim=vae_cfg["base_dim"], z_dim=16, dim_mult=vae_cfg["dim_mult"],
-                                  num_res_blocks=vae_cfg["num_res_blocks"], attn_scales=[],
-                                  temperal_downsample=vae_cfg["temperal_downsample"], dropout=0.0))
+        comfy_vae = shapes(
+            WanVAE(
+                dim=vae_cfg["base_dim"],
+                z_dim=16,
+                dim_mult=vae_cfg["dim_mult"],
+                num_res_blocks=vae_cfg["num_res_blocks"],
+                attn_scales=[],
+                temperal_downsample=vae_cfg["temperal_downsample"],
+                dropout=0.0,
+            )
+        )
     compare("real transformer", shapes(empty_transformer(real, Variant.EDIT_2509)), comfy_transformer)
     te = {text_encoder_to_comfy(k): v for k, v in shapes(empty_text_encoder(real)).items() if k != "lm_head.weight"}
     compare("real text encoder", te, comfy_te)
@@ -54,9 +62,17 @@ def main(comfy_dir: str, repo: str, models: str) -> dict:
     # predates RGBA VAEs, so the Layered file is compared by names only.
     tiny = Architecture("qwenfit-tiny").config("vae")
     with torch.device("meta"):
-        tiny_vae = shapes(WanVAE(dim=tiny["base_dim"], z_dim=16, dim_mult=tiny["dim_mult"],
-                                 num_res_blocks=tiny["num_res_blocks"], attn_scales=[],
-                                 temperal_downsample=tiny["temperal_downsample"], dropout=0.0))
+        tiny_vae = shapes(
+            WanVAE(
+                dim=tiny["base_dim"],
+                z_dim=16,
+                dim_mult=tiny["dim_mult"],
+                num_res_blocks=tiny["num_res_blocks"],
+                attn_scales=[],
+                temperal_downsample=tiny["temperal_downsample"],
+                dropout=0.0,
+            )
+        )
     for name, by_shape in (("qwenfit_tiny_qwen_image_vae", True), ("qwenfit_tiny_qwen_image_layered_vae", False)):
         file = SafetensorsFile(Path(models) / "vae" / f"{name}.safetensors")
         ours = {k: file.shape(k) if by_shape else () for k in file.keys()}

@@ -133,11 +133,24 @@ def test_edit_equals_plain_diffusers_call():
     image = Image.open(SAMPLE).convert("RGB")
     loaded = load_pipeline(LoadRequest(source=DiffusersFolder(folder)))
     steps = []
-    ours = run_edit(loaded, [image], EditJob(prompt="snow", steps=2, seed=7, width=128, height=96),
-                    on_step=lambda done, total: steps.append(done))
+    ours = run_edit(
+        loaded,
+        [image],
+        EditJob(prompt="snow", steps=2, seed=7, width=128, height=96),
+        on_step=lambda done, total: steps.append(done),
+    )
     reference = fresh_copy(QwenImageEditPlusPipeline.from_pretrained(str(folder), local_files_only=True))
-    expected = reference(image=[image], prompt="snow", negative_prompt=" ", true_cfg_scale=4.0, num_inference_steps=2,
-                         width=128, height=96, generator=torch.Generator().manual_seed(7), output_type="np").images
+    expected = reference(
+        image=[image],
+        prompt="snow",
+        negative_prompt=" ",
+        true_cfg_scale=4.0,
+        num_inference_steps=2,
+        width=128,
+        height=96,
+        generator=torch.Generator().manual_seed(7),
+        output_type="np",
+    ).images
     assert steps == [1, 2]
     assert tuple(ours.image.shape) == (1, 96, 128, 3)
     np.testing.assert_array_equal(ours.image.numpy(), expected.astype(np.float32))

@@ -51,8 +51,9 @@ def scaled_fp8(tensors: dict[str, torch.Tensor], quantize: Callable[[str], bool]
     return out
 
 
-def mixed_fp8(tensors: dict[str, torch.Tensor], quantize: Callable[[str], bool],
-              in_header: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def mixed_fp8(
+    tensors: dict[str, torch.Tensor], quantize: Callable[[str], bool], in_header: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """ComfyUI's mixed precision: ``weight_scale`` per quantized Linear, noted per layer
     (``comfy_quant`` tensors) or in the ``_quantization_metadata`` header entry."""
     out: dict[str, torch.Tensor] = {}
@@ -91,22 +92,27 @@ def _vae_original_candidates(key: str, num_res_blocks: int, levels: int):
     import re
 
     side, _, rest = key.partition(".")
-    leaf_map = {"norm1.gamma": "residual.0.gamma", "conv1": "residual.2", "norm2.gamma": "residual.3.gamma",
-                "conv2": "residual.6", "conv_shortcut": "shortcut"}
+    leaf_map = {
+        "norm1.gamma": "residual.0.gamma",
+        "conv1": "residual.2",
+        "norm2.gamma": "residual.3.gamma",
+        "conv2": "residual.6",
+        "conv_shortcut": "shortcut",
+    }
 
     def leaves(inner: str) -> list[str]:
         # Renamed leaves first: the forward map passes unknown names through unchanged.
-        outs = [old + inner[len(new):] for new, old in leaf_map.items() if inner == new or inner.startswith(new + ".")]
+        outs = [old + inner[len(new) :] for new, old in leaf_map.items() if inner == new or inner.startswith(new + ".")]
         return outs + [inner]
 
     if key.startswith("quant_conv."):
-        return ["conv1." + key[len("quant_conv."):]]
+        return ["conv1." + key[len("quant_conv.") :]]
     if key.startswith("post_quant_conv."):
-        return ["conv2." + key[len("post_quant_conv."):]]
+        return ["conv2." + key[len("post_quant_conv.") :]]
     head = {"norm_out.gamma": "head.0.gamma", "conv_out": "head.2", "conv_in": "conv1"}
     for new, old in head.items():
         if rest == new or rest.startswith(new + "."):
-            return [f"{side}.{old}{rest[len(new):]}"]
+            return [f"{side}.{old}{rest[len(new) :]}"]
     m = re.match(r"mid_block\.(resnets|attentions)\.(\d)\.(.*)", rest)
     if m:
         index = {"attentions": 1}.get(m.group(1), 0 if m.group(2) == "0" else 2)
@@ -116,8 +122,9 @@ def _vae_original_candidates(key: str, num_res_blocks: int, levels: int):
         return [f"{side}.downsamples.{m.group(1)}.{leaf}" for leaf in leaves(m.group(2))]
     m = re.match(r"up_blocks\.(\d+)\.(?:resnets\.(\d+)|upsamplers\.0)\.(.*)", rest)
     if m:
-        return [f"{side}.upsamples.{i}.{leaf}" for i in range(levels * (num_res_blocks + 2))
-                for leaf in leaves(m.group(3))]
+        return [
+            f"{side}.upsamples.{i}.{leaf}" for i in range(levels * (num_res_blocks + 2)) for leaf in leaves(m.group(3))
+        ]
     return [key]
 
 
@@ -142,14 +149,18 @@ def write_layouts(folders: dict[str, Path], models_dir: Path) -> list[Path]:
             transformer["__index_timestep_zero__"] = torch.empty(0)
         save(transformer, "diffusion_models", f"{stem}_bf16.safetensors")
         if variant == "edit-2509":
-            save(_prefixed(scaled_fp8(transformer, blocks), "model.diffusion_model."), "diffusion_models",
-                 f"{stem}_fp8_e4m3fn.safetensors")
+            save(
+                _prefixed(scaled_fp8(transformer, blocks), "model.diffusion_model."),
+                "diffusion_models",
+                f"{stem}_fp8_e4m3fn.safetensors",
+            )
         else:
             mixed, metadata = mixed_fp8(transformer, late_blocks, in_header=variant == "layered")
             save(mixed, "diffusion_models", f"{stem}_fp8mixed.safetensors", metadata)
         vae_config = json.loads((folder / "vae" / "config.json").read_text())
-        vae = _comfy_vae(_bf16(_load_folder_part(folder, "vae")), vae_config["num_res_blocks"],
-                         len(vae_config["dim_mult"]))
+        vae = _comfy_vae(
+            _bf16(_load_folder_part(folder, "vae")), vae_config["num_res_blocks"], len(vae_config["dim_mult"])
+        )
         vae_name = "qwenfit_tiny_qwen_image_layered_vae" if variant == "layered" else "qwenfit_tiny_qwen_image_vae"
         save(vae, "vae", f"{vae_name}.safetensors")
     text = _bf16(_load_folder_part(folders["edit-2509"], "text_encoder"))

@@ -3,8 +3,9 @@
     python -m tools.demo [--preset qwenfit_edit_auto] [--models DIR] [--out DIR]
 
 With ``--models`` (or QWENFIT_MODELS_DIR) naming a ComfyUI models folder that holds the
-preset's model (``diffusers/Qwen-Image-Edit-2509`` ...), the real weights run, on the GPU
-when there is one. Otherwise the embedded tiny models run on the CPU (random weights: the
+preset's files (``diffusion_models/qwen_image_edit_2509_fp8_e4m3fn.safetensors``,
+``text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors``, ``vae/qwen_image_vae.safetensors``),
+the real weights run, on the GPU when there is one. Otherwise the embedded tiny models run on the CPU (random weights: the
 images are noise; the point is the whole path). Prints the folder the outputs went to.
 """
 
@@ -22,22 +23,31 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from comfy_host import ComfyHost  # noqa: E402
+from comfy_host import MODEL_KINDS, ComfyHost  # noqa: E402
 
 from .presets import API_DIR, PRESETS, SAMPLE_IMAGE, TINY_STAND_INS, on_tiny_models  # noqa: E402
 
 
-def _real_model_folders(models_dir: Path | None, api: dict) -> dict[str, Path]:
-    """The preset's model folders found under the user's models folder (empty: use tiny models)."""
+def _has_real_models(models_dir: Path | None, api: dict) -> bool:
+    """True when the user's models folder holds every model the preset's loaders name."""
     if models_dir is None:
-        return {}
-    found = {}
-    for node in api.values():
-        if node["class_type"] == "QwenFitOptimizedLoader":
-            folder = models_dir / "diffusers" / node["inputs"]["model"]
-            if (folder / "model_index.json").is_file():
-                found[node["inputs"]["model"]] = folder
-    return found
+        return False
+    wanted = [n["inputs"]["model"] for n in api.values() if n["class_type"] == "QwenFitOptimizedLoader"]
+    return bool(wanted) and all(
+        (models_dir / "diffusion_models" / name).is_file()
+        or (models_dir / "diffusers" / name / "model_index.json").is_file()
+        for name in wanted
+    )
+
+
+def _link_user_models(models_dir: Path, base: Path) -> None:
+    """Make the user's model files visible to the demo's ComfyUI (links, nothing copied)."""
+    for kind in MODEL_KINDS:
+        source = models_dir / kind
+        for entry in sorted(source.iterdir()) if source.is_dir() else []:
+            target = base / "models" / kind / entry.name
+            if not target.exists():
+                target.symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     api = json.loads((API_DIR / f"{args.preset}.api.json").read_text())
-    real = _real_model_folders(args.models, api)
+    real = _has_real_models(args.models, api)
     if real:
-        print(f"[demo] real weights: {', '.join(str(p) for p in real.values())}")
+        print(f"[demo] real weights from {args.models}")
     else:
         print(
             f"[demo] no real weights configured: running the embedded tiny models "
@@ -67,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     use_gpu = bool(real) and _cuda_available()
     host = ComfyHost(base, cpu=not use_gpu)
     host.prepare()
-    for name, folder in real.items():
-        (base / "models" / "diffusers" / name).symlink_to(folder, target_is_directory=True)
+    if real:
+        _link_user_models(args.models, base)
     host.add_input(REPO / "workflows" / "inputs" / SAMPLE_IMAGE)
     started = time.perf_counter()
     with host:

@@ -265,8 +265,10 @@ if __name__ == "__main__":
 
 # The tiny stand-ins for the real folder names, and a step count that keeps CPU runs short
 # (the tiny models draw noise whatever the step count).
-TINY_STAND_INS = {EDIT_MODEL: "qwenfit_tiny_edit_2509_fp8_e4m3fn.safetensors",
-                  LAYERED_MODEL: "qwenfit_tiny_layered_fp8mixed.safetensors"}
+TINY_STAND_INS = {
+    EDIT_MODEL: "qwenfit_tiny_edit_2509_fp8_e4m3fn.safetensors",
+    LAYERED_MODEL: "qwenfit_tiny_layered_fp8mixed.safetensors",
+}
 TINY_STEPS = 3
 
 

@@ -29,6 +29,7 @@ TINY_MODELS = {
 BUILD_VERSION = 3
 _STAMP = "qwenfit-tiny.json"
 
+
 def _tokenizer(tokenizer_dir: Path):
     from transformers import Qwen2Tokenizer
 
@@ -63,7 +64,9 @@ def build_pipeline(variant: str, tokenizer_dir: Path, seed: int = 0):
     return pipeline_cls(
         scheduler=scheduler(arch),
         vae=seeded(lambda: AutoencoderKLQwenImage.from_config(arch.vae_config(4 if kind is Variant.LAYERED else 3))),
-        text_encoder=seeded(lambda: Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**arch.config("text_encoder")))),
+        text_encoder=seeded(
+            lambda: Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**arch.config("text_encoder")))
+        ),
         tokenizer=tokenizer,
         processor=processor(arch, tokenizer),
         transformer=seeded(lambda: QwenImageTransformer2DModel.from_config(arch.transformer_config(kind))),
@@ -108,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tokenizer", type=Path, required=True, help="folder with the Qwen2.5 tokenizer (vocab.json, merges.txt)"
     )
-    parser.add_argument("--out", type=Path, required=True,
-                        help="models/diffusers folder to write into (split files go beside it)")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="models/diffusers folder to write into (split files go beside it)"
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     rebuilt = any(not _is_current(args.out / name) for name in TINY_MODELS)

@@ -34,8 +34,14 @@ def _target_dtype(name: str, stored: torch.dtype, compute: torch.dtype, fp32_mod
     return compute
 
 
-def fill_module(module: nn.Module, source: WeightSource, compute_dtype: torch.dtype, device: torch.device,
-                fp8_linears: Fp8Filter | None = None, optional: tuple[str, ...] = ()) -> list[str]:
+def fill_module(
+    module: nn.Module,
+    source: WeightSource,
+    compute_dtype: torch.dtype,
+    device: torch.device,
+    fp8_linears: Fp8Filter | None = None,
+    optional: tuple[str, ...] = (),
+) -> list[str]:
     """Load every parameter and persistent buffer of ``module`` from ``source``.
 
     Linear layers accepted by ``fp8_linears`` become Fp8Linear (fp8 data + scale). Keys in

@@ -23,8 +23,15 @@ from .safetensors_file import SafetensorsFile, metadata_json
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 SCALED_MARKER = "scaled_fp8"
 # Per-layer tensors that carry scales or quantization notes, never weights of their own.
-SCALE_SUFFIXES = (".scale_weight", ".scale_input", ".weight_scale", ".input_scale", ".weight_scale_2",
-                  ".pre_quant_scale", ".comfy_quant")
+SCALE_SUFFIXES = (
+    ".scale_weight",
+    ".scale_input",
+    ".weight_scale",
+    ".input_scale",
+    ".weight_scale_2",
+    ".pre_quant_scale",
+    ".comfy_quant",
+)
 
 
 class Fp8Layout(str, Enum):
@@ -88,8 +95,9 @@ def scale_key_for(weight_key: str, layout: Fp8Layout) -> str | None:
     return {Fp8Layout.SCALED: f"{layer}.scale_weight", Fp8Layout.MIXED: f"{layer}.weight_scale"}.get(layout)
 
 
-def quantize_absmax(weight: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn,
-                    chunk_elements: int = 1 << 20) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_absmax(
+    weight: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn, chunk_elements: int = 1 << 20
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-tensor absmax quantization, as ComfyUI's guide describes: returns (fp8 data, float32 scale).
 
     Works in row chunks so the float32 temporaries stay small next to a large weight.
@@ -98,11 +106,11 @@ def quantize_absmax(weight: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3
     step = max(1, chunk_elements // max(1, rows.shape[1]))
     amax = torch.zeros((), dtype=torch.float32)
     for start in range(0, rows.shape[0], step):
-        amax = torch.maximum(amax, rows[start:start + step].float().abs().max())
+        amax = torch.maximum(amax, rows[start : start + step].float().abs().max())
     scale = (amax / torch.finfo(dtype).max).clamp(min=1e-12)
     out = torch.empty(rows.shape, dtype=dtype)
     for start in range(0, rows.shape[0], step):
-        out[start:start + step] = (rows[start:start + step].float() / scale).to(dtype)
+        out[start : start + step] = (rows[start : start + step].float() / scale).to(dtype)
     return out.reshape(weight.shape), scale.reshape(())
 
 

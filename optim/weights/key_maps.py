@@ -29,6 +29,7 @@ def strip_prefix(keys: list[str], prefixes: tuple[str, ...], marker: str) -> str
 
 # ---- text encoder -------------------------------------------------------------------------
 
+
 def text_encoder_to_transformers(key: str) -> str:
     """Original Qwen2.5-VL name (ComfyUI files) -> transformers 5 module name."""
     if key.startswith("model.language_model.") or key.startswith("model.visual."):
@@ -36,23 +37,28 @@ def text_encoder_to_transformers(key: str) -> str:
     if key.startswith("visual."):
         return "model." + key
     if key.startswith("model."):
-        return "model.language_model." + key[len("model."):]
+        return "model.language_model." + key[len("model.") :]
     return key  # lm_head.weight
 
 
 def text_encoder_to_comfy(key: str) -> str:
     """transformers 5 module name -> original Qwen2.5-VL name, as ComfyUI files store it."""
     if key.startswith("model.visual."):
-        return key[len("model."):]
+        return key[len("model.") :]
     if key.startswith("model.language_model."):
-        return "model." + key[len("model.language_model."):]
+        return "model." + key[len("model.language_model.") :]
     return key
 
 
 # ---- VAE ----------------------------------------------------------------------------------
 
-_RESIDUAL = {"residual.0.gamma": "norm1.gamma", "residual.2": "conv1", "residual.3.gamma": "norm2.gamma",
-             "residual.6": "conv2", "shortcut": "conv_shortcut"}
+_RESIDUAL = {
+    "residual.0.gamma": "norm1.gamma",
+    "residual.2": "conv1",
+    "residual.3.gamma": "norm2.gamma",
+    "residual.6": "conv2",
+    "shortcut": "conv_shortcut",
+}
 _HEAD = {"head.0.gamma": "norm_out.gamma", "head.2": "conv_out", "conv1": "conv_in"}
 _MIDDLE = {"0": "mid_block.resnets.0", "1": "mid_block.attentions.0", "2": "mid_block.resnets.1"}
 
@@ -60,7 +66,7 @@ _MIDDLE = {"0": "mid_block.resnets.0", "1": "mid_block.attentions.0", "2": "mid_
 def _rename_residual(rest: str) -> str:
     for old, new in _RESIDUAL.items():
         if rest.startswith(old + ".") or rest == old:
-            return new + rest[len(old):]
+            return new + rest[len(old) :]
     return rest  # resample.*, time_conv.*
 
 
@@ -71,13 +77,13 @@ def vae_to_diffusers(key: str, num_res_blocks: int, num_levels: int) -> str:
     blocks followed by one upsampler (none after the last level).
     """
     if key.startswith("conv1."):
-        return "quant_conv." + key[len("conv1."):]
+        return "quant_conv." + key[len("conv1.") :]
     if key.startswith("conv2."):
-        return "post_quant_conv." + key[len("conv2."):]
+        return "post_quant_conv." + key[len("conv2.") :]
     side, _, rest = key.partition(".")
     for old, new in _HEAD.items():
         if rest == old or rest.startswith(old + "."):
-            return f"{side}.{new}{rest[len(old):]}"
+            return f"{side}.{new}{rest[len(old) :]}"
     match = re.match(r"middle\.(\d)\.(.*)", rest)
     if match:
         inner = match.group(2) if match.group(1) == "1" else _rename_residual(match.group(2))

@@ -73,8 +73,9 @@ class WeightSource:
         try:
             f = self._where[file_key]
         except KeyError:
-            raise QwenFitError(f"{self.names} has no tensor {file_key!r}; the file is incomplete or of "
-                               "another model.") from None
+            raise QwenFitError(
+                f"{self.names} has no tensor {file_key!r}; the file is incomplete or of another model."
+            ) from None
         return f.read(file_key)
 
     def read_fp8(self, key: str) -> Fp8Weight:

@@ -26,6 +26,11 @@ def model_roots(kind: str) -> list[str]:
     return list(folder_paths.get_folder_paths(kind))
 
 
+def output_directory() -> str:
+    """ComfyUI's output folder (where SaveImage writes)."""
+    return folder_paths.get_output_directory()
+
+
 def qwen_tokenizer_dir() -> Path:
     """The Qwen2.5 tokenizer ComfyUI ships (used with split files, which carry none)."""
     return Path(comfy.utils.__file__).resolve().parent / "text_encoders" / "qwen25_tokenizer"

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
 from comfy_api.latest import io, ui
 
+from ..optim.errors import QwenFitError
 from ..optim.images import with_alpha_from_mask
 from ..optim.layered import MAX_LAYERS, MIN_LAYERS, RESOLUTIONS, LayeredJob, run_layered
 from ..optim.loading import LoadedPipeline
+from ..optim.psd_export import layers_to_pil, write_psd
 from ..optim.runs import MAX_STEPS
-from .comfy_glue import after_run, progress_callback
+from .comfy_glue import after_run, output_directory, progress_callback
 from .image_inputs import images_from_batches
 from .preview import checkerboard_composite
 from .types import CATEGORY, QwenPipeline
@@ -48,6 +53,15 @@ class LayeredDecompose(io.ComfyNode):
                 io.Float.Input("true_cfg_scale", default=4.0, min=1.0, max=20.0, step=0.1),
                 io.Int.Input("steps", default=50, min=1, max=MAX_STEPS),
                 io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True),
+                io.Boolean.Input(
+                    "save_psd",
+                    default=False,
+                    tooltip="Also write a layered PSD (bottom layer first) to ComfyUI's output folder; "
+                    "an existing file is never overwritten.",
+                ),
+                io.String.Input(
+                    "filename_prefix", default="QwenFit/layers", tooltip="Where the PSD goes, under the output folder."
+                ),
             ],
             outputs=[
                 io.Image.Output(
@@ -78,9 +92,17 @@ class LayeredDecompose(io.ComfyNode):
         true_cfg_scale: float,
         steps: int,
         seed: int,
+        save_psd: bool = False,
+        filename_prefix: str = "QwenFit/layers",
         mask=None,
     ) -> io.NodeOutput:
-        source = images_from_batches([("image", image[:1])], mode="RGBA")[0]
+        if isinstance(image, torch.Tensor) and image.ndim == 4 and image.shape[0] > 1:
+            # diffusers 0.42 groups the layers of a batch wrongly; one image per run is what works.
+            raise QwenFitError(
+                f"LayeredDecompose takes one image, got a batch of {image.shape[0]}. Pick one with "
+                "'Image From Batch' (or run the images one by one)."
+            )
+        source = images_from_batches([("image", image)], mode="RGBA")[0]
         if mask is not None:
             source = with_alpha_from_mask(source, mask)
         job = LayeredJob(
@@ -98,4 +120,12 @@ class LayeredDecompose(io.ComfyNode):
             after_run()
         preview = checkerboard_composite(result.rgb, result.alpha)
         transparency = (1.0 - result.alpha).contiguous()
-        return io.NodeOutput(result.rgb, transparency, preview, result.report, ui=ui.PreviewText(result.report))
+        report = result.report
+        if save_psd:
+            count = result.rgb.shape[0]
+            names = [
+                f"Layer {i + 1}" + (" (bottom)" if i == 0 else " (top)" if i == count - 1 else "") for i in range(count)
+            ]
+            path = write_psd(layers_to_pil(result.rgb, result.alpha), Path(output_directory()), filename_prefix, names)
+            report += f"\nPSD: {path.relative_to(Path(output_directory()).resolve())} ({count} layers, bottom first)"
+        return io.NodeOutput(result.rgb, transparency, preview, report, ui=ui.PreviewText(report))

@@ -49,6 +49,36 @@ def _check_size(job: EditJob) -> None:
             )
 
 
+def output_size(first_reference: Image.Image, job: EditJob) -> tuple[int, int]:
+    """(width, height): the job's, or about 1 megapixel at the first reference's aspect ratio.
+
+    diffusers would take the aspect of the last reference; the first is the picture being edited.
+    """
+    if job.width and job.height:
+        return job.width, job.height
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate_dimensions
+
+    width, height = calculate_dimensions(1024 * 1024, first_reference.width / first_reference.height)
+    return int(width), int(height)
+
+
+def describe_resizes(references: list[Image.Image]) -> str:
+    """How the pipeline resizes each reference: to ~1 MP for the VAE and ~384x384 for the vision encoder."""
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import (
+        CONDITION_IMAGE_SIZE,
+        VAE_IMAGE_SIZE,
+        calculate_dimensions,
+    )
+
+    lines = []
+    for i, ref in enumerate(references, start=1):
+        aspect = ref.width / ref.height
+        vae_w, vae_h = calculate_dimensions(VAE_IMAGE_SIZE, aspect)
+        cond_w, cond_h = calculate_dimensions(CONDITION_IMAGE_SIZE, aspect)
+        lines.append(f"  reference {i}: {ref.width}x{ref.height} -> {vae_w}x{vae_h} (VAE), {cond_w}x{cond_h} (vision)")
+    return "\n".join(lines)
+
+
 def run_edit(
     loaded: LoadedPipeline, references: list[Image.Image], job: EditJob, on_step: StepCallback | None = None
 ) -> EditResult:
@@ -64,6 +94,7 @@ def run_edit(
         raise QwenFitError("the edit prompt is empty; say what to change.")
     check_steps(job.steps)
     _check_size(job)
+    width, height = output_size(references[0], job)
     clock = Stopwatch()
     with prepared(loaded):
         output = loaded.pipeline(
@@ -72,8 +103,8 @@ def run_edit(
             negative_prompt=job.negative_prompt,
             true_cfg_scale=job.true_cfg_scale,
             num_inference_steps=job.steps,
-            width=job.width or None,
-            height=job.height or None,
+            width=width,
+            height=height,
             generator=generator_for(job.seed),
             output_type="np",
             callback_on_step_end=step_callback(job.steps, on_step),
@@ -83,6 +114,7 @@ def run_edit(
     report = (
         f"{loaded.name} ({loaded.variant.value}): {len(references)} reference(s) -> "
         f"{image.shape[2]}x{image.shape[1]}, {job.steps} steps, CFG {'on' if cfg else 'off'} "
-        f"({job.true_cfg_scale:g}), seed {job.seed}, {clock.seconds:.1f} s\n{loaded.plan.describe()}"
+        f"({job.true_cfg_scale:g}), seed {job.seed}, {clock.seconds:.1f} s\n{describe_resizes(references)}\n"
+        f"{loaded.plan.describe()}"
     )
     return EditResult(image=image, seconds=clock.seconds, report=report)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,8 +192,10 @@ class ComfyHost:
     def interrupt(self) -> None:
         requests.post(f"{self.url}/interrupt", timeout=10)
 
-    def run(self, workflow: dict[str, Any], timeout: float = 600) -> PromptResult:
-        """Queue an API-format workflow and follow it to its end."""
+    def run(
+        self, workflow: dict[str, Any], timeout: float = 600, on_event: Callable[[dict[str, Any]], None] | None = None
+    ) -> PromptResult:
+        """Queue an API-format workflow and follow it to its end (``on_event`` sees each message)."""
         client_id = uuid.uuid4().hex
         ws = websocket.create_connection(f"ws://127.0.0.1:{self.port}/ws?clientId={client_id}", timeout=timeout)
         try:
@@ -202,7 +205,7 @@ class ComfyHost:
             if response.status_code != 200:
                 return PromptResult(None, "invalid", error=response.json())
             prompt_id = response.json()["prompt_id"]
-            status, error, events = self._follow(ws, prompt_id, timeout)
+            status, error, events = self._follow(ws, prompt_id, timeout, on_event)
         finally:
             ws.close()
         result = PromptResult(prompt_id, status, error=error, events=events)
@@ -215,7 +218,9 @@ class ComfyHost:
         return result
 
     @staticmethod
-    def _follow(ws: websocket.WebSocket, prompt_id: str, timeout: float) -> tuple[str, dict, list]:
+    def _follow(
+        ws: websocket.WebSocket, prompt_id: str, timeout: float, on_event: Callable[[dict[str, Any]], None] | None
+    ) -> tuple[str, dict, list]:
         events: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -227,6 +232,8 @@ class ComfyHost:
             if data.get("prompt_id") not in (None, prompt_id):
                 continue
             events.append(message)
+            if on_event is not None:
+                on_event(message)
             kind = message.get("type")
             if kind == "execution_error":
                 return "error", data, events

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from comfy_api.latest import io, ui
 
+from ..optim.compositing import checkerboard_composite
 from ..optim.errors import QwenFitError
 from ..optim.images import with_alpha_from_mask
 from ..optim.layered import MAX_LAYERS, MIN_LAYERS, RESOLUTIONS, LayeredJob, run_layered
@@ -15,7 +16,6 @@ from ..optim.psd_export import layers_to_pil, write_psd
 from ..optim.runs import MAX_STEPS
 from .comfy_glue import after_run, output_directory, progress_callback
 from .image_inputs import images_from_batches
-from .preview import checkerboard_composite
 from .types import CATEGORY, QwenPipeline
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import torch
-from nodes_preview_loader import checkerboard, checkerboard_composite
+
+from optim.compositing import checkerboard, checkerboard_composite
 
 
 def test_opaque_top_layer_hides_everything_below():

@@ -6,6 +6,7 @@ from comfy_api.latest import io, ui
 
 from ..optim.errors import QwenFitError
 from ..optim.loading import LoadRequest
+from ..optim.lora import LoraChoice
 from ..optim.model_folders import list_pipeline_folders, resolve_pipeline_folder
 from ..optim.pipeline_cache import PipelineCache
 from ..optim.settings import OffloadSettings, PrecisionSettings, VaeSettings
@@ -108,6 +109,15 @@ class OptimizedLoader(io.ComfyNode):
                     optional=True,
                     tooltip="From models/vae. auto: qwen_image_vae for Edit, qwen_image_layered_vae for Layered.",
                 ),
+                io.Combo.Input(
+                    "lora",
+                    options=["none"] + list_weight_files(model_roots("loras")),
+                    default="none",
+                    optional=True,
+                    tooltip="A LoRA from models/loras, merged into the weights at load. A Lightning LoRA (4/8 "
+                    "steps) also switches the scheduler to its settings and CFG off.",
+                ),
+                io.Float.Input("lora_strength", default=1.0, min=-4.0, max=4.0, step=0.05, optional=True),
                 PrecisionConfig.Input("precision", optional=True, tooltip="From QwenFit Precision; default auto."),
                 OffloadConfig.Input("offload", optional=True, tooltip="From QwenFit Offload; default auto."),
                 VaeConfig.Input(
@@ -139,6 +149,8 @@ class OptimizedLoader(io.ComfyNode):
         variant: str,
         text_encoder: str = AUTO,
         vae: str = AUTO,
+        lora: str = "none",
+        lora_strength: float = 1.0,
         precision: PrecisionSettings | None = None,
         offload: OffloadSettings | None = None,
         vae_settings: VaeSettings | None = None,
@@ -149,6 +161,9 @@ class OptimizedLoader(io.ComfyNode):
             precision=precision or PrecisionSettings(),
             offload=offload or OffloadSettings(),
             device=str(compute_device()),
+            lora=None
+            if lora == "none"
+            else LoraChoice(resolve_weight_file(model_roots("loras"), lora, "loras"), float(lora_strength)),
         )
         loaded = PIPELINES.get(request, before_load=free_comfy_models).with_vae(vae_settings or VaeSettings())
         plan = loaded.plan.describe()

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .architectures import Architecture, empty_text_encoder, empty_transformer, empty_vae
+from .lora import LoraChoice, read_lora_deltas
 from .variants import Variant
 from .weights.fill import fill_module
 from .weights.source import WeightSource
@@ -45,6 +46,7 @@ def build_transformer(
     dtype: torch.dtype,
     device: torch.device,
     fp8: str,
+    lora: LoraChoice | None = None,
 ) -> nn.Module:
     """The transformer from ``arch`` (split files) or a folder's ``config``, filled from ``source``."""
     from accelerate import init_empty_weights
@@ -55,7 +57,13 @@ def build_transformer(
             module = QwenImageTransformer2DModel.from_config(config).eval()
     else:
         module = empty_transformer(arch, variant)
-    fill_module(module, source, dtype, device, fp8_linears=_fp8_filter(fp8, transformer_fp8_filter, source))
+    deltas = None
+    if lora is not None:
+        linears = {name for name, m in module.named_modules() if isinstance(m, nn.Linear)}
+        deltas = read_lora_deltas(lora, linears)
+    fill_module(
+        module, source, dtype, device, fp8_linears=_fp8_filter(fp8, transformer_fp8_filter, source), deltas=deltas
+    )
     return module.to(device)
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 from .errors import QwenFitError
 from .images import numpy_to_tensor
 from .loading import LoadedPipeline
-from .runs import StepCallback, Stopwatch, check_steps, generator_for, prepared, step_callback
+from .runs import StepCallback, Stopwatch, cfg_for, check_steps, generator_for, prepared, step_callback
 
 MAX_REFERENCES = 3
 # Output sides must be multiples of 16 (8x VAE scale, 2x2 patches).
@@ -95,13 +95,14 @@ def run_edit(
     check_steps(job.steps)
     _check_size(job)
     width, height = output_size(references[0], job)
+    true_cfg_scale, negative_prompt, lightning_note = cfg_for(loaded, job.true_cfg_scale, job.negative_prompt)
     clock = Stopwatch()
     with prepared(loaded):
         output = loaded.pipeline(
             image=references,
             prompt=job.prompt,
-            negative_prompt=job.negative_prompt,
-            true_cfg_scale=job.true_cfg_scale,
+            negative_prompt=negative_prompt,
+            true_cfg_scale=true_cfg_scale,
             num_inference_steps=job.steps,
             width=width,
             height=height,
@@ -110,11 +111,12 @@ def run_edit(
             callback_on_step_end=step_callback(job.steps, on_step),
         )
     image = numpy_to_tensor(output.images)
-    cfg = job.true_cfg_scale > 1 and job.negative_prompt is not None
+    cfg = true_cfg_scale > 1 and negative_prompt is not None
     report = (
         f"{loaded.name} ({loaded.variant.value}): {len(references)} reference(s) -> "
         f"{image.shape[2]}x{image.shape[1]}, {job.steps} steps, CFG {'on' if cfg else 'off'} "
-        f"({job.true_cfg_scale:g}), seed {job.seed}, {clock.seconds:.1f} s\n{describe_resizes(references)}\n"
-        f"{loaded.plan.describe()}"
+        f"({true_cfg_scale:g}), seed {job.seed}, {clock.seconds:.1f} s\n{describe_resizes(references)}\n"
+        + (f"{lightning_note}\n" if lightning_note else "")
+        + loaded.plan.describe()
     )
     return EditResult(image=image, seconds=clock.seconds, report=report)

@@ -10,7 +10,7 @@ from PIL import Image
 from .errors import QwenFitError
 from .images import numpy_to_tensor
 from .loading import LoadedPipeline
-from .runs import StepCallback, Stopwatch, check_steps, generator_for, prepared, step_callback
+from .runs import StepCallback, Stopwatch, cfg_for, check_steps, generator_for, prepared, step_callback
 from .variants import Variant
 
 RESOLUTIONS = (640, 1024)
@@ -52,13 +52,14 @@ def run_layered(
     if job.resolution not in RESOLUTIONS:
         raise QwenFitError(f"resolution={job.resolution} is not supported; Qwen-Image-Layered takes 640 or 1024.")
     check_steps(job.steps)
+    true_cfg_scale, negative_prompt, lightning_note = cfg_for(loaded, job.true_cfg_scale, job.negative_prompt)
     clock = Stopwatch()
     with prepared(loaded):
         output = loaded.pipeline(
             image=image.convert("RGBA"),
             prompt=job.prompt or None,
-            negative_prompt=job.negative_prompt,
-            true_cfg_scale=job.true_cfg_scale,
+            negative_prompt=negative_prompt,
+            true_cfg_scale=true_cfg_scale,
             layers=job.layers,
             resolution=job.resolution,
             num_inference_steps=job.steps,
@@ -71,7 +72,9 @@ def run_layered(
     caption = "prompt given" if job.prompt else "auto-captioned by the 7B text encoder"
     report = (
         f"{loaded.name}: {rgba.shape[0]} layers at {rgba.shape[2]}x{rgba.shape[1]} ({caption}), "
-        f"{job.steps} steps, seed {job.seed}, {clock.seconds:.1f} s\n{loaded.plan.describe()}"
+        f"{job.steps} steps, seed {job.seed}, {clock.seconds:.1f} s\n"
+        + (f"{lightning_note}\n" if lightning_note else "")
+        + loaded.plan.describe()
     )
     return LayeredResult(
         rgb=rgba[..., :3].contiguous(), alpha=rgba[..., 3].contiguous(), seconds=clock.seconds, report=report

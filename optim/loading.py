@@ -16,6 +16,7 @@ from .architectures import scheduler as arch_scheduler
 from .assemble import FP8_ALL, FP8_AS_STORED, FP8_NONE, build_text_encoder, build_transformer, build_vae
 from .devices import compute_dtype
 from .errors import QwenFitError
+from .lora import LoraChoice, lightning_scheduler_config
 from .placement import apply_placement, choose_offload_mode, plan_placement, plan_vae
 from .plan import Plan
 from .settings import FP8, OffloadSettings, PrecisionSettings, VaeSettings
@@ -40,6 +41,7 @@ class LoadRequest:
     precision: PrecisionSettings = PrecisionSettings()
     offload: OffloadSettings = OffloadSettings()
     device: str = "cpu"
+    lora: LoraChoice | None = None
 
 
 @dataclass
@@ -58,6 +60,12 @@ class LoadedPipeline:
     @property
     def device(self) -> torch.device:
         return torch.device(self.request.device)
+
+    @property
+    def lightning(self) -> LoraChoice | None:
+        """The Lightning LoRA merged into this pipeline, if any (runs then use CFG off)."""
+        lora = self.request.lora
+        return lora if lora is not None and lora.is_lightning else None
 
     def with_vae(self, vae: VaeSettings) -> LoadedPipeline:
         """A view of the same pipeline whose plan carries these VAE settings (no copy of weights)."""
@@ -152,6 +160,7 @@ def _build(request: LoadRequest, desc: SourceDescription) -> Any:
         dtypes["transformer"],
         home,
         fp8=transformer_fp8,
+        lora=request.lora,
     )
     text_encoder = build_text_encoder(
         desc.text_encoder, desc.architecture, te_config, dtypes["text_encoder"], home, fp8=text_encoder_fp8
@@ -163,6 +172,8 @@ def _build(request: LoadRequest, desc: SourceDescription) -> Any:
         proc = Qwen2VLProcessor.from_pretrained(str(folder / "processor"), local_files_only=True)
     else:
         scheduler, proc = arch_scheduler(desc.architecture), arch_processor(desc.architecture, tokenizer)
+    if request.lora is not None and request.lora.is_lightning:
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(lightning_scheduler_config(dict(scheduler.config)))
     pipeline_cls = QwenImageLayeredPipeline if desc.variant is Variant.LAYERED else QwenImageEditPlusPipeline
     return pipeline_cls(
         scheduler=scheduler,

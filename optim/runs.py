@@ -65,3 +65,16 @@ class Stopwatch:
     @property
     def seconds(self) -> float:
         return time.perf_counter() - self._start
+
+
+def cfg_for(
+    loaded: LoadedPipeline, true_cfg_scale: float, negative_prompt: str | None
+) -> tuple[float, str | None, str]:
+    """(scale, negative prompt, note): a Lightning LoRA turns CFG off, as it was distilled without it."""
+    lightning = loaded.lightning
+    if lightning is None:
+        return true_cfg_scale, negative_prompt, ""
+    note = f"Lightning LoRA {lightning.path.name}: scheduler shift log(3), no terminal shift, CFG off"
+    if lightning.lightning_steps:
+        note += f"; made for {lightning.lightning_steps} steps"
+    return 1.0, None, note

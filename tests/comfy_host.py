@@ -26,7 +26,7 @@ import websocket
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 240
-MODEL_KINDS = ("diffusers", "diffusion_models", "text_encoders", "vae")
+MODEL_KINDS = ("diffusers", "diffusion_models", "text_encoders", "vae", "loras")
 
 
 def read_env(cache: Path | None = None) -> dict[str, str]:

@@ -21,7 +21,7 @@ from optim.weights.fp8 import comfy_quant_tensor, quantize_absmax
 from optim.weights.key_maps import text_encoder_to_comfy, vae_to_diffusers
 
 STAMP = "qwenfit-tiny-layouts.json"
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 
 
 def _load_folder_part(folder: Path, part: str) -> dict[str, torch.Tensor]:
@@ -168,6 +168,7 @@ def write_layouts(folders: dict[str, Path], models_dir: Path) -> list[Path]:
     save(text, "text_encoders", "qwenfit_tiny_qwen_2.5_vl.safetensors")
     lm_layers = lambda k: _is_block_linear(k, "model.layers.")  # noqa: E731
     save(scaled_fp8(text, lm_layers), "text_encoders", "qwenfit_tiny_qwen_2.5_vl_fp8_scaled.safetensors")
+    written += write_loras(folders["edit-2509"], models_dir / "loras")
     (models_dir / STAMP).write_text(json.dumps({"version": LAYOUT_VERSION}))
     return written
 
@@ -177,3 +178,34 @@ def layouts_current(models_dir: Path) -> bool:
         return json.loads((models_dir / STAMP).read_text()).get("version") == LAYOUT_VERSION
     except (OSError, ValueError):
         return False
+
+
+LORA_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.add_q_proj", "img_mlp.net.2")
+LORA_RANK = 4
+
+
+def write_loras(folder: Path, out: Path) -> list[Path]:
+    """A tiny Lightning-named LoRA, the same numbers in kohya and in diffusers (PEFT) format."""
+    transformer = _load_folder_part(folder, "transformer")
+    blocks = sorted({int(k.split(".")[1]) for k in transformer if k.startswith("transformer_blocks.")})
+    generator = torch.Generator().manual_seed(1234)
+    kohya: dict[str, torch.Tensor] = {}
+    peft: dict[str, torch.Tensor] = {}
+    for block in blocks:
+        for target in LORA_TARGETS:
+            layer = f"transformer_blocks.{block}.{target}"
+            out_features, in_features = transformer[f"{layer}.weight"].shape
+            down = torch.randn(LORA_RANK, in_features, generator=generator) * 0.1
+            up = torch.randn(out_features, LORA_RANK, generator=generator) * 0.1
+            name = "lora_unet_" + layer.replace(".", "_")
+            kohya[f"{name}.lora_down.weight"], kohya[f"{name}.lora_up.weight"] = down, up
+            kohya[f"{name}.alpha"] = torch.tensor(float(LORA_RANK))  # alpha = rank: scale 1, as PEFT's default
+            peft[f"transformer.{layer}.lora_A.weight"], peft[f"transformer.{layer}.lora_B.weight"] = down, up
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [
+        out / "qwenfit_tiny_Lightning-4steps_kohya.safetensors",
+        out / "qwenfit_tiny_Lightning-4steps_diffusers.safetensors",
+    ]
+    for path, tensors in zip(paths, (kohya, peft), strict=True):
+        save_file(tensors, str(path))
+    return paths

@@ -41,10 +41,12 @@ def fill_module(
     device: torch.device,
     fp8_linears: Fp8Filter | None = None,
     optional: tuple[str, ...] = (),
+    deltas: dict[str, torch.Tensor] | None = None,
 ) -> list[str]:
     """Load every parameter and persistent buffer of ``module`` from ``source``.
 
-    Linear layers accepted by ``fp8_linears`` become Fp8Linear (fp8 data + scale). Keys in
+    Linear layers accepted by ``fp8_linears`` become Fp8Linear (fp8 data + scale). ``deltas`` (LoRA) are
+    added to the dense weight of the named Linear layers before it is stored. Keys in
     ``optional`` may be missing from the files; they are returned so the caller can deal with
     them. Any other missing key is an error naming the file.
     """
@@ -61,7 +63,11 @@ def fill_module(
         if not source.has(key):
             missing.append(key)
             continue
-        if source.is_fp8(key):
+        delta = deltas.get(layer) if deltas and leaf == "weight" else None
+        if delta is not None:  # LoRA: add in float32, then store in the planned dtype
+            dense = source.read_fp8(key).dequantize(torch.float32) if source.is_fp8(key) else source.read(key).float()
+            value = (dense + delta).to(_target_dtype(key, torch.float32, compute_dtype, fp32_modules))
+        elif source.is_fp8(key):
             value = source.read_fp8(key).dequantize(compute_dtype)
         else:
             value = source.read(key)
@@ -73,7 +79,16 @@ def fill_module(
         if not source.has(weight_key):
             missing.append(weight_key)
             continue
-        if source.is_fp8(weight_key):
+        delta = deltas.get(layer) if deltas else None
+        if delta is not None:  # LoRA on an fp8 layer: merge densely, then quantize again
+            stored = (
+                source.read_fp8(weight_key).dequantize(torch.float32)
+                if source.is_fp8(weight_key)
+                else source.read(weight_key).float()
+            )
+            data, scale = quantize_absmax(stored + delta)
+            weight = Fp8Weight(data=data, scale=scale, layout=Fp8Layout.SCALED)
+        elif source.is_fp8(weight_key):
             weight = source.read_fp8(weight_key)
         else:  # a bf16/fp32 file planned for fp8 storage: quantize this one tensor now
             data, scale = quantize_absmax(source.read(weight_key))

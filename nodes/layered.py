@@ -56,11 +56,15 @@ class LayeredDecompose(io.ComfyNode):
                 io.Boolean.Input(
                     "save_psd",
                     default=False,
+                    optional=True,
                     tooltip="Also write a layered PSD (bottom layer first) to ComfyUI's output folder; "
                     "an existing file is never overwritten.",
                 ),
                 io.String.Input(
-                    "filename_prefix", default="QwenFit/layers", tooltip="Where the PSD goes, under the output folder."
+                    "filename_prefix",
+                    default="QwenFit/layers",
+                    optional=True,
+                    tooltip="Where the PSD goes, under the output folder.",
                 ),
             ],
             outputs=[

@@ -29,7 +29,9 @@ def test_merged_weight_is_base_plus_up_down_times_strength():
     up = lora["transformer.transformer_blocks.1.attn.to_q.lora_B.weight"]
     expected = base.transformer_blocks[1].attn.to_q.weight + (up @ down) * 0.5
     assert torch.equal(merged.transformer_blocks[1].attn.to_q.weight, expected)
-    assert torch.equal(merged.transformer_blocks[1].attn.to_out[0].weight, base.transformer_blocks[1].attn.to_out[0].weight)
+    assert torch.equal(
+        merged.transformer_blocks[1].attn.to_out[0].weight, base.transformer_blocks[1].attn.to_out[0].weight
+    )
 
 
 def test_kohya_and_diffusers_formats_give_the_same_weights():
@@ -44,8 +46,13 @@ def test_kohya_and_diffusers_formats_give_the_same_weights():
 
 def test_a_lora_for_another_model_is_refused(tmp_path):
     other = tmp_path / "sdxl_style_lora.safetensors"
-    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8),
-               "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(8, 4)}, str(other))
+    save_file(
+        {
+            "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8),
+            "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(8, 4),
+        },
+        str(other),
+    )
     files = split_files("qwenfit_tiny_edit_2509_bf16.safetensors", "edit-2509")
     with pytest.raises(QwenFitError, match="LoRA for another model"):
         load_pipeline(LoadRequest(source=files, lora=LoraChoice(other)))
@@ -53,13 +60,30 @@ def test_a_lora_for_another_model_is_refused(tmp_path):
 
 def _graph(lora: str, steps: int = 4) -> dict:
     return {
-        "1": {"class_type": "QwenFitOptimizedLoader", "inputs": {
-            "model": "qwenfit_tiny_edit_2509_fp8_e4m3fn.safetensors", "variant": "auto", "lora": lora,
-            "lora_strength": 1.0}},
+        "1": {
+            "class_type": "QwenFitOptimizedLoader",
+            "inputs": {
+                "model": "qwenfit_tiny_edit_2509_fp8_e4m3fn.safetensors",
+                "variant": "auto",
+                "lora": lora,
+                "lora_strength": 1.0,
+            },
+        },
         "2": {"class_type": "LoadImage", "inputs": {"image": SAMPLE.name}},
-        "3": {"class_type": "QwenFitInstructEdit", "inputs": {
-            "pipeline": ["1", 0], "image": ["2", 0], "prompt": "winter", "negative_prompt": " ",
-            "true_cfg_scale": 4.0, "steps": steps, "seed": 1, "width": 128, "height": 128}},
+        "3": {
+            "class_type": "QwenFitInstructEdit",
+            "inputs": {
+                "pipeline": ["1", 0],
+                "image": ["2", 0],
+                "prompt": "winter",
+                "negative_prompt": " ",
+                "true_cfg_scale": 4.0,
+                "steps": steps,
+                "seed": 1,
+                "width": 128,
+                "height": 128,
+            },
+        },
         "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": f"lora-{lora}"}},
     }
 

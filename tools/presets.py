@@ -49,40 +49,73 @@ def _note(node_id: int, pos: tuple[int, int], text: str) -> Node:
     return Node(node_id, "MarkdownNote", pos, {"text": text}, title="Read me", size=(420, 260))
 
 
-EDIT_NOTE = """**QwenFit - Instruct Edit (auto plan)**
-
-Files (Comfy-Org's repackaged ones; press R after copying):
+EDIT_FILES = """Files (Comfy-Org's repackaged ones; press R after copying):
 - `models/diffusion_models/qwen_image_edit_2509_fp8_e4m3fn.safetensors` (or 2509/2511 bf16 or fp8mixed)
 - `models/text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors`
 - `models/vae/qwen_image_vae.safetensors`
 
 A diffusers folder in `models/diffusers/` works too (pick it as the model).
+Output size: about 1 megapixel at the first reference's aspect ratio (width/height 0)."""
 
-The settings nodes are on *auto*: the pack plans precision, offload and VAE tiling for the GPU it finds.
-Reference size: about 1 megapixel at the input's aspect ratio (width/height 0)."""
-
-LAYERED_NOTE = """**QwenFit - Layered Decompose (auto plan)**
-
-Files (Comfy-Org's repackaged ones; press R after copying):
+LAYERED_FILES = """Files (Comfy-Org's repackaged ones; press R after copying):
 - `models/diffusion_models/qwen_image_layered_fp8mixed.safetensors` (or bf16)
 - `models/text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors`
 - `models/vae/qwen_image_layered_vae.safetensors` (the 4-channel one)
 
 An empty prompt lets the model caption the picture itself (a 7B text generation: slower).
-Outputs: RGB layers bottom first, their masks (1 = transparent, as Load Image), and a preview."""
+Outputs: RGB layers bottom first, their masks (1 = transparent, as Load Image), a preview; tick
+save_psd for a layered PSD."""
 
 
-def _settings_nodes(start_id: int, y: int) -> list[Node]:
+@dataclass(frozen=True)
+class Profile:
+    """The settings nodes' values for one kind of machine."""
+
+    key: str
+    title: str
+    precision: dict[str, str]
+    offload: str
+    vae: dict[str, str]
+    note: str
+
+
+FP8_BOTH = {"transformer": "fp8_e4m3fn", "text_encoder": "fp8_e4m3fn", "vae": "auto"}
+PROFILES = (
+    Profile(
+        "auto",
+        "auto plan",
+        {"transformer": "auto", "text_encoder": "auto", "vae": "auto"},
+        "auto",
+        {"tiling": "auto", "slicing": "auto"},
+        "Settings on *auto*: the pack plans precision, offload and VAE tiling for the GPU it finds.",
+    ),
+    Profile(
+        "8gb",
+        "8 GB GPU",
+        FP8_BOTH,
+        "blocks",
+        {"tiling": "on", "slicing": "on"},
+        "For 8 GB cards: fp8 weights, transformer and text-encoder blocks streamed from host RAM (plan on "
+        "about 32 GB of system RAM for the fp8 files), VAE tiled and sliced. Speed and peak VRAM are not "
+        "measured yet: the GPU benchmark comes with the memory planner.",
+    ),
+    Profile(
+        "24gb",
+        "24 GB GPU",
+        FP8_BOTH,
+        "model",
+        {"tiling": "auto", "slicing": "auto"},
+        "For 24 GB cards: the fp8 transformer (about 20 GB) sits on the GPU while denoising; the text "
+        "encoder and VAE move in only for their turn. Not measured yet (see the README).",
+    ),
+)
+
+
+def _settings_nodes(start_id: int, y: int, profile: Profile) -> list[Node]:
     return [
-        Node(
-            start_id,
-            "QwenFitPrecisionSelector",
-            (40, y),
-            {"transformer": "auto", "text_encoder": "auto", "vae": "auto"},
-            size=(300, 110),
-        ),
-        Node(start_id + 1, "QwenFitOffloadToggle", (40, y + 150), {"mode": "auto"}, size=(300, 60)),
-        Node(start_id + 2, "QwenFitVAESlicer", (40, y + 250), {"tiling": "auto", "slicing": "auto"}, size=(300, 80)),
+        Node(start_id, "QwenFitPrecisionSelector", (40, y), dict(profile.precision), size=(300, 110)),
+        Node(start_id + 1, "QwenFitOffloadToggle", (40, y + 150), {"mode": profile.offload}, size=(300, 60)),
+        Node(start_id + 2, "QwenFitVAESlicer", (40, y + 250), dict(profile.vae), size=(300, 80)),
     ]
 
 
@@ -94,15 +127,16 @@ def _settings_links(start_id: int, loader_id: int) -> list[tuple[int, str, int, 
     ]
 
 
-PRESETS = [
-    Preset(
-        name="qwenfit_edit_auto",
-        title="QwenFit Edit (auto plan)",
+def edit_preset(profile: Profile) -> Preset:
+    note = f"**QwenFit - Instruct Edit ({profile.title})**\n\n{EDIT_FILES}\n\n{profile.note}"
+    return Preset(
+        name=f"qwenfit_edit_{profile.key}",
+        title=f"QwenFit Edit ({profile.title})",
         nodes=[
-            _note(1, (40, -300), EDIT_NOTE),
-            *_settings_nodes(2, 0),
-            Node(5, "QwenFitOptimizedLoader", (400, 0), {"model": EDIT_MODEL}, size=(320, 170)),
-            Node(6, "LoadImage", (400, 200), {"image": SAMPLE_IMAGE}, size=(320, 320)),
+            _note(1, (40, -300), note),
+            *_settings_nodes(2, 0, profile),
+            Node(5, "QwenFitOptimizedLoader", (400, 0), {"model": EDIT_MODEL}, size=(320, 230)),
+            Node(6, "LoadImage", (400, 260), {"image": SAMPLE_IMAGE}, size=(320, 320)),
             Node(
                 7,
                 "QwenFitInstructEdit",
@@ -126,15 +160,19 @@ PRESETS = [
             (6, "IMAGE", 7, "image"),
             (7, "edited", 8, "images"),
         ],
-    ),
-    Preset(
-        name="qwenfit_layered_auto",
-        title="QwenFit Layered (auto plan)",
+    )
+
+
+def layered_preset(profile: Profile) -> Preset:
+    note = f"**QwenFit - Layered Decompose ({profile.title})**\n\n{LAYERED_FILES}\n\n{profile.note}"
+    return Preset(
+        name=f"qwenfit_layered_{profile.key}",
+        title=f"QwenFit Layered ({profile.title})",
         nodes=[
-            _note(1, (40, -300), LAYERED_NOTE),
-            *_settings_nodes(2, 0),
-            Node(5, "QwenFitOptimizedLoader", (400, 0), {"model": LAYERED_MODEL}, size=(320, 170)),
-            Node(6, "LoadImage", (400, 200), {"image": SAMPLE_IMAGE}, size=(320, 320)),
+            _note(1, (40, -300), note),
+            *_settings_nodes(2, 0, profile),
+            Node(5, "QwenFitOptimizedLoader", (400, 0), {"model": LAYERED_MODEL}, size=(320, 230)),
+            Node(6, "LoadImage", (400, 260), {"image": SAMPLE_IMAGE}, size=(320, 320)),
             Node(
                 7,
                 "QwenFitLayeredDecompose",
@@ -147,8 +185,10 @@ PRESETS = [
                     "true_cfg_scale": 4.0,
                     "steps": 50,
                     "seed": 42,
+                    "save_psd": False,
+                    "filename_prefix": "QwenFit/layers",
                 },
-                size=(360, 440),
+                size=(360, 480),
             ),
             Node(8, "SaveImage", (1200, 0), {"filename_prefix": "QwenFit/layer"}, size=(360, 400)),
             Node(9, "PreviewImage", (1200, 450), {}, size=(360, 300)),
@@ -161,8 +201,22 @@ PRESETS = [
             (7, "layer_images", 8, "images"),
             (7, "preview", 9, "images"),
         ],
-    ),
-]
+    )
+
+
+PRESETS = [make(profile) for make in (edit_preset, layered_preset) for profile in PROFILES]
+
+
+def write_thumbnail(preset: Preset, path: Path) -> None:
+    """A small picture for the template browser: the sample with the preset's name on a band."""
+    from PIL import Image, ImageDraw
+
+    image = Image.open(UI_DIR / "inputs" / SAMPLE_IMAGE).convert("RGB").resize((384, 256))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([0, 196, 384, 256], fill=(40, 30, 90))
+    draw.text((12, 204), preset.title, fill=(255, 255, 255))
+    draw.text((12, 226), "layers" if "layered" in preset.name else "instruction edit", fill=(200, 200, 255))
+    image.save(path, quality=85)
 
 
 def _widget_values(node: Node, info: dict[str, Any] | None) -> list[Any]:
@@ -245,6 +299,8 @@ def write_all(object_info: dict[str, Any]) -> list[Path]:
         for path, data in ((UI_DIR / f"{preset.name}.json", ui), (API_DIR / f"{preset.name}.api.json", api)):
             path.write_text(json.dumps(data, indent=2) + "\n")
             written.append(path)
+        write_thumbnail(preset, UI_DIR / f"{preset.name}.jpg")
+        written.append(UI_DIR / f"{preset.name}.jpg")
     return written
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 from .errors import QwenFitError
 from .images import numpy_to_tensor
 from .loading import LoadedPipeline
-from .runs import StepCallback, Stopwatch, cfg_for, check_steps, generator_for, prepared, step_callback
+from .runs import StepCallback, Stopwatch, cfg_for, check_finite, check_steps, generator_for, prepared, step_callback
 
 MAX_REFERENCES = 3
 # Output sides must be multiples of 16 (8x VAE scale, 2x2 patches).
@@ -92,7 +92,7 @@ def run_edit(
         raise QwenFitError(f"InstructEdit takes 1 to {MAX_REFERENCES} reference images, got {len(references)}.")
     if not job.prompt.strip():
         raise QwenFitError("the edit prompt is empty; say what to change.")
-    check_steps(job.steps)
+    check_steps(job.steps, loaded)
     _check_size(job)
     width, height = output_size(references[0], job)
     true_cfg_scale, negative_prompt, lightning_note = cfg_for(loaded, job.true_cfg_scale, job.negative_prompt)
@@ -111,6 +111,7 @@ def run_edit(
             callback_on_step_end=step_callback(job.steps, on_step),
         )
     image = numpy_to_tensor(output.images)
+    check_finite(image, loaded)
     cfg = true_cfg_scale > 1 and negative_prompt is not None
     report = (
         f"{loaded.name} ({loaded.variant.value}): {len(references)} reference(s) -> "

@@ -10,7 +10,7 @@ from PIL import Image
 from .errors import QwenFitError
 from .images import numpy_to_tensor
 from .loading import LoadedPipeline
-from .runs import StepCallback, Stopwatch, cfg_for, check_steps, generator_for, prepared, step_callback
+from .runs import StepCallback, Stopwatch, cfg_for, check_finite, check_steps, generator_for, prepared, step_callback
 from .variants import Variant
 
 RESOLUTIONS = (640, 1024)
@@ -51,7 +51,7 @@ def run_layered(
         raise QwenFitError(f"layers={job.layers} is out of range; use {MIN_LAYERS} to {MAX_LAYERS}.")
     if job.resolution not in RESOLUTIONS:
         raise QwenFitError(f"resolution={job.resolution} is not supported; Qwen-Image-Layered takes 640 or 1024.")
-    check_steps(job.steps)
+    check_steps(job.steps, loaded)
     true_cfg_scale, negative_prompt, lightning_note = cfg_for(loaded, job.true_cfg_scale, job.negative_prompt)
     clock = Stopwatch()
     with prepared(loaded):
@@ -69,6 +69,7 @@ def run_layered(
         )
     # diffusers returns one group per batch item; we always run one image.
     rgba = numpy_to_tensor(output.images[0])[: job.layers]
+    check_finite(rgba, loaded)
     caption = "prompt given" if job.prompt else "auto-captioned by the 7B text encoder"
     report = (
         f"{loaded.name}: {rgba.shape[0]} layers at {rgba.shape[2]}x{rgba.shape[1]} ({caption}), "

@@ -85,8 +85,12 @@ def apply_placement(pipeline: Any, plan: Plan, device: torch.device) -> None:
     elif residencies["transformer"] == "offloaded (whole)":
         pipeline.enable_model_cpu_offload(device=device)
     else:
+        from diffusers.hooks import apply_group_offloading
+
+        # diffusers' hook works on any module (the transformers text encoder has no enable_group_offload).
         for name in ("transformer", "text_encoder"):
-            getattr(pipeline, name).enable_group_offload(
+            apply_group_offloading(
+                getattr(pipeline, name),
                 onload_device=device,
                 offload_device=torch.device("cpu"),
                 offload_type="block_level",

@@ -20,12 +20,31 @@ StepCallback = Callable[[int, int], None]
 MAX_STEPS = 200
 
 
-def check_steps(steps: int) -> None:
-    """Refuse step counts outside 1..MAX_STEPS."""
+def check_steps(steps: int, loaded: LoadedPipeline | None = None) -> None:
+    """Refuse step counts outside 1..MAX_STEPS, and 1 step where the scheduler cannot do it."""
     if not 1 <= steps <= MAX_STEPS:
         raise QwenFitError(
             f"steps={steps} is out of range; use 1 to {MAX_STEPS} (40-50 is typical, 4-8 with Lightning)."
         )
+    terminal = loaded is not None and loaded.pipeline.scheduler.config.get("shift_terminal")
+    if steps == 1 and terminal:
+        # One sigma stretched to a terminal shift divides zero by zero: the image would be NaN.
+        raise QwenFitError(
+            "1 step is not possible with this model's scheduler (terminal shift); use 2 or more, "
+            "or a Lightning LoRA, which runs from 4 steps."
+        )
+
+
+def check_finite(images: torch.Tensor, loaded: LoadedPipeline) -> None:
+    """Refuse to hand back NaN/inf pixels: name the likely cause instead of a black image."""
+    if not torch.isfinite(images).all():
+        fp16 = any(c.dtype == "fp16" for c in loaded.plan.components)
+        hint = (
+            "this model overflows in fp16: set QwenFit Precision to auto or bf16"
+            if fp16
+            else "try more steps, or bf16/fp32 precision"
+        )
+        raise QwenFitError(f"the model produced invalid pixels (NaN or infinite): {hint}.")
 
 
 def generator_for(seed: int) -> torch.Generator:

@@ -105,7 +105,7 @@ def test_four_references_are_refused(comfy):
     ids=["auto-1MP-first-reference", "explicit"],
 )
 def test_edit_output_size_options(comfy, width, height, expected):
-    result = comfy.run(edit_graph(width=width, height=height, steps=1))
+    result = comfy.run(edit_graph(width=width, height=height, steps=2))
     assert result.status == "success", result.error_text()
     assert Image.open(result.files[0]).size == expected
 
@@ -134,7 +134,7 @@ def test_same_seed_same_image_other_seed_other_image(comfy):
     ids=lambda v: str(v) if v != "" else "auto-caption",
 )
 def test_layered_layer_counts_and_resolutions(comfy, layers, resolution, prompt):
-    result = comfy.run(layered_graph(layers, resolution, prompt, steps=1), timeout=900)
+    result = comfy.run(layered_graph(layers, resolution, prompt, steps=2), timeout=900)
     assert result.status == "success", result.error_text()
     sizes = {Image.open(f).size for f in result.files}
     assert len(result.files) == layers and len(sizes) == 1
@@ -194,13 +194,13 @@ def test_extreme_image_sizes_are_refused_with_the_limit(comfy, size, words):
 def test_grayscale_and_rgba_inputs_work(comfy, mode):
     name = f"input_{mode}.png"
     Image.open(SAMPLE).convert(mode).save(comfy.input_dir / name)
-    result = comfy.run(edit_graph(image=name, steps=1))
+    result = comfy.run(edit_graph(image=name, steps=2))
     assert result.status == "success", result.error_text()
 
 
 def test_cancel_mid_run_leaves_the_server_usable_and_memory_at_baseline(comfy):
     server = psutil.Process(comfy.process.pid)
-    warm = comfy.run(layered_graph(2, "640", "x", steps=1))
+    warm = comfy.run(layered_graph(2, "640", "x", steps=2))
     assert warm.status == "success", warm.error_text()
     baseline = server.memory_info().rss
 
@@ -212,6 +212,11 @@ def test_cancel_mid_run_leaves_the_server_usable_and_memory_at_baseline(comfy):
     assert result.status == "interrupted"
     steps_run = [e["data"]["value"] for e in result.events if e["type"] == "progress"]
     assert max(steps_run) <= 2  # stopped within one step of the cancel
-    after = comfy.run(layered_graph(2, "640", "x", steps=1))
+    after = comfy.run(layered_graph(2, "640", "x", steps=2))
     assert after.status == "success", after.error_text()
     assert server.memory_info().rss - baseline < 300 * 2**20
+
+
+def test_one_step_with_a_terminal_shift_is_refused_not_nan(comfy):
+    result = comfy.run(edit_graph(steps=1))
+    assert result.status == "error" and "1 step is not possible" in result.error["exception_message"]

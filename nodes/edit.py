@@ -9,9 +9,7 @@ from ..optim.loading import LoadedPipeline
 from ..optim.runs import MAX_STEPS
 from .comfy_glue import after_run, progress_callback
 from .image_inputs import images_from_batches
-from .types import CATEGORY, QwenPipeline
-
-SEED_MAX = 0xFFFFFFFFFFFFFFFF
+from .types import CATEGORY, SEED_MAX, QwenPipeline
 
 
 class InstructEdit(io.ComfyNode):

@@ -16,9 +16,7 @@ from ..optim.psd_export import layers_to_pil, write_psd
 from ..optim.runs import MAX_STEPS
 from .comfy_glue import after_run, output_directory, progress_callback
 from .image_inputs import images_from_batches
-from .types import CATEGORY, QwenPipeline
-
-SEED_MAX = 0xFFFFFFFFFFFFFFFF
+from .types import CATEGORY, SEED_MAX, QwenPipeline
 
 
 class LayeredDecompose(io.ComfyNode):

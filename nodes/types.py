@@ -10,3 +10,5 @@ OffloadConfig = io.Custom("QWENFIT_OFFLOAD")
 VaeConfig = io.Custom("QWENFIT_VAE")
 
 CATEGORY = "QwenFit"
+# ComfyUI's seed widgets go up to 2**64 - 1; torch generators accept the whole range.
+SEED_MAX = 0xFFFFFFFFFFFFFFFF

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from .devices import dtype_name
+from .fp8_linear import Fp8Linear
 from .plan import ComponentPlacement, Plan
 from .settings import OffloadSettings, VaeSettings
 
@@ -21,11 +22,18 @@ _COMPONENTS = ("text_encoder", "transformer", "vae")
 _ACTIVATION_HEADROOM = 4 * 1024**3
 
 
-def _size(module: torch.nn.Module) -> tuple[int, int, torch.dtype]:
+def _size(module: torch.nn.Module) -> tuple[int, int, str]:
+    """(parameter count, bytes, dtype label) counting fp8-stored Linear weights, which are buffers."""
     params = list(module.parameters())
     count = sum(p.numel() for p in params)
     nbytes = sum(p.numel() * p.element_size() for p in params)
-    return count, nbytes, params[0].dtype if params else torch.float32
+    label = dtype_name(params[0].dtype) if params else "fp32"
+    fp8 = [m.weight_fp8 for m in module.modules() if isinstance(m, Fp8Linear)]
+    if fp8:
+        count += sum(w.numel() for w in fp8)
+        nbytes += sum(w.numel() * w.element_size() for w in fp8)
+        label = f"fp8+{label}"
+    return count, nbytes, label
 
 
 def _free_device_bytes(device: torch.device) -> int:
@@ -60,7 +68,7 @@ def plan_placement(pipeline: Any, device: torch.device, offload: OffloadSettings
             home, residency = "cpu", "offloaded (whole)"
         else:
             home, residency = "cpu", "streamed (blocks)"
-        components.append(ComponentPlacement(name, count, dtype_name(dtype), nbytes, home, dev, residency))
+        components.append(ComponentPlacement(name, count, dtype, nbytes, home, dev, residency))
     plan = Plan(device=dev, components=tuple(components), vae_tiling=False, vae_slicing=False, notes=tuple(notes))
     return plan_vae(plan, VaeSettings(), is_layered=type(pipeline).__name__ == "QwenImageLayeredPipeline")
 

@@ -99,6 +99,7 @@ def main() -> int:
                         row["output"] = list(result.image.shape)
                         row["finite"] = bool(torch.isfinite(result.image).all())
                     row["run_s"] = round(time.perf_counter() - start, 2)
+                    row["phases"] = result.record.describe()
                     row["peak_alloc_MiB"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
                     row["plan"] = loaded.plan.describe()
                     row["ok"] = True

@@ -10,6 +10,7 @@ from PIL import Image
 from .errors import QwenFitError
 from .images import numpy_to_tensor
 from .loading import LoadedPipeline
+from .run_record import RunRecord
 from .runs import StepCallback, Stopwatch, cfg_for, check_finite, check_steps, generator_for, prepared, step_callback
 
 MAX_REFERENCES = 3
@@ -36,6 +37,7 @@ class EditResult:
     image: torch.Tensor  # [1, H, W, 3] float in 0..1
     seconds: float
     report: str
+    record: RunRecord
 
 
 def _check_size(job: EditJob) -> None:
@@ -97,7 +99,7 @@ def run_edit(
     width, height = output_size(references[0], job)
     true_cfg_scale, negative_prompt, lightning_note = cfg_for(loaded, job.true_cfg_scale, job.negative_prompt)
     clock = Stopwatch()
-    with prepared(loaded):
+    with prepared(loaded, job.steps) as tracker:
         output = loaded.pipeline(
             image=references,
             prompt=job.prompt,
@@ -108,8 +110,9 @@ def run_edit(
             height=height,
             generator=generator_for(job.seed),
             output_type="np",
-            callback_on_step_end=step_callback(job.steps, on_step),
+            callback_on_step_end=step_callback(job.steps, on_step, tracker),
         )
+        record = tracker.finish()
     image = numpy_to_tensor(output.images)
     check_finite(image, loaded)
     cfg = true_cfg_scale > 1 and negative_prompt is not None
@@ -118,6 +121,7 @@ def run_edit(
         f"{image.shape[2]}x{image.shape[1]}, {job.steps} steps, CFG {'on' if cfg else 'off'} "
         f"({true_cfg_scale:g}), seed {job.seed}, {clock.seconds:.1f} s\n{describe_resizes(references)}\n"
         + (f"{lightning_note}\n" if lightning_note else "")
+        + f"{record.describe()}\n"
         + loaded.plan.describe()
     )
-    return EditResult(image=image, seconds=clock.seconds, report=report)
+    return EditResult(image=image, seconds=clock.seconds, report=report, record=record)

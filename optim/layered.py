@@ -10,6 +10,7 @@ from PIL import Image
 from .errors import QwenFitError
 from .images import numpy_to_tensor
 from .loading import LoadedPipeline
+from .run_record import RunRecord
 from .runs import StepCallback, Stopwatch, cfg_for, check_finite, check_steps, generator_for, prepared, step_callback
 from .variants import Variant
 
@@ -36,6 +37,7 @@ class LayeredResult:
     alpha: torch.Tensor  # [N, H, W], 1 = opaque
     seconds: float
     report: str
+    record: RunRecord
 
 
 def run_layered(
@@ -54,7 +56,7 @@ def run_layered(
     check_steps(job.steps, loaded)
     true_cfg_scale, negative_prompt, lightning_note = cfg_for(loaded, job.true_cfg_scale, job.negative_prompt)
     clock = Stopwatch()
-    with prepared(loaded):
+    with prepared(loaded, job.steps) as tracker:
         output = loaded.pipeline(
             image=image.convert("RGBA"),
             prompt=job.prompt or None,
@@ -65,8 +67,9 @@ def run_layered(
             num_inference_steps=job.steps,
             generator=generator_for(job.seed),
             output_type="np",
-            callback_on_step_end=step_callback(job.steps, on_step),
+            callback_on_step_end=step_callback(job.steps, on_step, tracker),
         )
+        record = tracker.finish()
     # diffusers returns one group per batch item; we always run one image.
     rgba = numpy_to_tensor(output.images[0])[: job.layers]
     check_finite(rgba, loaded)
@@ -75,8 +78,13 @@ def run_layered(
         f"{loaded.name}: {rgba.shape[0]} layers at {rgba.shape[2]}x{rgba.shape[1]} ({caption}), "
         f"{job.steps} steps, seed {job.seed}, {clock.seconds:.1f} s\n"
         + (f"{lightning_note}\n" if lightning_note else "")
+        + f"{record.describe()}\n"
         + loaded.plan.describe()
     )
     return LayeredResult(
-        rgb=rgba[..., :3].contiguous(), alpha=rgba[..., 3].contiguous(), seconds=clock.seconds, report=report
+        rgb=rgba[..., :3].contiguous(),
+        alpha=rgba[..., 3].contiguous(),
+        seconds=clock.seconds,
+        report=report,
+        record=record,
     )

@@ -12,6 +12,7 @@ import torch
 from .errors import QwenFitError
 from .loading import LoadedPipeline
 from .placement import apply_vae_settings
+from .run_record import PhaseTracker
 
 # Called after every denoising step with (steps done, total steps). A host's progress bar
 # lives here; raising from it (ComfyUI's Cancel does) stops the run within one step.
@@ -52,10 +53,14 @@ def generator_for(seed: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(seed)
 
 
-def step_callback(total: int, on_step: StepCallback | None) -> Callable[..., dict[str, Any]]:
+def step_callback(
+    total: int, on_step: StepCallback | None, tracker: PhaseTracker | None = None
+) -> Callable[..., dict[str, Any]]:
     """Adapt a (done, total) callback to diffusers' ``callback_on_step_end``."""
 
     def callback(_pipeline: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        if tracker is not None:
+            tracker.step_done(step + 1, total)
         if on_step is not None:
             on_step(step + 1, total)
         return tensors
@@ -64,13 +69,16 @@ def step_callback(total: int, on_step: StepCallback | None) -> Callable[..., dic
 
 
 @contextmanager
-def prepared(loaded: LoadedPipeline) -> Iterator[None]:
-    """Set the run's VAE handling; always leave the GPU cache clean, also after an error."""
+def prepared(loaded: LoadedPipeline, steps: int) -> Iterator[PhaseTracker]:
+    """Set the run's VAE handling and time its phases; always leave the GPU cache clean, also after an error."""
     apply_vae_settings(loaded.pipeline, loaded.plan)
+    tracker = PhaseTracker(loaded.device, steps, loaded.name, loaded.plan.describe())
+    hook = loaded.pipeline.transformer.register_forward_pre_hook(tracker.denoising_starts)
     try:
         with torch.inference_mode():
-            yield
+            yield tracker
     finally:
+        hook.remove()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 

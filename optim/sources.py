@@ -13,7 +13,7 @@ from typing import Any
 
 from .architectures import Architecture, all_architectures
 from .errors import QwenFitError
-from .variants import Variant, detect_variant
+from .variants import Variant, detect_variant, resolve_variant
 from .weights.families import describe_family, find_prefix
 from .weights.fp8 import is_scale_key
 from .weights.key_maps import TRANSFORMER_PREFIXES, text_encoder_to_comfy, vae_to_diffusers
@@ -187,21 +187,6 @@ def _check_vae_matches(channels: int, variant: Variant, vae_name: str, transform
     )
 
 
-def resolve_requested_variant(proven: Variant | None, guessed: Variant, requested: str, source: str) -> Variant:
-    """Apply the loader's variant choice: refuse what the weights prove otherwise."""
-    if requested == "auto":
-        return proven or guessed
-    wanted = Variant(requested)
-    if proven is not None and wanted is not proven:
-        raise QwenFitError(
-            f"{source} is {proven.value} by its weights, but variant={wanted.value} was asked for. "
-            f"Set variant to auto (or {proven.value}), or pick a {wanted.value} file."
-        )
-    if (wanted is Variant.LAYERED) != (guessed is Variant.LAYERED) and proven is None:
-        raise QwenFitError(f"{source} has no Layered weights; variant={wanted.value} cannot apply to it.")
-    return wanted
-
-
 def check_tokenizer(folder: Path) -> None:
     missing = [f for f in TOKENIZER_FILES if not (folder / f).is_file()]
     if missing:
@@ -220,7 +205,7 @@ def describe_split_files(files: SplitFiles, requested_variant: str = "auto") -> 
                 f"the {label} file {path.name} does not exist any more; refresh (press R) and pick again."
             )
     transformer, proven = _transformer_source(files.transformer)
-    variant = resolve_requested_variant(
+    variant = resolve_variant(
         proven, variant_from_name(files.transformer.name), requested_variant, files.transformer.name
     )
     arch = _match_transformer(transformer, files.transformer.name)
@@ -246,14 +231,9 @@ def describe_split_files(files: SplitFiles, requested_variant: str = "auto") -> 
 
 def describe_folder(folder: Path, model_index: dict[str, Any], requested_variant: str) -> SourceDescription:
     """Weight sources of a diffusers folder whose structure was already checked."""
-    from .variants import resolve_variant
-
     transformer_config = json.loads((folder / "transformer" / "config.json").read_text())
-    variant = resolve_variant(
-        detect_variant(model_index, transformer_config, f"model folder '{folder.name}'"),
-        requested_variant,
-        f"model folder '{folder.name}'",
-    )
+    detected = detect_variant(model_index, transformer_config, f"model folder '{folder.name}'")
+    variant = resolve_variant(detected, detected, requested_variant, f"model folder '{folder.name}'")
     text_encoder = WeightSource(_shards(folder / "text_encoder"))
     keys = text_encoder.file_keys()
     if "model.layers.0.self_attn.k_proj.bias" in keys:

@@ -55,16 +55,20 @@ def detect_variant(model_index: dict[str, Any], transformer_config: dict[str, An
     return variant
 
 
-def resolve_variant(detected: Variant, requested: str, source: str) -> Variant:
-    """Apply the loader's explicit variant override, refusing ones the weights contradict."""
+def resolve_variant(proven: Variant | None, guessed: Variant, requested: str, source: str) -> Variant:
+    """Apply the loader's variant choice. ``proven`` is what the weights or configs establish (None when
+    they carry no marker, as a 2509/2511 file without one); ``guessed`` comes from the file name.
+    Choices the weights contradict are refused."""
     if requested == "auto":
-        return detected
+        return proven or guessed
     if requested not in VARIANT_CHOICES:
         raise QwenFitError(f"variant {requested!r} is unknown; pick one of {', '.join(VARIANT_CHOICES)}.")
     wanted = Variant(requested)
-    if wanted != detected:
+    if proven is not None and wanted is not proven:
         raise QwenFitError(
-            f"{source} is {detected.value} by its weights' config, but variant={wanted.value} was asked for. "
-            f"Set variant to auto (or {detected.value}), or pick a {wanted.value} model."
+            f"{source} is {proven.value} by its weights, but variant={wanted.value} was asked for. "
+            f"Set variant to auto (or {proven.value}), or pick a {wanted.value} model."
         )
+    if proven is None and (wanted is Variant.LAYERED) != (guessed is Variant.LAYERED):
+        raise QwenFitError(f"{source} has no Layered weights; variant={wanted.value} cannot apply to it.")
     return wanted

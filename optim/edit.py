@@ -9,9 +9,20 @@ from PIL import Image
 
 from .errors import QwenFitError
 from .images import numpy_to_tensor
+from .job_shape import JobShape
 from .loading import LoadedPipeline
 from .run_record import RunRecord
-from .runs import StepCallback, Stopwatch, cfg_for, check_finite, check_steps, generator_for, prepared, step_callback
+from .runs import (
+    StepCallback,
+    Stopwatch,
+    cfg_for,
+    check_finite,
+    check_steps,
+    generator_for,
+    plan_text,
+    prepared,
+    step_callback,
+)
 
 MAX_REFERENCES = 3
 # Output sides must be multiples of 16 (8x VAE scale, 2x2 patches).
@@ -99,7 +110,9 @@ def run_edit(
     width, height = output_size(references[0], job)
     true_cfg_scale, negative_prompt, lightning_note = cfg_for(loaded, job.true_cfg_scale, job.negative_prompt)
     clock = Stopwatch()
-    with prepared(loaded, job.steps) as tracker:
+    cfg_on = true_cfg_scale > 1 and negative_prompt is not None
+    shape = JobShape("edit", width, height, references=len(references), cfg=cfg_on, steps=job.steps)
+    with prepared(loaded, shape) as tracker:
         output = loaded.pipeline(
             image=references,
             prompt=job.prompt,
@@ -122,6 +135,6 @@ def run_edit(
         f"({true_cfg_scale:g}), seed {job.seed}, {clock.seconds:.1f} s\n{describe_resizes(references)}\n"
         + (f"{lightning_note}\n" if lightning_note else "")
         + f"{record.describe()}\n"
-        + loaded.plan.describe()
+        + plan_text(loaded)
     )
     return EditResult(image=image, seconds=clock.seconds, report=report, record=record)

@@ -9,9 +9,20 @@ from PIL import Image
 
 from .errors import QwenFitError
 from .images import numpy_to_tensor
+from .job_shape import JobShape
 from .loading import LoadedPipeline
 from .run_record import RunRecord
-from .runs import StepCallback, Stopwatch, cfg_for, check_finite, check_steps, generator_for, prepared, step_callback
+from .runs import (
+    StepCallback,
+    Stopwatch,
+    cfg_for,
+    check_finite,
+    check_steps,
+    generator_for,
+    plan_text,
+    prepared,
+    step_callback,
+)
 from .variants import Variant
 
 RESOLUTIONS = (640, 1024)
@@ -56,7 +67,18 @@ def run_layered(
     check_steps(job.steps, loaded)
     true_cfg_scale, negative_prompt, lightning_note = cfg_for(loaded, job.true_cfg_scale, job.negative_prompt)
     clock = Stopwatch()
-    with prepared(loaded, job.steps) as tracker:
+    cfg_on = true_cfg_scale > 1 and negative_prompt is not None
+    shape = JobShape(
+        "layered",
+        job.resolution,
+        job.resolution,
+        references=0,
+        layers=job.layers,
+        cfg=cfg_on,
+        steps=job.steps,
+        caption=not job.prompt,
+    )
+    with prepared(loaded, shape) as tracker:
         output = loaded.pipeline(
             image=image.convert("RGBA"),
             prompt=job.prompt or None,
@@ -79,7 +101,7 @@ def run_layered(
         f"{job.steps} steps, seed {job.seed}, {clock.seconds:.1f} s\n"
         + (f"{lightning_note}\n" if lightning_note else "")
         + f"{record.describe()}\n"
-        + loaded.plan.describe()
+        + plan_text(loaded)
     )
     return LayeredResult(
         rgb=rgba[..., :3].contiguous(),

@@ -14,10 +14,12 @@ import torch
 from .architectures import processor as arch_processor
 from .architectures import scheduler as arch_scheduler
 from .assemble import FP8_ALL, FP8_AS_STORED, FP8_NONE, build_text_encoder, build_transformer, build_vae
+from .budget import usable_bytes
 from .devices import compute_dtype
+from .engine import EngineOptions, PipelineEngine
 from .errors import QwenFitError
 from .lora import LoraChoice, lightning_scheduler_config
-from .placement import apply_placement, choose_offload_mode, plan_placement, plan_vae
+from .placement import apply_placement, plan_placement, plan_vae
 from .plan import Plan
 from .settings import FP8, OffloadSettings, PrecisionSettings, VaeSettings
 from .sources import DiffusersFolder, PipelineSource, SourceDescription, describe_folder, describe_split_files
@@ -52,6 +54,8 @@ class LoadedPipeline:
     variant: Variant
     plan: Plan
     request: LoadRequest
+    engine: PipelineEngine | None = None  # None when diffusers' whole-model offload places the weights
+    vae: VaeSettings = VaeSettings()
 
     @property
     def name(self) -> str:
@@ -68,9 +72,9 @@ class LoadedPipeline:
         return lora if lora is not None and lora.is_lightning else None
 
     def with_vae(self, vae: VaeSettings) -> LoadedPipeline:
-        """A view of the same pipeline whose plan carries these VAE settings (no copy of weights)."""
+        """A view of the same pipeline whose runs use these VAE settings (no copy of weights)."""
         plan = plan_vae(self.plan, vae, is_layered=self.variant is Variant.LAYERED)
-        return replace(self, plan=plan)
+        return replace(self, plan=plan, vae=vae)
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -143,9 +147,8 @@ def _build(request: LoadRequest, desc: SourceDescription) -> Any:
     device = torch.device(request.device)
     precision = request.precision
     dtypes = {part: compute_dtype(getattr(precision, part), device) for part in ("transformer", "text_encoder", "vae")}
-    total = int(desc.transformer.nbytes + desc.text_encoder.nbytes + desc.vae.nbytes)
-    # Resident plans load straight onto the GPU; offloaded ones stay on the host until placed.
-    home = device if choose_offload_mode(total, device, request.offload.mode) == "none" else torch.device("cpu")
+    # Weights load into host memory; the engine (or diffusers' offload) places them afterwards.
+    home = torch.device("cpu")
     folder = desc.folder
     te_config = (
         Qwen2_5_VLConfig.from_pretrained(str(folder / "text_encoder"), local_files_only=True) if folder else None
@@ -198,7 +201,12 @@ def load_pipeline(request: LoadRequest) -> LoadedPipeline:
         pipeline = _build(request, desc)
         pipeline.set_progress_bar_config(disable=True)
         plan = plan_placement(pipeline, device, request.offload)
-        apply_placement(pipeline, plan, device)
+        engine = None
+        if request.offload.mode == "model":
+            apply_placement(pipeline, plan, device)
+        else:
+            budget = usable_bytes(request.offload.vram_budget, device)
+            engine = PipelineEngine(pipeline, device, EngineOptions(budget, request.offload.mode))
     except QwenFitError:
         pipeline = None
         release_memory()
@@ -211,7 +219,7 @@ def load_pipeline(request: LoadRequest) -> LoadedPipeline:
             "truncated or from another model; re-copy or download them again."
         ) from exc
     log.info("%s", plan.describe())
-    return LoadedPipeline(pipeline=pipeline, variant=desc.variant, plan=plan, request=request)
+    return LoadedPipeline(pipeline=pipeline, variant=desc.variant, plan=plan, request=request, engine=engine)
 
 
 def release_memory() -> None:

@@ -46,6 +46,8 @@ class PipelineCache:
     def _drop(self) -> None:
         if self._loaded is not None:
             log.info("QwenFit: releasing %s", self._loaded.name)
+            if self._loaded.engine is not None:
+                self._loaded.engine.release()
         self._loaded = None
         self._request = None
         release_memory()

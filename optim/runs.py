@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
 
 from .errors import QwenFitError
+from .job_shape import JobShape
 from .loading import LoadedPipeline
 from .placement import apply_vae_settings
 from .run_record import PhaseTracker
@@ -68,14 +69,27 @@ def step_callback(
     return callback
 
 
+def plan_text(loaded: LoadedPipeline) -> str:
+    """The load-time plan plus, with the engine, the plan of the last prepared job."""
+    text = loaded.plan.describe()
+    return f"{text}\n{loaded.engine.describe()}" if loaded.engine is not None else text
+
+
 @contextmanager
-def prepared(loaded: LoadedPipeline, steps: int) -> Iterator[PhaseTracker]:
-    """Set the run's VAE handling and time its phases; always leave the GPU cache clean, also after an error."""
-    apply_vae_settings(loaded.pipeline, loaded.plan)
-    tracker = PhaseTracker(loaded.device, steps, loaded.name, loaded.plan.describe())
+def prepared(loaded: LoadedPipeline, job: JobShape) -> Iterator[PhaseTracker]:
+    """Plan and place for ``job``, set the VAE handling and time the phases; always leave the GPU
+    cache clean and the streaming rings freed, also after an error."""
+    engine = loaded.engine
+    if engine is not None:
+        engine.prepare(job, loaded.vae)
+        running = engine.running()
+    else:
+        apply_vae_settings(loaded.pipeline, loaded.plan)
+        running = nullcontext()
+    tracker = PhaseTracker(loaded.device, job.steps, loaded.name, plan_text(loaded))
     hook = loaded.pipeline.transformer.register_forward_pre_hook(tracker.denoising_starts)
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), running:
             yield tracker
     finally:
         hook.remove()

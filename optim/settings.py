@@ -54,13 +54,19 @@ class OffloadSettings:
     """Where weights live between uses.
 
     ``none`` keeps everything on the GPU, ``model`` moves whole components on and off
-    the GPU, ``blocks`` streams transformer blocks from host memory; ``auto`` decides.
+    the GPU (diffusers' own lever), ``blocks`` streams every transformer block from host
+    memory; ``auto`` lets the planner fit the ``vram_budget`` (a card size, "auto" for the
+    memory free at load time, or "unlimited").
     """
 
     mode: str = "auto"
+    vram_budget: str = "auto"
 
     def __post_init__(self) -> None:
+        from .budget import VRAM_BUDGETS
+
         _check_choice("offload mode", self.mode, OFFLOAD_MODES)
+        _check_choice("VRAM budget", self.vram_budget, VRAM_BUDGETS)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,125 @@
+"""The pack's engine on a loaded pipeline: plans each run for its budget and job, then runs it.
+
+At load the engine takes the weights over (host arenas, page-locked on CUDA): transformer blocks
+without modulation, modulation layers, text-encoder units. Before each run it asks the planner
+where everything goes for this job, makes resident what the plan keeps resident (cheap copies from
+the arena), and installs its transformer forward (streaming, precomputed modulation, batched CFG)
+and the prompt cache. After the run the streaming rings are freed; resident weights stay.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .job_shape import JobShape
+from .model_sizes import ModelSizes, measure
+from .planner import MemoryPlan, describe_memory_plan, plan_memory
+from .settings import VaeSettings
+from .streaming.block_streamer import BlockStreamer
+from .streaming.cfg_pairing import TextInput
+from .streaming.host_arena import pinned_bytes
+from .streaming.modulation import ModulationTable, is_modulation
+from .streaming.prompt_cache import PromptCache
+from .streaming.text_encoder_engine import TextEncoderEngine
+from .streaming.transformer_engine import TransformerEngine
+
+log = logging.getLogger("qwenfit")
+DEFAULT_VAE = VaeSettings()
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """What the user's settings fix for every run of this pipeline."""
+
+    budget_bytes: int | None
+    mode: str = "auto"  # auto / none / blocks
+    attention_backend: str | None = None
+
+
+class PipelineEngine:
+    """Owns the placement of one pipeline's weights for its whole life."""
+
+    def __init__(self, pipeline: Any, device: torch.device, options: EngineOptions) -> None:
+        self.pipeline = pipeline
+        self.device = device
+        self.options = options
+        self.sizes: ModelSizes = measure(pipeline)
+        pin = device.type == "cuda"
+        tr = pipeline.transformer
+        # Order matters: the modulation layers leave the blocks first, so blocks pack without them.
+        self.modulation = ModulationTable(tr, device, pin)
+        self.blocks = BlockStreamer(tr.transformer_blocks, device, skip=is_modulation, pin=pin)
+        for name, child in tr.named_children():
+            if name != "transformer_blocks":
+                child.to(device)
+        self.text = TextEncoderEngine(pipeline.text_encoder, device, pin)
+        pipeline.vae.to(device)
+        self.transformer = TransformerEngine(
+            tr, device, self.blocks, self.modulation, pipeline.scheduler, options.attention_backend
+        )
+        self.transformer.install()
+        self.prompts = PromptCache(pipeline.encode_prompt, self.text.encoding)
+        pipeline.encode_prompt = self.prompts
+        self.plan: MemoryPlan | None = None
+
+    def plan_for(self, job: JobShape, vae: VaeSettings = DEFAULT_VAE) -> MemoryPlan:
+        """The plan this job would get (nothing moves)."""
+        o = self.options
+        return plan_memory(self.sizes, job, o.budget_bytes, o.mode, vae.tiling, vae.slicing)
+
+    def prepare(self, job: JobShape, vae: VaeSettings = DEFAULT_VAE) -> MemoryPlan:
+        """Plan ``job`` and place the weights as the plan says (cheap when the plan did not change)."""
+        plan = self.plan_for(job, vae)
+        if plan != self.plan:
+            if self.plan is None or plan.resident_blocks != self.plan.resident_blocks or plan.slots != self.plan.slots:
+                self.blocks.configure(plan.resident_blocks, max(plan.slots, 2))
+            self.text.configure(plan.text_encoder)
+            vae = self.pipeline.vae
+            (vae.enable_tiling if plan.vae_tiling else vae.disable_tiling)()
+            (vae.enable_slicing if plan.vae_slicing else vae.disable_slicing)()
+            self.plan = plan
+            log.info("QwenFit plan for %s:\n%s", job.describe(), self.describe())
+        return plan
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """Around one pipeline call: pair the prompts for batched CFG, free the rings afterwards."""
+        self.prompts.begin_run()
+        self.transformer.begin_run()
+        original = self.prompts.__call__
+
+        def pairing_encode(*args: Any, **kwargs: Any) -> Any:
+            result = original(*args, **kwargs)
+            encoded = self.prompts.encoded_this_run
+            if len(encoded) == 2:  # prompt, then negative prompt: the pipelines' order
+                (cond, cond_mask), (uncond, uncond_mask) = encoded
+                self.transformer.pairing.pair(TextInput(cond, cond_mask), TextInput(uncond, uncond_mask))
+            return result
+
+        self.pipeline.encode_prompt = pairing_encode
+        try:
+            yield
+        finally:
+            self.pipeline.encode_prompt = self.prompts
+            self.transformer.end_run()
+
+    @property
+    def pinned_bytes(self) -> int:
+        return pinned_bytes()
+
+    def describe(self) -> str:
+        return describe_memory_plan(self.plan, self.sizes) if self.plan else "  (no run planned yet)"
+
+    def release(self) -> None:
+        """Give back GPU copies and page-locked memory (the pipeline is being dropped)."""
+        self.transformer.uninstall()
+        self.pipeline.encode_prompt = self.prompts._encode
+        self.blocks.release()
+        self.text.release()
+        self.modulation.release()

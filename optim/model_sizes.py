@@ -1,0 +1,78 @@
+"""Byte sizes of a loaded pipeline's parts, as the planner needs them (measured from the modules)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from .streaming.modulation import is_modulation
+from .streaming.tensor_layout import layout_of
+
+
+def _bytes(module: nn.Module, skip=lambda name: False) -> int:
+    return layout_of(module, skip).nbytes
+
+
+@dataclass(frozen=True)
+class ModelSizes:
+    """Bytes of every part the planner places (aligned as the streamer packs them)."""
+
+    blocks: int
+    block_bytes: int  # the largest block without its modulation layers
+    modulation_bytes: int  # img_mod + txt_mod of all blocks
+    transformer_rest_bytes: int  # embedders, output layers
+    text_units: int
+    text_unit_bytes: int  # the largest vision block or language layer
+    text_units_bytes: int  # all of them
+    text_rest_bytes: int  # patch embed, merger, final norm (kept on the GPU while encoding)
+    text_host_bytes: int  # token embedding and lm_head (kept on the host)
+    vae_bytes: int
+    hidden: int
+
+    @property
+    def transformer_bytes(self) -> int:
+        return self.blocks * self.block_bytes + self.modulation_bytes + self.transformer_rest_bytes
+
+    @property
+    def text_encoder_bytes(self) -> int:
+        return self.text_units_bytes + self.text_rest_bytes + self.text_host_bytes
+
+
+def text_units(text_encoder: nn.Module) -> list[nn.Module]:
+    """The repeated units of Qwen2.5-VL that stream: vision blocks, then language layers (run order)."""
+    inner = text_encoder.model
+    return [*inner.visual.blocks, *inner.language_model.layers]
+
+
+def text_host_modules(text_encoder: nn.Module) -> list[nn.Module]:
+    """Large, cheap-to-skip parts: the token embedding (a lookup) and lm_head (only for captions)."""
+    return [text_encoder.model.language_model.embed_tokens, text_encoder.lm_head]
+
+
+def measure(pipeline: Any) -> ModelSizes:
+    """Sizes of ``pipeline``'s transformer, text encoder and VAE."""
+    tr = pipeline.transformer
+    blocks = list(tr.transformer_blocks)
+    block_bytes = max(_bytes(b, is_modulation) for b in blocks)
+    modulation = sum(_bytes(getattr(b, n)) for b in blocks for n in ("img_mod", "txt_mod"))
+    transformer_total = _bytes(tr)
+    te = pipeline.text_encoder
+    units = text_units(te)
+    unit_sizes = [_bytes(u) for u in units]
+    host = sum(_bytes(m) for m in text_host_modules(te))
+    te_total = _bytes(te)
+    return ModelSizes(
+        blocks=len(blocks),
+        block_bytes=block_bytes,
+        modulation_bytes=modulation,
+        transformer_rest_bytes=transformer_total - sum(_bytes(b) for b in blocks),
+        text_units=len(units),
+        text_unit_bytes=max(unit_sizes),
+        text_units_bytes=sum(unit_sizes),
+        text_rest_bytes=te_total - sum(unit_sizes) - host,
+        text_host_bytes=host,
+        vae_bytes=_bytes(pipeline.vae),
+        hidden=int(tr.inner_dim),
+    )

@@ -1,0 +1,198 @@
+"""The memory planner: for a VRAM budget and a job, where every weight lives and what peak to expect.
+
+Weights are known exactly (measured from the modules). Activations are modelled per phase with
+coefficients measured on an H200 (bench/results/), so the prediction covers the whole generation:
+
+- ``encode``: the text encoder (resident, or streamed unit by unit) and the VAE encoding the references;
+- ``denoise``: resident blocks, the streaming ring, the modulation table and the activations of one
+  block for all samples of the batched CFG pass;
+- ``decode``: the VAE, tiled when the untiled decode would not fit.
+
+Resident transformer blocks stay on the GPU through every phase, so the planner first sizes the
+largest transient of all phases, then fills what is left of the budget with blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import QwenFitError
+from .job_shape import JobShape
+from .model_sizes import ModelSizes
+
+GIB = 1024**3
+MIB = 1024**2
+
+
+@dataclass(frozen=True)
+class Coefficients:
+    """Activation model, in bytes. Measured on an H200 with the real-size model (see bench/README.md)."""
+
+    # Peak live activations of one block, per token of the batched pass, per hidden unit (bf16 = 2 bytes).
+    block_activation_per_token_unit: float = 2 * 12.0
+    # cuBLAS workspaces, RoPE tables, latents, prompt embeddings, allocator rounding.
+    fixed: int = 384 * MIB
+    # Untiled VAE, bytes per output pixel (4.37 GiB at 1024x1024 measured), encode per input pixel.
+    vae_decode_per_pixel: float = 4.37 * GIB / 2**20
+    vae_encode_per_pixel: float = 2.2 * GIB / 2**20
+    vae_tiled: int = 640 * MIB
+    # Text encoding activations (a few hundred tokens plus vision patches).
+    text_activation: int = 512 * MIB
+
+
+COEFFICIENTS = Coefficients()
+# The plan aims below the budget by this much to absorb the activation model's error.
+SAFETY = 0.93
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """The planner's decision for one budget and job."""
+
+    budget_bytes: int | None
+    resident_blocks: tuple[int, ...]
+    streamed_blocks: tuple[int, ...]
+    slots: int
+    modulation: str  # "precomputed" (weights on the host) or "in blocks"
+    text_encoder: str  # "resident" or "streamed"
+    vae_tiling: bool
+    vae_slicing: bool
+    cfg: str  # "batched", "off"
+    phase_peaks: tuple[tuple[str, int], ...]
+    predicted_peak_bytes: int
+    pinned_bytes: int
+    job: str
+    notes: tuple[str, ...] = ()
+
+
+def _denoise_activations(sizes: ModelSizes, job: JobShape, k: Coefficients) -> int:
+    tokens = job.samples * (job.image_tokens + job.text_tokens)
+    return int(tokens * sizes.hidden * k.block_activation_per_token_unit)
+
+
+def _modulation_table_bytes(sizes: ModelSizes, job: JobShape) -> int:
+    # Per step and block: img (up to 2 rows for 2511) + txt rows of 6 * hidden, bf16.
+    return job.steps * sizes.blocks * 3 * 6 * sizes.hidden * 2
+
+
+def _vae_peaks(job: JobShape, tiling: bool, k: Coefficients) -> tuple[int, int]:
+    """(encode, decode) transient bytes of the VAE; references are encoded one by one at ~1 MP,
+    and slicing decodes one layer at a time."""
+    if tiling:
+        return k.vae_tiled, k.vae_tiled
+    encoded = 2**20 if job.kind == "edit" else job.width * job.height
+    return int(encoded * k.vae_encode_per_pixel), int(job.width * job.height * k.vae_decode_per_pixel)
+
+
+def plan_memory(
+    sizes: ModelSizes,
+    job: JobShape,
+    budget_bytes: int | None,
+    mode: str = "auto",
+    vae_tiling: str = "auto",
+    vae_slicing: str = "auto",
+    coefficients: Coefficients = COEFFICIENTS,
+) -> MemoryPlan:
+    """Place weights for ``job`` within ``budget_bytes`` (None: no limit).
+
+    ``mode``: "auto" (the budget decides), "none" (everything resident), "blocks" (stream every block).
+    Raises QwenFitError naming the smallest workable budget when nothing fits.
+    """
+    k = coefficients
+    slicing = vae_slicing == "on" or (vae_slicing == "auto" and job.kind == "layered")
+    tiling_choices = {"on": (True,), "off": (False,)}.get(vae_tiling, (False, True))
+    table = _modulation_table_bytes(sizes, job)
+    resident_fixed = sizes.transformer_rest_bytes + sizes.vae_bytes + sizes.text_rest_bytes + k.fixed
+    denoise_transient = _denoise_activations(sizes, job, k) + table
+    text_resident = sizes.text_units_bytes + sizes.text_host_bytes
+    notes: list[str] = []
+
+    def build(resident: int, slots: int, text_mode: str, tiling: bool) -> MemoryPlan:
+        streamed = sizes.blocks - resident
+        ring = slots * sizes.block_bytes if streamed else 0
+        text_stream = 0 if text_mode == "resident" else 2 * sizes.text_unit_bytes
+        text_weights = text_resident if text_mode == "resident" else 0
+        vae_encode, vae_decode = _vae_peaks(job, tiling, k)
+        base = resident_fixed + resident * sizes.block_bytes + text_weights
+        phases = (
+            ("encode", base + max(text_stream + k.text_activation, vae_encode)),
+            ("denoise", base + ring + denoise_transient),
+            ("decode", base + vae_decode),
+        )
+        pinned = streamed * sizes.block_bytes + (0 if text_mode == "resident" else sizes.text_units_bytes)
+        return MemoryPlan(
+            budget_bytes=budget_bytes,
+            resident_blocks=tuple(range(resident)),
+            streamed_blocks=tuple(range(resident, sizes.blocks)),
+            slots=slots if streamed else 0,
+            modulation="precomputed",
+            text_encoder=text_mode,
+            vae_tiling=tiling,
+            vae_slicing=slicing,
+            cfg="batched" if job.cfg else "off",
+            phase_peaks=phases,
+            predicted_peak_bytes=max(p for _, p in phases),
+            pinned_bytes=pinned + sizes.modulation_bytes,
+            job=job.describe(),
+            notes=tuple(notes),
+        )
+
+    if budget_bytes is None or mode == "none":
+        return build(sizes.blocks, 0, "resident", vae_tiling == "on")
+    target = int(budget_bytes * SAFETY)
+    best: MemoryPlan | None = None
+    for tiling in tiling_choices:
+        # Captioning generates token by token: streaming the 7B model per token would take minutes.
+        for text_mode in ("resident",) if job.caption else ("resident", "streamed"):
+            for slots in (3, 2):
+                lowest = build(0, slots, text_mode, tiling)
+                if lowest.predicted_peak_bytes > target:
+                    continue
+                room = target - lowest.predicted_peak_bytes + slots * sizes.block_bytes
+                resident = 0 if mode == "blocks" else min(sizes.blocks, room // sizes.block_bytes)
+                plan = build(resident, slots, text_mode, tiling)
+                while plan.predicted_peak_bytes > target and resident > 0:
+                    resident -= 1
+                    plan = build(resident, slots, text_mode, tiling)
+                if best is None or _better(plan, best):
+                    best = plan
+    if best is None:
+        smallest = build(0, 2, "streamed", True).predicted_peak_bytes
+        if job.caption:
+            with_caption = build(0, 2, "resident", True).predicted_peak_bytes
+            raise QwenFitError(
+                f"auto-captioning needs the 7B text encoder resident: at least {with_caption / SAFETY / GIB:.1f} GiB "
+                f"of VRAM, the budget is {budget_bytes / GIB:.1f} GiB. Type a prompt describing the image "
+                f"(then {smallest / SAFETY / GIB:.1f} GiB suffice), or pick a larger VRAM budget."
+            )
+        raise QwenFitError(
+            f"this job ({job.describe()}) needs at least {smallest / SAFETY / GIB:.1f} GiB of VRAM with every "
+            f"block streamed; the budget is {budget_bytes / GIB:.1f} GiB. Pick a larger VRAM budget, or lower "
+            "the output size, the number of layers or references."
+        )
+    return best
+
+
+def _better(a: MemoryPlan, b: MemoryPlan) -> bool:
+    """More resident blocks wins (less streaming); then a resident text encoder; then no VAE tiling."""
+    key_a = (len(a.resident_blocks), a.text_encoder == "resident", not a.vae_tiling, a.slots)
+    key_b = (len(b.resident_blocks), b.text_encoder == "resident", not b.vae_tiling, b.slots)
+    return key_a > key_b
+
+
+def describe_memory_plan(plan: MemoryPlan, sizes: ModelSizes) -> str:
+    """Lines for logs and node reports."""
+    budget = "no limit" if plan.budget_bytes is None else f"{plan.budget_bytes / GIB:.1f} GiB"
+    lines = [
+        f"  job: {plan.job}; VRAM budget {budget}",
+        f"  transformer: {len(plan.resident_blocks)} of {sizes.blocks} blocks resident, "
+        f"{len(plan.streamed_blocks)} streamed through {plan.slots} GPU slots "
+        f"({sizes.block_bytes / MIB:.0f} MiB per block)",
+        f"  modulation: {plan.modulation} ({sizes.modulation_bytes / GIB:.2f} GiB of weights kept on the host)",
+        f"  text encoder: {plan.text_encoder}; CFG: {plan.cfg}",
+        "  predicted peak: "
+        + ", ".join(f"{name} {peak / GIB:.2f}" for name, peak in plan.phase_peaks)
+        + f" GiB (max {plan.predicted_peak_bytes / GIB:.2f} GiB); pinned host {plan.pinned_bytes / GIB:.2f} GiB",
+    ]
+    lines.extend(f"  note: {n}" for n in plan.notes)
+    return "\n".join(lines)

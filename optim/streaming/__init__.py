@@ -1,0 +1,1 @@
+"""The pack's own execution engine: block streaming, modulation precompute, batched CFG."""

@@ -1,0 +1,193 @@
+"""Run a stack of blocks whose weights live in host memory, copying them to the GPU ahead of use.
+
+Each streamed block's tensors are packed into one slice of a page-locked host arena. On the GPU a
+ring of ``slots`` buffers, each as large as the largest block, receives the blocks in the order they
+run. Copies go on their own CUDA stream and run up to ``slots - 1`` blocks ahead of the compute;
+streams wait on events only, so the host never synchronises per block. Compressed weights (fp8,
+int8, nf4) are streamed as stored and expanded on the GPU by their layers' forward.
+
+Without CUDA the same bookkeeping runs with synchronous copies (that is how the CPU tests check
+that every block always computes with its own weights).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .host_arena import HostArena
+from .tensor_layout import ModuleLayout, bind, layout_of, pack, views
+
+
+@dataclass
+class _Slot:
+    buffer: torch.Tensor
+    holds: int = -1  # the sequence number whose block is (being) copied here
+    ready: torch.cuda.Event | None = None  # copy finished
+    free: torch.cuda.Event | None = None  # compute with the previous content finished
+
+
+class BlockStreamer:
+    """Holds every block's weights in one host arena; :meth:`configure` picks the resident ones.
+
+    Call :meth:`start` before a run, :meth:`enter` / :meth:`leave` around each block's forward,
+    and :meth:`stop` after the run (it frees the GPU ring). Blocks are expected in ascending order,
+    repeatedly (one pass per forward); any other order is still correct, only slower.
+    """
+
+    def __init__(
+        self,
+        blocks: Sequence[nn.Module],
+        device: torch.device,
+        skip: Callable[[str], bool] = lambda name: False,
+        pin: bool = True,
+    ) -> None:
+        self.device = device
+        self._layouts: list[ModuleLayout] = [layout_of(b, skip) for b in blocks]
+        self.slot_bytes = max((lay.nbytes for lay in self._layouts), default=0)
+        offsets, total = [], 0
+        for lay in self._layouts:
+            offsets.append(total)
+            total += lay.nbytes
+        self.host_bytes = total
+        self._offsets = offsets
+        self._arena = HostArena(total, pin=pin and device.type == "cuda")
+        self._home: list[list[torch.Tensor]] = []
+        for lay, offset in zip(self._layouts, offsets, strict=True):
+            base = self._arena.view(offset, lay.nbytes)
+            pack(lay, base)
+            self._home.append(views(lay, base))
+        self._resident: dict[int, torch.Tensor] = {}  # block -> its persistent GPU copy
+        self.order: list[int] = []
+        self._position: dict[int, int] = {}
+        self._slot_count = 2
+        self._slots: list[_Slot] = []
+        self._slot_views: list[list[list[torch.Tensor]]] = []
+        self._sequence = 0
+        self._active: dict[int, int] = {}  # block index -> slot it computes from
+        self._copy_stream: torch.cuda.Stream | None = None
+
+    def configure(self, resident: Sequence[int], slots: int = 2) -> None:
+        """Keep ``resident`` blocks on the GPU for good and stream all others through ``slots`` buffers."""
+        if slots < 2:
+            raise ValueError("block streaming needs at least 2 slots (one computing, one loading)")
+        self.stop()
+        keep = set(resident)
+        for block in [b for b in self._resident if b not in keep]:
+            bind(self._layouts[block], self._home[block])
+            del self._resident[block]
+        for block in sorted(keep - set(self._resident)):
+            if self.device.type == "cpu":
+                continue  # the host copy is already where a CPU computes
+            copy = self._arena.view(self._offsets[block], self._layouts[block].nbytes).to(self.device)
+            self._resident[block] = copy
+            bind(self._layouts[block], views(self._layouts[block], copy))
+        self.order = [b for b in range(len(self._layouts)) if b not in keep]
+        self._position = {block: p for p, block in enumerate(self.order)}
+        self._slot_count = slots
+        self.slot_bytes = max((self._layouts[b].nbytes for b in self.order), default=0)
+
+    @property
+    def resident_bytes(self) -> int:
+        return sum(t.numel() for t in self._resident.values())
+
+    @property
+    def streamed(self) -> tuple[int, ...]:
+        return tuple(self.order)
+
+    @property
+    def pinned(self) -> bool:
+        return self._arena.pinned
+
+    @property
+    def ring_bytes(self) -> int:
+        """GPU bytes the ring takes while a run is under way."""
+        return self._slot_count * self.slot_bytes if self.order else 0
+
+    def start(self) -> None:
+        """Allocate the GPU ring and begin copying the first blocks."""
+        if not self.order or self._slots:
+            return
+        cuda = self.device.type == "cuda"
+        if cuda:
+            self._copy_stream = torch.cuda.Stream(self.device)
+        for _ in range(self._slot_count):
+            buffer = torch.empty(self.slot_bytes, dtype=torch.uint8, device=self.device)
+            events = (torch.cuda.Event(), torch.cuda.Event()) if cuda else (None, None)
+            self._slots.append(_Slot(buffer, -1, *events))
+        # Views into every slot for every block, made once: binding is then attribute writes only.
+        self._slot_views = [[views(self._layouts[b], slot.buffer) for slot in self._slots] for b in self.order]
+        self._sequence = 0
+        for ahead in range(self._slot_count - 1):
+            self._fetch(ahead)
+
+    def stop(self) -> None:
+        """Wait for outstanding copies, point every block back at host memory and free the ring."""
+        if self._copy_stream is not None:
+            self._copy_stream.synchronize()
+        for block in list(self._active):
+            bind(self._layouts[block], self._home[block])
+        self._active.clear()
+        self._slots.clear()
+        self._slot_views = []
+        self._copy_stream = None
+
+    def _fetch(self, sequence: int) -> _Slot:
+        """Make sure the block that runs at ``sequence`` is in (or on its way to) its slot."""
+        slot = self._slots[sequence % self._slot_count]
+        if slot.holds == sequence:
+            return slot
+        p = sequence % len(self.order)
+        block = self.order[p]
+        source = self._arena.view(self._offsets[block], self._layouts[block].nbytes)
+        target = slot.buffer[: self._layouts[block].nbytes]
+        if self._copy_stream is None:
+            target.copy_(source)
+        else:
+            with torch.cuda.stream(self._copy_stream):
+                self._copy_stream.wait_event(slot.free)
+                target.copy_(source, non_blocking=True)
+                slot.ready.record(self._copy_stream)
+        slot.holds = sequence
+        return slot
+
+    def enter(self, block: int) -> None:
+        """Before ``blocks[block]`` runs: its weights are on the GPU (the compute stream waits for them)."""
+        p = self._position.get(block)
+        if p is None:
+            return
+        if not self._slots:
+            self.start()
+        n = len(self.order)
+        if self._sequence % n != p:  # out of the usual order: jump to the next pass that runs this block
+            self._sequence += (p - self._sequence) % n
+        sequence = self._sequence
+        slot = self._fetch(sequence)
+        if slot.ready is not None:
+            torch.cuda.current_stream(self.device).wait_event(slot.ready)
+        index = sequence % self._slot_count
+        bind(self._layouts[block], self._slot_views[p][index])
+        self._active[block] = index
+        for ahead in range(1, self._slot_count):
+            self._fetch(sequence + ahead)
+
+    def leave(self, block: int) -> None:
+        """After ``blocks[block]`` was queued: its slot may be refilled once that compute is done."""
+        index = self._active.pop(block, None)
+        if index is None:
+            return
+        slot = self._slots[index]
+        if slot.free is not None:
+            slot.free.record(torch.cuda.current_stream(self.device))
+        bind(self._layouts[block], self._home[block])
+        self._sequence += 1
+        # The slot just left is the next one to refill: queue it now so copies stay ahead.
+        self._fetch(self._sequence + self._slot_count - 1)
+
+    def release(self) -> None:
+        """Free the GPU copies and unlock the host arena (the pipeline is being dropped)."""
+        self.configure(())
+        self._arena.release()

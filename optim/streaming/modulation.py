@@ -1,0 +1,99 @@
+"""Precomputed timestep modulation: every block's ``img_mod`` / ``txt_mod`` output, once per generation.
+
+Those two layers are a third of the transformer's weights, and their input is only the timestep
+embedding. For a known schedule their outputs are constants, so the weights stay in host memory and
+never occupy VRAM or cross PCIe during denoising. Each row is computed with the same shapes the
+diffusers forward uses, so the values are the ones it would compute (bit-identical on one device).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+import torch
+from torch import nn
+
+from .host_arena import HostArena
+from .tensor_layout import layout_of, moved_to, pack
+
+MODULATION_LAYERS = ("img_mod", "txt_mod")
+
+
+def is_modulation(name: str) -> bool:
+    """True for a tensor name inside a block's modulation layers (``img_mod.1.weight`` ...)."""
+    return name.split(".", 1)[0] in MODULATION_LAYERS
+
+
+def single_sample_temb(
+    transformer: nn.Module, timestep: torch.Tensor, dtype: torch.dtype, additional_t_cond: torch.Tensor | None
+) -> torch.Tensor:
+    """The timestep embedding diffusers' forward builds for one sample (two rows, t and 0, for 2511)."""
+    t = timestep.to(dtype)
+    if transformer.config.zero_cond_t:
+        t = torch.cat([t, t * 0], dim=0)
+    probe = torch.empty(0, dtype=dtype, device=t.device)  # time_text_embed reads only its dtype
+    return transformer.time_text_embed(t, probe, additional_t_cond)
+
+
+class ModulationTable:
+    """Host-resident modulation weights and the per-timestep outputs computed from them."""
+
+    def __init__(self, transformer: nn.Module, device: torch.device, pin: bool) -> None:
+        self.device = device
+        self.transformer = transformer
+        self.zero_cond_t = bool(transformer.config.zero_cond_t)
+        self._layers = [getattr(b, name) for b in transformer.transformer_blocks for name in MODULATION_LAYERS]
+        layouts = [layout_of(layer) for layer in self._layers]
+        self.host_bytes = sum(lay.nbytes for lay in layouts)
+        self._arena = HostArena(self.host_bytes, pin=pin and device.type == "cuda")
+        offset = 0
+        for lay in layouts:
+            pack(lay, self._arena.view(offset, lay.nbytes))
+            offset += lay.nbytes
+        # key -> per block (img rows, txt row) on the device
+        self._rows: dict[Hashable, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    @property
+    def table_bytes(self) -> int:
+        """GPU bytes the computed rows take now."""
+        return sum(
+            a.numel() * a.element_size() + b.numel() * b.element_size() for r in self._rows.values() for a, b in r
+        )
+
+    def rows_for(self, key: Hashable) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        return self._rows.get(key)
+
+    def keep_only(self, keys: set[Hashable]) -> None:
+        """Drop rows of timesteps the current schedule does not use (a new step count or size)."""
+        for key in list(self._rows):
+            if key not in keys:
+                del self._rows[key]
+
+    def compute(self, tembs: dict[Hashable, torch.Tensor]) -> None:
+        """Compute rows for every ``key -> single-sample temb`` not already known, one block at a time."""
+        todo = {k: t for k, t in tembs.items() if k not in self._rows}
+        if not todo:
+            return
+        results: dict[Hashable, list[tuple[torch.Tensor, torch.Tensor]]] = {k: [] for k in todo}
+        for block in self.transformer.transformer_blocks:
+            with moved_to(block.img_mod, self.device), moved_to(block.txt_mod, self.device):
+                for key, temb in todo.items():
+                    img = block.img_mod(temb)
+                    txt = block.txt_mod(temb.chunk(2, dim=0)[0] if self.zero_cond_t else temb)
+                    results[key].append((img, txt))
+        self._rows.update(results)
+
+    def expand(self, rows: tuple[torch.Tensor, torch.Tensor], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(img, txt) modulation for ``batch`` image samples sharing one timestep and one packed text stream."""
+        img, txt = rows
+        if batch == 1:
+            return img, txt
+        if self.zero_cond_t:  # rows are (t, 0): the forward wants all t rows, then all 0 rows
+            img = torch.cat([img[:1].expand(batch, -1), img[1:].expand(batch, -1)])
+        else:
+            img = img.expand(batch, -1)
+        return img, txt
+
+    def release(self) -> None:
+        self._rows.clear()
+        self._arena.release()

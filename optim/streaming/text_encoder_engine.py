@@ -1,0 +1,116 @@
+"""Placing Qwen2.5-VL for prompt encoding: fully resident, or streamed unit by unit.
+
+Streamed, its 32 vision blocks and 28 language layers run through a :class:`BlockStreamer` ring
+(each is used once per prompt, so one pass over PCIe per encoding), the token embedding is looked
+up on the host (a lookup needs no GPU) and ``lm_head`` is skipped: prompt encoding reads hidden
+states, never logits. Layered's auto-caption generates token by token and must not stream weights
+once per token, so it needs the whole model resident (:meth:`resident_for_generation`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from ..model_sizes import text_host_modules, text_units
+from .block_streamer import BlockStreamer
+from .tensor_layout import bind, layout_of, moved_to
+
+
+def _rest(text_encoder: nn.Module) -> list[nn.Module]:
+    """Modules outside the units and the host parts (patch embed, merger, norms, rotary tables)."""
+    skip = {id(m) for m in [*text_units(text_encoder), *text_host_modules(text_encoder)]}
+    found = []
+
+    def walk(module: nn.Module) -> None:
+        for child in module.children():
+            if id(child) in skip:
+                continue
+            if any(True for _ in child.children()) and not child._parameters and not child._buffers:
+                walk(child)
+            else:
+                found.append(child)
+
+    walk(text_encoder)
+    return found
+
+
+class TextEncoderEngine:
+    """Keeps the text encoder resident or streams it; switch with :meth:`configure`."""
+
+    def __init__(self, text_encoder: nn.Module, device: torch.device, pin: bool) -> None:
+        self.model = text_encoder
+        self.device = device
+        self.units = text_units(text_encoder)
+        self.streamer = BlockStreamer(self.units, device, pin=pin)
+        self._host_parts = text_host_modules(text_encoder)
+        self._host_layouts = [layout_of(m) for m in self._host_parts]
+        self._host_home = [
+            [p.owner._parameters.get(p.name, p.owner._buffers.get(p.name)) for p in lay.places]
+            for lay in self._host_layouts
+        ]
+        for module in _rest(text_encoder):
+            module.to(device)
+        self._hooks: list = []
+        self.mode = ""
+        self.configure("resident")
+
+    def configure(self, mode: str) -> None:
+        """``resident``: everything on the GPU; ``streamed``: units stream, host parts stay on the host."""
+        if mode == self.mode:
+            return
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        if mode == "resident":
+            self.streamer.configure(range(len(self.units)))
+            for lay, home in zip(self._host_layouts, self._host_home, strict=True):
+                bind(lay, [t.to(self.device) for t in home])
+        else:
+            self.streamer.configure((), slots=2)
+            for lay, home in zip(self._host_layouts, self._host_home, strict=True):
+                bind(lay, home)
+            for i, unit in enumerate(self.units):
+                self._hooks.append(unit.register_forward_pre_hook(lambda _m, _a, i=i: self.streamer.enter(i)))
+                self._hooks.append(unit.register_forward_hook(lambda _m, _a, _o, i=i: self.streamer.leave(i)))
+            embed = self._host_parts[0]
+            self._hooks.append(embed.register_forward_pre_hook(lambda _m, args: tuple(a.cpu() for a in args)))
+            self._hooks.append(embed.register_forward_hook(lambda _m, _a, out: out.to(self.device)))
+        self.mode = mode
+
+    @contextmanager
+    def encoding(self) -> Iterator[None]:
+        """Around one prompt encoding: the ring lives only this long; logits are not computed."""
+        lm_head = self.model.lm_head
+        if self.mode == "streamed":
+            self.model.lm_head = nn.Identity()  # hidden states are all diffusers reads
+            self.streamer.start()
+        try:
+            yield
+        finally:
+            self.model.lm_head = lm_head
+            self.streamer.stop()
+
+    @contextmanager
+    def resident_for_generation(self) -> Iterator[None]:
+        """The whole model on the GPU for a moment (auto-captioning), then back to the current mode."""
+        mode = self.mode
+        if mode == "resident":
+            yield
+            return
+        self.configure("resident")
+        try:
+            yield
+        finally:
+            self.configure(mode)
+
+    def release(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self.streamer.release()
+
+
+__all__ = ["TextEncoderEngine", "moved_to"]

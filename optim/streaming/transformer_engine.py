@@ -1,0 +1,256 @@
+"""The transformer forward the pack runs instead of diffusers': same arithmetic, three changes.
+
+1. Blocks can stream from host memory (:class:`BlockStreamer`).
+2. Modulation comes from a precomputed table (:class:`ModulationTable`).
+3. Several text samples (prompt and negative prompt) share one pass over the weights: the image
+   stream is batched, the two text streams are packed into one sequence for the linear layers, and
+   attention runs per sample, so no padding or attention mask changes the result.
+
+It serves the calls the Qwen pipelines make (one image sample, no guidance embedding, no
+ControlNet); anything else is refused with a clear message rather than computed differently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from math import prod
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import QwenFitError
+from .block_streamer import BlockStreamer
+from .cfg_pairing import CfgPairing, TextInput
+from .modulation import ModulationTable, single_sample_temb
+
+
+def _timestep_key(timestep: torch.Tensor, additional_t_cond: torch.Tensor | None) -> Hashable:
+    cond = None if additional_t_cond is None else tuple(additional_t_cond.flatten().tolist())
+    return (float(timestep.flatten()[0]), cond)
+
+
+class TransformerEngine:
+    """Installs itself as ``transformer.forward``; :meth:`uninstall` restores diffusers' forward."""
+
+    def __init__(
+        self,
+        transformer: nn.Module,
+        device: torch.device,
+        streamer: BlockStreamer | None = None,
+        modulation: ModulationTable | None = None,
+        scheduler: Any = None,
+        attention_backend: str | None = None,
+    ) -> None:
+        self.transformer = transformer
+        self.device = device
+        self.streamer = streamer
+        self.modulation = modulation
+        self.scheduler = scheduler
+        self.attention_backend = attention_backend
+        self.pairing = CfgPairing()
+        self._schedule_keys: set[Hashable] = set()
+
+    def install(self) -> None:
+        # An instance attribute wins over the class method, so nn.Module.__call__ runs ours.
+        self.transformer.forward = self.forward
+
+    def uninstall(self) -> None:
+        self.transformer.__dict__.pop("forward", None)
+
+    def begin_run(self) -> None:
+        self.pairing.clear()
+        self._schedule_keys = set()
+        if self.streamer is not None:
+            self.streamer.start()
+
+    def end_run(self) -> None:
+        self.pairing.clear()
+        if self.streamer is not None:
+            self.streamer.stop()
+
+    # -- the forward diffusers' pipelines call ------------------------------------------------
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_hidden_states_mask: torch.Tensor | None = None,
+        timestep: torch.Tensor | None = None,
+        img_shapes: list | None = None,
+        guidance: torch.Tensor | None = None,
+        attention_kwargs: dict[str, Any] | None = None,
+        controlnet_block_samples: Any = None,
+        additional_t_cond: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> Any:
+        if guidance is not None or controlnet_block_samples is not None or attention_kwargs:
+            raise QwenFitError("the QwenFit engine does not run guidance-distilled or ControlNet Qwen models")
+        if hidden_states.shape[0] != 1:
+            raise QwenFitError("the QwenFit engine runs one image per call (batch 1)")
+        output = self.pairing.take(hidden_states, encoder_hidden_states)
+        if output is None:
+            texts = [TextInput(encoder_hidden_states, encoder_hidden_states_mask)]
+            partner = self.pairing.partner(encoder_hidden_states)
+            if partner is not None:
+                texts.append(partner)
+            outputs = self.run(hidden_states, texts, timestep, img_shapes, additional_t_cond)
+            if partner is not None:
+                self.pairing.keep(hidden_states, partner.embeds, outputs[1])
+            output = outputs[0]
+        if not return_dict:
+            return (output,)
+        from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+        return Transformer2DModelOutput(sample=output)
+
+    # -- the computation ----------------------------------------------------------------------
+
+    def _modulation_rows(
+        self, timestep: torch.Tensor, dtype: torch.dtype, additional_t_cond: torch.Tensor | None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        if self.modulation is None:
+            return None
+        key = _timestep_key(timestep, additional_t_cond)
+        rows = self.modulation.rows_for(key)
+        if rows is not None:
+            return rows
+        # First call of a schedule: compute rows for every timestep the scheduler will visit, the way
+        # the pipeline derives them (t in the latents' dtype, divided by 1000 in that dtype).
+        wanted = {key: timestep}
+        if self.scheduler is not None and getattr(self.scheduler, "timesteps", None) is not None:
+            for t in self.scheduler.timesteps:
+                t_in = t.expand(1).to(timestep.dtype) / 1000
+                wanted.setdefault(_timestep_key(t_in, additional_t_cond), t_in.to(self.device))
+        self._schedule_keys |= set(wanted)
+        self.modulation.keep_only(self._schedule_keys)
+        tembs = {
+            k: single_sample_temb(self.transformer, t.reshape(1), dtype, additional_t_cond) for k, t in wanted.items()
+        }
+        self.modulation.compute(tembs)
+        return self.modulation.rows_for(key)
+
+    def _text_streams(self, texts: list[TextInput]) -> tuple[torch.Tensor, list[int]]:
+        tr = self.transformer
+        streams, lengths = [], []
+        for text in texts:
+            embeds = text.embeds
+            if text.mask is not None and not bool(text.mask.all()):
+                keep = text.mask[0].bool()
+                if not bool(keep[: int(keep.sum())].all()):
+                    raise QwenFitError("the QwenFit engine needs prompt masks that only pad at the end")
+                embeds = embeds[:, : int(keep.sum())]
+            streams.append(tr.txt_in(tr.txt_norm(embeds)))
+            lengths.append(streams[-1].shape[1])
+        return (streams[0] if len(streams) == 1 else torch.cat(streams, dim=1)), lengths
+
+    def run(
+        self,
+        hidden_states: torch.Tensor,
+        texts: list[TextInput],
+        timestep: torch.Tensor,
+        img_shapes: list,
+        additional_t_cond: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        """The transformer's output for one latent input under each text input ([1, N, C] each)."""
+        tr = self.transformer
+        batch = len(texts)
+        image = tr.img_in(hidden_states)
+        dtype = image.dtype
+        temb = single_sample_temb(tr, timestep, dtype, additional_t_cond)
+        index = None
+        if tr.config.zero_cond_t:
+            sample = img_shapes[0]
+            ids = [0] * prod(sample[0]) + [1] * sum(prod(s) for s in sample[1:])
+            index = torch.tensor([ids], device=image.device, dtype=torch.int).expand(batch, -1)
+        text, lengths = self._text_streams(texts)
+        img_freqs, txt_freqs = tr.pos_embed(img_shapes, max_txt_seq_len=max(lengths), device=image.device)
+        txt_freqs = torch.cat([txt_freqs[:n] for n in lengths]) if batch > 1 else txt_freqs[: lengths[0]]
+        if batch > 1:
+            image = image.repeat(batch, 1, 1)
+        rows = self._modulation_rows(timestep, dtype, additional_t_cond)
+        for i, block in enumerate(tr.transformer_blocks):
+            if self.streamer is not None:
+                self.streamer.enter(i)
+            if rows is not None:
+                img_mod, txt_mod = self.modulation.expand(rows[i], batch)
+            else:
+                img_mod, txt_mod = self._live_modulation(block, temb, batch)
+            image, text = self._block(block, image, text, lengths, img_mod, txt_mod, img_freqs, txt_freqs, index)
+            if self.streamer is not None:
+                self.streamer.leave(i)
+        final_temb = temb.chunk(2, dim=0)[0] if tr.config.zero_cond_t else temb
+        output = tr.proj_out(tr.norm_out(image, final_temb))
+        return [output[b : b + 1] for b in range(batch)]
+
+    def _live_modulation(self, block: nn.Module, temb: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        img = block.img_mod(temb)
+        txt = block.txt_mod(temb.chunk(2, dim=0)[0] if self.transformer.config.zero_cond_t else temb)
+        if batch == 1:
+            return img, txt
+        if self.transformer.config.zero_cond_t:
+            return torch.cat([img[:1].expand(batch, -1), img[1:].expand(batch, -1)]), txt
+        return img.expand(batch, -1), txt
+
+    def _block(self, block, image, text, lengths, img_mod, txt_mod, img_freqs, txt_freqs, index):
+        img_mod1, img_mod2 = img_mod.chunk(2, dim=-1)
+        txt_mod1, txt_mod2 = txt_mod.chunk(2, dim=-1)
+        img_in, img_gate1 = block._modulate(block.img_norm1(image), img_mod1, index)
+        txt_in, txt_gate1 = block._modulate(block.txt_norm1(text), txt_mod1)
+        img_attn, txt_attn = self._attention(block.attn, img_in, txt_in, lengths, img_freqs, txt_freqs)
+        image = image + img_gate1 * img_attn
+        text = text + txt_gate1 * txt_attn
+        img_in2, img_gate2 = block._modulate(block.img_norm2(image), img_mod2, index)
+        image = image + img_gate2 * block.img_mlp(img_in2)
+        txt_in2, txt_gate2 = block._modulate(block.txt_norm2(text), txt_mod2)
+        text = text + txt_gate2 * block.txt_mlp(txt_in2)
+        if image.dtype == torch.float16:  # as diffusers does: fp16 overflows in this model
+            image, text = image.clip(-65504, 65504), text.clip(-65504, 65504)
+        return image, text
+
+    def _attention(self, attn, image, text, lengths, img_freqs, txt_freqs):
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+        from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
+
+        head_dim = attn.inner_dim // attn.heads
+
+        def heads(x: torch.Tensor) -> torch.Tensor:
+            return x.unflatten(-1, (-1, head_dim))
+
+        iq, ik, iv = heads(attn.to_q(image)), heads(attn.to_k(image)), heads(attn.to_v(image))
+        tq, tk, tv = heads(attn.add_q_proj(text)), heads(attn.add_k_proj(text)), heads(attn.add_v_proj(text))
+        if attn.norm_q is not None:
+            iq = attn.norm_q(iq)
+        if attn.norm_k is not None:
+            ik = attn.norm_k(ik)
+        if attn.norm_added_q is not None:
+            tq = attn.norm_added_q(tq)
+        if attn.norm_added_k is not None:
+            tk = attn.norm_added_k(tk)
+        iq, ik = (
+            apply_rotary_emb_qwen(iq, img_freqs, use_real=False),
+            apply_rotary_emb_qwen(ik, img_freqs, use_real=False),
+        )
+        tq, tk = (
+            apply_rotary_emb_qwen(tq, txt_freqs, use_real=False),
+            apply_rotary_emb_qwen(tk, txt_freqs, use_real=False),
+        )
+        img_out, txt_out, start = [], [], 0
+        for b, n in enumerate(lengths):
+            span = slice(start, start + n)
+            q = torch.cat([tq[:, span], iq[b : b + 1]], dim=1)
+            k = torch.cat([tk[:, span], ik[b : b + 1]], dim=1)
+            v = torch.cat([tv[:, span], iv[b : b + 1]], dim=1)
+            joint = dispatch_attention_fn(
+                q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, backend=self.attention_backend
+            )
+            joint = joint.flatten(2, 3).to(q.dtype)
+            txt_out.append(joint[:, :n])
+            img_out.append(joint[:, n:])
+            start += n
+        img_joint = img_out[0] if len(img_out) == 1 else torch.cat(img_out)
+        txt_joint = txt_out[0] if len(txt_out) == 1 else torch.cat(txt_out, dim=1)
+        img_attn = attn.to_out[0](img_joint.contiguous())
+        if len(attn.to_out) > 1:
+            img_attn = attn.to_out[1](img_attn)
+        return img_attn, attn.to_add_out(txt_joint.contiguous())

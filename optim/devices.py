@@ -12,7 +12,7 @@ def compute_dtype(choice: str, device: torch.device) -> torch.dtype:
 
     fp16 is allowed but warned about by the nodes: this model overflows fp16 (NaN/black images).
     """
-    if choice in ("auto", "fp8_e4m3fn"):  # fp8 storage computes in the auto dtype
+    if choice in ("auto", "fp8_e4m3fn", "int8", "nf4"):  # compressed storage computes in the auto dtype
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return _DTYPES[choice]
 

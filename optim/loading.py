@@ -13,7 +13,16 @@ import torch
 
 from .architectures import processor as arch_processor
 from .architectures import scheduler as arch_scheduler
-from .assemble import FP8_ALL, FP8_AS_STORED, FP8_NONE, build_text_encoder, build_transformer, build_vae
+from .assemble import (
+    FP8_ALL,
+    FP8_AS_STORED,
+    FP8_NONE,
+    build_text_encoder,
+    build_transformer,
+    build_vae,
+    text_encoder_fp8_filter,
+    transformer_fp8_filter,
+)
 from .budget import usable_bytes
 from .devices import compute_dtype
 from .engine import EngineOptions, PipelineEngine
@@ -21,6 +30,7 @@ from .errors import QwenFitError
 from .lora import LoraChoice, lightning_scheduler_config
 from .placement import apply_placement, plan_placement, plan_vae
 from .plan import Plan
+from .quantized_linear import QUANTIZED, quantize_linears
 from .settings import FP8, OffloadSettings, PrecisionSettings, VaeSettings
 from .sources import DiffusersFolder, PipelineSource, SourceDescription, describe_folder, describe_split_files
 from .variants import Variant, detect_variant
@@ -168,6 +178,13 @@ def _build(request: LoadRequest, desc: SourceDescription) -> Any:
     text_encoder = build_text_encoder(
         desc.text_encoder, desc.architecture, te_config, dtypes["text_encoder"], home, fp8=text_encoder_fp8
     )
+    for part, module, keep in (
+        ("transformer", transformer, transformer_fp8_filter),
+        ("text_encoder", text_encoder, text_encoder_fp8_filter),
+    ):
+        kind = getattr(precision, part)
+        if kind in QUANTIZED:  # weight-only integer formats: quantized layer by layer after loading
+            quantize_linears(module, kind, keep)
     vae = build_vae(desc.vae, desc.architecture, desc.folder_config("vae"), desc.vae_channels, dtypes["vae"], home)
     tokenizer = Qwen2Tokenizer.from_pretrained(str(desc.tokenizer_dir), local_files_only=True)
     if folder is not None:

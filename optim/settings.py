@@ -13,7 +13,9 @@ from .errors import QwenFitError
 # "auto" lets the planner decide: bf16 on a GPU, fp32 on a CPU (bf16 matmuls are slow there).
 # fp8_e4m3fn stores Linear weights in fp8 with a per-tensor scale and computes in the auto dtype.
 FP8 = "fp8_e4m3fn"
-PRECISIONS = ("auto", "bf16", "fp16", "fp32", FP8)
+# Weight-only integer formats: int8 per row, nf4 in blocks of 64 (optim/quantized_linear.py).
+INT8, NF4 = "int8", "nf4"
+PRECISIONS = ("auto", "bf16", "fp16", "fp32", FP8, INT8, NF4)
 OFFLOAD_MODES = ("auto", "none", "model", "blocks")
 SWITCHES = ("auto", "on", "off")
 
@@ -34,10 +36,10 @@ class PrecisionSettings:
     def __post_init__(self) -> None:
         for f in fields(self):
             _check_choice(f"precision of {f.name}", getattr(self, f.name), PRECISIONS)
-        if self.vae == FP8:
+        if self.vae in (FP8, INT8, NF4):
             raise QwenFitError(
-                "the VAE cannot be stored in fp8 (it is only 0.25 GB and fp8 hurts its output); "
-                "pick auto, bf16 or fp32 for the VAE."
+                f"the VAE cannot be stored in {self.vae} (it is only 0.25 GB and its convolutions are not "
+                "Linear layers); pick auto, bf16 or fp32 for the VAE."
             )
 
     @property

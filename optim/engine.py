@@ -40,6 +40,7 @@ class EngineOptions:
     budget_bytes: int | None
     mode: str = "auto"  # auto / none / blocks
     attention_backend: str | None = None
+    compile_blocks: bool = False  # torch.compile the block function (fuses the elementwise work)
 
 
 class PipelineEngine:
@@ -63,6 +64,8 @@ class PipelineEngine:
         self.transformer = TransformerEngine(
             tr, device, self.blocks, self.modulation, pipeline.scheduler, options.attention_backend
         )
+        if options.compile_blocks:
+            self.transformer.compile_blocks()
         self.transformer.install()
         self.prompts = PromptCache(pipeline.encode_prompt, self.text.encoding)
         pipeline.encode_prompt = self.prompts
@@ -80,9 +83,6 @@ class PipelineEngine:
             if self.plan is None or plan.resident_blocks != self.plan.resident_blocks or plan.slots != self.plan.slots:
                 self.blocks.configure(plan.resident_blocks, max(plan.slots, 2))
             self.text.configure(plan.text_encoder)
-            vae = self.pipeline.vae
-            (vae.enable_tiling if plan.vae_tiling else vae.disable_tiling)()
-            (vae.enable_slicing if plan.vae_slicing else vae.disable_slicing)()
             self.plan = plan
             log.info("QwenFit plan for %s:\n%s", job.describe(), self.describe())
         return plan
@@ -92,6 +92,16 @@ class PipelineEngine:
         """Around one pipeline call: pair the prompts for batched CFG, free the rings afterwards."""
         self.prompts.begin_run()
         self.transformer.begin_run()
+        plan = self.plan
+        vae = self.pipeline.vae
+        (vae.enable_slicing if plan.vae_slicing else vae.disable_slicing)()
+        # Encoding tiles only when the plan must; decoding switches at the first denoising call.
+        (vae.enable_tiling if plan.vae_encode_tiling else vae.disable_tiling)()
+
+        def decode_tiling(_module: Any, _args: Any) -> None:
+            (vae.enable_tiling if plan.vae_tiling else vae.disable_tiling)()
+
+        switch = self.pipeline.transformer.register_forward_pre_hook(decode_tiling)
         original = self.prompts.__call__
 
         def pairing_encode(*args: Any, **kwargs: Any) -> Any:
@@ -106,6 +116,7 @@ class PipelineEngine:
         try:
             yield
         finally:
+            switch.remove()
             self.pipeline.encode_prompt = self.prompts
             self.transformer.end_run()
 

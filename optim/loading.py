@@ -24,14 +24,14 @@ from .assemble import (
     transformer_fp8_filter,
 )
 from .budget import usable_bytes
-from .devices import compute_dtype
+from .devices import check_fp8_matmul, compute_dtype
 from .engine import EngineOptions, PipelineEngine
 from .errors import QwenFitError
 from .lora import LoraChoice, lightning_scheduler_config
 from .placement import apply_placement, plan_placement, plan_vae
 from .plan import Plan
 from .quantized_linear import QUANTIZED, quantize_linears
-from .settings import FP8, OffloadSettings, PrecisionSettings, VaeSettings
+from .settings import FP8, FP8_FAST, OffloadSettings, PrecisionSettings, VaeSettings
 from .sources import DiffusersFolder, PipelineSource, SourceDescription, describe_folder, describe_split_files
 from .variants import Variant, detect_variant
 
@@ -178,6 +178,8 @@ def _build(request: LoadRequest, desc: SourceDescription) -> Any:
     text_encoder = build_text_encoder(
         desc.text_encoder, desc.architecture, te_config, dtypes["text_encoder"], home, fp8=text_encoder_fp8
     )
+    if FP8_FAST in (precision.transformer, precision.text_encoder):
+        check_fp8_matmul(device)
     for part, module, keep in (
         ("transformer", transformer, transformer_fp8_filter),
         ("text_encoder", text_encoder, text_encoder_fp8_filter),

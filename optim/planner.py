@@ -29,7 +29,10 @@ class Coefficients:
     """Activation model, in bytes. Measured on an H200 with the real-size model (see bench/README.md)."""
 
     # Peak live activations of one block, per token of the batched pass, per hidden unit (bf16 = 2 bytes).
-    block_activation_per_token_unit: float = 2 * 12.0
+    # Fitted to the H200 run of 2026-11-22: Edit 1024x1024, one reference, CFG batched (~16.9k tokens).
+    block_activation_per_token_unit: float = 2 * 20.0
+    # Share of the activations kept free for allocator fragmentation (not part of the prediction).
+    fragmentation_margin: float = 0.4
     # cuBLAS workspaces, RoPE tables, latents, prompt embeddings, allocator rounding.
     fixed: int = 384 * MIB
     # Untiled VAE, bytes per output pixel (4.37 GiB at 1024x1024 measured), encode per input pixel.
@@ -55,7 +58,8 @@ class MemoryPlan:
     slots: int
     modulation: str  # "precomputed" (weights on the host) or "in blocks"
     text_encoder: str  # "resident" or "streamed"
-    vae_tiling: bool
+    vae_tiling: bool  # decoding
+    vae_encode_tiling: bool  # encoding the references: tiled only when untiled does not fit (tiles change latents)
     vae_slicing: bool
     cfg: str  # "batched", "off"
     phase_peaks: tuple[tuple[str, int], ...]
@@ -75,13 +79,13 @@ def _modulation_table_bytes(sizes: ModelSizes, job: JobShape) -> int:
     return job.steps * sizes.blocks * 3 * 6 * sizes.hidden * 2
 
 
-def _vae_peaks(job: JobShape, tiling: bool, k: Coefficients) -> tuple[int, int]:
+def _vae_peaks(job: JobShape, encode_tiling: bool, decode_tiling: bool, k: Coefficients) -> tuple[int, int]:
     """(encode, decode) transient bytes of the VAE; references are encoded one by one at ~1 MP,
     and slicing decodes one layer at a time."""
-    if tiling:
-        return k.vae_tiled, k.vae_tiled
     encoded = 2**20 if job.kind == "edit" else job.width * job.height
-    return int(encoded * k.vae_encode_per_pixel), int(job.width * job.height * k.vae_decode_per_pixel)
+    encode = k.vae_tiled if encode_tiling else int(encoded * k.vae_encode_per_pixel)
+    decode = k.vae_tiled if decode_tiling else int(job.width * job.height * k.vae_decode_per_pixel)
+    return encode, decode
 
 
 def plan_memory(
@@ -92,10 +96,12 @@ def plan_memory(
     vae_tiling: str = "auto",
     vae_slicing: str = "auto",
     coefficients: Coefficients = COEFFICIENTS,
+    text_encoder: str = "auto",
 ) -> MemoryPlan:
     """Place weights for ``job`` within ``budget_bytes`` (None: no limit).
 
     ``mode``: "auto" (the budget decides), "none" (everything resident), "blocks" (stream every block).
+    ``text_encoder``: "auto", or force "resident" / "streamed".
     Raises QwenFitError naming the smallest workable budget when nothing fits.
     """
     k = coefficients
@@ -107,19 +113,20 @@ def plan_memory(
     text_resident = sizes.text_units_bytes + sizes.text_host_bytes
     notes: list[str] = []
 
-    def build(resident: int, slots: int, text_mode: str, tiling: bool) -> MemoryPlan:
+    def build(resident: int, slots: int, text_mode: str, tiling: bool, encode_tiling: bool = False) -> MemoryPlan:
         streamed = sizes.blocks - resident
         ring = slots * sizes.block_bytes if streamed else 0
         text_stream = 0 if text_mode == "resident" else 2 * sizes.text_unit_bytes
         text_weights = text_resident if text_mode == "resident" else 0
-        vae_encode, vae_decode = _vae_peaks(job, tiling, k)
+        vae_encode, vae_decode = _vae_peaks(job, encode_tiling, tiling, k)
         base = resident_fixed + resident * sizes.block_bytes + text_weights
         phases = (
             ("encode", base + max(text_stream + k.text_activation, vae_encode)),
             ("denoise", base + ring + denoise_transient),
             ("decode", base + vae_decode),
         )
-        pinned = streamed * sizes.block_bytes + (0 if text_mode == "resident" else sizes.text_units_bytes)
+        # The engine keeps every block and text unit in its page-locked arenas (a re-plan only copies).
+        pinned = sizes.blocks * sizes.block_bytes + sizes.text_units_bytes
         return MemoryPlan(
             budget_bytes=budget_bytes,
             resident_blocks=tuple(range(resident)),
@@ -128,6 +135,7 @@ def plan_memory(
             modulation="precomputed",
             text_encoder=text_mode,
             vae_tiling=tiling,
+            vae_encode_tiling=encode_tiling,
             vae_slicing=slicing,
             cfg="batched" if job.cfg else "off",
             phase_peaks=phases,
@@ -139,23 +147,26 @@ def plan_memory(
 
     if budget_bytes is None or mode == "none":
         return build(sizes.blocks, 0, "resident", vae_tiling == "on")
-    target = int(budget_bytes * SAFETY)
+    target = int(budget_bytes * SAFETY - k.fragmentation_margin * _denoise_activations(sizes, job, k))
     best: MemoryPlan | None = None
+    text_modes = {"resident": ("resident",), "streamed": ("streamed",)}.get(text_encoder, ("resident", "streamed"))
     for tiling in tiling_choices:
         # Captioning generates token by token: streaming the 7B model per token would take minutes.
-        for text_mode in ("resident",) if job.caption else ("resident", "streamed"):
+        for text_mode in ("resident",) if job.caption else text_modes:
             for slots in (3, 2):
-                lowest = build(0, slots, text_mode, tiling)
-                if lowest.predicted_peak_bytes > target:
-                    continue
-                room = target - lowest.predicted_peak_bytes + slots * sizes.block_bytes
-                resident = 0 if mode == "blocks" else min(sizes.blocks, room // sizes.block_bytes)
-                plan = build(resident, slots, text_mode, tiling)
-                while plan.predicted_peak_bytes > target and resident > 0:
-                    resident -= 1
-                    plan = build(resident, slots, text_mode, tiling)
-                if best is None or _better(plan, best):
-                    best = plan
+                for encode_tiling in (False, True) if vae_tiling != "off" else (False,):
+                    lowest = build(0, slots, text_mode, tiling, encode_tiling)
+                    if lowest.predicted_peak_bytes > target:
+                        continue
+                    room = target - lowest.predicted_peak_bytes + slots * sizes.block_bytes
+                    resident = 0 if mode == "blocks" else min(sizes.blocks, room // sizes.block_bytes)
+                    plan = build(resident, slots, text_mode, tiling, encode_tiling)
+                    while plan.predicted_peak_bytes > target and resident > 0:
+                        resident -= 1
+                        plan = build(resident, slots, text_mode, tiling, encode_tiling)
+                    if best is None or _better(plan, best):
+                        best = plan
+                    break  # untiled encoding fits: never tile it (tiles change the reference latents)
     if best is None:
         smallest = build(0, 2, "streamed", True).predicted_peak_bytes
         if job.caption:
@@ -175,8 +186,8 @@ def plan_memory(
 
 def _better(a: MemoryPlan, b: MemoryPlan) -> bool:
     """More resident blocks wins (less streaming); then a resident text encoder; then no VAE tiling."""
-    key_a = (len(a.resident_blocks), a.text_encoder == "resident", not a.vae_tiling, a.slots)
-    key_b = (len(b.resident_blocks), b.text_encoder == "resident", not b.vae_tiling, b.slots)
+    key_a = (len(a.resident_blocks), a.text_encoder == "resident", not a.vae_encode_tiling, not a.vae_tiling, a.slots)
+    key_b = (len(b.resident_blocks), b.text_encoder == "resident", not b.vae_encode_tiling, not b.vae_tiling, b.slots)
     return key_a > key_b
 
 
@@ -189,7 +200,9 @@ def describe_memory_plan(plan: MemoryPlan, sizes: ModelSizes) -> str:
         f"{len(plan.streamed_blocks)} streamed through {plan.slots} GPU slots "
         f"({sizes.block_bytes / MIB:.0f} MiB per block)",
         f"  modulation: {plan.modulation} ({sizes.modulation_bytes / GIB:.2f} GiB of weights kept on the host)",
-        f"  text encoder: {plan.text_encoder}; CFG: {plan.cfg}",
+        f"  text encoder: {plan.text_encoder}; CFG: {plan.cfg}; VAE tiling: encode "
+        f"{'on' if plan.vae_encode_tiling else 'off'}, decode {'on' if plan.vae_tiling else 'off'}; "
+        f"slicing {'on' if plan.vae_slicing else 'off'}",
         "  predicted peak: "
         + ", ".join(f"{name} {peak / GIB:.2f}" for name, peak in plan.phase_peaks)
         + f" GiB (max {plan.predicted_peak_bytes / GIB:.2f} GiB); pinned host {plan.pinned_bytes / GIB:.2f} GiB",

@@ -98,3 +98,44 @@ def quantize_linears(root: nn.Module, kind: str, keep: Callable[[str], bool]) ->
         bias = None if layer.bias is None else layer.bias.data
         setattr(parent, child, cls(dense, bias))
     return len(names)
+
+
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+
+
+class Fp8MatmulLinear(nn.Module):
+    """fp8 weights (one scale per output row) multiplied in fp8 on GPUs with fp8 tensor cores.
+
+    Activations are quantized per token on the fly; ``torch._scaled_mm`` multiplies with both
+    row-wise scales and returns bf16. Needs compute capability 8.9 or newer (Ada, Hopper,
+    Blackwell); elsewhere (and on the CPU) it expands the weight and multiplies in the input dtype.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        w = weight.float()
+        scale = (w.abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=1e-12)
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("weight_fp8", (w / scale).to(torch.float8_e4m3fn))
+        self.register_buffer("weight_scale", scale.reshape(1, -1).contiguous())  # [1, out] float32
+        self.bias = nn.Parameter(bias, requires_grad=False) if bias is not None else None
+
+    def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        return (self.weight_fp8.to(torch.float32) * self.weight_scale.reshape(-1, 1)).to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        if x.device.type != "cuda" or x.dtype != torch.bfloat16:
+            return nn.functional.linear(x, self.dequantized_weight(x.dtype), bias)
+        rows = x.reshape(-1, x.shape[-1])
+        x_scale = (rows.abs().amax(dim=1, keepdim=True).float() / FP8_MAX).clamp(min=1e-12)
+        x_fp8 = (rows / x_scale.to(rows.dtype)).to(torch.float8_e4m3fn)
+        out = torch._scaled_mm(
+            x_fp8, self.weight_fp8.t(), scale_a=x_scale, scale_b=self.weight_scale, out_dtype=x.dtype
+        )
+        if bias is not None:
+            out = out + bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+QUANTIZED["fp8_e4m3fn_fast"] = Fp8MatmulLinear

@@ -15,7 +15,9 @@ from .errors import QwenFitError
 FP8 = "fp8_e4m3fn"
 # Weight-only integer formats: int8 per row, nf4 in blocks of 64 (optim/quantized_linear.py).
 INT8, NF4 = "int8", "nf4"
-PRECISIONS = ("auto", "bf16", "fp16", "fp32", FP8, INT8, NF4)
+# fp8 weights multiplied in fp8 (activations quantized per token): GPUs with compute capability >= 8.9.
+FP8_FAST = "fp8_e4m3fn_fast"
+PRECISIONS = ("auto", "bf16", "fp16", "fp32", FP8, FP8_FAST, INT8, NF4)
 OFFLOAD_MODES = ("auto", "none", "model", "blocks")
 SWITCHES = ("auto", "on", "off")
 
@@ -36,7 +38,7 @@ class PrecisionSettings:
     def __post_init__(self) -> None:
         for f in fields(self):
             _check_choice(f"precision of {f.name}", getattr(self, f.name), PRECISIONS)
-        if self.vae in (FP8, INT8, NF4):
+        if self.vae in (FP8, FP8_FAST, INT8, NF4):
             raise QwenFitError(
                 f"the VAE cannot be stored in {self.vae} (it is only 0.25 GB and its convolutions are not "
                 "Linear layers); pick auto, bf16 or fp32 for the VAE."

@@ -121,6 +121,9 @@ class BlockStreamer:
         # Views into every slot for every block, made once: binding is then attribute writes only.
         self._slot_views = [[views(self._layouts[b], slot.buffer) for slot in self._slots] for b in self.order]
         self._sequence = 0
+        if self._copy_stream is not None:
+            # Fresh slots may reuse memory that queued compute still reads: copy only after that work.
+            self._copy_stream.wait_stream(torch.cuda.current_stream(self.device))
         for ahead in range(self._slot_count - 1):
             self._fetch(ahead)
 

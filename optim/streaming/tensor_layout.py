@@ -59,8 +59,16 @@ def layout_of(module: nn.Module, skip: Callable[[str], bool] = lambda name: Fals
 
 
 def _current(place: TensorPlace) -> torch.Tensor:
-    tensors = place.owner._parameters if place.is_parameter else place.owner._buffers
-    return tensors[place.name]
+    """The tensor holding the place's values now: for a Parameter its ``.data``, a new alias of the
+    storage, so re-pointing the Parameter later does not change what was returned here."""
+    if place.is_parameter:
+        return place.owner._parameters[place.name].data
+    return place.owner._buffers[place.name]
+
+
+def current_tensors(layout: ModuleLayout) -> list[torch.Tensor]:
+    """Aliases of the module's tensors as they are now (to bind them back later)."""
+    return [_current(p) for p in layout.places]
 
 
 def _set(place: TensorPlace, tensor: torch.Tensor) -> None:
@@ -93,7 +101,7 @@ def bind(layout: ModuleLayout, tensors: list[torch.Tensor]) -> None:
 def moved_to(module: nn.Module, device: torch.device) -> Iterator[None]:
     """Run ``module`` on ``device`` for a moment: its tensors are copied there and pointed back after."""
     layout = layout_of(module)
-    home = [_current(p) for p in layout.places]
+    home = current_tensors(layout)
     bind(layout, [t.to(device, non_blocking=True) for t in home])
     try:
         yield

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..model_sizes import text_host_modules, text_units
 from .block_streamer import BlockStreamer
-from .tensor_layout import bind, layout_of, moved_to
+from .tensor_layout import bind, current_tensors, layout_of, moved_to
 
 
 def _rest(text_encoder: nn.Module) -> list[nn.Module]:
@@ -48,15 +48,13 @@ class TextEncoderEngine:
         self.streamer = BlockStreamer(self.units, device, pin=pin)
         self._host_parts = text_host_modules(text_encoder)
         self._host_layouts = [layout_of(m) for m in self._host_parts]
-        self._host_home = [
-            [p.owner._parameters.get(p.name, p.owner._buffers.get(p.name)) for p in lay.places]
-            for lay in self._host_layouts
-        ]
+        self._host_home = [current_tensors(lay) for lay in self._host_layouts]
         for module in _rest(text_encoder):
             module.to(device)
         self._hooks: list = []
         self.mode = ""
-        self.configure("resident")
+        # Nothing reaches the GPU before a plan asks for it (a small card could not hold the 7B model).
+        self.configure("streamed")
 
     def configure(self, mode: str) -> None:
         """``resident``: everything on the GPU; ``streamed``: units stream, host parts stay on the host."""
@@ -108,9 +106,14 @@ class TextEncoderEngine:
             self.configure(mode)
 
     def release(self) -> None:
+        """Everything back in host memory; page-locked memory unlocked."""
         for hook in self._hooks:
             hook.remove()
+        self._hooks = []
+        for lay, home in zip(self._host_layouts, self._host_home, strict=True):
+            bind(lay, home)
         self.streamer.release()
+        self.mode = "released"
 
 
 __all__ = ["TextEncoderEngine", "moved_to"]

@@ -47,9 +47,17 @@ class TransformerEngine:
         self.streamer = streamer
         self.modulation = modulation
         self.scheduler = scheduler
-        self.attention_backend = attention_backend
+        self.attention_backend = None
+        if attention_backend is not None:
+            from diffusers.models.attention_dispatch import AttentionBackendName
+
+            self.attention_backend = AttentionBackendName(attention_backend)
         self.pairing = CfgPairing()
         self._schedule_keys: set[Hashable] = set()
+
+    def compile_blocks(self) -> None:
+        """Compile the per-block computation once; every block reuses it (same shapes, weights as inputs)."""
+        self._block = torch.compile(self._block, dynamic=False)
 
     def install(self) -> None:
         # An instance attribute wins over the class method, so nn.Module.__call__ runs ours.

@@ -1,0 +1,146 @@
+"""QwenFit's presets as benchmark configurations (see bench/baselines.py for the interface).
+
+Each preset runs the pack's engine (planner, block streaming, precomputed modulation, batched CFG,
+prompt cache) on the shared real-size components. A card size is emulated with
+``torch.cuda.set_per_process_memory_fraction``: the allocator then refuses anything above the
+usable memory of that card, so a plan that does not fit fails here as it would at home.
+
+Precisions other than bf16 swap the block Linears for compressed ones for the time of the
+configuration (quantized on the GPU, stored on the host as the loader would have stored them from
+fp8 files) and swap the bf16 originals back on release.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from optim.assemble import text_encoder_fp8_filter, transformer_fp8_filter
+from optim.budget import usable_bytes
+from optim.engine import EngineOptions, PipelineEngine
+from optim.fp8_linear import Fp8Linear
+from optim.job_shape import JobShape
+from optim.quantized_linear import QUANTIZED
+from optim.streaming.host_arena import pinned_bytes
+from optim.variants import Variant
+from optim.weights.fp8 import Fp8Layout, Fp8Weight
+
+from .baselines import free_device_memory
+from .realsize import make_pipeline
+
+
+def _quantized(layer: nn.Linear, kind: str, device: torch.device) -> nn.Module:
+    weight = layer.weight.data.to(device)
+    bias = None if layer.bias is None else layer.bias.data
+    if kind == "fp8":
+        scale = (weight.abs().max().float() / torch.finfo(torch.float8_e4m3fn).max).clamp(min=1e-12)
+        data = (weight.float() / scale).to(torch.float8_e4m3fn)
+        return Fp8Linear(Fp8Weight(data.cpu(), scale.cpu(), Fp8Layout.SCALED), bias)
+    return QUANTIZED[kind](weight, None if bias is None else bias.to(device)).to("cpu")
+
+
+def swap_linears(module: nn.Module, keep, kind: str, device: torch.device) -> list[tuple[nn.Module, str, nn.Module]]:
+    """Replace the kept Linears by ``kind`` ones; returns what to put back."""
+    swaps = []
+    for name, layer in list(module.named_modules()):
+        if isinstance(layer, nn.Linear) and keep(name):
+            parent_name, _, child = name.rpartition(".")
+            parent = module.get_submodule(parent_name) if parent_name else module
+            setattr(parent, child, _quantized(layer, kind, device))
+            swaps.append((parent, child, layer))
+    return swaps
+
+
+def job_shape(job: Any) -> JobShape:
+    if job.variant is Variant.LAYERED:
+        return JobShape("layered", job.size, job.size, references=0, layers=job.layers, steps=job.steps)
+    return JobShape("edit", job.size, job.size, references=1, steps=job.steps)
+
+
+class QwenFitPreset:
+    """One preset: a VRAM budget (card size), an offload mode and a storage precision."""
+
+    def __init__(self, key: str, name: str, budget: str, mode: str = "auto", precision: str = "bf16",
+                 attention_backend: str | None = None, compile_blocks: bool = False) -> None:  # fmt: skip
+        self.key, self.name = key, name
+        self.budget, self.mode, self.precision = budget, mode, precision
+        self.attention_backend = attention_backend
+        self.compile_blocks = compile_blocks
+        self.predicted_peak_bytes: int | None = None
+        self.pinned_note = "counted: page-locked arenas of the engine (exact bytes)"
+        self.plan_text = ""
+        self._engine: PipelineEngine | None = None
+        self._running = None
+        self._swaps: list[tuple[nn.Module, str, nn.Module]] = []
+
+    def prepare(self, components: dict[str, Any], device: torch.device) -> Any:
+        device = torch.device(device)
+        if self.precision != "bf16":
+            self._swaps = swap_linears(components["transformer"], transformer_fp8_filter, self.precision, device)
+            if self.precision != "fp8_e4m3fn_fast":  # fp8 matmuls speed the transformer; the encoder runs once
+                self._swaps += swap_linears(components["text_encoder"], text_encoder_fp8_filter, self.precision, device)
+        budget = usable_bytes(self.budget, device)
+        if budget is not None and device.type == "cuda":
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            total = torch.cuda.get_device_properties(index).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), index)
+        pipeline = make_pipeline(components, components["variant"])
+        pipeline.set_progress_bar_config(disable=True)
+        self._engine = PipelineEngine(
+            pipeline, device, EngineOptions(budget, self.mode, self.attention_backend, self.compile_blocks)
+        )
+        plan = self._engine.prepare(job_shape(components["job"]))
+        self.predicted_peak_bytes = plan.predicted_peak_bytes
+        self.plan_text = self._engine.describe()
+        print(self.plan_text, flush=True)
+        self._running = self._engine.running()
+        self._running.__enter__()
+        return pipeline
+
+    def release(self, pipeline: Any) -> None:
+        if self._running is not None:
+            self._running.__exit__(None, None, None)
+            self._running = None
+        if self._engine is not None:
+            self._engine.release()
+            self._engine = None
+        for parent, child, original in reversed(self._swaps):
+            setattr(parent, child, original)
+        self._swaps = []
+        if torch.cuda.is_available():
+            torch.cuda.set_per_process_memory_fraction(1.0)
+        free_device_memory()
+
+    def pinned_bytes(self) -> int | None:
+        return pinned_bytes()
+
+
+def qwenfit_configurations() -> list[QwenFitPreset]:
+    """The presets the README's table reports, fastest first."""
+    return [
+        QwenFitPreset("qf-fastest", "QwenFit fastest (no budget, bf16)", "unlimited", mode="none"),
+        QwenFitPreset(
+            "qf-fastest-compiled", "QwenFit fastest, compiled blocks", "unlimited", "none", compile_blocks=True
+        ),
+        QwenFitPreset(
+            "qf-fastest-fp8mm-compiled",
+            "QwenFit fastest, fp8 matmuls, compiled blocks",
+            "unlimited",
+            "none",
+            "fp8_e4m3fn_fast",
+            compile_blocks=True,
+        ),
+        QwenFitPreset("qf-fastest-fp8mm", "QwenFit fastest, fp8 matmuls", "unlimited", "none", "fp8_e4m3fn_fast"),
+        QwenFitPreset(
+            "qf-fastest-cudnn", "QwenFit fastest, cuDNN attention", "unlimited", "none", "bf16", "_native_cudnn"
+        ),
+        QwenFitPreset("qf-24gb", "QwenFit 24 GB preset (bf16)", "24 GB"),
+        QwenFitPreset("qf-8gb", "QwenFit 8 GB preset (bf16 weights)", "8 GB"),
+        QwenFitPreset("qf-8gb-fp8", "QwenFit 8 GB preset (fp8 weights)", "8 GB", precision="fp8"),
+        QwenFitPreset("qf-8gb-int8", "QwenFit 8 GB preset (int8 weights)", "8 GB", precision="int8"),
+        QwenFitPreset("qf-8gb-nf4", "QwenFit 8 GB preset (nf4 weights)", "8 GB", precision="nf4"),
+        # Every block streamed: the smoke check of the streaming path on small models.
+        QwenFitPreset("qf-stream-all", "QwenFit every block streamed (bf16)", "8 GB", mode="blocks"),
+    ]

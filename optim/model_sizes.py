@@ -30,6 +30,7 @@ class ModelSizes:
     text_host_bytes: int  # token embedding and lm_head (kept on the host)
     vae_bytes: int
     hidden: int
+    dequant_workspace_bytes: int = 0  # temporaries of expanding the largest compressed weight
 
     @property
     def transformer_bytes(self) -> int:
@@ -49,6 +50,20 @@ def text_units(text_encoder: nn.Module) -> list[nn.Module]:
 def text_host_modules(text_encoder: nn.Module) -> list[nn.Module]:
     """Large, cheap-to-skip parts: the token embedding (a lookup) and lm_head (only for captions)."""
     return [text_encoder.model.language_model.embed_tokens, text_encoder.lm_head]
+
+
+# Bytes of temporaries per weight while a compressed Linear expands its weight (index tensors,
+# float32 intermediates, the expanded bf16 copy); fitted to the H200 run of 2026-11-22.
+_WORKSPACE_PER_WEIGHT = {"Fp8Linear": 6, "Fp8MatmulLinear": 3, "Int8Linear": 8, "Nf4Linear": 12}
+
+
+def _dequant_workspace(module: nn.Module) -> int:
+    largest = 0
+    for layer in module.modules():
+        per_weight = _WORKSPACE_PER_WEIGHT.get(type(layer).__name__)
+        if per_weight:
+            largest = max(largest, per_weight * layer.in_features * layer.out_features)
+    return largest
 
 
 def measure(pipeline: Any) -> ModelSizes:
@@ -75,4 +90,5 @@ def measure(pipeline: Any) -> ModelSizes:
         text_host_bytes=host,
         vae_bytes=_bytes(pipeline.vae),
         hidden=int(tr.inner_dim),
+        dequant_workspace_bytes=_dequant_workspace(tr.transformer_blocks[0]),
     )

@@ -37,7 +37,7 @@ class Coefficients:
     fixed: int = 384 * MIB
     # Untiled VAE, bytes per output pixel (4.37 GiB at 1024x1024 measured), encode per input pixel.
     vae_decode_per_pixel: float = 4.37 * GIB / 2**20
-    vae_encode_per_pixel: float = 2.2 * GIB / 2**20
+    vae_encode_per_pixel: float = 2.6 * GIB / 2**20
     vae_tiled: int = 640 * MIB
     # Text encoding activations (a few hundred tokens plus vision patches).
     text_activation: int = 512 * MIB
@@ -109,7 +109,7 @@ def plan_memory(
     tiling_choices = {"on": (True,), "off": (False,)}.get(vae_tiling, (False, True))
     table = _modulation_table_bytes(sizes, job)
     resident_fixed = sizes.transformer_rest_bytes + sizes.vae_bytes + sizes.text_rest_bytes + k.fixed
-    denoise_transient = _denoise_activations(sizes, job, k) + table
+    denoise_transient = _denoise_activations(sizes, job, k) + table + sizes.dequant_workspace_bytes
     text_resident = sizes.text_units_bytes + sizes.text_host_bytes
     notes: list[str] = []
 

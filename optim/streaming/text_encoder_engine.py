@@ -91,6 +91,9 @@ class TextEncoderEngine:
         finally:
             self.model.lm_head = lm_head
             self.streamer.stop()
+            if self.mode == "streamed" and self.device.type == "cuda":
+                # Hand the ring back now: the VAE encodes the references next and needs the room.
+                torch.cuda.empty_cache()
 
     @contextmanager
     def resident_for_generation(self) -> Iterator[None]:

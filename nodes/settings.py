@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..optim.budget import VRAM_BUDGETS
 from ..optim.settings import OFFLOAD_MODES, PRECISIONS, SWITCHES, OffloadSettings, PrecisionSettings, VaeSettings
 from .types import CATEGORY, OffloadConfig, PrecisionConfig, VaeConfig
 
 _PRECISION_TIP = (
-    "auto: bf16 on a GPU, fp32 on a CPU. fp16 is offered but this model overflows in fp16 "
-    "(NaN/black images): use it only to test."
+    "auto: as the file stores it (an fp8 file stays fp8), computing in bf16 on a GPU, fp32 on a CPU. "
+    "fp8_e4m3fn: fp8 storage, bf16 compute, any GPU. fp8_e4m3fn_fast: fp8 matmuls (RTX 40xx/50xx, "
+    "H100/H200 and newer). int8 / nf4: weight-only 8-bit / 4-bit storage (smaller, slower to expand). "
+    "fp16 is offered but this model overflows in fp16 (NaN/black images): use it only to test."
 )
 
 
@@ -47,17 +50,25 @@ class OffloadToggle(io.ComfyNode):
                     "mode",
                     options=list(OFFLOAD_MODES),
                     default="auto",
-                    tooltip="auto: keep everything on the GPU when it fits, else stream blocks. none: all on "
-                    "the GPU. model: move whole components in and out. blocks: stream transformer "
-                    "and text-encoder blocks from host memory.",
+                    tooltip="auto: the planner fits the VRAM budget, keeping as many transformer blocks on the "
+                    "GPU as fit and streaming the rest from pinned host memory. none: everything on the GPU. "
+                    "model: diffusers' whole-component offload (slow). blocks: stream every transformer block.",
+                ),
+                io.Combo.Input(
+                    "vram_budget",
+                    options=list(VRAM_BUDGETS),
+                    default="auto",
+                    tooltip="The card the plan must fit: auto uses the memory free when the model loads; a card "
+                    "size keeps the whole generation (text encoding, denoising, VAE) within what PyTorch can use "
+                    "on such a card (8 GB -> 7.0 GiB); unlimited keeps everything resident.",
                 ),
             ],
             outputs=[OffloadConfig.Output("offload", display_name="offload")],
         )
 
     @classmethod
-    def execute(cls, mode: str) -> io.NodeOutput:
-        return io.NodeOutput(OffloadSettings(mode=mode))
+    def execute(cls, mode: str, vram_budget: str = "auto") -> io.NodeOutput:
+        return io.NodeOutput(OffloadSettings(mode=mode, vram_budget=vram_budget))
 
 
 class VAESlicer(io.ComfyNode):

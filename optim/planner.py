@@ -14,6 +14,7 @@ largest transient of all phases, then fills what is left of the budget with bloc
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .errors import QwenFitError
@@ -147,7 +148,13 @@ def plan_memory(
 
     if budget_bytes is None or mode == "none":
         return build(sizes.blocks, 0, "resident", vae_tiling == "on")
-    target = int(budget_bytes * SAFETY - k.fragmentation_margin * _denoise_activations(sizes, job, k))
+    margin = k.fragmentation_margin * _denoise_activations(sizes, job, k)
+    target = int(budget_bytes * SAFETY - margin)
+
+    def budget_for(peak: int) -> str:
+        """The budget (GiB, rounded up to 0.1) whose target is ``peak``."""
+        return f"{math.ceil((peak + margin) / SAFETY / GIB * 10) / 10:.1f}"
+
     best: MemoryPlan | None = None
     text_modes = {"resident": ("resident",), "streamed": ("streamed",)}.get(text_encoder, ("resident", "streamed"))
     for tiling in tiling_choices:
@@ -172,12 +179,12 @@ def plan_memory(
         if job.caption:
             with_caption = build(0, 2, "resident", True).predicted_peak_bytes
             raise QwenFitError(
-                f"auto-captioning needs the 7B text encoder resident: at least {with_caption / SAFETY / GIB:.1f} GiB "
+                f"auto-captioning needs the 7B text encoder resident: at least {budget_for(with_caption)} GiB "
                 f"of VRAM, the budget is {budget_bytes / GIB:.1f} GiB. Type a prompt describing the image "
-                f"(then {smallest / SAFETY / GIB:.1f} GiB suffice), or pick a larger VRAM budget."
+                f"(then {budget_for(smallest)} GiB suffice), or pick a larger VRAM budget."
             )
         raise QwenFitError(
-            f"this job ({job.describe()}) needs at least {smallest / SAFETY / GIB:.1f} GiB of VRAM with every "
+            f"this job ({job.describe()}) needs at least {budget_for(smallest)} GiB of VRAM with every "
             f"block streamed; the budget is {budget_bytes / GIB:.1f} GiB. Pick a larger VRAM budget, or lower "
             "the output size, the number of layers or references."
         )

@@ -74,39 +74,41 @@ class Profile:
     key: str
     title: str
     precision: dict[str, str]
-    offload: str
+    offload: tuple[str, str]  # (mode, VRAM budget)
     vae: dict[str, str]
     note: str
 
 
-FP8_BOTH = {"transformer": "fp8_e4m3fn", "text_encoder": "fp8_e4m3fn", "vae": "auto"}
+AUTO_PRECISION = {"transformer": "auto", "text_encoder": "auto", "vae": "auto"}
+AUTO_VAE = {"tiling": "auto", "slicing": "auto"}
 PROFILES = (
     Profile(
         "auto",
         "auto plan",
-        {"transformer": "auto", "text_encoder": "auto", "vae": "auto"},
-        "auto",
-        {"tiling": "auto", "slicing": "auto"},
-        "Settings on *auto*: the pack plans precision, offload and VAE tiling for the GPU it finds.",
+        AUTO_PRECISION,
+        ("auto", "auto"),
+        AUTO_VAE,
+        "Settings on *auto*: the planner fits the memory free on your GPU when the model loads.",
     ),
     Profile(
         "8gb",
         "8 GB GPU",
-        FP8_BOTH,
-        "blocks",
-        {"tiling": "on", "slicing": "on"},
-        "For 8 GB cards: fp8 weights, transformer and text-encoder blocks streamed from host RAM (plan on "
-        "about 32 GB of system RAM for the fp8 files), VAE tiled and sliced. Speed and peak VRAM are not "
-        "measured yet: the GPU benchmark comes with the memory planner.",
+        AUTO_PRECISION,
+        ("auto", "8 GB"),
+        AUTO_VAE,
+        "For 8 GB cards: the plan keeps the whole generation under 7.0 GiB. A few transformer blocks stay on "
+        "the GPU, the rest stream from pinned host RAM one block ahead; modulation is precomputed and CFG "
+        "runs as one batched pass. Measured on an H200 emulating 8 GB: 5.5 GiB peak at 0.99x the speed of "
+        "diffusers with everything resident (README). Host RAM: about 51 GiB for bf16 files, 26 GiB for fp8.",
     ),
     Profile(
         "24gb",
         "24 GB GPU",
-        FP8_BOTH,
-        "model",
-        {"tiling": "auto", "slicing": "auto"},
-        "For 24 GB cards: the fp8 transformer (about 20 GB) sits on the GPU while denoising; the text "
-        "encoder and VAE move in only for their turn. Not measured yet (see the README).",
+        AUTO_PRECISION,
+        ("auto", "24 GB"),
+        AUTO_VAE,
+        "For 24 GB cards: the plan keeps the whole generation under 22 GiB, about 37 of 60 blocks resident. "
+        "Measured on an H200 emulating 24 GB: 19.4 GiB peak at 0.99x the speed of diffusers fully resident.",
     ),
 )
 
@@ -114,7 +116,13 @@ PROFILES = (
 def _settings_nodes(start_id: int, y: int, profile: Profile) -> list[Node]:
     return [
         Node(start_id, "QwenFitPrecisionSelector", (40, y), dict(profile.precision), size=(300, 110)),
-        Node(start_id + 1, "QwenFitOffloadToggle", (40, y + 150), {"mode": profile.offload}, size=(300, 60)),
+        Node(
+            start_id + 1,
+            "QwenFitOffloadToggle",
+            (40, y + 150),
+            {"mode": profile.offload[0], "vram_budget": profile.offload[1]},
+            size=(300, 80),
+        ),
         Node(start_id + 2, "QwenFitVAESlicer", (40, y + 250), dict(profile.vae), size=(300, 80)),
     ]
 

@@ -1,0 +1,109 @@
+"""The engine's pieces against diffusers' own forward, on the CPU with small random models (fp32).
+
+Streaming and precomputed modulation do the same arithmetic as diffusers: equality is exact.
+Batched CFG multiplies more rows per matmul, which may round the last bit differently: it must
+agree within float32 rounding.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from optim.architectures import Architecture
+from optim.streaming.block_streamer import BlockStreamer
+from optim.streaming.cfg_pairing import TextInput
+from optim.streaming.modulation import ModulationTable, is_modulation
+from optim.streaming.transformer_engine import TransformerEngine
+from optim.variants import Variant
+
+CPU = torch.device("cpu")
+
+
+def seven_block_transformer(variant: Variant) -> torch.nn.Module:
+    from diffusers import QwenImageTransformer2DModel
+
+    torch.manual_seed(7)
+    config = {**Architecture("qwenfit-tiny").transformer_config(variant), "num_layers": 7}
+    return QwenImageTransformer2DModel.from_config(config).eval()
+
+
+def inputs(transformer: torch.nn.Module, variant: Variant):
+    cfg = transformer.config
+    frames = 3 if variant is Variant.LAYERED else 2
+    shapes = [[(1, 4, 4)] * frames]
+    generator = torch.Generator().manual_seed(3)
+    hidden = torch.randn(1, 16 * frames, cfg.in_channels, generator=generator)
+    prompt = torch.randn(1, 7, cfg.joint_attention_dim, generator=generator)
+    negative = torch.randn(1, 5, cfg.joint_attention_dim, generator=generator)
+    extra = torch.tensor([1]) if cfg.use_additional_t_cond else None
+    return hidden, prompt, negative, shapes, extra
+
+
+def reference(transformer, hidden, text, timestep, shapes, extra):
+    kwargs = {"additional_t_cond": extra} if extra is not None else {}
+    out = transformer(
+        hidden_states=hidden,
+        encoder_hidden_states=text,
+        timestep=timestep,
+        img_shapes=shapes,
+        return_dict=False,
+        **kwargs,
+    )
+    return out[0]
+
+
+VARIANTS = [Variant.EDIT_2509, Variant.EDIT_2511, Variant.LAYERED]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.value)
+@pytest.mark.parametrize(("resident", "slots"), [((), 2), ((0, 3), 2), ((1,), 3)])
+def test_streaming_precompute_and_batched_cfg_are_exact(variant: Variant, resident: tuple, slots: int) -> None:
+    transformer = seven_block_transformer(variant)
+    hidden, prompt, negative, shapes, extra = inputs(transformer, variant)
+    timesteps = [torch.tensor([0.9]), torch.tensor([0.4])]
+    with torch.inference_mode():
+        expected = [
+            (
+                reference(transformer, hidden, prompt, t, shapes, extra),
+                reference(transformer, hidden, negative, t, shapes, extra),
+            )
+            for t in timesteps
+        ]
+        modulation = ModulationTable(transformer, CPU, pin=False)
+        streamer = BlockStreamer(transformer.transformer_blocks, CPU, skip=is_modulation, pin=False)
+        streamer.configure(resident, slots)
+        engine = TransformerEngine(transformer, CPU, streamer, modulation)
+        engine.begin_run()
+        # Two passes per timestep and two timesteps: the ring wraps around between forwards.
+        for t, (want_prompt, want_negative) in zip(timesteps, expected, strict=True):
+            got = engine.run(hidden, [TextInput(prompt, None), TextInput(negative, None)], t, shapes, extra)
+            torch.testing.assert_close(got[0], want_prompt, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got[1], want_negative, rtol=1e-5, atol=1e-5)
+            alone = engine.run(hidden, [TextInput(negative, None)], t, shapes, extra)
+            assert torch.equal(alone[0], want_negative)
+        engine.end_run()
+    assert streamer.streamed == tuple(b for b in range(7) if b not in resident)
+    # The modulation weights left the blocks: streamed blocks carry only attention and MLP weights.
+    assert modulation.host_bytes > 0
+
+
+def test_engine_installs_as_forward_and_pairs_calls() -> None:
+    variant = Variant.EDIT_2509
+    transformer = seven_block_transformer(variant)
+    hidden, prompt, negative, shapes, _ = inputs(transformer, variant)
+    t = torch.tensor([0.5])
+    with torch.inference_mode():
+        want = (
+            reference(transformer, hidden, prompt, t, shapes, None),
+            reference(transformer, hidden, negative, t, shapes, None),
+        )
+        engine = TransformerEngine(transformer, CPU)
+        engine.install()
+        engine.pairing.pair(TextInput(prompt, None), TextInput(negative, None))
+        first = reference(transformer, hidden, prompt, t, shapes, None)
+        second = reference(transformer, hidden, negative, t, shapes, None)
+        engine.uninstall()
+    torch.testing.assert_close(first, want[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(second, want[1], rtol=1e-5, atol=1e-5)
+    assert engine.pairing.batched_calls == 1  # the second call was served from the batched pass

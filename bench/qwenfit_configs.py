@@ -63,11 +63,13 @@ class QwenFitPreset:
     """One preset: a VRAM budget (card size), an offload mode and a storage precision."""
 
     def __init__(self, key: str, name: str, budget: str, mode: str = "auto", precision: str = "bf16",
-                 attention_backend: str | None = None, compile_blocks: bool = False) -> None:  # fmt: skip
+                 attention_backend: str | None = None, compile_blocks: bool = False,
+                 batch_cfg: bool = True) -> None:  # fmt: skip
         self.key, self.name = key, name
         self.budget, self.mode, self.precision = budget, mode, precision
         self.attention_backend = attention_backend
         self.compile_blocks = compile_blocks
+        self.batch_cfg = batch_cfg
         self.predicted_peak_bytes: int | None = None
         self.pinned_note = "counted: page-locked arenas of the engine (exact bytes)"
         self.plan_text = ""
@@ -89,7 +91,9 @@ class QwenFitPreset:
         pipeline = make_pipeline(components, components["variant"])
         pipeline.set_progress_bar_config(disable=True)
         self._engine = PipelineEngine(
-            pipeline, device, EngineOptions(budget, self.mode, self.attention_backend, self.compile_blocks)
+            pipeline,
+            device,
+            EngineOptions(budget, self.mode, self.attention_backend, self.compile_blocks, self.batch_cfg),
         )
         plan = self._engine.prepare(job_shape(components["job"]))
         self.predicted_peak_bytes = plan.predicted_peak_bytes
@@ -141,6 +145,10 @@ def qwenfit_configurations() -> list[QwenFitPreset]:
         QwenFitPreset("qf-8gb-fp8", "QwenFit 8 GB preset (fp8 weights)", "8 GB", precision="fp8"),
         QwenFitPreset("qf-8gb-int8", "QwenFit 8 GB preset (int8 weights)", "8 GB", precision="int8"),
         QwenFitPreset("qf-8gb-nf4", "QwenFit 8 GB preset (nf4 weights)", "8 GB", precision="nf4"),
+        QwenFitPreset(
+            "qf-fastest-two-calls", "QwenFit no budget, CFG as two calls", "unlimited", "none", batch_cfg=False
+        ),
+        QwenFitPreset("qf-8gb-two-calls", "QwenFit 8 GB preset, CFG as two calls", "8 GB", batch_cfg=False),
         # Every block streamed: the smoke check of the streaming path on small models.
         QwenFitPreset("qf-stream-all", "QwenFit every block streamed (bf16)", "8 GB", mode="blocks"),
     ]

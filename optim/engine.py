@@ -41,6 +41,7 @@ class EngineOptions:
     mode: str = "auto"  # auto / none / blocks
     attention_backend: str | None = None
     compile_blocks: bool = False  # torch.compile the block function (fuses the elementwise work)
+    batch_cfg: bool = True  # prompt and negative prompt in one pass (off: two calls, as diffusers does)
 
 
 class PipelineEngine:
@@ -107,7 +108,7 @@ class PipelineEngine:
         def pairing_encode(*args: Any, **kwargs: Any) -> Any:
             result = original(*args, **kwargs)
             encoded = self.prompts.encoded_this_run
-            if len(encoded) == 2:  # prompt, then negative prompt: the pipelines' order
+            if len(encoded) == 2 and self.options.batch_cfg:  # prompt, then negative prompt: the pipelines' order
                 (cond, cond_mask), (uncond, uncond_mask) = encoded
                 self.transformer.pairing.pair(TextInput(cond, cond_mask), TextInput(uncond, uncond_mask))
             return result

@@ -7,7 +7,7 @@ from conftest import PACK_LINK_NAME
 EXPECTED = {
     "QwenFitOptimizedLoader": ({"model", "variant"}, ["QWENFIT_PIPELINE", "STRING"]),
     "QwenFitPrecisionSelector": ({"transformer", "text_encoder", "vae"}, ["QWENFIT_PRECISION"]),
-    "QwenFitOffloadToggle": ({"mode"}, ["QWENFIT_OFFLOAD"]),
+    "QwenFitOffloadToggle": ({"mode", "vram_budget"}, ["QWENFIT_OFFLOAD"]),
     "QwenFitVAESlicer": ({"tiling", "slicing"}, ["QWENFIT_VAE"]),
     "QwenFitInstructEdit": (
         {"pipeline", "image", "prompt", "negative_prompt", "true_cfg_scale", "steps", "seed", "width", "height"},

@@ -1,7 +1,7 @@
-"""The plan: where every weight lives, in what dtype, and what peak memory it predicts.
+"""The load-time plan: every component's size, dtype and where it waits between runs.
 
-A plan is data. It is printed in the log, returned in the nodes' reports and compared
-with what was measured.
+A plan is data, printed in the log and in the nodes' reports. Per-run placement and the predicted
+peak per phase come from the planner (optim/planner.py) and are printed after it.
 """
 
 from __future__ import annotations
@@ -34,22 +34,6 @@ class Plan:
     vae_slicing: bool
     notes: tuple[str, ...] = field(default_factory=tuple)
 
-    @property
-    def resident_bytes(self) -> int:
-        """Bytes of weights that stay on the compute device for the whole run."""
-        return sum(c.bytes for c in self.components if c.home == self.device and self.device != "cpu")
-
-    @property
-    def predicted_weight_peak_bytes(self) -> int:
-        """Weights on the device at the worst moment: resident ones plus the largest visitor.
-
-        Activations are not modelled yet (the memory planner of issue 4 adds them).
-        """
-        if self.device == "cpu":
-            return 0
-        visitors = [c.bytes for c in self.components if c.home != self.device]
-        return self.resident_bytes + (max(visitors) if visitors else 0)
-
     def describe(self) -> str:
         """A short multi-line text for logs and node reports."""
         lines = [f"QwenFit plan on {self.device}:"]
@@ -61,7 +45,5 @@ class Plan:
         lines.append(
             f"  VAE tiling {'on' if self.vae_tiling else 'off'}, slicing {'on' if self.vae_slicing else 'off'}"
         )
-        if self.device != "cpu":
-            lines.append(f"  predicted weight peak {self.predicted_weight_peak_bytes / GIB:.2f} GiB")
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)

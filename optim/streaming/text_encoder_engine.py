@@ -17,7 +17,7 @@ from torch import nn
 
 from ..model_sizes import text_host_modules, text_units
 from .block_streamer import BlockStreamer
-from .tensor_layout import bind, current_tensors, layout_of, moved_to
+from .tensor_layout import bind, current_tensors, layout_of
 
 
 def _rest(text_encoder: nn.Module) -> list[nn.Module]:
@@ -117,6 +117,3 @@ class TextEncoderEngine:
             bind(lay, home)
         self.streamer.release()
         self.mode = "released"
-
-
-__all__ = ["TextEncoderEngine", "moved_to"]

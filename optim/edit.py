@@ -128,10 +128,9 @@ def run_edit(
         record = tracker.finish()
     image = numpy_to_tensor(output.images)
     check_finite(image, loaded)
-    cfg = true_cfg_scale > 1 and negative_prompt is not None
     report = (
         f"{loaded.name} ({loaded.variant.value}): {len(references)} reference(s) -> "
-        f"{image.shape[2]}x{image.shape[1]}, {job.steps} steps, CFG {'on' if cfg else 'off'} "
+        f"{image.shape[2]}x{image.shape[1]}, {job.steps} steps, CFG {'on' if cfg_on else 'off'} "
         f"({true_cfg_scale:g}), seed {job.seed}, {clock.seconds:.1f} s\n{describe_resizes(references)}\n"
         + (f"{lightning_note}\n" if lightning_note else "")
         + f"{record.describe()}\n"

@@ -23,7 +23,6 @@ from .planner import MemoryPlan, describe_memory_plan, plan_memory
 from .settings import VaeSettings
 from .streaming.block_streamer import BlockStreamer
 from .streaming.cfg_pairing import TextInput
-from .streaming.host_arena import pinned_bytes
 from .streaming.modulation import ModulationTable, is_modulation
 from .streaming.prompt_cache import PromptCache
 from .streaming.text_encoder_engine import TextEncoderEngine
@@ -68,7 +67,7 @@ class PipelineEngine:
         if options.compile_blocks:
             self.transformer.compile_blocks()
         self.transformer.install()
-        self.prompts = PromptCache(pipeline.encode_prompt, self.text.encoding)
+        self.prompts = PromptCache(pipeline.encode_prompt, self.text.encoding, self._pair_prompts)
         pipeline.encode_prompt = self.prompts
         self.plan: MemoryPlan | None = None
 
@@ -90,7 +89,8 @@ class PipelineEngine:
 
     @contextmanager
     def running(self) -> Iterator[None]:
-        """Around one pipeline call: pair the prompts for batched CFG, free the rings afterwards."""
+        """Around one pipeline call: start pairing prompts afresh, set the VAE for each phase, free the
+        streaming rings afterwards."""
         self.prompts.begin_run()
         self.transformer.begin_run()
         plan = self.plan
@@ -103,27 +103,17 @@ class PipelineEngine:
             (vae.enable_tiling if plan.vae_tiling else vae.disable_tiling)()
 
         switch = self.pipeline.transformer.register_forward_pre_hook(decode_tiling)
-        original = self.prompts.__call__
-
-        def pairing_encode(*args: Any, **kwargs: Any) -> Any:
-            result = original(*args, **kwargs)
-            encoded = self.prompts.encoded_this_run
-            if len(encoded) == 2 and self.options.batch_cfg:  # prompt, then negative prompt: the pipelines' order
-                (cond, cond_mask), (uncond, uncond_mask) = encoded
-                self.transformer.pairing.pair(TextInput(cond, cond_mask), TextInput(uncond, uncond_mask))
-            return result
-
-        self.pipeline.encode_prompt = pairing_encode
         try:
             yield
         finally:
             switch.remove()
-            self.pipeline.encode_prompt = self.prompts
             self.transformer.end_run()
 
-    @property
-    def pinned_bytes(self) -> int:
-        return pinned_bytes()
+    def _pair_prompts(self, encoded: list[Any]) -> None:
+        """Prompt, then negative prompt (the pipelines' order): one batched pass per step for both."""
+        if len(encoded) == 2 and self.options.batch_cfg:
+            (cond, cond_mask), (uncond, uncond_mask) = encoded
+            self.transformer.pairing.pair(TextInput(cond, cond_mask), TextInput(uncond, uncond_mask))
 
     def describe(self) -> str:
         return describe_memory_plan(self.plan, self.sizes) if self.plan else "  (no run planned yet)"

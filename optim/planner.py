@@ -191,11 +191,19 @@ def plan_memory(
     return best
 
 
+def _preference(plan: MemoryPlan) -> tuple:
+    """More resident blocks first (less streaming); then a resident text encoder; then no VAE tiling."""
+    return (
+        len(plan.resident_blocks),
+        plan.text_encoder == "resident",
+        not plan.vae_encode_tiling,
+        not plan.vae_tiling,
+        plan.slots,
+    )
+
+
 def _better(a: MemoryPlan, b: MemoryPlan) -> bool:
-    """More resident blocks wins (less streaming); then a resident text encoder; then no VAE tiling."""
-    key_a = (len(a.resident_blocks), a.text_encoder == "resident", not a.vae_encode_tiling, not a.vae_tiling, a.slots)
-    key_b = (len(b.resident_blocks), b.text_encoder == "resident", not b.vae_encode_tiling, not b.vae_tiling, b.slots)
-    return key_a > key_b
+    return _preference(a) > _preference(b)
 
 
 def describe_memory_plan(plan: MemoryPlan, sizes: ModelSizes) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_files import FOLDER, MODELS
 
 from optim.architectures import Architecture
 from optim.streaming.block_streamer import BlockStreamer
@@ -107,3 +108,19 @@ def test_engine_installs_as_forward_and_pairs_calls() -> None:
     torch.testing.assert_close(first, want[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(second, want[1], rtol=1e-5, atol=1e-5)
     assert engine.pairing.batched_calls == 1  # the second call was served from the batched pass
+
+
+def test_new_seed_reuses_prompt_embeddings_and_batches_cfg() -> None:
+    from PIL import Image
+
+    from optim import DiffusersFolder, EditJob, LoadRequest, load_pipeline, run_edit
+
+    loaded = load_pipeline(LoadRequest(DiffusersFolder(MODELS / "diffusers" / FOLDER["edit-2509"])))
+    image = Image.new("RGB", (96, 64), (200, 80, 40))
+    first = run_edit(loaded, [image], EditJob(prompt="snow", steps=2, seed=1, width=64, height=64))
+    engine = loaded.engine
+    assert (engine.prompts.misses, engine.prompts.hits) == (2, 0)  # prompt and negative prompt
+    assert engine.transformer.pairing.batched_calls == 2  # one batched pass per step
+    second = run_edit(loaded, [image], EditJob(prompt="snow", steps=2, seed=2, width=64, height=64))
+    assert (engine.prompts.misses, engine.prompts.hits) == (2, 2)  # nothing re-encoded
+    assert not torch.equal(first.image, second.image)

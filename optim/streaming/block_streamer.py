@@ -91,21 +91,8 @@ class BlockStreamer:
         self.slot_bytes = max((self._layouts[b].nbytes for b in self.order), default=0)
 
     @property
-    def resident_bytes(self) -> int:
-        return sum(t.numel() for t in self._resident.values())
-
-    @property
     def streamed(self) -> tuple[int, ...]:
         return tuple(self.order)
-
-    @property
-    def pinned(self) -> bool:
-        return self._arena.pinned
-
-    @property
-    def ring_bytes(self) -> int:
-        """GPU bytes the ring takes while a run is under way."""
-        return self._slot_count * self.slot_bytes if self.order else 0
 
     def start(self) -> None:
         """Allocate the GPU ring and begin copying the first blocks."""

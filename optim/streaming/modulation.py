@@ -35,6 +35,18 @@ def single_sample_temb(
     return transformer.time_text_embed(t, probe, additional_t_cond)
 
 
+def expand_for_batch(
+    img: torch.Tensor, txt: torch.Tensor, batch: int, zero_cond_t: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One sample's modulation rows made ready for ``batch`` image samples (the text stream is packed,
+    so its row serves every sample). 2511's rows are (t, 0): the forward wants all t rows, then all 0 rows."""
+    if batch == 1:
+        return img, txt
+    if zero_cond_t:
+        return torch.cat([img[:1].expand(batch, -1), img[1:].expand(batch, -1)]), txt
+    return img.expand(batch, -1), txt
+
+
 class ModulationTable:
     """Host-resident modulation weights and the per-timestep outputs computed from them."""
 
@@ -52,13 +64,6 @@ class ModulationTable:
             offset += lay.nbytes
         # key -> per block (img rows, txt row) on the device
         self._rows: dict[Hashable, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-
-    @property
-    def table_bytes(self) -> int:
-        """GPU bytes the computed rows take now."""
-        return sum(
-            a.numel() * a.element_size() + b.numel() * b.element_size() for r in self._rows.values() for a, b in r
-        )
 
     def rows_for(self, key: Hashable) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         return self._rows.get(key)
@@ -85,14 +90,7 @@ class ModulationTable:
 
     def expand(self, rows: tuple[torch.Tensor, torch.Tensor], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(img, txt) modulation for ``batch`` image samples sharing one timestep and one packed text stream."""
-        img, txt = rows
-        if batch == 1:
-            return img, txt
-        if self.zero_cond_t:  # rows are (t, 0): the forward wants all t rows, then all 0 rows
-            img = torch.cat([img[:1].expand(batch, -1), img[1:].expand(batch, -1)])
-        else:
-            img = img.expand(batch, -1)
-        return img, txt
+        return expand_for_batch(rows[0], rows[1], batch, self.zero_cond_t)
 
     def release(self) -> None:
         self._rows.clear()

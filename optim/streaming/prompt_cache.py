@@ -36,9 +36,15 @@ def _image_digest(image: Any) -> str:
 class PromptCache:
     """An LRU of encode_prompt results; :attr:`encoded_this_run` lists what a run asked for, in order."""
 
-    def __init__(self, encode: Callable[..., Any], around_encode: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self,
+        encode: Callable[..., Any],
+        around_encode: Callable[[], Any] | None = None,
+        on_encoded: Callable[[list[Any]], None] | None = None,
+    ) -> None:
         self._encode = encode
         self._around = around_encode
+        self._on_encoded = on_encoded  # called with this run's results after every request
         self._entries: OrderedDict[tuple, Any] = OrderedDict()
         self.encoded_this_run: list[Any] = []
         self.hits = 0
@@ -76,4 +82,6 @@ class PromptCache:
             self.hits += 1
             self._entries.move_to_end(key)
         self.encoded_this_run.append(result)
+        if self._on_encoded is not None:
+            self._on_encoded(self.encoded_this_run)
         return result

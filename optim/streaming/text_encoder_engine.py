@@ -4,7 +4,7 @@ Streamed, its 32 vision blocks and 28 language layers run through a :class:`Bloc
 (each is used once per prompt, so one pass over PCIe per encoding), the token embedding is looked
 up on the host (a lookup needs no GPU) and ``lm_head`` is skipped: prompt encoding reads hidden
 states, never logits. Layered's auto-caption generates token by token and must not stream weights
-once per token, so it needs the whole model resident (:meth:`resident_for_generation`).
+once per token, so the planner keeps the whole model resident for such runs.
 """
 
 from __future__ import annotations
@@ -94,19 +94,6 @@ class TextEncoderEngine:
             if self.mode == "streamed" and self.device.type == "cuda":
                 # Hand the ring back now: the VAE encodes the references next and needs the room.
                 torch.cuda.empty_cache()
-
-    @contextmanager
-    def resident_for_generation(self) -> Iterator[None]:
-        """The whole model on the GPU for a moment (auto-captioning), then back to the current mode."""
-        mode = self.mode
-        if mode == "resident":
-            yield
-            return
-        self.configure("resident")
-        try:
-            yield
-        finally:
-            self.configure(mode)
 
     def release(self) -> None:
         """Everything back in host memory; page-locked memory unlocked."""

@@ -22,7 +22,7 @@ from torch import nn
 from ..errors import QwenFitError
 from .block_streamer import BlockStreamer
 from .cfg_pairing import CfgPairing, TextInput
-from .modulation import ModulationTable, single_sample_temb
+from .modulation import ModulationTable, expand_for_batch, single_sample_temb
 
 
 def _timestep_key(timestep: torch.Tensor, additional_t_cond: torch.Tensor | None) -> Hashable:
@@ -47,11 +47,15 @@ class TransformerEngine:
         self.streamer = streamer
         self.modulation = modulation
         self.scheduler = scheduler
-        self.attention_backend = None
-        if attention_backend is not None:
-            from diffusers.models.attention_dispatch import AttentionBackendName
+        # Looked up once here: the forward calls them 60 times per pass.
+        from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
+        from diffusers.models.modeling_outputs import Transformer2DModelOutput
+        from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
 
-            self.attention_backend = AttentionBackendName(attention_backend)
+        self._dispatch_attention = dispatch_attention_fn
+        self._rotary = apply_rotary_emb_qwen
+        self._output_class = Transformer2DModelOutput
+        self.attention_backend = None if attention_backend is None else AttentionBackendName(attention_backend)
         self.pairing = CfgPairing()
         self._schedule_keys: set[Hashable] = set()
 
@@ -106,11 +110,7 @@ class TransformerEngine:
             if partner is not None:
                 self.pairing.keep(hidden_states, partner.embeds, outputs[1])
             output = outputs[0]
-        if not return_dict:
-            return (output,)
-        from diffusers.models.modeling_outputs import Transformer2DModelOutput
-
-        return Transformer2DModelOutput(sample=output)
+        return self._output_class(sample=output) if return_dict else (output,)
 
     # -- the computation ----------------------------------------------------------------------
 
@@ -192,13 +192,10 @@ class TransformerEngine:
         return [output[b : b + 1] for b in range(batch)]
 
     def _live_modulation(self, block: nn.Module, temb: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        zero_cond_t = bool(self.transformer.config.zero_cond_t)
         img = block.img_mod(temb)
-        txt = block.txt_mod(temb.chunk(2, dim=0)[0] if self.transformer.config.zero_cond_t else temb)
-        if batch == 1:
-            return img, txt
-        if self.transformer.config.zero_cond_t:
-            return torch.cat([img[:1].expand(batch, -1), img[1:].expand(batch, -1)]), txt
-        return img.expand(batch, -1), txt
+        txt = block.txt_mod(temb.chunk(2, dim=0)[0] if zero_cond_t else temb)
+        return expand_for_batch(img, txt, batch, zero_cond_t)
 
     def _block(self, block, image, text, lengths, img_mod, txt_mod, img_freqs, txt_freqs, index):
         img_mod1, img_mod2 = img_mod.chunk(2, dim=-1)
@@ -217,9 +214,7 @@ class TransformerEngine:
         return image, text
 
     def _attention(self, attn, image, text, lengths, img_freqs, txt_freqs):
-        from diffusers.models.attention_dispatch import dispatch_attention_fn
-        from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
-
+        rotary = self._rotary
         head_dim = attn.inner_dim // attn.heads
 
         def heads(x: torch.Tensor) -> torch.Tensor:
@@ -236,12 +231,12 @@ class TransformerEngine:
         if attn.norm_added_k is not None:
             tk = attn.norm_added_k(tk)
         iq, ik = (
-            apply_rotary_emb_qwen(iq, img_freqs, use_real=False),
-            apply_rotary_emb_qwen(ik, img_freqs, use_real=False),
+            rotary(iq, img_freqs, use_real=False),
+            rotary(ik, img_freqs, use_real=False),
         )
         tq, tk = (
-            apply_rotary_emb_qwen(tq, txt_freqs, use_real=False),
-            apply_rotary_emb_qwen(tk, txt_freqs, use_real=False),
+            rotary(tq, txt_freqs, use_real=False),
+            rotary(tk, txt_freqs, use_real=False),
         )
         img_out, txt_out, start = [], [], 0
         for b, n in enumerate(lengths):
@@ -249,7 +244,7 @@ class TransformerEngine:
             q = torch.cat([tq[:, span], iq[b : b + 1]], dim=1)
             k = torch.cat([tk[:, span], ik[b : b + 1]], dim=1)
             v = torch.cat([tv[:, span], iv[b : b + 1]], dim=1)
-            joint = dispatch_attention_fn(
+            joint = self._dispatch_attention(
                 q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, backend=self.attention_backend
             )
             joint = joint.flatten(2, 3).to(q.dtype)

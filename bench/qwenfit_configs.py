@@ -25,7 +25,7 @@ from optim.job_shape import JobShape
 from optim.quantized_linear import QUANTIZED
 from optim.streaming.host_arena import pinned_bytes
 from optim.variants import Variant
-from optim.weights.fp8 import Fp8Layout, Fp8Weight
+from optim.weights.fp8 import Fp8Layout, Fp8Weight, quantize_absmax
 
 from .baselines import free_device_memory
 from .realsize import make_pipeline
@@ -34,9 +34,8 @@ from .realsize import make_pipeline
 def _quantized(layer: nn.Linear, kind: str, device: torch.device) -> nn.Module:
     weight = layer.weight.data.to(device)
     bias = None if layer.bias is None else layer.bias.data
-    if kind == "fp8":
-        scale = (weight.abs().max().float() / torch.finfo(torch.float8_e4m3fn).max).clamp(min=1e-12)
-        data = (weight.float() / scale).to(torch.float8_e4m3fn)
+    if kind == "fp8":  # as the loader stores a bf16 file planned for fp8, quantized on the GPU for speed
+        data, scale = quantize_absmax(weight)
         return Fp8Linear(Fp8Weight(data.cpu(), scale.cpu(), Fp8Layout.SCALED), bias)
     return QUANTIZED[kind](weight, None if bias is None else bias.to(device)).to("cpu")
 

@@ -13,25 +13,25 @@ from typing import Any
 import torch
 
 from .devices import dtype_name
-from .fp8_linear import Fp8Linear
 from .plan import ComponentPlacement, Plan
 from .settings import OffloadSettings, VaeSettings
+from .streaming.tensor_layout import layout_of
 
 _COMPONENTS = ("text_encoder", "transformer", "vae")
 
 
+# Linear layers whose weights are compressed buffers, and how the overview names them.
+_COMPRESSED = {"Fp8Linear": "fp8", "Fp8MatmulLinear": "fp8 matmul", "Int8Linear": "int8", "Nf4Linear": "nf4"}
+
+
 def _size(module: torch.nn.Module) -> tuple[int, int, str]:
-    """(parameter count, bytes, dtype label) counting compressed Linear weights, which are buffers."""
+    """(parameter count, bytes, dtype label), compressed Linear weights (buffers) included."""
     params = list(module.parameters())
-    count = sum(p.numel() for p in params)
-    nbytes = sum(p.numel() * p.element_size() for p in params)
+    compressed = [m for m in module.modules() if type(m).__name__ in _COMPRESSED]
+    count = sum(p.numel() for p in params) + sum(m.in_features * m.out_features for m in compressed)
     label = dtype_name(params[0].dtype) if params else "fp32"
-    fp8 = [m.weight_fp8 for m in module.modules() if isinstance(m, Fp8Linear)]
-    if fp8:
-        count += sum(w.numel() for w in fp8)
-        nbytes += sum(w.numel() * w.element_size() for w in fp8)
-        label = f"fp8+{label}"
-    return count, nbytes, label
+    formats = sorted({_COMPRESSED[type(m).__name__] for m in compressed})
+    return count, layout_of(module).nbytes, "+".join([*formats, label])
 
 
 def plan_placement(pipeline: Any, device: torch.device, offload: OffloadSettings) -> Plan:

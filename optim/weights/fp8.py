@@ -100,15 +100,16 @@ def quantize_absmax(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-tensor absmax quantization, as ComfyUI's guide describes: returns (fp8 data, float32 scale).
 
-    Works in row chunks so the float32 temporaries stay small next to a large weight.
+    Works in row chunks so the float32 temporaries stay small next to a large weight, on the
+    weight's own device.
     """
     rows = weight.reshape(weight.shape[0], -1) if weight.ndim else weight.reshape(1, 1)
     step = max(1, chunk_elements // max(1, rows.shape[1]))
-    amax = torch.zeros((), dtype=torch.float32)
+    amax = torch.zeros((), dtype=torch.float32, device=weight.device)
     for start in range(0, rows.shape[0], step):
         amax = torch.maximum(amax, rows[start : start + step].float().abs().max())
     scale = (amax / torch.finfo(dtype).max).clamp(min=1e-12)
-    out = torch.empty(rows.shape, dtype=dtype)
+    out = torch.empty(rows.shape, dtype=dtype, device=weight.device)
     for start in range(0, rows.shape[0], step):
         out[start : start + step] = (rows[start : start + step].float() / scale).to(dtype)
     return out.reshape(weight.shape), scale.reshape(())

@@ -40,7 +40,7 @@ def check_steps(steps: int, loaded: LoadedPipeline | None = None) -> None:
 def check_finite(images: torch.Tensor, loaded: LoadedPipeline) -> None:
     """Refuse to hand back NaN/inf pixels: name the likely cause instead of a black image."""
     if not torch.isfinite(images).all():
-        fp16 = any(c.dtype == "fp16" for c in loaded.plan.components)
+        fp16 = any("fp16" in c.dtype.split("+") for c in loaded.plan.components)
         hint = (
             "this model overflows in fp16: set QwenFit Precision to auto or bf16"
             if fp16

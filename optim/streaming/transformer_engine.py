@@ -26,6 +26,7 @@ from .modulation import ModulationTable, expand_for_batch, single_sample_temb
 
 
 def _timestep_key(timestep: torch.Tensor, additional_t_cond: torch.Tensor | None) -> Hashable:
+    # One read from the GPU per transformer call (once per step with batched CFG), never per block.
     cond = None if additional_t_cond is None else tuple(additional_t_cond.flatten().tolist())
     return (float(timestep.flatten()[0]), cond)
 

@@ -10,7 +10,7 @@ from torch import nn
 from .architectures import Architecture, empty_text_encoder, empty_transformer, empty_vae
 from .lora import LoraChoice, read_lora_deltas
 from .variants import Variant
-from .weights.fill import fill_module
+from .weights.fill import KeepInFiles, fill_module
 from .weights.source import WeightSource
 
 LM_HEAD = "lm_head.weight"
@@ -26,6 +26,16 @@ def _fp8_filter(mode: str, scope, source: WeightSource):
     if mode == FP8_AS_STORED:
         return lambda name: scope(name) and source.has(f"{name}.weight") and source.is_fp8(f"{name}.weight")
     return scope
+
+
+def is_modulation_key(key: str) -> bool:
+    """A tensor of a block's timestep modulation (``transformer_blocks.N.img_mod.1.weight``)."""
+    return key.startswith("transformer_blocks.") and (".img_mod." in key or ".txt_mod." in key)
+
+
+def is_text_unit_key(key: str) -> bool:
+    """A tensor of a vision block or a language layer of Qwen2.5-VL (the units that stream)."""
+    return ".visual.blocks." in f".{key}" or ".language_model.layers." in f".{key}"
 
 
 def transformer_fp8_filter(name: str) -> bool:
@@ -47,6 +57,7 @@ def build_transformer(
     device: torch.device,
     fp8: str,
     lora: LoraChoice | None = None,
+    keep_in_files: KeepInFiles | None = None,
 ) -> nn.Module:
     """The transformer from ``arch`` (split files) or a folder's ``config``, filled from ``source``."""
     from accelerate import init_empty_weights
@@ -62,7 +73,13 @@ def build_transformer(
         linears = {name for name, m in module.named_modules() if isinstance(m, nn.Linear)}
         deltas = read_lora_deltas(lora, linears)
     fill_module(
-        module, source, dtype, device, fp8_linears=_fp8_filter(fp8, transformer_fp8_filter, source), deltas=deltas
+        module,
+        source,
+        dtype,
+        device,
+        fp8_linears=_fp8_filter(fp8, transformer_fp8_filter, source),
+        deltas=deltas,
+        keep_in_files=keep_in_files,
     )
     return module.to(device)
 
@@ -106,6 +123,7 @@ def build_text_encoder(
     dtype: torch.dtype,
     device: torch.device,
     fp8: str,
+    keep_in_files: KeepInFiles | None = None,
 ) -> nn.Module:
     from accelerate import init_empty_weights
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -122,6 +140,7 @@ def build_text_encoder(
         device,
         fp8_linears=_fp8_filter(fp8, text_encoder_fp8_filter, source),
         optional=(LM_HEAD,),
+        keep_in_files=keep_in_files,
     )
     if LM_HEAD in missing:
         module.lm_head = _MissingLmHead()

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .host_plan import HostPlan
 from .job_shape import JobShape
 from .model_sizes import ModelSizes, measure
 from .planner import MemoryPlan, describe_memory_plan, plan_memory
@@ -27,6 +28,7 @@ from .streaming.modulation import ModulationTable, is_modulation
 from .streaming.prompt_cache import PromptCache
 from .streaming.text_encoder_engine import TextEncoderEngine
 from .streaming.transformer_engine import TransformerEngine
+from .weights.file_tensors import file_feed
 
 log = logging.getLogger("qwenfit")
 DEFAULT_VAE = VaeSettings()
@@ -46,20 +48,23 @@ class EngineOptions:
 class PipelineEngine:
     """Owns the placement of one pipeline's weights for its whole life."""
 
-    def __init__(self, pipeline: Any, device: torch.device, options: EngineOptions) -> None:
+    def __init__(
+        self, pipeline: Any, device: torch.device, options: EngineOptions, host: HostPlan | None = None
+    ) -> None:
         self.pipeline = pipeline
         self.device = device
         self.options = options
+        self.host = host
         self.sizes: ModelSizes = measure(pipeline)
         pin = device.type == "cuda"
         tr = pipeline.transformer
         # Order matters: the modulation layers leave the blocks first, so blocks pack without them.
-        self.modulation = ModulationTable(tr, device, pin)
+        self.modulation = ModulationTable(tr, device, pin, feed=file_feed(tr))
         self.blocks = BlockStreamer(tr.transformer_blocks, device, skip=is_modulation, pin=pin)
         for name, child in tr.named_children():
             if name != "transformer_blocks":
                 child.to(device)
-        self.text = TextEncoderEngine(pipeline.text_encoder, device, pin)
+        self.text = TextEncoderEngine(pipeline.text_encoder, device, pin, feed=file_feed(pipeline.text_encoder))
         pipeline.vae.to(device)
         self.transformer = TransformerEngine(
             tr, device, self.blocks, self.modulation, pipeline.scheduler, options.attention_backend
@@ -74,7 +79,16 @@ class PipelineEngine:
     def plan_for(self, job: JobShape, vae: VaeSettings = DEFAULT_VAE) -> MemoryPlan:
         """The plan this job would get (nothing moves)."""
         o = self.options
-        return plan_memory(self.sizes, job, o.budget_bytes, o.mode, vae.tiling, vae.slicing)
+        return plan_memory(
+            self.sizes,
+            job,
+            o.budget_bytes,
+            o.mode,
+            vae.tiling,
+            vae.slicing,
+            text_in_files=self.text.reads_files,
+            modulation_in_files=self.modulation.reads_files,
+        )
 
     def prepare(self, job: JobShape, vae: VaeSettings = DEFAULT_VAE) -> MemoryPlan:
         """Plan ``job`` and place the weights as the plan says (cheap when the plan did not change)."""
@@ -116,7 +130,8 @@ class PipelineEngine:
             self.transformer.pairing.pair(TextInput(cond, cond_mask), TextInput(uncond, uncond_mask))
 
     def describe(self) -> str:
-        return describe_memory_plan(self.plan, self.sizes) if self.plan else "  (no run planned yet)"
+        text = describe_memory_plan(self.plan, self.sizes) if self.plan else "  (no run planned yet)"
+        return f"{text}\n{self.host.describe()}" if self.host else text
 
     def release(self) -> None:
         """Give back GPU copies and page-locked memory (the pipeline is being dropped)."""

@@ -20,6 +20,8 @@ from .assemble import (
     build_text_encoder,
     build_transformer,
     build_vae,
+    is_modulation_key,
+    is_text_unit_key,
     text_encoder_fp8_filter,
     transformer_fp8_filter,
 )
@@ -27,6 +29,7 @@ from .budget import usable_bytes
 from .devices import check_fp8_matmul, compute_dtype
 from .engine import EngineOptions, PipelineEngine
 from .errors import QwenFitError
+from .host_plan import FILES, HostPlan, HostWeights, estimate_component, host_budget_bytes, plan_host
 from .lora import LoraChoice, lightning_scheduler_config
 from .placement import apply_placement, plan_placement, plan_vae
 from .plan import Plan
@@ -66,6 +69,7 @@ class LoadedPipeline:
     request: LoadRequest
     engine: PipelineEngine | None = None  # None when diffusers' whole-model offload places the weights
     vae: VaeSettings = VaeSettings()
+    host: HostPlan | None = None
 
     @property
     def name(self) -> str:
@@ -150,21 +154,77 @@ def fp8_mode(choice: str, source: Any) -> str:
     return FP8_NONE
 
 
-def _build(request: LoadRequest, desc: SourceDescription) -> Any:
+def _compute_dtypes(request: LoadRequest) -> dict[str, torch.dtype]:
+    device = torch.device(request.device)
+    return {
+        part: compute_dtype(getattr(request.precision, part), device) for part in ("transformer", "text_encoder", "vae")
+    }
+
+
+def _fp8_modes(request: LoadRequest, desc: SourceDescription) -> dict[str, str]:
+    return {
+        "transformer": fp8_mode(request.precision.transformer, desc.transformer),
+        "text_encoder": fp8_mode(request.precision.text_encoder, desc.text_encoder),
+    }
+
+
+def _stays_in_files(kind: str, fp8: str) -> bool:
+    """A component's weights can be read back from its files when the plan stores them as the files
+    do (or as a plain cast): not when they are quantized on load."""
+    return kind not in QUANTIZED and fp8 in (FP8_NONE, FP8_AS_STORED)
+
+
+def plan_host_memory(
+    request: LoadRequest, desc: SourceDescription, dtypes: dict[str, torch.dtype], fp8: dict[str, str]
+) -> HostPlan:
+    """Which once-per-run weights wait in host memory, estimated from the files' headers."""
+    precision = request.precision
+    transformer = estimate_component(
+        desc.transformer,
+        fp8["transformer"],
+        precision.transformer,
+        lambda key: "transformer_blocks." in key,
+        dtypes["transformer"].itemsize,
+        {"modulation": lambda key: ".img_mod." in key or ".txt_mod." in key},
+    )
+    text = estimate_component(
+        desc.text_encoder,
+        fp8["text_encoder"],
+        precision.text_encoder,
+        lambda key: ".layers." in key and "visual" not in key,
+        dtypes["text_encoder"].itemsize,
+        {"units": lambda key: "visual.blocks." in key or ".layers." in key},
+    )
+    engine_places = request.offload.mode != "model"  # diffusers' own offload moves whole modules
+    weights = HostWeights(
+        transformer=transformer["all"],
+        modulation=transformer["modulation"],
+        text_encoder=text["all"],
+        text_units=text["units"],
+        vae=desc.vae.nbytes,
+        text_encoder_can_stay_in_files=engine_places and _stays_in_files(precision.text_encoder, fp8["text_encoder"]),
+        modulation_can_stay_in_files=engine_places
+        and request.lora is None
+        and _stays_in_files(precision.transformer, fp8["transformer"]),
+    )
+    return plan_host(weights, host_budget_bytes(request.offload.host_budget))
+
+
+def _build(request: LoadRequest, desc: SourceDescription, host: HostPlan) -> Any:
     from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline, QwenImageLayeredPipeline
     from transformers import Qwen2_5_VLConfig, Qwen2Tokenizer, Qwen2VLProcessor
 
     device = torch.device(request.device)
     precision = request.precision
-    dtypes = {part: compute_dtype(getattr(precision, part), device) for part in ("transformer", "text_encoder", "vae")}
+    dtypes = _compute_dtypes(request)
     # Weights load into host memory; the engine (or diffusers' offload) places them afterwards.
     home = torch.device("cpu")
     folder = desc.folder
     te_config = (
         Qwen2_5_VLConfig.from_pretrained(str(folder / "text_encoder"), local_files_only=True) if folder else None
     )
-    transformer_fp8 = fp8_mode(precision.transformer, desc.transformer)
-    text_encoder_fp8 = fp8_mode(precision.text_encoder, desc.text_encoder)
+    fp8 = _fp8_modes(request, desc)
+    transformer_fp8, text_encoder_fp8 = fp8["transformer"], fp8["text_encoder"]
     transformer = build_transformer(
         desc.transformer,
         desc.architecture,
@@ -174,9 +234,16 @@ def _build(request: LoadRequest, desc: SourceDescription) -> Any:
         home,
         fp8=transformer_fp8,
         lora=request.lora,
+        keep_in_files=is_modulation_key if host.modulation == FILES else None,
     )
     text_encoder = build_text_encoder(
-        desc.text_encoder, desc.architecture, te_config, dtypes["text_encoder"], home, fp8=text_encoder_fp8
+        desc.text_encoder,
+        desc.architecture,
+        te_config,
+        dtypes["text_encoder"],
+        home,
+        fp8=text_encoder_fp8,
+        keep_in_files=is_text_unit_key if host.text_encoder == FILES else None,
     )
     if FP8_FAST in (precision.transformer, precision.text_encoder):
         check_fp8_matmul(device)
@@ -217,7 +284,8 @@ def load_pipeline(request: LoadRequest) -> LoadedPipeline:
     device = torch.device(request.device)
     pipeline = None
     try:
-        pipeline = _build(request, desc)
+        host = plan_host_memory(request, desc, _compute_dtypes(request), _fp8_modes(request, desc))
+        pipeline = _build(request, desc, host)
         pipeline.set_progress_bar_config(disable=True)
         plan = plan_placement(pipeline, device, request.offload)
         engine = None
@@ -225,7 +293,7 @@ def load_pipeline(request: LoadRequest) -> LoadedPipeline:
             apply_placement(pipeline, plan, device)
         else:
             budget = usable_bytes(request.offload.vram_budget, device)
-            engine = PipelineEngine(pipeline, device, EngineOptions(budget, request.offload.mode))
+            engine = PipelineEngine(pipeline, device, EngineOptions(budget, request.offload.mode), host)
     except QwenFitError:
         pipeline = None
         release_memory()
@@ -237,8 +305,8 @@ def load_pipeline(request: LoadRequest) -> LoadedPipeline:
             f"'{request.source.name}' could not be loaded: {type(exc).__name__}: {exc}. The files may be "
             "truncated or from another model; re-copy or download them again."
         ) from exc
-    log.info("%s", plan.describe())
-    return LoadedPipeline(pipeline=pipeline, variant=desc.variant, plan=plan, request=request, engine=engine)
+    log.info("%s\n%s", plan.describe(), host.describe())
+    return LoadedPipeline(pipeline=pipeline, variant=desc.variant, plan=plan, request=request, engine=engine, host=host)
 
 
 def release_memory() -> None:

@@ -98,11 +98,15 @@ def plan_memory(
     vae_slicing: str = "auto",
     coefficients: Coefficients = COEFFICIENTS,
     text_encoder: str = "auto",
+    text_in_files: bool = False,
+    modulation_in_files: bool = False,
 ) -> MemoryPlan:
     """Place weights for ``job`` within ``budget_bytes`` (None: no limit).
 
     ``mode``: "auto" (the budget decides), "none" (everything resident), "blocks" (stream every block).
     ``text_encoder``: "auto", or force "resident" / "streamed".
+    ``text_in_files`` / ``modulation_in_files``: those weights are read from the model files at each
+    use (optim/host_plan.py), so only their staging buffers are page-locked.
     Raises QwenFitError naming the smallest workable budget when nothing fits.
     """
     k = coefficients
@@ -126,8 +130,15 @@ def plan_memory(
             ("denoise", base + ring + denoise_transient),
             ("decode", base + vae_decode),
         )
-        # The engine keeps every block and text unit in its page-locked arenas (a re-plan only copies).
-        pinned = sizes.blocks * sizes.block_bytes + sizes.text_units_bytes
+        # The engine keeps every block and text unit in its page-locked arenas (a re-plan only copies);
+        # weights read from the files need only one staging buffer per slot.
+        text_pinned = sizes.text_units_bytes
+        if text_in_files:
+            text_pinned = 2 * sizes.text_unit_bytes if text_mode == "streamed" else 0
+        modulation_pinned = (
+            2 * sizes.modulation_bytes // sizes.blocks if modulation_in_files else sizes.modulation_bytes
+        )
+        pinned = sizes.blocks * sizes.block_bytes + text_pinned + modulation_pinned
         return MemoryPlan(
             budget_bytes=budget_bytes,
             resident_blocks=tuple(range(resident)),
@@ -141,7 +152,7 @@ def plan_memory(
             cfg="batched" if job.cfg else "off",
             phase_peaks=phases,
             predicted_peak_bytes=max(p for _, p in phases),
-            pinned_bytes=pinned + sizes.modulation_bytes,
+            pinned_bytes=pinned,
             job=job.describe(),
             notes=tuple(notes),
         )

@@ -2,16 +2,24 @@
 
 Phases: ``encode`` (prompt and references, until the first denoising call), ``denoise`` (until the
 last step ends), ``decode`` (the VAE). The VRAM monitor reports the last record.
+
+Observers (``add_run_observer``) hear each phase start and each finished record: the live memory
+monitor marks its samples with them. An observer's error is logged, never raised into the run.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+
+from .job_shape import JobShape
+
+log = logging.getLogger("qwenfit")
 
 GIB = 1024**3
 PHASES = ("encode", "denoise", "decode")
@@ -31,6 +39,19 @@ class RunRecord:
     steps: int
     phases: tuple[PhaseStat, ...]
     plan: str
+    job: JobShape | None = None
+    # The planner's prediction for this run, per phase (bytes); empty when no planner placed it.
+    predicted_phase_peaks: tuple[tuple[str, int], ...] = ()
+    device: str = "cpu"
+
+    @property
+    def peak_reserved(self) -> int:
+        """The largest reserved peak of all phases (bytes; 0 without a GPU)."""
+        return max((p.peak_reserved for p in self.phases), default=0)
+
+    @property
+    def predicted_peak(self) -> int:
+        return max((peak for _, peak in self.predicted_phase_peaks), default=0)
 
     @property
     def seconds_per_step(self) -> float:
@@ -52,13 +73,24 @@ class RunRecord:
 class PhaseTracker:
     """Times the phases of one pipeline call and reads the GPU's peak memory in each."""
 
-    def __init__(self, device: torch.device, steps: int, model: str, plan: str) -> None:
+    def __init__(
+        self,
+        device: torch.device,
+        steps: int,
+        model: str,
+        plan: str,
+        job: JobShape | None = None,
+        predicted_phase_peaks: tuple[tuple[str, int], ...] = (),
+    ) -> None:
         self.cuda = device.type == "cuda"
         self.device, self.steps, self.model, self.plan = device, steps, model, plan
+        self.job, self.predicted_phase_peaks = job, predicted_phase_peaks
+        self.finished = False
         self.phases: list[PhaseStat] = []
         self._current: str | None = PHASES[0]
         self._start = time.perf_counter()
         self._reset()
+        _notify("phase_started", PHASES[0])
 
     def _reset(self) -> None:
         if self.cuda:
@@ -78,6 +110,8 @@ class PhaseTracker:
         self.phases.append(PhaseStat(self._current, now - self._start, allocated, reserved))
         self._current, self._start = following, now
         self._reset()
+        if following is not None:
+            _notify("phase_started", following)
 
     def denoising_starts(self, *_: Any) -> None:
         """Forward pre-hook of the transformer: the first call ends the encode phase."""
@@ -90,12 +124,63 @@ class PhaseTracker:
 
     def finish(self) -> RunRecord:
         self._close(None)
-        record = RunRecord(self.model, self.steps, tuple(self.phases), self.plan)
+        record = RunRecord(
+            self.model,
+            self.steps,
+            tuple(self.phases),
+            self.plan,
+            job=self.job,
+            predicted_phase_peaks=self.predicted_phase_peaks,
+            device=str(self.device),
+        )
+        self.finished = True
         remember(record)
+        _notify("run_finished", record)
         return record
+
+    def abandon(self) -> None:
+        """The run stopped early (an error, Cancel): observers hear that it ended without a record."""
+        if not self.finished:
+            self.finished = True
+            _notify("run_finished", None)
+
+
+class RunObserver(Protocol):
+    """Hears the phases of every run in this process (e.g. a memory sampler marking its history)."""
+
+    def phase_started(self, name: str) -> None: ...
+
+    def run_finished(self, record: RunRecord | None) -> None:
+        """``record`` is None when the run stopped early."""
 
 
 _lock = threading.Lock()
+_observers: list[RunObserver] = []
+
+
+def add_run_observer(observer: RunObserver) -> None:
+    """Call ``observer`` at each phase start and with each finished record, until removed."""
+    with _lock:
+        if observer not in _observers:
+            _observers.append(observer)
+
+
+def remove_run_observer(observer: RunObserver) -> None:
+    with _lock:
+        if observer in _observers:
+            _observers.remove(observer)
+
+
+def _notify(method: str, argument: Any) -> None:
+    with _lock:
+        observers = list(_observers)
+    for observer in observers:
+        try:
+            getattr(observer, method)(argument)
+        except Exception:  # a monitor must never break a generation
+            log.exception("QwenFit run observer %r failed in %s", observer, method)
+
+
 _last: RunRecord | None = None
 
 

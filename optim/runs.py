@@ -80,18 +80,20 @@ def prepared(loaded: LoadedPipeline, job: JobShape) -> Iterator[PhaseTracker]:
     """Plan and place for ``job``, set the VAE handling and time the phases; always leave the GPU
     cache clean and the streaming rings freed, also after an error."""
     engine = loaded.engine
+    predicted: tuple[tuple[str, int], ...] = ()
     if engine is not None:
-        engine.prepare(job, loaded.vae)
+        predicted = engine.prepare(job, loaded.vae).phase_peaks
         running = engine.running()
     else:
         apply_vae_settings(loaded.pipeline, loaded.plan)
         running = nullcontext()
-    tracker = PhaseTracker(loaded.device, job.steps, loaded.name, plan_text(loaded))
+    tracker = PhaseTracker(loaded.device, job.steps, loaded.name, plan_text(loaded), job, predicted)
     hook = loaded.pipeline.transformer.register_forward_pre_hook(tracker.denoising_starts)
     try:
         with torch.inference_mode(), running:
             yield tracker
     finally:
+        tracker.abandon()  # no-op after finish(); tells observers when the run stopped early
         hook.remove()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

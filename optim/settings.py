@@ -60,17 +60,21 @@ class OffloadSettings:
     ``none`` keeps everything on the GPU, ``model`` moves whole components on and off
     the GPU (diffusers' own lever), ``blocks`` streams every transformer block from host
     memory; ``auto`` lets the planner fit the ``vram_budget`` (a card size, "auto" for the
-    memory free at load time, or "unlimited").
+    memory free at load time, or "unlimited"). ``host_budget`` bounds the host RAM the weights
+    keep between runs (optim/host_plan.py): "auto" is three quarters of the machine's RAM.
     """
 
     mode: str = "auto"
     vram_budget: str = "auto"
+    host_budget: str = "auto"
 
     def __post_init__(self) -> None:
         from .budget import VRAM_BUDGETS
+        from .host_plan import HOST_BUDGETS
 
         _check_choice("offload mode", self.mode, OFFLOAD_MODES)
         _check_choice("VRAM budget", self.vram_budget, VRAM_BUDGETS)
+        _check_choice("host RAM budget", self.host_budget, HOST_BUDGETS)
 
 
 @dataclass(frozen=True)

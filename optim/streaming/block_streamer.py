@@ -6,6 +6,10 @@ run. Copies go on their own CUDA stream and run up to ``slots - 1`` blocks ahead
 streams wait on events only, so the host never synchronises per block. Compressed weights (fp8,
 int8, nf4) are streamed as stored and expanded on the GPU by their layers' forward.
 
+Blocks whose weights were left in the model files (a host short of RAM, see
+optim/weights/file_tensors.py) are read from the files into a page-locked staging buffer per slot,
+then copied the same way; the read of the next block overlaps the compute of the current one.
+
 Without CUDA the same bookkeeping runs with synchronous copies (that is how the CPU tests check
 that every block always computes with its own weights).
 """
@@ -14,12 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .host_arena import HostArena
-from .tensor_layout import ModuleLayout, bind, layout_of, pack, views
+from .tensor_layout import ModuleLayout, bind, current_tensors, layout_of, pack, views
+
+if TYPE_CHECKING:
+    from ..weights.file_tensors import FileFeed
 
 
 @dataclass
@@ -44,19 +52,29 @@ class BlockStreamer:
         device: torch.device,
         skip: Callable[[str], bool] = lambda name: False,
         pin: bool = True,
+        feed: FileFeed | None = None,
     ) -> None:
         self.device = device
+        self._pin = pin and device.type == "cuda"
         self._layouts: list[ModuleLayout] = [layout_of(b, skip) for b in blocks]
         self.slot_bytes = max((lay.nbytes for lay in self._layouts), default=0)
+        if feed is not None and not all(map(feed.covers, self._layouts)):
+            # The loader leaves either all of a stack's weights in the files or none of them.
+            raise ValueError("some of these blocks' weights are neither in memory nor readable from the files")
+        self._feed = feed if self._layouts else None
         offsets, total = [], 0
         for lay in self._layouts:
             offsets.append(total)
             total += lay.nbytes
-        self.host_bytes = total
+        self.host_bytes = 0 if self._feed else total
         self._offsets = offsets
-        self._arena = HostArena(total, pin=pin and device.type == "cuda")
+        self._arena = HostArena(self.host_bytes, pin=self._pin)
+        self._staging: HostArena | None = None
         self._home: list[list[torch.Tensor]] = []
         for lay, offset in zip(self._layouts, offsets, strict=True):
+            if self._feed:  # placeholders: the values are read at each use
+                self._home.append(current_tensors(lay))
+                continue
             base = self._arena.view(offset, lay.nbytes)
             pack(lay, base)
             self._home.append(views(lay, base))
@@ -80,9 +98,9 @@ class BlockStreamer:
             bind(self._layouts[block], self._home[block])
             del self._resident[block]
         for block in sorted(keep - set(self._resident)):
-            if self.device.type == "cpu":
+            if self.device.type == "cpu" and self._feed is None:
                 continue  # the host copy is already where a CPU computes
-            copy = self._arena.view(self._offsets[block], self._layouts[block].nbytes).to(self.device)
+            copy = self._host_copy(block).to(self.device)
             self._resident[block] = copy
             bind(self._layouts[block], views(self._layouts[block], copy))
         self.order = [b for b in range(len(self._layouts)) if b not in keep]
@@ -94,6 +112,20 @@ class BlockStreamer:
     def streamed(self) -> tuple[int, ...]:
         return tuple(self.order)
 
+    @property
+    def reads_files(self) -> bool:
+        """True when the blocks' weights are read from the model files at each use."""
+        return self._feed is not None
+
+    def _host_copy(self, block: int) -> torch.Tensor:
+        """The block's bytes on the host: its arena slice, or a fresh buffer read from the files."""
+        nbytes = self._layouts[block].nbytes
+        if self._feed is None:
+            return self._arena.view(self._offsets[block], nbytes)
+        buffer = torch.empty(nbytes, dtype=torch.uint8)
+        self._feed.read_into(self._layouts[block], buffer)
+        return buffer
+
     def start(self) -> None:
         """Allocate the GPU ring and begin copying the first blocks."""
         if not self.order or self._slots:
@@ -101,6 +133,13 @@ class BlockStreamer:
         cuda = self.device.type == "cuda"
         if cuda:
             self._copy_stream = torch.cuda.Stream(self.device)
+        if self._feed is not None and (
+            self._staging is None or self._staging.nbytes < self._slot_count * self.slot_bytes
+        ):
+            if self._staging is not None:
+                self._staging.release()
+            # Kept until release(): locking pages costs more than the reads it would save to redo it.
+            self._staging = HostArena(self._slot_count * self.slot_bytes, pin=self._pin)
         for _ in range(self._slot_count):
             buffer = torch.empty(self.slot_bytes, dtype=torch.uint8, device=self.device)
             events = (torch.cuda.Event(), torch.cuda.Event()) if cuda else (None, None)
@@ -132,8 +171,16 @@ class BlockStreamer:
             return slot
         p = sequence % len(self.order)
         block = self.order[p]
-        source = self._arena.view(self._offsets[block], self._layouts[block].nbytes)
-        target = slot.buffer[: self._layouts[block].nbytes]
+        nbytes = self._layouts[block].nbytes
+        if self._feed is None:
+            source = self._arena.view(self._offsets[block], nbytes)
+        else:
+            index = sequence % self._slot_count
+            source = self._staging.view(index * self.slot_bytes, nbytes)
+            if slot.ready is not None:
+                slot.ready.synchronize()  # the last copy out of this staging buffer has finished
+            self._feed.read_into(self._layouts[block], source)
+        target = slot.buffer[:nbytes]
         if self._copy_stream is None:
             target.copy_(source)
         else:
@@ -181,3 +228,6 @@ class BlockStreamer:
         """Free the GPU copies and unlock the host arena (the pipeline is being dropped)."""
         self.configure(())
         self._arena.release()
+        if self._staging is not None:
+            self._staging.release()
+            self._staging = None

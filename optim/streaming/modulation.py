@@ -9,12 +9,15 @@ diffusers forward uses, so the values are the ones it would compute (bit-identic
 from __future__ import annotations
 
 from collections.abc import Hashable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .host_arena import HostArena
-from .tensor_layout import layout_of, moved_to, pack
+from .block_streamer import BlockStreamer
+
+if TYPE_CHECKING:
+    from ..weights.file_tensors import FileFeed
 
 MODULATION_LAYERS = ("img_mod", "txt_mod")
 
@@ -48,20 +51,17 @@ def expand_for_batch(
 
 
 class ModulationTable:
-    """Host-resident modulation weights and the per-timestep outputs computed from them."""
+    """Modulation weights kept off the GPU (in host memory, or in the model files) and the
+    per-timestep outputs computed from them, streamed block by block like the blocks themselves."""
 
-    def __init__(self, transformer: nn.Module, device: torch.device, pin: bool) -> None:
+    def __init__(self, transformer: nn.Module, device: torch.device, pin: bool, feed: FileFeed | None = None) -> None:
         self.device = device
         self.transformer = transformer
         self.zero_cond_t = bool(transformer.config.zero_cond_t)
-        self._layers = [getattr(b, name) for b in transformer.transformer_blocks for name in MODULATION_LAYERS]
-        layouts = [layout_of(layer) for layer in self._layers]
-        self.host_bytes = sum(lay.nbytes for lay in layouts)
-        self._arena = HostArena(self.host_bytes, pin=pin and device.type == "cuda")
-        offset = 0
-        for lay in layouts:
-            pack(lay, self._arena.view(offset, lay.nbytes))
-            offset += lay.nbytes
+        blocks = transformer.transformer_blocks
+        units = [nn.ModuleList([getattr(b, name) for name in MODULATION_LAYERS]) for b in blocks]
+        self._stream = BlockStreamer(units, device, pin=pin, feed=feed)
+        self._stream.configure((), slots=2)
         # key -> per block (img rows, txt row) on the device
         self._rows: dict[Hashable, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
@@ -80,18 +80,32 @@ class ModulationTable:
         if not todo:
             return
         results: dict[Hashable, list[tuple[torch.Tensor, torch.Tensor]]] = {k: [] for k in todo}
-        for block in self.transformer.transformer_blocks:
-            with moved_to(block.img_mod, self.device), moved_to(block.txt_mod, self.device):
+        self._stream.start()
+        try:
+            for i, block in enumerate(self.transformer.transformer_blocks):
+                self._stream.enter(i)
                 for key, temb in todo.items():
                     img = block.img_mod(temb)
                     txt = block.txt_mod(temb.chunk(2, dim=0)[0] if self.zero_cond_t else temb)
                     results[key].append((img, txt))
+                self._stream.leave(i)
+        finally:
+            self._stream.stop()
         self._rows.update(results)
 
     def expand(self, rows: tuple[torch.Tensor, torch.Tensor], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(img, txt) modulation for ``batch`` image samples sharing one timestep and one packed text stream."""
         return expand_for_batch(rows[0], rows[1], batch, self.zero_cond_t)
 
+    @property
+    def host_bytes(self) -> int:
+        """Bytes of modulation weights held in host memory (0 when they are read from the files)."""
+        return self._stream.host_bytes
+
+    @property
+    def reads_files(self) -> bool:
+        return self._stream.reads_files
+
     def release(self) -> None:
         self._rows.clear()
-        self._arena.release()
+        self._stream.release()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -18,6 +19,9 @@ from torch import nn
 from ..model_sizes import text_host_modules, text_units
 from .block_streamer import BlockStreamer
 from .tensor_layout import bind, current_tensors, layout_of
+
+if TYPE_CHECKING:
+    from ..weights.file_tensors import FileFeed
 
 
 def _rest(text_encoder: nn.Module) -> list[nn.Module]:
@@ -41,11 +45,12 @@ def _rest(text_encoder: nn.Module) -> list[nn.Module]:
 class TextEncoderEngine:
     """Keeps the text encoder resident or streams it; switch with :meth:`configure`."""
 
-    def __init__(self, text_encoder: nn.Module, device: torch.device, pin: bool) -> None:
+    def __init__(self, text_encoder: nn.Module, device: torch.device, pin: bool, feed: FileFeed | None = None) -> None:
         self.model = text_encoder
         self.device = device
         self.units = text_units(text_encoder)
-        self.streamer = BlockStreamer(self.units, device, pin=pin)
+        # With a feed the units wait in the model files and are read at each encoding.
+        self.streamer = BlockStreamer(self.units, device, pin=pin, feed=feed)
         self._host_parts = text_host_modules(text_encoder)
         self._host_layouts = [layout_of(m) for m in self._host_parts]
         self._host_home = [current_tensors(lay) for lay in self._host_layouts]
@@ -55,6 +60,10 @@ class TextEncoderEngine:
         self.mode = ""
         # Nothing reaches the GPU before a plan asks for it (a small card could not hold the 7B model).
         self.configure("streamed")
+
+    @property
+    def reads_files(self) -> bool:
+        return self.streamer.reads_files
 
     def configure(self, mode: str) -> None:
         """``resident``: everything on the GPU; ``streamed``: units stream, host parts stay on the host."""

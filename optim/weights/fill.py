@@ -1,7 +1,8 @@
 """Fill an empty (meta) module from a WeightSource, one tensor at a time, in the planned dtype.
 
 The host never holds more than the module being built plus one tensor in flight; a module
-planned for fp8 storage never holds its Linear weights in bf16.
+planned for fp8 storage never holds its Linear weights in bf16. Tensors the caller chooses to
+leave in the files become placeholders, with a recipe to read them when they are used.
 """
 
 from __future__ import annotations
@@ -15,11 +16,25 @@ from torch import nn
 from ..errors import QwenFitError
 from ..fp8_linear import replace_linear
 from ..host_memory import TrimEvery, trim_host_heap
+from .file_tensors import FILE_TENSORS_ATTRIBUTE, FileTensor, placeholder
 from .fp8 import Fp8Layout, Fp8Weight, quantize_absmax
 from .source import WeightSource
 
 # Decides which Linear layers (by dotted module name) are stored in fp8.
 Fp8Filter = Callable[[str], bool]
+# Decides which tensors (by state-dict key) stay in the files until they are used.
+KeepInFiles = Callable[[str], bool]
+
+
+def _set_placeholder(module: nn.Module, key: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """A placeholder of the planned dtype and shape: the engine reads the values when needed."""
+    layer, _, leaf = key.rpartition(".")
+    owner = module.get_submodule(layer) if layer else module
+    empty = placeholder(shape, dtype)
+    if leaf in owner._parameters:
+        owner._parameters[leaf] = nn.Parameter(empty, requires_grad=False)
+    else:
+        owner._buffers[leaf] = empty
 
 
 def _keep_in_fp32(module: nn.Module) -> tuple[str, ...]:
@@ -42,6 +57,7 @@ def fill_module(
     fp8_linears: Fp8Filter | None = None,
     optional: tuple[str, ...] = (),
     deltas: dict[str, torch.Tensor] | None = None,
+    keep_in_files: KeepInFiles | None = None,
 ) -> list[str]:
     """Load every parameter and persistent buffer of ``module`` from ``source``.
 
@@ -49,12 +65,21 @@ def fill_module(
     added to the dense weight of the named Linear layers before it is stored. Keys in
     ``optional`` may be missing from the files; they are returned so the caller can deal with
     them. Any other missing key is an error naming the file.
+
+    Keys accepted by ``keep_in_files`` are not read when their planned form is the stored bytes or a
+    cast of them: they become placeholders (one element each) and their recipes are left on the module under
+    ``FILE_TENSORS_ATTRIBUTE`` (see optim/weights/file_tensors.py).
     """
     fp32_modules = _keep_in_fp32(module)
     linears = {name for name, m in module.named_modules() if isinstance(m, nn.Linear)}
     fp8_layers = {name for name in linears if fp8_linears is not None and fp8_linears(name)}
     missing: list[str] = []
     trim = TrimEvery()
+    in_files: dict[str, FileTensor] = {}
+
+    def stays_in_files(key: str, delta: torch.Tensor | None) -> bool:
+        return keep_in_files is not None and delta is None and keep_in_files(key)
+
     keys = list(module.state_dict(keep_vars=True).keys())
     for key in keys:
         layer, _, leaf = key.rpartition(".")
@@ -64,6 +89,12 @@ def fill_module(
             missing.append(key)
             continue
         delta = deltas.get(layer) if deltas and leaf == "weight" else None
+        if stays_in_files(key, delta) and not source.is_fp8(key):
+            file, file_key = source.locate(key)
+            stored = file.tensors[file_key].dtype
+            _set_placeholder(module, key, file.shape(file_key), _target_dtype(key, stored, compute_dtype, fp32_modules))
+            in_files[key] = FileTensor(file, file_key)
+            continue
         if delta is not None:  # LoRA: add in float32, then store in the planned dtype
             dense = source.read_fp8(key).dequantize(torch.float32) if source.is_fp8(key) else source.read(key).float()
             value = (dense + delta).to(_target_dtype(key, torch.float32, compute_dtype, fp32_modules))
@@ -80,6 +111,9 @@ def fill_module(
             missing.append(weight_key)
             continue
         delta = deltas.get(layer) if deltas else None
+        if stays_in_files(weight_key, delta) and source.is_fp8(weight_key):
+            in_files.update(_fp8_layer_in_files(module, layer, source, compute_dtype))
+            continue
         if delta is not None:  # LoRA on an fp8 layer: merge densely, then quantize again
             stored = (
                 source.read_fp8(weight_key).dequantize(torch.float32)
@@ -99,6 +133,8 @@ def fill_module(
         replace_linear(module, layer, weight, bias)
         trim.add(weight.data.numel() * 4)
     trim_host_heap()
+    if in_files:
+        setattr(module, FILE_TENSORS_ATTRIBUTE, {**getattr(module, FILE_TENSORS_ATTRIBUTE, {}), **in_files})
     unexpected = [k for k in missing if k not in optional]
     if unexpected:
         shown = ", ".join(source.to_file_key(k) for k in unexpected[:5])
@@ -107,3 +143,30 @@ def fill_module(
             "incomplete or belongs to another model. Pick the matching file, or download it again."
         )
     return missing
+
+
+def _fp8_layer_in_files(
+    module: nn.Module, layer: str, source: WeightSource, compute_dtype: torch.dtype
+) -> dict[str, FileTensor]:
+    """An Fp8Linear whose data, scale and bias stay in the files; its recipes by state-dict key."""
+    weight_key, bias_key = f"{layer}.weight", f"{layer}.bias"
+    file, file_key = source.locate(weight_key)
+    scale = source.locate_scale(weight_key)
+    stored = file.tensors[file_key].dtype
+    data_dtype = torch.float8_e4m3fn if stored == torch.uint8 else stored  # mixed files store uint8
+    empty = Fp8Weight(
+        data=placeholder(file.shape(file_key), data_dtype),
+        scale=placeholder((), torch.float32),
+        layout=source.layout_of_key(weight_key) if scale is not None else Fp8Layout.PLAIN,
+    )
+    bias = None
+    recipes = {
+        f"{layer}.weight_fp8": FileTensor(file, file_key),
+        f"{layer}.weight_scale": FileTensor(*scale) if scale is not None else FileTensor(None, "", constant=1.0),
+    }
+    if source.has(bias_key):
+        bias_file, bias_file_key = source.locate(bias_key)
+        bias = placeholder(bias_file.shape(bias_file_key), compute_dtype)
+        recipes[f"{layer}.bias"] = FileTensor(bias_file, bias_file_key)
+    replace_linear(module, layer, empty, bias)
+    return recipes

@@ -59,13 +59,35 @@ class WeightSource:
 
     def is_fp8(self, key: str) -> bool:
         """True when the stored weight is fp8 (including uint8-stored mixed layers)."""
-        file_key = self.to_file_key(key)
+        return self.stores_fp8(self.to_file_key(key))
+
+    def stores_fp8(self, file_key: str) -> bool:
+        """``is_fp8`` for a name as the files spell it."""
         f = self._where[file_key]
         dtype = f.tensors[file_key].dtype
         if dtype in FP8_DTYPES:
             return True
         layer = file_key.removesuffix(".weight")
         return dtype == torch.uint8 and layer in self._mixed_layers[id(f)]
+
+    def locate(self, key: str) -> tuple[SafetensorsFile, str]:
+        """The file holding a module key, and the key's name in it."""
+        file_key = self.to_file_key(key)
+        if file_key not in self._where:
+            raise QwenFitError(f"{self.names} has no tensor {file_key!r}; the file is incomplete or of another model.")
+        return self._where[file_key], file_key
+
+    def locate_scale(self, key: str) -> tuple[SafetensorsFile, str] | None:
+        """Where the scale of an fp8 weight is stored (None: an unscaled fp8 file, scale 1)."""
+        file, file_key = self.locate(key)
+        scale_key = scale_key_for(file_key, self._layouts[id(file)])
+        if scale_key is None or scale_key not in self._where:
+            return None
+        return self._where[scale_key], scale_key
+
+    def layout_of_key(self, key: str) -> Fp8Layout:
+        """The fp8 layout of the file holding ``key``."""
+        return self._layouts[id(self.locate(key)[0])]
 
     def read(self, key: str) -> torch.Tensor:
         """The tensor as stored (a fresh CPU tensor)."""

@@ -61,9 +61,10 @@ class PipelineEngine:
         # Order matters: the modulation layers leave the blocks first, so blocks pack without them.
         self.modulation = ModulationTable(tr, device, pin, feed=file_feed(tr))
         self.blocks = BlockStreamer(tr.transformer_blocks, device, skip=is_modulation, pin=pin)
-        for name, child in tr.named_children():
-            if name != "transformer_blocks":
-                child.to(device)
+        # The small parts outside the repeated blocks live on the GPU while the engine owns them.
+        self._small_parts = [child for name, child in tr.named_children() if name != "transformer_blocks"]
+        for child in self._small_parts:
+            child.to(device)
         self.text = TextEncoderEngine(pipeline.text_encoder, device, pin, feed=file_feed(pipeline.text_encoder))
         pipeline.vae.to(device)
         self.transformer = TransformerEngine(
@@ -140,3 +141,7 @@ class PipelineEngine:
         self.blocks.release()
         self.text.release()
         self.modulation.release()
+        # Back to the host, so GPU memory returns to where it was even while the pipeline lives on.
+        for child in self._small_parts:
+            child.to("cpu")
+        self.pipeline.vae.to("cpu")

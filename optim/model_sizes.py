@@ -53,8 +53,9 @@ def text_host_modules(text_encoder: nn.Module) -> list[nn.Module]:
 
 
 # Bytes of temporaries per weight while a compressed Linear expands its weight (index tensors,
-# float32 intermediates, the expanded bf16 copy); fitted to the H200 run of 2026-11-22.
-_WORKSPACE_PER_WEIGHT = {"Fp8Linear": 6, "Fp8MatmulLinear": 3, "Int8Linear": 8, "Nf4Linear": 12}
+# float32 intermediates, the expanded bf16 copy); fitted to the H200 run of 2026-11-22. nf4: the
+# int64 byte index (4 per weight) next to the gathered bf16 pairs (2), then the scaled copy (2 + 2).
+_WORKSPACE_PER_WEIGHT = {"Fp8Linear": 6, "Fp8MatmulLinear": 3, "Int8Linear": 8, "Nf4Linear": 6}
 
 
 def _dequant_workspace(module: nn.Module) -> int:

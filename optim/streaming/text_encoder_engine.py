@@ -54,7 +54,8 @@ class TextEncoderEngine:
         self._host_parts = text_host_modules(text_encoder)
         self._host_layouts = [layout_of(m) for m in self._host_parts]
         self._host_home = [current_tensors(lay) for lay in self._host_layouts]
-        for module in _rest(text_encoder):
+        self._rest = _rest(text_encoder)
+        for module in self._rest:
             module.to(device)
         self._hooks: list = []
         self.mode = ""
@@ -112,4 +113,6 @@ class TextEncoderEngine:
         for lay, home in zip(self._host_layouts, self._host_home, strict=True):
             bind(lay, home)
         self.streamer.release()
+        for module in self._rest:
+            module.to("cpu")
         self.mode = "released"

@@ -6,8 +6,10 @@ from comfy_api.latest import ComfyExtension, io
 
 from .edit import InstructEdit
 from .layered import LayeredDecompose
+from .live_monitor import live_monitor
 from .loader import OptimizedLoader
 from .monitor import VRAMMonitor
+from .routes import register_routes
 from .settings import OffloadToggle, PrecisionSelector, VAESlicer
 
 NODES: list[type[io.ComfyNode]] = [
@@ -19,6 +21,21 @@ NODES: list[type[io.ComfyNode]] = [
     LayeredDecompose,
     VRAMMonitor,
 ]
+
+
+def _serve_the_browser() -> None:
+    """Add the /qwenfit/ routes and start the live memory monitor (inside a ComfyUI server only)."""
+    try:
+        from server import PromptServer
+    except ImportError:
+        return
+    server = getattr(PromptServer, "instance", None)
+    if server is not None:
+        register_routes(server.routes)
+        live_monitor()
+
+
+_serve_the_browser()
 
 
 class QwenFitExtension(ComfyExtension):

@@ -72,7 +72,9 @@ def _fill_meta(module: nn.Module, source: WeightSource, dtype: torch.dtype, fp8_
         if not source.has(weight_key):
             missing.add(weight_key)
             continue
-        weight = Fp8Weight(_meta(source.shape(weight_key), torch.float8_e4m3fn), _meta((), torch.float32), Fp8Layout.PLAIN)
+        weight = Fp8Weight(
+            _meta(source.shape(weight_key), torch.float8_e4m3fn), _meta((), torch.float32), Fp8Layout.PLAIN
+        )
         bias = _meta(source.shape(bias_key), dtype) if source.has(bias_key) else None
         replace_linear(module, layer, weight, bias)
     return missing

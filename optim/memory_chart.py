@@ -124,7 +124,5 @@ def draw_run_chart(
         if len(points) >= 2:
             draw.line([(x(t), y(b)) for t, b in points], fill=colour, width=2)
         peak = max(b for _, b in points) if points else 0
-        draw.text(
-            (left + 200 * n, bottom + 22), f"{label}: max {peak / GIB:.2f} GiB", fill=colour, font=small
-        )
+        draw.text((left + 200 * n, bottom + 22), f"{label}: max {peak / GIB:.2f} GiB", fill=colour, font=small)
     return image

@@ -78,7 +78,7 @@ def estimate_step(
     transfer = streamed / speed.host_to_device_bytes if streamed and speed.host_to_device_bytes else 0.0
     bound = "copy-bound" if transfer > compute else "compute-bound"
     basis = (
-        f"{flops / 1e12:.1f} TFLOP per step at {speed.matmul_flops / 1e12:.1f} TFLOP/s measured on {speed.device}"
+        f"{flops / 1e12:.3g} TFLOP per step at {speed.matmul_flops / 1e12:.3g} TFLOP/s measured on {speed.device}"
         + (
             f"; {streamed / 2**30:.2f} GiB streamed per step at {speed.host_to_device_bytes / 2**30:.1f} GiB/s "
             f"({bound})"
@@ -117,6 +117,12 @@ def _time_copy(device: torch.device, nbytes: int, repeats: int) -> float:
 
 _speeds: dict[tuple[str, torch.dtype], DeviceSpeed] = {}
 _speed_lock = threading.Lock()
+
+
+def known_device_speed(device: torch.device, dtype: torch.dtype) -> DeviceSpeed | None:
+    """The speed measured earlier for ``device`` and ``dtype``, if any (measures nothing)."""
+    with _speed_lock:
+        return _speeds.get((str(device), dtype))
 
 
 def device_speed(device: torch.device, dtype: torch.dtype) -> DeviceSpeed:

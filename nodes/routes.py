@@ -1,0 +1,167 @@
+"""The pack's read-only web routes, under /qwenfit/ (also /api/qwenfit/, as ComfyUI mirrors routes).
+
+- GET /qwenfit/memory: per-GPU used/total, host RAM, this process's RSS, pinned bytes, the sampler state.
+- GET /qwenfit/memory/history?seconds=60: the sampled history and the runs' phase marks.
+- GET /qwenfit/last_run: the last run's record (phases, peaks, s/step, the plan's prediction).
+- GET /qwenfit/plan_preview?model=...&...: the plan a workflow will get (see optim/plan_preview.py).
+
+Every parameter is checked: a wrong one gets HTTP 400 with ``{"error", "parameter"}``. Answers carry
+model names as the loader lists them and never a file path (messages are scrubbed of paths).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from ..optim.errors import QwenFitError
+from ..optim.plan_preview import BadParameter, ModelChoices, parse_preview_query, preview
+from ..optim.run_record import last_run
+from .comfy_glue import compute_device, model_roots
+from .live_monitor import INTERVAL_S, live_monitor, mark_json, monitor_enabled, record_json, sample_json
+from .loader import build_source, model_choices
+
+log = logging.getLogger("qwenfit")
+PREFIX = "/qwenfit"
+MAX_HISTORY_S = 600
+# An absolute path (POSIX, or a Windows drive path); only its last part is kept.
+_PATH = re.compile(r"(?<![\w.~-])(?:[A-Za-z]:)?[/\\](?:[^\s'\"/\\]+[/\\])+([^\s'\"/\\]*)")
+
+
+def scrub_paths(text: str) -> str:
+    """``text`` with every absolute path cut down to its last part (a file or folder name)."""
+    return _PATH.sub(lambda m: m.group(1) or "(a folder)", text)
+
+
+def _bad(error: BadParameter) -> web.Response:
+    return web.json_response({"error": scrub_paths(error.reason), "parameter": error.name}, status=400)
+
+
+def _no_parameters(query: Mapping[str, str], allowed: tuple[str, ...] = ()) -> None:
+    for name in query:
+        if name not in allowed:
+            hint = f"this route takes {', '.join(allowed)}" if allowed else "this route takes no parameters"
+            raise BadParameter(name, f"unknown parameter; {hint}")
+
+
+def _single_values(request: web.Request) -> dict[str, str]:
+    """The query as a plain dict; a parameter given twice is refused (which one would count?)."""
+    values: dict[str, str] = {}
+    for name, value in request.query.items():
+        if name in values:
+            raise BadParameter(name, "given more than once; give it once")
+        values[name] = value
+    return values
+
+
+def model_choices_now() -> ModelChoices:
+    """What the loader's dropdowns offer right now (ComfyUI's model folders only)."""
+    from ..optim.weight_files import list_weight_files
+
+    return ModelChoices(
+        models=tuple(model_choices()),
+        text_encoders=tuple(list_weight_files(model_roots("text_encoders"))),
+        vaes=tuple(list_weight_files(model_roots("vae"))),
+        loras=tuple(list_weight_files(model_roots("loras"))),
+    )
+
+
+async def memory(request: web.Request) -> web.Response:
+    try:
+        _no_parameters(_single_values(request))
+    except BadParameter as error:
+        return _bad(error)
+    monitor = live_monitor()
+    return web.json_response(
+        {
+            **sample_json(monitor.current()),
+            "source": monitor.sampler.source,
+            "live": monitor.enabled and monitor.sampler.running,
+            "interval_s": INTERVAL_S,
+            "phase": monitor.phase,
+        }
+    )
+
+
+async def memory_history(request: web.Request) -> web.Response:
+    try:
+        query = _single_values(request)
+        _no_parameters(query, ("seconds",))
+        raw = query.get("seconds", "60")
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_HISTORY_S:
+            raise BadParameter("seconds", f"{raw!r} is not a whole number of seconds from 1 to {MAX_HISTORY_S}")
+    except BadParameter as error:
+        return _bad(error)
+    sampler = live_monitor().sampler
+    now = time.monotonic()  # the samples' clock
+    since = now - int(raw)
+    return web.json_response(
+        {
+            "now": round(now, 3),
+            "live": monitor_enabled() and sampler.running,
+            "interval_s": INTERVAL_S,
+            "samples": [sample_json(s) for s in sampler.samples(since)],
+            "marks": [mark_json(m) for m in sampler.marks(since)],
+        }
+    )
+
+
+async def last_run_route(request: web.Request) -> web.Response:
+    try:
+        _no_parameters(_single_values(request))
+    except BadParameter as error:
+        return _bad(error)
+    record = last_run()
+    return web.json_response({"record": None if record is None else _scrubbed(record_json(record))})
+
+
+def _scrubbed(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub_paths(value)
+    if isinstance(value, dict):
+        return {k: _scrubbed(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrubbed(v) for v in value]
+    return value
+
+
+def _preview_now(params: dict[str, str]) -> dict[str, Any]:
+    query = parse_preview_query(params, model_choices_now())
+    source = build_source(query.model, query.text_encoder, query.vae)
+    monitor = live_monitor()
+    return preview(query, source, compute_device(), last_run(), may_measure_speed=lambda: not monitor.run_active)
+
+
+async def plan_preview(request: web.Request) -> web.Response:
+    try:
+        params = _single_values(request)
+        # Headers and meta modules take up to a second or two: off the event loop.
+        answer = await asyncio.get_running_loop().run_in_executor(None, _preview_now, params)
+    except BadParameter as error:
+        return _bad(error)
+    except QwenFitError as error:  # the settings are valid but no plan can be made: say why
+        return web.json_response({"ok": False, "error": scrub_paths(str(error))})
+    except Exception as error:
+        log.exception("QwenFit plan preview failed")
+        return web.json_response({"ok": False, "error": f"the preview failed: {type(error).__name__}"}, status=500)
+    return web.json_response(_scrubbed(answer))
+
+
+ROUTES: dict[str, Callable[[web.Request], Awaitable[web.Response]]] = {
+    f"{PREFIX}/memory": memory,
+    f"{PREFIX}/memory/history": memory_history,
+    f"{PREFIX}/last_run": last_run_route,
+    f"{PREFIX}/plan_preview": plan_preview,
+}
+
+
+def register_routes(routes: web.RouteTableDef) -> None:
+    """Add the pack's GET routes to ComfyUI's route table (before the server adds them to its app)."""
+    for path, handler in ROUTES.items():
+        routes.get(path)(handler)

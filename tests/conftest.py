@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
+import requests
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -22,6 +24,18 @@ from tools.presets import SAMPLE_IMAGE  # noqa: E402
 PACK_LINK_NAME = "QwenFit-renamed.clone"
 SAMPLE = REPO / "workflows" / "inputs" / SAMPLE_IMAGE
 BROKEN_MODEL = "broken-no-transformer"
+ARTIFACTS = REPO / ".cache" / "test-artifacts"
+CHROMIUM = os.environ.get("QWENFIT_CHROMIUM", "/usr/bin/chromium")
+# Chromium flags for a closed network and no display (see the field notes).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
 
 
 def _add_broken_model(base: Path, models: Path) -> None:
@@ -44,9 +58,31 @@ def comfy(tmp_path_factory: pytest.TempPathFactory) -> ComfyHost:
     host.add_input(SAMPLE)
     with host:
         yield host
-    artifacts = REPO / ".cache" / "test-artifacts"
-    artifacts.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(host.log_path, artifacts / "server.log")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(host.log_path, ARTIFACTS / "server.log")
+
+
+@pytest.fixture(scope="module")
+def page(comfy):
+    """The real ComfyUI frontend in headless Chromium (Debian's), one per test module."""
+    if not shutil.which(CHROMIUM):
+        pytest.fail(
+            f"{CHROMIUM} is missing: `make setup` installs Debian's chromium (needs root), "
+            "or set QWENFIT_CHROMIUM to a Chromium binary."
+        )
+    from playwright.sync_api import sync_playwright  # imported here so a missing browser reads clearly
+
+    # Skip the first-run template dialog so the graph is what the screenshot shows.
+    requests.post(f"{comfy.url}/settings/Comfy.TutorialCompleted", json=True, timeout=10)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.errors = []
+        page.on("pageerror", lambda error: page.errors.append(str(error)))
+        page.goto(comfy.url)
+        page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=120_000)
+        yield page
+        browser.close()
 
 
 def load_json(path: Path) -> dict:

@@ -3,50 +3,12 @@ and the frontend's own "queue" conversion gives exactly the API twin the other t
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
-import requests
-from conftest import REPO, load_json
+from conftest import ARTIFACTS, REPO, load_json
 
 from tools.workflow_format import VIRTUAL_NODES, widget_names
 
-CHROMIUM = os.environ.get("QWENFIT_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = REPO / ".cache" / "test-artifacts"
 UI_WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
-# Chromium flags for a closed network and no display (see the field notes).
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-sync",
-    "--disable-background-networking",
-    "--disable-component-update",
-]
-
-
-@pytest.fixture(scope="module")
-def page(comfy):
-    if not shutil.which(CHROMIUM):
-        pytest.fail(
-            f"{CHROMIUM} is missing: `make setup` installs Debian's chromium (needs root), "
-            "or set QWENFIT_CHROMIUM to a Chromium binary."
-        )
-    from playwright.sync_api import sync_playwright  # imported here so a missing browser reads clearly
-
-    # Skip the first-run template dialog so the graph is what the screenshot shows.
-    requests.post(f"{comfy.url}/settings/Comfy.TutorialCompleted", json=True, timeout=10)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        page.errors = []
-        page.on("pageerror", lambda error: page.errors.append(str(error)))
-        page.goto(comfy.url)
-        page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=120_000)
-        yield page
-        browser.close()
 
 
 def test_our_extension_runs_in_the_browser(page):

@@ -17,7 +17,7 @@ EXPECTED = {
         {"pipeline", "image", "layers", "resolution", "prompt", "negative_prompt", "true_cfg_scale", "steps", "seed"},
         ["IMAGE", "MASK", "IMAGE", "STRING"],
     ),
-    "QwenFitVRAMMonitor": (set(), ["*", "STRING"]),
+    "QwenFitVRAMMonitor": (set(), ["*", "STRING", "IMAGE"]),
 }
 
 
@@ -53,10 +53,13 @@ def test_server_log_shows_no_import_failure(comfy):
 
 def test_web_extension_is_served(comfy):
     listed = comfy.get("/extensions").json()
-    ours = [path for path in listed if path.startswith(f"/extensions/{PACK_LINK_NAME}/")]
-    assert ours == [f"/extensions/{PACK_LINK_NAME}/qwenfit.js"]
-    script = comfy.get(ours[0])
+    ours = sorted(path for path in listed if path.startswith(f"/extensions/{PACK_LINK_NAME}/"))
+    entry = f"/extensions/{PACK_LINK_NAME}/qwenfit.js"
+    assert entry in ours and all(p == entry or p.startswith(f"/extensions/{PACK_LINK_NAME}/qwenfit/") for p in ours)
+    script = comfy.get(entry)
     assert script.ok and "registerExtension" in script.text
+    for module in ours:  # the entry imports the others: each must be served
+        assert comfy.get(module).ok, module
 
 
 def test_presets_appear_in_template_browser(comfy):

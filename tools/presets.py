@@ -123,7 +123,7 @@ def _settings_nodes(start_id: int, y: int, profile: Profile) -> list[Node]:
             {"mode": profile.offload[0], "vram_budget": profile.offload[1]},
             size=(300, 80),
         ),
-        Node(start_id + 2, "QwenFitVAESlicer", (40, y + 250), dict(profile.vae), size=(300, 80)),
+        Node(start_id + 2, "QwenFitVAESlicer", (40, y + 280), dict(profile.vae), size=(300, 80)),
     ]
 
 
@@ -135,6 +135,15 @@ def _settings_links(start_id: int, loader_id: int) -> list[tuple[int, str, int, 
     ]
 
 
+# Room under the loader and the run node for the plan preview the browser extension draws there.
+IMAGE_Y = 330
+
+
+def _monitor(node_id: int, pos: tuple[int, int]) -> Node:
+    """The VRAM monitor after the run node: its report and a chart of the run's memory."""
+    return Node(node_id, "QwenFitVRAMMonitor", pos, {}, title="QwenFit VRAM Monitor (last run)", size=(420, 330))
+
+
 def edit_preset(profile: Profile) -> Preset:
     note = f"**QwenFit - Instruct Edit ({profile.title})**\n\n{EDIT_FILES}\n\n{profile.note}"
     return Preset(
@@ -144,7 +153,7 @@ def edit_preset(profile: Profile) -> Preset:
             _note(1, (40, -300), note),
             *_settings_nodes(2, 0, profile),
             Node(5, "QwenFitOptimizedLoader", (400, 0), {"model": EDIT_MODEL}, size=(320, 230)),
-            Node(6, "LoadImage", (400, 260), {"image": SAMPLE_IMAGE}, size=(320, 320)),
+            Node(6, "LoadImage", (400, IMAGE_Y), {"image": SAMPLE_IMAGE}, size=(320, 320)),
             Node(
                 7,
                 "QwenFitInstructEdit",
@@ -161,12 +170,14 @@ def edit_preset(profile: Profile) -> Preset:
                 size=(360, 420),
             ),
             Node(8, "SaveImage", (1200, 0), {"filename_prefix": "QwenFit/edit"}, size=(360, 400)),
+            _monitor(9, (1200, 450)),
         ],
         links=[
             *_settings_links(2, 5),
             (5, "pipeline", 7, "pipeline"),
             (6, "IMAGE", 7, "image"),
             (7, "edited", 8, "images"),
+            (7, "report", 9, "anything"),
         ],
     )
 
@@ -180,7 +191,7 @@ def layered_preset(profile: Profile) -> Preset:
             _note(1, (40, -300), note),
             *_settings_nodes(2, 0, profile),
             Node(5, "QwenFitOptimizedLoader", (400, 0), {"model": LAYERED_MODEL}, size=(320, 230)),
-            Node(6, "LoadImage", (400, 260), {"image": SAMPLE_IMAGE}, size=(320, 320)),
+            Node(6, "LoadImage", (400, IMAGE_Y), {"image": SAMPLE_IMAGE}, size=(320, 320)),
             Node(
                 7,
                 "QwenFitLayeredDecompose",
@@ -200,6 +211,7 @@ def layered_preset(profile: Profile) -> Preset:
             ),
             Node(8, "SaveImage", (1200, 0), {"filename_prefix": "QwenFit/layer"}, size=(360, 400)),
             Node(9, "PreviewImage", (1200, 450), {}, size=(360, 300)),
+            _monitor(10, (1600, 0)),
         ],
         links=[
             *_settings_links(2, 5),
@@ -208,6 +220,7 @@ def layered_preset(profile: Profile) -> Preset:
             (6, "MASK", 7, "mask"),
             (7, "layer_images", 8, "images"),
             (7, "preview", 9, "images"),
+            (7, "report", 10, "anything"),
         ],
     )
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ..host_memory import TrimEvery, trim_host_heap
 from .host_arena import HostArena
 from .tensor_layout import ModuleLayout, bind, current_tensors, layout_of, pack, views
 
@@ -68,7 +69,9 @@ class BlockStreamer:
             total += lay.nbytes
         self.host_bytes = 0 if self._feed else total
         self._offsets = offsets
-        self._arena = HostArena(self.host_bytes, pin=self._pin)
+        # Locked only once filled: the blocks' current tensors are freed one by one as they are copied.
+        self._arena = HostArena(self.host_bytes, pin=self._pin, lock_now=False)
+        trim = TrimEvery(256 * 2**20)
         self._staging: HostArena | None = None
         self._home: list[list[torch.Tensor]] = []
         for lay, offset in zip(self._layouts, offsets, strict=True):
@@ -78,6 +81,9 @@ class BlockStreamer:
             base = self._arena.view(offset, lay.nbytes)
             pack(lay, base)
             self._home.append(views(lay, base))
+            trim.add(lay.nbytes)
+        trim_host_heap()
+        self._arena.lock()
         self._resident: dict[int, torch.Tensor] = {}  # block -> its persistent GPU copy
         self.order: list[int] = []
         self._position: dict[int, int] = {}

@@ -34,23 +34,35 @@ def _unregister(pointer: int, nbytes: int) -> None:
 
 
 class HostArena:
-    """``nbytes`` of host memory, page-locked when ``pin`` is true and CUDA is present."""
+    """``nbytes`` of host memory, page-locked when ``pin`` is true and CUDA is present.
 
-    def __init__(self, nbytes: int, pin: bool) -> None:
+    Locking faults every page in: an arena about to be filled from tensors that are freed as they
+    are copied should pass ``lock_now=False`` and call :meth:`lock` once filled, or the host would
+    briefly hold both copies.
+    """
+
+    def __init__(self, nbytes: int, pin: bool, lock_now: bool = True) -> None:
         self.buffer = torch.empty(max(nbytes, 1), dtype=torch.uint8)
         self.nbytes = nbytes
         self.pinned = False
+        self._pin = pin and nbytes > 0 and torch.cuda.is_available()
         self._finalizer = None
-        if pin and nbytes and torch.cuda.is_available():
-            pointer = self.buffer.data_ptr()
-            # Flag 1 (portable): the pages count as pinned for every GPU of the process (multi-GPU plans).
-            error = int(torch.cuda.cudart().cudaHostRegister(pointer, self.buffer.numel(), 1))
-            if error != 0:
-                raise RuntimeError(f"page-locking {nbytes / 2**30:.1f} GiB of host memory failed (CUDA error {error})")
-            self.pinned = True
-            _count(self.buffer.numel())
-            # Unregister before the memory is freed, also when the arena is just dropped.
-            self._finalizer = weakref.finalize(self, _unregister, pointer, self.buffer.numel())
+        if lock_now:
+            self.lock()
+
+    def lock(self) -> None:
+        """Page-lock the arena (nothing when it was not asked to pin, or is locked already)."""
+        if not self._pin or self.pinned:
+            return
+        pointer = self.buffer.data_ptr()
+        # Flag 1 (portable): the pages count as pinned for every GPU of the process (multi-GPU plans).
+        error = int(torch.cuda.cudart().cudaHostRegister(pointer, self.buffer.numel(), 1))
+        if error != 0:
+            raise RuntimeError(f"page-locking {self.nbytes / 2**30:.1f} GiB of host memory failed (CUDA error {error})")
+        self.pinned = True
+        _count(self.buffer.numel())
+        # Unregister before the memory is freed, also when the arena is just dropped.
+        self._finalizer = weakref.finalize(self, _unregister, pointer, self.buffer.numel())
 
     def view(self, offset: int, nbytes: int) -> torch.Tensor:
         """Bytes ``offset`` .. ``offset + nbytes`` of the arena as a uint8 tensor."""

@@ -10,6 +10,7 @@ weight quantized or merged with a LoRA on load has no copy on disk to read back.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +43,17 @@ class FileTensor:
             out.copy_(self.file.read(self.key).reshape(out.shape))
 
 
+# File reads release the GIL and one thread copies from the page cache at a fraction of the memory
+# bandwidth: a few readers in parallel fill a block several times faster.
+_READERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="qwenfit-file-reader")
+
+
+def _read_job(job: tuple[FileTensor, torch.Tensor]) -> None:
+    # Inference mode is per thread: buffers made inside a run are inference tensors.
+    with torch.inference_mode():
+        job[0].read_into(job[1])
+
+
 class FileFeed:
     """Reads the tensors of ``root``'s submodules from the files, by their place in ``root``."""
 
@@ -61,8 +73,9 @@ class FileFeed:
 
     def read_into(self, layout: ModuleLayout, base: torch.Tensor) -> None:
         """Fill ``base`` (uint8, at least ``layout.nbytes``) with the module's tensors from the files."""
-        for place, view in zip(layout.places, views(layout, base), strict=True):
-            self._recipe(place).read_into(view)
+        jobs = [(self._recipe(p), v) for p, v in zip(layout.places, views(layout, base), strict=True)]
+        # list() waits for every read and re-raises the first error.
+        list(_READERS.map(_read_job, jobs))
 
 
 def placeholder(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

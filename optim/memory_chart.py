@@ -38,7 +38,8 @@ def _series(samples: list[MemorySample]) -> tuple[str, list[tuple[str, list[tupl
         for g in gpus:
             points = [(s.t, s.gpus[g.index].used_bytes) for s in samples if len(s.gpus) > g.index]
             lines.append((f"GPU {g.index} {g.name}", points))
-        return "VRAM used (whole device)", lines, max(g.total_bytes for g in gpus)
+        what = "VRAM used (whole device, sampled); peaks per phase: torch's reserved memory (exact)"
+        return what, lines, max(g.total_bytes for g in gpus)
     points = [(s.t, s.rss_bytes) for s in samples]
     top = max((b for _, b in points), default=GIB)
     return "no GPU: host RAM of this process (RSS)", [("RSS", points)], top
@@ -117,6 +118,11 @@ def draw_run_chart(
         draw.text((6, level - 7), f"{value:.3g} GiB", fill=MUTED, font=small)
     draw.text((left, bottom + 6), "0 s", fill=MUTED, font=small)
     draw.text((right - 60, bottom + 6), f"{span:.1f} s", fill=MUTED, font=small)
+    if samples[0].gpus:  # the card's size: how close the run came to it
+        level = y(scale_top)
+        for start in range(left, right, 12):
+            draw.line([start, level, min(start + 6, right), level], fill=MUTED, width=1)
+        draw.text((right - 190, bottom + 22), f"- - device total {scale_top / GIB:.1f} GiB", fill=MUTED, font=small)
     # The lines, and a legend.
     for n, (label, points) in enumerate(lines):
         colour = LINES[n % len(LINES)]

@@ -1,0 +1,124 @@
+"""The plan preview's core: sizes from headers equal the engine's measured sizes, the step-time model
+matches the H200 benchmark, the preview is the engine's plan, and the last run calibrates the step time."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from tiny_files import FOLDER, LAYOUTS, MODELS, TE_FP8, split_files
+
+from optim import DiffusersFolder, LoadRequest, PrecisionSettings, load_pipeline
+from optim.header_sizes import sizes_from_headers
+from optim.job_shape import JobShape
+from optim.loading import describe
+from optim.model_sizes import ModelSizes
+from optim.plan_preview import ModelChoices, auto_size, parse_preview_query, preview
+from optim.planner import plan_memory
+from optim.run_record import PhaseStat, RunRecord
+from optim.step_time import DeviceSpeed, estimate_step, step_flops
+
+CPU = torch.device("cpu")
+GIB = 1024**3
+EDIT_BF16, EDIT_FP8 = LAYOUTS[0][0], LAYOUTS[1][0]
+
+CASES = [
+    (split_files(EDIT_BF16, "edit-2509"), PrecisionSettings()),
+    (split_files(EDIT_FP8, "edit-2509", TE_FP8), PrecisionSettings()),  # fp8 as stored, both components
+    (split_files(EDIT_BF16, "edit-2509"), PrecisionSettings(transformer="fp8_e4m3fn", text_encoder="int8")),
+    (split_files(LAYOUTS[5][0], "layered"), PrecisionSettings(transformer="int8")),  # fp8mixed, then int8
+    (DiffusersFolder(MODELS / "diffusers" / FOLDER["layered"]), PrecisionSettings(transformer="nf4")),
+]
+
+
+@pytest.mark.parametrize(("source", "precision"), CASES, ids=lambda c: getattr(c, "name", None) or str(c))
+def test_sizes_from_headers_equal_what_the_engine_measures(source, precision):
+    request = LoadRequest(source=source, precision=precision)
+    predicted = sizes_from_headers(describe(request), precision, CPU)
+    loaded = load_pipeline(request)
+    try:
+        assert predicted == loaded.engine.sizes
+    finally:
+        loaded.engine.release()
+
+
+# The real model as the planner sees it (60 blocks, hidden 3072); byte sizes do not enter the FLOP count.
+REAL = ModelSizes(
+    blocks=60, block_bytes=453 * 2**20, modulation_bytes=int(13.6 * GIB), transformer_rest_bytes=2**28,
+    text_units=60, text_unit_bytes=2**28, text_units_bytes=14 * GIB, text_rest_bytes=2**28,
+    text_host_bytes=2 * GIB, vae_bytes=2**28, hidden=3072,
+)  # fmt: skip
+H200 = DeviceSpeed("H200", matmul_flops=806e12, host_to_device_bytes=51.6 * GIB)
+
+
+def test_step_model_matches_the_h200_benchmark():
+    edit = JobShape("edit", 1024, 1024, references=1)
+    assert 335e12 < step_flops(REAL, edit) < 350e12  # field notes: ~335 TFLOP
+    resident = plan_memory(REAL, edit, None)
+    # bench/results 2026-11-22: resident bf16 0.727 s/step (Edit), 0.881 (Layered 640, 4 layers).
+    assert estimate_step(REAL, edit, resident, H200).seconds == pytest.approx(0.727, rel=0.05)
+    layered = JobShape("layered", 640, 640, references=0, layers=4)
+    assert estimate_step(REAL, layered, plan_memory(REAL, layered, None), H200).seconds == pytest.approx(
+        0.881, rel=0.05
+    )
+    # Streaming everything over a slow link is copy-bound; over the H200's it hides behind compute.
+    streamed = plan_memory(REAL, edit, 7 * GIB, mode="blocks")
+    slow = DeviceSpeed("PCIe 3", 806e12, 5 * GIB)
+    assert estimate_step(REAL, edit, streamed, slow).seconds > 4
+    assert "copy-bound" in estimate_step(REAL, edit, streamed, slow).basis
+    assert estimate_step(REAL, edit, streamed, H200).seconds == estimate_step(REAL, edit, resident, H200).seconds
+    # Compressed weights are expanded before each matmul: a little slower.
+    assert estimate_step(REAL, edit, resident, H200, "nf4").seconds > estimate_step(REAL, edit, resident, H200).seconds
+
+
+@pytest.mark.parametrize("aspect", [1.0, 4 / 3, 16 / 9, 0.5, 3.0])
+def test_auto_size_is_the_pipelines_rule(aspect):
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate_dimensions
+
+    assert auto_size(aspect) == tuple(int(v) for v in calculate_dimensions(1024 * 1024, aspect))
+
+
+CHOICES = ModelChoices((EDIT_BF16, FOLDER["layered"]), (), (), ("qwen-Lightning-4steps.safetensors",))
+
+
+def test_preview_is_the_engines_plan_and_the_last_run_calibrates_it():
+    source = split_files(EDIT_BF16, "edit-2509")
+    query = parse_preview_query({"model": EDIT_BF16, "width": "256", "height": "256", "steps": "2"}, CHOICES)
+    answer = preview(query, source, CPU)
+    loaded = load_pipeline(LoadRequest(source=source))
+    try:
+        job = JobShape("edit", 256, 256, references=1, steps=2)
+        engine_plan = loaded.engine.plan_for(job)
+    finally:
+        loaded.engine.release()
+    assert answer["predicted_peak_bytes"] == engine_plan.predicted_peak_bytes
+    assert [(p["name"], p["peak_bytes"]) for p in answer["phases"]] == list(engine_plan.phase_peaks)
+    assert answer["job"]["width"] == 256 and answer["device"].startswith("no GPU")
+    assert "calibration" not in answer and answer["seconds_per_step"] > 0
+    # A run of the same model and job took twice as long as predicted: the preview says so.
+    measured = 2 * answer["seconds_per_step_model"]
+    last = RunRecord(EDIT_BF16, 2, (PhaseStat("denoise", 2 * measured, 0, 0),), "plan", job=job, device="cpu")
+    calibrated = preview(query, source, CPU, last_run=last)
+    assert calibrated["seconds_per_step"] == pytest.approx(measured, rel=1e-6)
+    assert calibrated["calibration"]["factor"] == pytest.approx(2.0, rel=1e-6)
+
+
+def test_no_step_time_while_a_run_holds_the_device(monkeypatch):
+    import optim.plan_preview as plan_preview
+
+    monkeypatch.setattr(plan_preview, "known_device_speed", lambda device, dtype: None)  # never measured
+    query = parse_preview_query({"model": EDIT_BF16}, CHOICES)
+    answer = preview(query, split_files(EDIT_BF16, "edit-2509"), CPU, may_measure_speed=lambda: False)
+    assert answer["seconds_per_step"] is None and answer["predicted_peak_bytes"] > 0
+    assert any("measured once no run holds it" in note for note in answer["notes"])
+
+
+def test_lightning_lora_turns_cfg_off_in_the_preview():
+    source = split_files(EDIT_BF16, "edit-2509")
+    base = {"model": EDIT_BF16, "width": "256", "height": "256"}
+    with_cfg = preview(parse_preview_query(base, CHOICES), source, CPU)
+    lightning = preview(parse_preview_query({**base, "lora": CHOICES.loras[0]}, CHOICES), source, CPU)
+    assert with_cfg["job"]["cfg"] is True and lightning["job"]["cfg"] is False
+    assert lightning["predicted_peak_bytes"] <= with_cfg["predicted_peak_bytes"]
+    assert math.isfinite(lightning["seconds_per_step"])

@@ -21,11 +21,18 @@ from typing import Any
 from aiohttp import web
 
 from ..optim.errors import QwenFitError
-from ..optim.plan_preview import BadParameter, ModelChoices, parse_preview_query, preview
+from ..optim.plan_preview import (
+    BadParameter,
+    LoadedBudget,
+    ModelChoices,
+    parse_preview_query,
+    preview,
+    same_pipeline,
+)
 from ..optim.run_record import last_run
 from .comfy_glue import compute_device, model_roots
 from .live_monitor import INTERVAL_S, live_monitor, mark_json, monitor_enabled, record_json, sample_json
-from .loader import build_source, model_choices
+from .loader import PIPELINES, build_source, model_choices
 
 log = logging.getLogger("qwenfit")
 PREFIX = "/qwenfit"
@@ -135,7 +142,15 @@ def _preview_now(params: dict[str, str]) -> dict[str, Any]:
     query = parse_preview_query(params, model_choices_now())
     source = build_source(query.model, query.text_encoder, query.vae)
     monitor = live_monitor()
-    return preview(query, source, compute_device(), last_run(), may_measure_speed=lambda: not monitor.run_active)
+    held = PIPELINES.peek()
+    loaded = (
+        LoadedBudget(held.engine.options.budget_bytes)
+        if held is not None and held.engine is not None and same_pipeline(query, source, held.request)
+        else None
+    )
+    return preview(
+        query, source, compute_device(), last_run(), may_measure_speed=lambda: not monitor.run_active, loaded=loaded
+    )
 
 
 async def plan_preview(request: web.Request) -> web.Response:

@@ -38,6 +38,10 @@ class PipelineCache:
             self.loads += 1
             return self._loaded
 
+    def peek(self) -> LoadedPipeline | None:
+        """The pipeline held now, if any (never loads, never waits for a load)."""
+        return self._loaded
+
     def clear(self) -> None:
         """Forget the held pipeline and release its memory."""
         with self._lock:

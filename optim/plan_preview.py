@@ -46,6 +46,14 @@ JOB_KINDS = ("auto", "edit", "layered")
 AUTO_AREA = 1024 * 1024
 
 
+@dataclass(frozen=True)
+class LoadedBudget:
+    """The VRAM budget the engine of an already loaded pipeline fixed at load time ("auto" reads the free
+    memory once, when loading; the preview must not read it again while that pipeline holds memory)."""
+
+    budget_bytes: int | None
+
+
 class BadParameter(ValueError):
     """A query parameter that is missing, unknown or out of range; ``reason`` says what would do."""
 
@@ -242,6 +250,16 @@ def _request(query: PreviewQuery, source: PipelineSource, device: torch.device) 
     return LoadRequest(source, query.variant, query.precision, query.offload, str(device), lora)
 
 
+def same_pipeline(query: PreviewQuery, source: PipelineSource, request: LoadRequest) -> bool:
+    """True when a loaded pipeline's ``request`` is what ``query`` would load (same files and settings)."""
+    return (
+        request.source == source
+        and request.variant == query.variant
+        and request.precision == query.precision
+        and request.offload == query.offload
+    )
+
+
 def model_sizes(request: LoadRequest) -> tuple[SourceDescription, ModelSizes]:
     """What ``request``'s files are and the engine's sizes once loaded as it asks (headers only; the last
     few answers are remembered until a file changes)."""
@@ -324,9 +342,11 @@ def preview(
     device: torch.device,
     last_run: RunRecord | None = None,
     may_measure_speed: Callable[[], bool] = lambda: True,
+    loaded: LoadedBudget | None = None,
 ) -> dict[str, Any]:
     """The preview as JSON-ready data. Raises QwenFitError when no plan can be made (the message says why
-    and what would do); ``may_measure_speed`` is asked before the device's speed is first measured."""
+    and what would do); ``may_measure_speed`` is asked before the device's speed is first measured;
+    ``loaded`` is the budget of this very pipeline when it is loaded already."""
     if FP8_FAST in (query.precision.transformer, query.precision.text_encoder):
         check_fp8_matmul(device)
     request = _request(query, source, device)
@@ -362,7 +382,9 @@ def preview(
             "there is no prediction (it is also the slowest mode)."
         )
         return answer
-    budget = usable_bytes(query.offload.vram_budget, device)
+    budget = loaded.budget_bytes if loaded is not None else usable_bytes(query.offload.vram_budget, device)
+    if loaded is not None and query.offload.vram_budget == "auto" and budget is not None:
+        answer["notes"].append(f"VRAM budget auto: {budget / GIB:.1f} GiB, fixed when this model loaded")
     plan = _plan(sizes, job, query, budget, host)
     answer.update(
         budget_bytes=budget,

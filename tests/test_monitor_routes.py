@@ -126,14 +126,23 @@ def test_plan_preview_says_why_when_no_plan_can_be_made(comfy):
 
 def test_last_run_and_monitor_node_after_a_run(comfy):
     graph = {
-        "1": {"class_type": "QwenFitOptimizedLoader", "inputs": {"model": TINY_STAND_INS[next(iter(TINY_STAND_INS))],
-                                                                  "variant": "auto"}},  # fmt: skip
+        "1": {
+            "class_type": "QwenFitOptimizedLoader",
+            "inputs": {"model": TINY_STAND_INS[next(iter(TINY_STAND_INS))], "variant": "auto"},
+        },  # fmt: skip
         "2": {"class_type": "LoadImage", "inputs": {"image": SAMPLE.name}},
         "3": {
             "class_type": "QwenFitInstructEdit",
             "inputs": {
-                "pipeline": ["1", 0], "image": ["2", 0], "prompt": "snow", "negative_prompt": " ",
-                "true_cfg_scale": 4.0, "steps": 2, "seed": 1, "width": 128, "height": 128,
+                "pipeline": ["1", 0],
+                "image": ["2", 0],
+                "prompt": "snow",
+                "negative_prompt": " ",
+                "true_cfg_scale": 4.0,
+                "steps": 2,
+                "seed": 1,
+                "width": 128,
+                "height": 128,
             },  # fmt: skip
         },
         "4": {"class_type": "QwenFitVRAMMonitor", "inputs": {"anything": ["3", 0]}},
@@ -163,3 +172,30 @@ def test_last_run_and_monitor_node_after_a_run(comfy):
     marks = [m["label"] for m in comfy.get("/qwenfit/memory/history", seconds=120).json()["marks"]]
     assert marks[-4:] == ["encode", "denoise", "decode", "end"]
     json.dumps(result.outputs)  # plain data all the way
+
+
+def test_the_server_switch_keeps_the_sampler_off(tmp_path, monkeypatch):
+    """QWENFIT_LIVE_MONITOR=0: no sampler thread, no events; the routes still read memory on demand."""
+    import websocket
+    from comfy_host import ComfyHost
+    from conftest import PACK_LINK_NAME
+
+    monkeypatch.setenv("QWENFIT_LIVE_MONITOR", "0")
+    with ComfyHost(tmp_path, pack_link_name=PACK_LINK_NAME) as host:
+        ws = websocket.create_connection(f"ws://127.0.0.1:{host.port}/ws?clientId=switch-test", timeout=2)
+        try:
+            deadline, kinds = time.monotonic() + 1.5, set()
+            while time.monotonic() < deadline:
+                try:
+                    raw = ws.recv()
+                except websocket.WebSocketTimeoutException:
+                    break
+                if isinstance(raw, str):
+                    kinds.add(json.loads(raw)["type"])
+        finally:
+            ws.close()
+        assert "qwenfit.memory" not in kinds
+        now = host.get("/qwenfit/memory").json()
+        assert now["live"] is False and now["host_total_bytes"] > 0
+        history = host.get("/qwenfit/memory/history", seconds=10).json()
+        assert history["live"] is False and history["samples"] == []

@@ -122,3 +122,15 @@ def test_lightning_lora_turns_cfg_off_in_the_preview():
     assert with_cfg["job"]["cfg"] is True and lightning["job"]["cfg"] is False
     assert lightning["predicted_peak_bytes"] <= with_cfg["predicted_peak_bytes"]
     assert math.isfinite(lightning["seconds_per_step"])
+
+
+def test_a_loaded_pipeline_keeps_the_budget_it_was_planned_with():
+    from optim.plan_preview import LoadedBudget, same_pipeline
+
+    source = split_files(EDIT_BF16, "edit-2509")
+    query = parse_preview_query({"model": EDIT_BF16, "vram_budget": "auto"}, CHOICES)
+    answer = preview(query, source, CPU, loaded=LoadedBudget(7 * GIB))
+    assert answer["budget_bytes"] == 7 * GIB
+    assert any("fixed when this model loaded" in note for note in answer["notes"])
+    assert same_pipeline(query, source, LoadRequest(source=source))
+    assert not same_pipeline(query, source, LoadRequest(source=source, precision=PrecisionSettings(transformer="int8")))

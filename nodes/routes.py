@@ -30,6 +30,7 @@ from ..optim.plan_preview import (
     same_pipeline,
 )
 from ..optim.run_record import last_run
+from ..optim.weight_files import list_weight_files
 from .comfy_glue import compute_device, model_roots
 from .live_monitor import INTERVAL_S, live_monitor, mark_json, monitor_enabled, record_json, sample_json
 from .loader import PIPELINES, build_source, model_choices
@@ -50,7 +51,7 @@ def _bad(error: BadParameter) -> web.Response:
     return web.json_response({"error": scrub_paths(error.reason), "parameter": error.name}, status=400)
 
 
-def _no_parameters(query: Mapping[str, str], allowed: tuple[str, ...] = ()) -> None:
+def _refuse_unknown(query: Mapping[str, str], allowed: tuple[str, ...] = ()) -> None:
     for name in query:
         if name not in allowed:
             hint = f"this route takes {', '.join(allowed)}" if allowed else "this route takes no parameters"
@@ -69,8 +70,6 @@ def _single_values(request: web.Request) -> dict[str, str]:
 
 def model_choices_now() -> ModelChoices:
     """What the loader's dropdowns offer right now (ComfyUI's model folders only)."""
-    from ..optim.weight_files import list_weight_files
-
     return ModelChoices(
         models=tuple(model_choices()),
         text_encoders=tuple(list_weight_files(model_roots("text_encoders"))),
@@ -81,7 +80,7 @@ def model_choices_now() -> ModelChoices:
 
 async def memory(request: web.Request) -> web.Response:
     try:
-        _no_parameters(_single_values(request))
+        _refuse_unknown(_single_values(request))
     except BadParameter as error:
         return _bad(error)
     monitor = live_monitor()
@@ -99,7 +98,7 @@ async def memory(request: web.Request) -> web.Response:
 async def memory_history(request: web.Request) -> web.Response:
     try:
         query = _single_values(request)
-        _no_parameters(query, ("seconds",))
+        _refuse_unknown(query, ("seconds",))
         raw = query.get("seconds", "60")
         if not raw.isdigit() or not 1 <= int(raw) <= MAX_HISTORY_S:
             raise BadParameter("seconds", f"{raw!r} is not a whole number of seconds from 1 to {MAX_HISTORY_S}")
@@ -121,7 +120,7 @@ async def memory_history(request: web.Request) -> web.Response:
 
 async def last_run_route(request: web.Request) -> web.Response:
     try:
-        _no_parameters(_single_values(request))
+        _refuse_unknown(_single_values(request))
     except BadParameter as error:
         return _bad(error)
     record = last_run()

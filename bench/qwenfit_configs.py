@@ -63,12 +63,12 @@ class QwenFitPreset:
 
     def __init__(self, key: str, name: str, budget: str, mode: str = "auto", precision: str = "bf16",
                  attention_backend: str | None = None, compile_blocks: bool = False,
-                 batch_cfg: bool = True) -> None:  # fmt: skip
+                 cfg: str = "interleaved") -> None:  # fmt: skip
         self.key, self.name = key, name
         self.budget, self.mode, self.precision = budget, mode, precision
         self.attention_backend = attention_backend
         self.compile_blocks = compile_blocks
-        self.batch_cfg = batch_cfg
+        self.cfg = cfg
         self.predicted_peak_bytes: int | None = None
         self.pinned_note = "counted: page-locked arenas of the engine (exact bytes)"
         self.plan_text = ""
@@ -92,7 +92,7 @@ class QwenFitPreset:
         self._engine = PipelineEngine(
             pipeline,
             device,
-            EngineOptions(budget, self.mode, self.attention_backend, self.compile_blocks, self.batch_cfg),
+            EngineOptions(budget, self.mode, self.attention_backend, self.compile_blocks, self.cfg),
         )
         plan = self._engine.prepare(job_shape(components["job"]))
         self.predicted_peak_bytes = plan.predicted_peak_bytes
@@ -145,9 +145,11 @@ def qwenfit_configurations() -> list[QwenFitPreset]:
         QwenFitPreset("qf-8gb-int8", "QwenFit 8 GB preset (int8 weights)", "8 GB", precision="int8"),
         QwenFitPreset("qf-8gb-nf4", "QwenFit 8 GB preset (nf4 weights)", "8 GB", precision="nf4"),
         QwenFitPreset(
-            "qf-fastest-two-calls", "QwenFit no budget, CFG as two calls", "unlimited", "none", batch_cfg=False
+            "qf-fastest-two-calls", "QwenFit no budget, CFG as two calls", "unlimited", "none", cfg="two_calls"
         ),
-        QwenFitPreset("qf-8gb-two-calls", "QwenFit 8 GB preset, CFG as two calls", "8 GB", batch_cfg=False),
+        QwenFitPreset("qf-8gb-two-calls", "QwenFit 8 GB preset, CFG as two calls", "8 GB", cfg="two_calls"),
+        QwenFitPreset("qf-fastest-batched", "QwenFit no budget, CFG batched", "unlimited", "none", cfg="batched"),
+        QwenFitPreset("qf-8gb-batched", "QwenFit 8 GB preset, CFG batched", "8 GB", cfg="batched"),
         # Every block streamed: the smoke check of the streaming path on small models.
         QwenFitPreset("qf-stream-all", "QwenFit every block streamed (bf16)", "8 GB", mode="blocks"),
     ]

@@ -42,7 +42,31 @@ class EngineOptions:
     mode: str = "auto"  # auto / none / blocks
     attention_backend: str | None = None
     compile_blocks: bool = False  # torch.compile the block function (fuses the elementwise work)
-    batch_cfg: bool = True  # prompt and negative prompt in one pass (off: two calls, as diffusers does)
+    # Prompt and negative prompt: "interleaved" (one pass over the weights, exact), "batched" (one
+    # pass, larger matmuls, bf16 rounding differences) or "two_calls" (as diffusers does).
+    cfg: str = "interleaved"
+
+
+def plan_run(
+    sizes: ModelSizes,
+    job: JobShape,
+    options: EngineOptions,
+    vae: VaeSettings = DEFAULT_VAE,
+    text_in_files: bool = False,
+    modulation_in_files: bool = False,
+) -> MemoryPlan:
+    """The plan of one run under the engine's options: the one call the engine and the plan preview share."""
+    return plan_memory(
+        sizes,
+        job,
+        options.budget_bytes,
+        options.mode,
+        vae.tiling,
+        vae.slicing,
+        text_in_files=text_in_files,
+        modulation_in_files=modulation_in_files,
+        cfg=options.cfg,
+    )
 
 
 class PipelineEngine:
@@ -68,7 +92,7 @@ class PipelineEngine:
         self.text = TextEncoderEngine(pipeline.text_encoder, device, pin, feed=file_feed(pipeline.text_encoder))
         pipeline.vae.to(device)
         self.transformer = TransformerEngine(
-            tr, device, self.blocks, self.modulation, pipeline.scheduler, options.attention_backend
+            tr, device, self.blocks, self.modulation, pipeline.scheduler, options.attention_backend, options.cfg
         )
         if options.compile_blocks:
             self.transformer.compile_blocks()
@@ -79,17 +103,7 @@ class PipelineEngine:
 
     def plan_for(self, job: JobShape, vae: VaeSettings = DEFAULT_VAE) -> MemoryPlan:
         """The plan this job would get (nothing moves)."""
-        o = self.options
-        return plan_memory(
-            self.sizes,
-            job,
-            o.budget_bytes,
-            o.mode,
-            vae.tiling,
-            vae.slicing,
-            text_in_files=self.text.reads_files,
-            modulation_in_files=self.modulation.reads_files,
-        )
+        return plan_run(self.sizes, job, self.options, vae, self.text.reads_files, self.modulation.reads_files)
 
     def prepare(self, job: JobShape, vae: VaeSettings = DEFAULT_VAE) -> MemoryPlan:
         """Plan ``job`` and place the weights as the plan says (cheap when the plan did not change)."""
@@ -126,7 +140,7 @@ class PipelineEngine:
 
     def _pair_prompts(self, encoded: list[Any]) -> None:
         """Prompt, then negative prompt (the pipelines' order): one batched pass per step for both."""
-        if len(encoded) == 2 and self.options.batch_cfg:
+        if len(encoded) == 2 and self.options.cfg != "two_calls":
             (cond, cond_mask), (uncond, uncond_mask) = encoded
             self.transformer.pairing.pair(TextInput(cond, cond_mask), TextInput(uncond, uncond_mask))
 

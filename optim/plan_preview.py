@@ -24,6 +24,7 @@ import torch
 from .budget import VRAM_BUDGETS, usable_bytes
 from .devices import check_fp8_matmul, compute_dtype
 from .edit import MAX_REFERENCES, MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE
+from .engine import EngineOptions, plan_run
 from .errors import QwenFitError
 from .header_sizes import sizes_from_headers
 from .host_plan import FILES, HOST_BUDGETS, HostPlan
@@ -32,7 +33,7 @@ from .layered import MAX_LAYERS, MIN_LAYERS, RESOLUTIONS
 from .loading import LoadRequest, describe, fp8_mode, plan_host_memory
 from .lora import LoraChoice
 from .model_sizes import ModelSizes
-from .planner import MemoryPlan, describe_memory_plan, plan_memory
+from .planner import MemoryPlan, describe_memory_plan
 from .run_record import RunRecord
 from .runs import MAX_STEPS
 from .settings import FP8_FAST, OFFLOAD_MODES, PRECISIONS, SWITCHES, OffloadSettings, PrecisionSettings, VaeSettings
@@ -295,17 +296,8 @@ def host_plan(request: LoadRequest, desc: SourceDescription) -> HostPlan:
 
 def _plan(sizes: ModelSizes, job: JobShape, query: PreviewQuery, budget: int | None, host: HostPlan) -> MemoryPlan:
     # The engine's own call (PipelineEngine.plan_for), with the loader's settings.
-    vae = query.vae_settings
-    return plan_memory(
-        sizes,
-        job,
-        budget,
-        query.offload.mode,
-        vae.tiling,
-        vae.slicing,
-        text_in_files=host.text_encoder == FILES,
-        modulation_in_files=host.modulation == FILES,
-    )
+    options = EngineOptions(budget, query.offload.mode)
+    return plan_run(sizes, job, options, query.vae_settings, host.text_encoder == FILES, host.modulation == FILES)
 
 
 def _calibration(

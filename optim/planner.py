@@ -62,7 +62,7 @@ class MemoryPlan:
     vae_tiling: bool  # decoding
     vae_encode_tiling: bool  # encoding the references: tiled only when untiled does not fit (tiles change latents)
     vae_slicing: bool
-    cfg: str  # "batched", "off"
+    cfg: str  # "interleaved", "batched", "two_calls", "off"
     phase_peaks: tuple[tuple[str, int], ...]
     predicted_peak_bytes: int
     pinned_bytes: int
@@ -70,9 +70,14 @@ class MemoryPlan:
     notes: tuple[str, ...] = ()
 
 
-def _denoise_activations(sizes: ModelSizes, job: JobShape, k: Coefficients) -> int:
-    tokens = job.samples * (job.image_tokens + job.text_tokens)
-    return int(tokens * sizes.hidden * k.block_activation_per_token_unit)
+def _denoise_activations(sizes: ModelSizes, job: JobShape, k: Coefficients, cfg: str = "batched") -> int:
+    """Live activations of one block. Batched CFG computes every sample at once; interleaved and
+    two-call CFG compute one sample at a time (interleaved keeps the others' streams, bf16)."""
+    per_sample = job.image_tokens + job.text_tokens
+    if cfg == "batched":
+        return int(job.samples * per_sample * sizes.hidden * k.block_activation_per_token_unit)
+    waiting = (job.samples - 1) * per_sample * sizes.hidden * 2 if cfg == "interleaved" else 0
+    return int(per_sample * sizes.hidden * k.block_activation_per_token_unit) + waiting
 
 
 def _modulation_table_bytes(sizes: ModelSizes, job: JobShape) -> int:
@@ -100,6 +105,7 @@ def plan_memory(
     text_encoder: str = "auto",
     text_in_files: bool = False,
     modulation_in_files: bool = False,
+    cfg: str = "interleaved",
 ) -> MemoryPlan:
     """Place weights for ``job`` within ``budget_bytes`` (None: no limit).
 
@@ -107,6 +113,8 @@ def plan_memory(
     ``text_encoder``: "auto", or force "resident" / "streamed".
     ``text_in_files`` / ``modulation_in_files``: those weights are read from the model files at each
     use (optim/host_plan.py), so only their staging buffers are page-locked.
+    ``cfg``: how prompt and negative prompt run ("interleaved", "batched", "two_calls"; see
+    optim/streaming/transformer_engine.py); it sets the activations of the denoising phase.
     Raises QwenFitError naming the smallest workable budget when nothing fits.
     """
     k = coefficients
@@ -114,7 +122,8 @@ def plan_memory(
     tiling_choices = {"on": (True,), "off": (False,)}.get(vae_tiling, (False, True))
     table = _modulation_table_bytes(sizes, job)
     resident_fixed = sizes.transformer_rest_bytes + sizes.vae_bytes + sizes.text_rest_bytes + k.fixed
-    denoise_transient = _denoise_activations(sizes, job, k) + table + sizes.dequant_workspace_bytes
+    activations = _denoise_activations(sizes, job, k, cfg)
+    denoise_transient = activations + table + sizes.dequant_workspace_bytes
     text_resident = sizes.text_units_bytes + sizes.text_host_bytes
     notes: list[str] = []
 
@@ -149,7 +158,7 @@ def plan_memory(
             vae_tiling=tiling,
             vae_encode_tiling=encode_tiling,
             vae_slicing=slicing,
-            cfg="batched" if job.cfg else "off",
+            cfg=cfg if job.cfg else "off",
             phase_peaks=phases,
             predicted_peak_bytes=max(p for _, p in phases),
             pinned_bytes=pinned,
@@ -159,7 +168,7 @@ def plan_memory(
 
     if budget_bytes is None or mode == "none":
         return build(sizes.blocks, 0, "resident", vae_tiling == "on")
-    margin = k.fragmentation_margin * _denoise_activations(sizes, job, k)
+    margin = k.fragmentation_margin * activations
     target = int(budget_bytes * SAFETY - margin)
 
     def budget_for(peak: int) -> str:

@@ -2,9 +2,14 @@
 
 1. Blocks can stream from host memory (:class:`BlockStreamer`).
 2. Modulation comes from a precomputed table (:class:`ModulationTable`).
-3. Several text samples (prompt and negative prompt) share one pass over the weights: the image
-   stream is batched, the two text streams are packed into one sequence for the linear layers, and
-   attention runs per sample, so no padding or attention mask changes the result.
+3. Several text samples (prompt and negative prompt) share one pass over the weights, in one of two
+   ways (``cfg``):
+   - ``interleaved`` (default): each block, once on the GPU, computes the prompt's sample and then the
+     negative prompt's with the shapes a single call uses: bit-identical to two calls, weights cross
+     PCIe once per step;
+   - ``batched``: the image stream is batched and the two text streams packed into one sequence for
+     the linear layers (attention per sample, no padding or mask). Larger matmuls are a little faster;
+     cuBLAS may pick other kernels for them, so results differ from two calls by bf16 rounding.
 
 It serves the calls the Qwen pipelines make (one image sample, no guidance embedding, no
 ControlNet); anything else is refused with a clear message rather than computed differently.
@@ -42,8 +47,10 @@ class TransformerEngine:
         modulation: ModulationTable | None = None,
         scheduler: Any = None,
         attention_backend: str | None = None,
+        cfg: str = "interleaved",
     ) -> None:
         self.transformer = transformer
+        self.cfg = cfg
         self.device = device
         self.streamer = streamer
         self.modulation = modulation
@@ -162,6 +169,8 @@ class TransformerEngine:
         additional_t_cond: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """The transformer's output for one latent input under each text input ([1, N, C] each)."""
+        if len(texts) == 1 or self.cfg == "interleaved":
+            return self._run_per_sample(hidden_states, texts, timestep, img_shapes, additional_t_cond)
         tr = self.transformer
         batch = len(texts)
         image = tr.img_in(hidden_states)
@@ -191,6 +200,48 @@ class TransformerEngine:
         final_temb = temb.chunk(2, dim=0)[0] if tr.config.zero_cond_t else temb
         output = tr.proj_out(tr.norm_out(image, final_temb))
         return [output[b : b + 1] for b in range(batch)]
+
+    def _run_per_sample(
+        self,
+        hidden_states: torch.Tensor,
+        texts: list[TextInput],
+        timestep: torch.Tensor,
+        img_shapes: list,
+        additional_t_cond: torch.Tensor | None,
+    ) -> list[torch.Tensor]:
+        """Every sample computed as a single call computes it, block by block in lockstep, so each
+        block's weights are fetched once for all samples."""
+        tr = self.transformer
+        image = tr.img_in(hidden_states)
+        dtype = image.dtype
+        temb = single_sample_temb(tr, timestep, dtype, additional_t_cond)
+        index = None
+        if tr.config.zero_cond_t:
+            sample = img_shapes[0]
+            ids = [0] * prod(sample[0]) + [1] * sum(prod(s) for s in sample[1:])
+            index = torch.tensor([ids], device=image.device, dtype=torch.int)
+        states = []  # per sample: image stream, text stream, its length, image and text rotary tables
+        for text_input in texts:
+            text, lengths = self._text_streams([text_input])
+            img_freqs, txt_freqs = tr.pos_embed(img_shapes, max_txt_seq_len=lengths[0], device=image.device)
+            states.append([image, text, lengths, img_freqs, txt_freqs[: lengths[0]]])
+        rows = self._modulation_rows(timestep, dtype, additional_t_cond)
+        for i, block in enumerate(tr.transformer_blocks):
+            if self.streamer is not None:
+                self.streamer.enter(i)
+            if rows is not None:
+                img_mod, txt_mod = self.modulation.expand(rows[i], 1)
+            else:
+                img_mod, txt_mod = self._live_modulation(block, temb, 1)
+            for state in states:
+                img, txt, lengths, img_freqs, txt_freqs = state
+                state[0], state[1] = self._block(
+                    block, img, txt, lengths, img_mod, txt_mod, img_freqs, txt_freqs, index
+                )
+            if self.streamer is not None:
+                self.streamer.leave(i)
+        final_temb = temb.chunk(2, dim=0)[0] if tr.config.zero_cond_t else temb
+        return [tr.proj_out(tr.norm_out(state[0], final_temb)) for state in states]
 
     def _live_modulation(self, block: nn.Module, temb: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         zero_cond_t = bool(self.transformer.config.zero_cond_t)

@@ -63,12 +63,14 @@ class QwenFitPreset:
 
     def __init__(self, key: str, name: str, budget: str, mode: str = "auto", precision: str = "bf16",
                  attention_backend: str | None = None, compile_blocks: bool = False,
-                 cfg: str = "interleaved") -> None:  # fmt: skip
+                 cfg: str = "interleaved", monitor: bool = False) -> None:  # fmt: skip
         self.key, self.name = key, name
         self.budget, self.mode, self.precision = budget, mode, precision
         self.attention_backend = attention_backend
         self.compile_blocks = compile_blocks
         self.cfg = cfg
+        self.monitor = monitor  # the live panel's sampler running through the run (its cost shows as s/step)
+        self._sampler = None
         self.predicted_peak_bytes: int | None = None
         self.pinned_note = "counted: page-locked arenas of the engine (exact bytes)"
         self.plan_text = ""
@@ -100,9 +102,18 @@ class QwenFitPreset:
         print(self.plan_text, flush=True)
         self._running = self._engine.running()
         self._running.__enter__()
+        if self.monitor:
+            from optim.memory_sampler import MemorySampler
+
+            self._sampler = MemorySampler(interval_s=0.25)
+            self._sampler.start()
         return pipeline
 
     def release(self, pipeline: Any) -> None:
+        if self._sampler is not None:
+            self._sampler.stop()
+            print(f"memory sampler ({self._sampler.source}): {len(self._sampler.samples())} samples", flush=True)
+            self._sampler = None
         if self._running is not None:
             self._running.__exit__(None, None, None)
             self._running = None
@@ -150,6 +161,7 @@ def qwenfit_configurations() -> list[QwenFitPreset]:
         QwenFitPreset("qf-8gb-two-calls", "QwenFit 8 GB preset, CFG as two calls", "8 GB", cfg="two_calls"),
         QwenFitPreset("qf-fastest-batched", "QwenFit no budget, CFG batched", "unlimited", "none", cfg="batched"),
         QwenFitPreset("qf-8gb-batched", "QwenFit 8 GB preset, CFG batched", "8 GB", cfg="batched"),
+        QwenFitPreset("qf-8gb-monitored", "QwenFit 8 GB preset, live memory sampler on", "8 GB", monitor=True),
         # Every block streamed: the smoke check of the streaming path on small models.
         QwenFitPreset("qf-stream-all", "QwenFit every block streamed (bf16)", "8 GB", mode="blocks"),
     ]

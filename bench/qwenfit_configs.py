@@ -63,7 +63,7 @@ class QwenFitPreset:
 
     def __init__(self, key: str, name: str, budget: str, mode: str = "auto", precision: str = "bf16",
                  attention_backend: str | None = None, compile_blocks: bool = False,
-                 cfg: str = "interleaved", monitor: bool = False) -> None:  # fmt: skip
+                 cfg: str = "batched", monitor: bool = False) -> None:  # fmt: skip
         self.key, self.name = key, name
         self.budget, self.mode, self.precision = budget, mode, precision
         self.attention_backend = attention_backend

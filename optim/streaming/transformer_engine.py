@@ -4,12 +4,13 @@
 2. Modulation comes from a precomputed table (:class:`ModulationTable`).
 3. Several text samples (prompt and negative prompt) share one pass over the weights, in one of two
    ways (``cfg``):
-   - ``interleaved`` (default): each block, once on the GPU, computes the prompt's sample and then the
-     negative prompt's with the shapes a single call uses: bit-identical to two calls, weights cross
-     PCIe once per step;
-   - ``batched``: the image stream is batched and the two text streams packed into one sequence for
-     the linear layers (attention per sample, no padding or mask). Larger matmuls are a little faster;
-     cuBLAS may pick other kernels for them, so results differ from two calls by bf16 rounding.
+   - ``batched`` (default): the image stream is batched and the two text streams packed into one
+     sequence for the linear layers (attention per sample, no padding or mask). Larger matmuls are a
+     little faster; cuBLAS may pick other kernels for them, so results may differ from two calls by
+     bf16 rounding (measured: identical for Edit 1024, 3.4e-2 relative on Layered 640 after 6 steps);
+   - ``interleaved``: each block, once on the GPU, computes the prompt's sample and then the negative
+     prompt's with the shapes a single call uses: bit-identical to two calls, weights still cross
+     PCIe once per step.
 
 It serves the calls the Qwen pipelines make (one image sample, no guidance embedding, no
 ControlNet); anything else is refused with a clear message rather than computed differently.
@@ -47,7 +48,7 @@ class TransformerEngine:
         modulation: ModulationTable | None = None,
         scheduler: Any = None,
         attention_backend: str | None = None,
-        cfg: str = "interleaved",
+        cfg: str = "batched",
     ) -> None:
         self.transformer = transformer
         self.cfg = cfg
@@ -169,7 +170,7 @@ class TransformerEngine:
         additional_t_cond: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """The transformer's output for one latent input under each text input ([1, N, C] each)."""
-        if len(texts) == 1 or self.cfg == "interleaved":
+        if len(texts) == 1 or self.cfg == "interleaved":  # also the single-text path
             return self._run_per_sample(hidden_states, texts, timestep, img_shapes, additional_t_cond)
         tr = self.transformer
         batch = len(texts)

@@ -159,8 +159,10 @@ def qwenfit_configurations() -> list[QwenFitPreset]:
             "qf-fastest-two-calls", "QwenFit no budget, CFG as two calls", "unlimited", "none", cfg="two_calls"
         ),
         QwenFitPreset("qf-8gb-two-calls", "QwenFit 8 GB preset, CFG as two calls", "8 GB", cfg="two_calls"),
-        QwenFitPreset("qf-fastest-batched", "QwenFit no budget, CFG batched", "unlimited", "none", cfg="batched"),
-        QwenFitPreset("qf-8gb-batched", "QwenFit 8 GB preset, CFG batched", "8 GB", cfg="batched"),
+        QwenFitPreset(
+            "qf-fastest-interleaved", "QwenFit no budget, CFG interleaved (exact)", "unlimited", "none", cfg="interleaved"
+        ),
+        QwenFitPreset("qf-8gb-interleaved", "QwenFit 8 GB preset, CFG interleaved (exact)", "8 GB", cfg="interleaved"),
         QwenFitPreset("qf-8gb-monitored", "QwenFit 8 GB preset, live memory sampler on", "8 GB", monitor=True),
         # Every block streamed: the smoke check of the streaming path on small models.
         QwenFitPreset("qf-stream-all", "QwenFit every block streamed (bf16)", "8 GB", mode="blocks"),

@@ -293,7 +293,8 @@ def load_pipeline(request: LoadRequest) -> LoadedPipeline:
             apply_placement(pipeline, plan, device)
         else:
             budget = usable_bytes(request.offload.vram_budget, device)
-            engine = PipelineEngine(pipeline, device, EngineOptions(budget, request.offload.mode), host)
+            options = EngineOptions(budget, request.offload.mode, cfg=request.offload.cfg)
+            engine = PipelineEngine(pipeline, device, options, host)
     except QwenFitError:
         pipeline = None
         release_memory()

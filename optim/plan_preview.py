@@ -36,7 +36,16 @@ from .model_sizes import ModelSizes
 from .planner import MemoryPlan, describe_memory_plan
 from .run_record import RunRecord
 from .runs import MAX_STEPS
-from .settings import FP8_FAST, OFFLOAD_MODES, PRECISIONS, SWITCHES, OffloadSettings, PrecisionSettings, VaeSettings
+from .settings import (
+    CFG_MODES,
+    FP8_FAST,
+    OFFLOAD_MODES,
+    PRECISIONS,
+    SWITCHES,
+    OffloadSettings,
+    PrecisionSettings,
+    VaeSettings,
+)
 from .sources import DiffusersFolder, PipelineSource, SourceDescription, SplitFiles
 from .step_time import DeviceSpeed, StepEstimate, device_speed, estimate_step, known_device_speed
 from .variants import VARIANT_CHOICES, Variant
@@ -135,7 +144,7 @@ def _flag(params: Mapping[str, str], name: str, default: bool) -> bool:
 QUERY_NAMES = (
     "model", "variant", "text_encoder", "vae", "lora",
     "precision_transformer", "precision_text_encoder", "precision_vae",
-    "offload_mode", "vram_budget", "host_budget", "vae_tiling", "vae_slicing",
+    "offload_mode", "vram_budget", "host_budget", "cfg_pass", "vae_tiling", "vae_slicing",
     "job", "width", "height", "aspect", "references", "layers", "resolution", "steps", "cfg_scale", "caption",
 )  # fmt: skip
 
@@ -178,6 +187,7 @@ def parse_preview_query(params: Mapping[str, str], choices: ModelChoices) -> Pre
             mode=_choice(params, "offload_mode", OFFLOAD_MODES, "auto"),
             vram_budget=_choice(params, "vram_budget", VRAM_BUDGETS, "auto"),
             host_budget=_choice(params, "host_budget", HOST_BUDGETS, "auto"),
+            cfg=_choice(params, "cfg_pass", CFG_MODES, "batched"),
         ),
         vae_settings=VaeSettings(
             tiling=_choice(params, "vae_tiling", SWITCHES, "auto"),
@@ -296,7 +306,7 @@ def host_plan(request: LoadRequest, desc: SourceDescription) -> HostPlan:
 
 def _plan(sizes: ModelSizes, job: JobShape, query: PreviewQuery, budget: int | None, host: HostPlan) -> MemoryPlan:
     # The engine's own call (PipelineEngine.plan_for), with the loader's settings.
-    options = EngineOptions(budget, query.offload.mode)
+    options = EngineOptions(budget, query.offload.mode, cfg=query.offload.cfg)
     return plan_run(sizes, job, options, query.vae_settings, host.text_encoder == FILES, host.modulation == FILES)
 
 

@@ -19,6 +19,8 @@ INT8, NF4 = "int8", "nf4"
 FP8_FAST = "fp8_e4m3fn_fast"
 PRECISIONS = ("auto", "bf16", "fp16", "fp32", FP8, FP8_FAST, INT8, NF4)
 OFFLOAD_MODES = ("auto", "none", "model", "blocks")
+# How prompt and negative prompt share a pass over the weights (optim/streaming/transformer_engine.py).
+CFG_MODES = ("batched", "interleaved", "two_calls")
 SWITCHES = ("auto", "on", "off")
 
 
@@ -62,11 +64,13 @@ class OffloadSettings:
     memory; ``auto`` lets the planner fit the ``vram_budget`` (a card size, "auto" for the
     memory free at load time, or "unlimited"). ``host_budget`` bounds the host RAM the weights
     keep between runs (optim/host_plan.py): "auto" is three quarters of the machine's RAM.
+    ``cfg``: "batched" (fastest), "interleaved" (bit-identical to two calls) or "two_calls".
     """
 
     mode: str = "auto"
     vram_budget: str = "auto"
     host_budget: str = "auto"
+    cfg: str = "batched"
 
     def __post_init__(self) -> None:
         from .budget import VRAM_BUDGETS
@@ -75,6 +79,7 @@ class OffloadSettings:
         _check_choice("offload mode", self.mode, OFFLOAD_MODES)
         _check_choice("VRAM budget", self.vram_budget, VRAM_BUDGETS)
         _check_choice("host RAM budget", self.host_budget, HOST_BUDGETS)
+        _check_choice("CFG pass", self.cfg, CFG_MODES)
 
 
 @dataclass(frozen=True)

@@ -128,3 +128,20 @@ def test_new_seed_reuses_prompt_embeddings_and_batches_cfg() -> None:
     second = run_edit(loaded, [image], EditJob(prompt="snow", steps=2, seed=2, width=64, height=64))
     assert (engine.prompts.misses, engine.prompts.hits) == (2, 2)  # nothing re-encoded
     assert not torch.equal(first.image, second.image)
+
+
+def test_interleaved_cfg_through_the_loader_matches_two_calls() -> None:
+    from PIL import Image
+
+    from optim import DiffusersFolder, EditJob, LoadRequest, OffloadSettings, load_pipeline, run_edit
+
+    folder = DiffusersFolder(MODELS / "diffusers" / FOLDER["edit-2511"])
+    image = Image.new("RGB", (96, 64), (30, 160, 90))
+    job = EditJob(prompt="autumn", steps=2, seed=4, width=64, height=64)
+    results = {}
+    for cfg in ("interleaved", "two_calls"):
+        loaded = load_pipeline(LoadRequest(folder, offload=OffloadSettings(cfg=cfg)))
+        assert loaded.engine.transformer.cfg == cfg
+        results[cfg] = run_edit(loaded, [image], job).image
+        assert f"CFG: {cfg}" in loaded.engine.describe()
+    assert torch.equal(results["interleaved"], results["two_calls"])

@@ -28,6 +28,8 @@ def test_all_seven_nodes_listed_with_inputs_and_outputs(comfy):
     for name, (required, outputs) in EXPECTED.items():
         node = info[name]
         assert set(node["input"].get("required", {})) == required, name
+        if name == "QwenFitOffloadToggle":  # optional, so API prompts written before them still run
+            assert set(node["input"].get("optional", {})) == {"host_budget", "cfg"}
         assert node["output"] == outputs, name
         assert node["category"] == "QwenFit"
         assert node["display_name"].startswith("QwenFit ")

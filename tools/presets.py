@@ -120,10 +120,10 @@ def _settings_nodes(start_id: int, y: int, profile: Profile) -> list[Node]:
             start_id + 1,
             "QwenFitOffloadToggle",
             (40, y + 150),
-            {"mode": profile.offload[0], "vram_budget": profile.offload[1]},
-            size=(300, 80),
+            {"mode": profile.offload[0], "vram_budget": profile.offload[1], "host_budget": "auto", "cfg": "batched"},
+            size=(300, 130),
         ),
-        Node(start_id + 2, "QwenFitVAESlicer", (40, y + 280), dict(profile.vae), size=(300, 80)),
+        Node(start_id + 2, "QwenFitVAESlicer", (40, y + 330), dict(profile.vae), size=(300, 80)),
     ]
 
 

@@ -60,6 +60,7 @@ export function previewQuery(graph, node) {
   put(params, "offload_mode", widget(offload, "mode"));
   put(params, "vram_budget", widget(offload, "vram_budget"));
   put(params, "host_budget", widget(offload, "host_budget"));
+  put(params, "cfg_pass", widget(offload, "cfg"));
   const vae = upstream(graph, loader, "vae_settings");
   put(params, "vae_tiling", widget(vae, "tiling"));
   put(params, "vae_slicing", widget(vae, "slicing"));

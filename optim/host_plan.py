@@ -9,11 +9,15 @@ from the files' headers, so a short host never holds them even while loading.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psutil
 
 from .errors import QwenFitError
+from .settings import FP8_FAST, INT8, NF4
+from .weights.safetensors_file import TensorInfo
+from .weights.source import WeightSource
 
 GIB = 1024**3
 # Host budgets users can name; "minimal" reads every once-per-run weight from the files.
@@ -92,19 +96,28 @@ def plan_host(weights: HostWeights, budget_bytes: int | None) -> HostPlan:
     return HostPlan(budget_bytes, text, modulation, need, tuple(notes))
 
 
-def _planned_bytes(info, stored_fp8: bool, fp8_mode: str, kind: str, linear: bool, compute_bytes: int) -> float:
+def _planned_bytes(
+    info: TensorInfo, stored_fp8: bool, fp8_mode: str, kind: str, linear: bool, compute_bytes: int
+) -> float:
     """Host bytes per element of one stored tensor once loaded as planned."""
     if stored_fp8 and fp8_mode != "none":
         return 1
     if linear and len(info.shape) == 2:
-        if kind == "nf4":
+        if kind == NF4:
             return 0.53  # 4 bits plus a float scale per 64 weights
-        if kind in ("int8", "fp8_e4m3fn_fast") or fp8_mode == "all":
+        if kind in (INT8, FP8_FAST) or fp8_mode == "all":
             return 1
     return compute_bytes
 
 
-def estimate_component(source, fp8_mode: str, kind: str, linear_scope, compute_bytes: int, parts) -> dict[str, int]:
+def estimate_component(
+    source: WeightSource,
+    fp8_mode: str,
+    kind: str,
+    linear_scope: Callable[[str], bool],
+    compute_bytes: int,
+    parts: dict[str, Callable[[str], bool]],
+) -> dict[str, int]:
     """Planned host bytes of a component's tensors, split by ``parts`` (name -> key predicate);
     ``"all"`` is the whole component."""
     totals = {"all": 0, **{name: 0 for name in parts}}

@@ -174,14 +174,8 @@ class TransformerEngine:
             return self._run_per_sample(hidden_states, texts, timestep, img_shapes, additional_t_cond)
         tr = self.transformer
         batch = len(texts)
-        image = tr.img_in(hidden_states)
+        image, temb, index = self._image_stream(hidden_states, timestep, img_shapes, additional_t_cond, batch)
         dtype = image.dtype
-        temb = single_sample_temb(tr, timestep, dtype, additional_t_cond)
-        index = None
-        if tr.config.zero_cond_t:
-            sample = img_shapes[0]
-            ids = [0] * prod(sample[0]) + [1] * sum(prod(s) for s in sample[1:])
-            index = torch.tensor([ids], device=image.device, dtype=torch.int).expand(batch, -1)
         text, lengths = self._text_streams(texts)
         img_freqs, txt_freqs = tr.pos_embed(img_shapes, max_txt_seq_len=max(lengths), device=image.device)
         txt_freqs = torch.cat([txt_freqs[:n] for n in lengths]) if batch > 1 else txt_freqs[: lengths[0]]
@@ -198,8 +192,7 @@ class TransformerEngine:
             image, text = self._block(block, image, text, lengths, img_mod, txt_mod, img_freqs, txt_freqs, index)
             if self.streamer is not None:
                 self.streamer.leave(i)
-        final_temb = temb.chunk(2, dim=0)[0] if tr.config.zero_cond_t else temb
-        output = tr.proj_out(tr.norm_out(image, final_temb))
+        output = self._project_out(image, temb)
         return [output[b : b + 1] for b in range(batch)]
 
     def _run_per_sample(
@@ -213,14 +206,8 @@ class TransformerEngine:
         """Every sample computed as a single call computes it, block by block in lockstep, so each
         block's weights are fetched once for all samples."""
         tr = self.transformer
-        image = tr.img_in(hidden_states)
+        image, temb, index = self._image_stream(hidden_states, timestep, img_shapes, additional_t_cond, 1)
         dtype = image.dtype
-        temb = single_sample_temb(tr, timestep, dtype, additional_t_cond)
-        index = None
-        if tr.config.zero_cond_t:
-            sample = img_shapes[0]
-            ids = [0] * prod(sample[0]) + [1] * sum(prod(s) for s in sample[1:])
-            index = torch.tensor([ids], device=image.device, dtype=torch.int)
         states = []  # per sample: image stream, text stream, its length, image and text rotary tables
         for text_input in texts:
             text, lengths = self._text_streams([text_input])
@@ -241,8 +228,32 @@ class TransformerEngine:
                 )
             if self.streamer is not None:
                 self.streamer.leave(i)
+        return [self._project_out(state[0], temb) for state in states]
+
+    def _image_stream(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        img_shapes: list,
+        additional_t_cond: torch.Tensor | None,
+        batch: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The embedded image stream, the single-sample timestep embedding and, for 2511, the index
+        saying which image tokens take the t rows (the output) and which the 0 rows (the references)."""
+        tr = self.transformer
+        image = tr.img_in(hidden_states)
+        temb = single_sample_temb(tr, timestep, image.dtype, additional_t_cond)
+        index = None
+        if tr.config.zero_cond_t:
+            sample = img_shapes[0]
+            ids = [0] * prod(sample[0]) + [1] * sum(prod(s) for s in sample[1:])
+            index = torch.tensor([ids], device=image.device, dtype=torch.int).expand(batch, -1)
+        return image, temb, index
+
+    def _project_out(self, image: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        tr = self.transformer
         final_temb = temb.chunk(2, dim=0)[0] if tr.config.zero_cond_t else temb
-        return [tr.proj_out(tr.norm_out(state[0], final_temb)) for state in states]
+        return tr.proj_out(tr.norm_out(image, final_temb))
 
     def _live_modulation(self, block: nn.Module, temb: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         zero_cond_t = bool(self.transformer.config.zero_cond_t)

@@ -12,6 +12,7 @@ fp8 files) and swap the bf16 originals back on release.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -22,12 +23,13 @@ from optim.budget import usable_bytes
 from optim.engine import EngineOptions, PipelineEngine
 from optim.fp8_linear import Fp8Linear
 from optim.job_shape import JobShape
+from optim.multi_gpu_planner import Gpu
 from optim.quantized_linear import QUANTIZED
 from optim.streaming.host_arena import pinned_bytes
 from optim.variants import Variant
 from optim.weights.fp8 import Fp8Layout, Fp8Weight, quantize_absmax
 
-from .baselines import free_device_memory
+from .baselines import Skip, free_device_memory
 from .realsize import make_pipeline
 
 
@@ -63,8 +65,13 @@ class QwenFitPreset:
 
     def __init__(self, key: str, name: str, budget: str, mode: str = "auto", precision: str = "bf16",
                  attention_backend: str | None = None, compile_blocks: bool = False,
-                 cfg: str = "batched", monitor: bool = False) -> None:  # fmt: skip
+                 cfg: str = "batched", monitor: bool = False, gpus: int = 1, multi_gpu: str = "auto",
+                 gpu_cap_gib: float | None = None) -> None:  # fmt: skip
         self.key, self.name = key, name
+        # Several GPUs: how many, the strategy, and a cap per GPU in GiB (None: the budget's figure).
+        self.gpus, self.multi_gpu, self.gpu_cap_gib = gpus, multi_gpu, gpu_cap_gib
+        self._devices: list[torch.device] = []
+        self.predicted_device_peaks: dict[str, int] = {}
         self.budget, self.mode, self.precision = budget, mode, precision
         self.attention_backend = attention_backend
         self.compile_blocks = compile_blocks
@@ -85,19 +92,31 @@ class QwenFitPreset:
             if self.precision != "fp8_e4m3fn_fast":  # fp8 matmuls speed the transformer; the encoder runs once
                 self._swaps += swap_linears(components["text_encoder"], text_encoder_fp8_filter, self.precision, device)
         budget = usable_bytes(self.budget, device)
-        if budget is not None and device.type == "cuda":
-            index = device.index if device.index is not None else torch.cuda.current_device()
-            total = torch.cuda.get_device_properties(index).total_memory
-            torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), index)
+        if self.gpu_cap_gib is not None:
+            budget = int(self.gpu_cap_gib * 2**30)
+        gpus: tuple[Gpu, ...] = ()
+        if self.gpus > 1:
+            if device.type != "cuda" or torch.cuda.device_count() < self.gpus:
+                raise Skip(f"needs {self.gpus} GPUs")
+            first = device.index if device.index is not None else torch.cuda.current_device()
+            others = [i for i in range(torch.cuda.device_count()) if i != first][: self.gpus - 1]
+            self._devices = [torch.device("cuda", i) for i in [first, *others]]
+            gpus = tuple(Gpu(str(d), budget) for d in self._devices)
+        elif device.type == "cuda":
+            self._devices = [device]
+        if budget is not None:
+            for gpu in self._devices:
+                total = torch.cuda.get_device_properties(gpu).total_memory
+                torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), gpu)
         pipeline = make_pipeline(components, components["variant"])
         pipeline.set_progress_bar_config(disable=True)
-        self._engine = PipelineEngine(
-            pipeline,
-            device,
-            EngineOptions(budget, self.mode, self.attention_backend, self.compile_blocks, self.cfg),
-        )
+        options = EngineOptions(budget, self.mode, self.attention_backend, self.compile_blocks, self.cfg)
+        self._engine = PipelineEngine(pipeline, device, replace(options, gpus=gpus, multi_gpu=self.multi_gpu))
         plan = self._engine.prepare(job_shape(components["job"]))
         self.predicted_peak_bytes = plan.predicted_peak_bytes
+        self.predicted_device_peaks = dict(plan.device_peaks)
+        for gpu in self._devices[1:]:  # the meter resets the first GPU's peak itself
+            torch.cuda.reset_peak_memory_stats(gpu)
         self.plan_text = self._engine.describe()
         print(self.plan_text, flush=True)
         self._running = self._engine.running()
@@ -108,6 +127,16 @@ class QwenFitPreset:
             self._sampler = MemorySampler(interval_s=0.25)
             self._sampler.start()
         return pipeline
+
+    def extra_measurements(self) -> dict[str, Any]:
+        """Every other GPU's peak over the run, and what the plan predicted for each."""
+        if len(self._devices) < 2:
+            return {}
+        peaks = {}
+        for gpu in self._devices[1:]:
+            torch.cuda.synchronize(gpu)
+            peaks[str(gpu)] = torch.cuda.max_memory_reserved(gpu)
+        return {"other_gpu_peaks": peaks, "predicted_device_peaks": self.predicted_device_peaks}
 
     def release(self, pipeline: Any) -> None:
         if self._sampler is not None:
@@ -123,8 +152,9 @@ class QwenFitPreset:
         for parent, child, original in reversed(self._swaps):
             setattr(parent, child, original)
         self._swaps = []
-        if torch.cuda.is_available():
-            torch.cuda.set_per_process_memory_fraction(1.0)
+        for gpu in self._devices:
+            torch.cuda.set_per_process_memory_fraction(1.0, gpu)
+        self._devices = []
         free_device_memory()
 
     def pinned_bytes(self) -> int | None:
@@ -160,10 +190,32 @@ def qwenfit_configurations() -> list[QwenFitPreset]:
         ),
         QwenFitPreset("qf-8gb-two-calls", "QwenFit 8 GB preset, CFG as two calls", "8 GB", cfg="two_calls"),
         QwenFitPreset(
-            "qf-fastest-interleaved", "QwenFit no budget, CFG interleaved (exact)", "unlimited", "none", cfg="interleaved"
+            "qf-fastest-interleaved",
+            "QwenFit no budget, CFG interleaved (exact)",
+            "unlimited",
+            "none",
+            cfg="interleaved",
         ),
         QwenFitPreset("qf-8gb-interleaved", "QwenFit 8 GB preset, CFG interleaved (exact)", "8 GB", cfg="interleaved"),
         QwenFitPreset("qf-8gb-monitored", "QwenFit 8 GB preset, live memory sampler on", "8 GB", monitor=True),
+        # Several GPUs (issue 7): against qf-fastest / qf-fastest-interleaved on one GPU.
+        QwenFitPreset(
+            "qf-2gpu-cfg-parallel",
+            "QwenFit 2 GPUs, CFG-parallel (bf16)",
+            "unlimited",
+            "none",
+            gpus=2,
+            multi_gpu="cfg_parallel",
+        ),  # fmt: skip
+        QwenFitPreset(
+            "qf-2gpu-split-24gib",
+            "QwenFit 2 GPUs capped at 24 GiB each, block split (bf16)",
+            "unlimited",
+            gpus=2,
+            multi_gpu="split",
+            gpu_cap_gib=24.0,
+        ),  # fmt: skip
+        QwenFitPreset("qf-2gpu-8gb", "QwenFit 2 x 8 GB preset, block split + streaming (bf16)", "8 GB", gpus=2),
         # Every block streamed: the smoke check of the streaming path on small models.
         QwenFitPreset("qf-stream-all", "QwenFit every block streamed (bf16)", "8 GB", mode="blocks"),
     ]

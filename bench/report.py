@@ -93,6 +93,10 @@ def _notes(row: dict[str, Any]) -> str:
         notes.append(f"release left {row['release_leftovers']}")
     if row.get("latents_finite") is False:
         notes.append("non-finite latents")
+    predicted = row.get("predicted_device_peaks") or {}
+    for device, peak in (row.get("other_gpu_peaks") or {}).items():
+        guess = predicted.get(device)
+        notes.append(f"{device} peak {_gib(peak)} GiB" + (f" (predicted {_gib(guess)})" if guess else ""))
     return "; ".join(notes).replace("|", "/").replace("\n", " ")[:300]
 
 

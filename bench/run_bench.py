@@ -132,6 +132,8 @@ def run_configuration(
         row["prepare_host_rss_peak_bytes"] = host_rss()[0]  # placing weights may copy them (pinning)
         row["predicted_peak_bytes"] = getattr(config, "predicted_peak_bytes", None)
         result = run_job(pipeline, job, PhaseMeter(device, job.steps, config.pinned_bytes))
+        if hasattr(config, "extra_measurements"):  # other GPUs' peaks, measured before the release
+            row.update(config.extra_measurements())
         row["measurement"] = result.measurement.to_json()
         row["output"] = result.summary()
         latents = result.measurement.final_latents

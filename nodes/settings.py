@@ -8,6 +8,8 @@ from ..optim.budget import VRAM_BUDGETS
 from ..optim.host_plan import HOST_BUDGETS
 from ..optim.settings import (
     CFG_MODES,
+    GPU_CHOICES,
+    MULTI_GPU_STRATEGIES,
     OFFLOAD_MODES,
     PRECISIONS,
     SWITCHES,
@@ -91,15 +93,43 @@ class OffloadToggle(io.ComfyNode):
                     "two_calls: as diffusers (streamed weights cross twice).",
                     optional=True,
                 ),
+                io.Combo.Input(
+                    "gpus",
+                    options=list(GPU_CHOICES),
+                    default="one",
+                    tooltip="one: the GPU ComfyUI runs on. all: that GPU first, then every other visible GPU, "
+                    "each within the VRAM budget. With fewer GPUs the plan says what it fell back to.",
+                    optional=True,
+                ),
+                io.Combo.Input(
+                    "multi_gpu",
+                    options=list(MULTI_GPU_STRATEGIES),
+                    default="auto",
+                    tooltip="How several GPUs share the work. cfg_parallel: every block on two GPUs, prompt and "
+                    "negative prompt computed at the same time (about half the time per step; needs the whole "
+                    "transformer on each). split: the blocks spread over the GPUs, so big models run without "
+                    "streaming. auto: the planner picks the faster one that fits.",
+                    optional=True,
+                ),
             ],
             outputs=[OffloadConfig.Output("offload", display_name="offload")],
         )
 
     @classmethod
     def execute(
-        cls, mode: str, vram_budget: str = "auto", host_budget: str = "auto", cfg: str = "batched"
+        cls,
+        mode: str,
+        vram_budget: str = "auto",
+        host_budget: str = "auto",
+        cfg: str = "batched",
+        gpus: str = "one",
+        multi_gpu: str = "auto",
     ) -> io.NodeOutput:
-        return io.NodeOutput(OffloadSettings(mode=mode, vram_budget=vram_budget, host_budget=host_budget, cfg=cfg))
+        return io.NodeOutput(
+            OffloadSettings(
+                mode=mode, vram_budget=vram_budget, host_budget=host_budget, cfg=cfg, gpus=gpus, multi_gpu=multi_gpu
+            )
+        )
 
 
 class VAESlicer(io.ComfyNode):

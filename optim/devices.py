@@ -23,6 +23,14 @@ def compute_dtype(choice: str, device: torch.device) -> torch.dtype:
     return _DTYPES[choice]
 
 
+def indexed(device: torch.device | str) -> torch.device:
+    """``device`` with its index ("cuda" -> "cuda:0"), so devices compare equal however they were named."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     """Short name of a dtype as the plan prints it (bf16, fp16, fp32)."""
     for name, value in _DTYPES.items():

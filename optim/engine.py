@@ -17,9 +17,11 @@ from typing import Any
 
 import torch
 
+from .devices import indexed
 from .host_plan import HostPlan
 from .job_shape import JobShape
 from .model_sizes import ModelSizes, measure
+from .multi_gpu_planner import Gpu, plan_gpus
 from .planner import MemoryPlan, describe_memory_plan, plan_memory
 from .settings import VaeSettings
 from .streaming.block_streamer import BlockStreamer
@@ -47,6 +49,10 @@ class EngineOptions:
     # matmuls), "interleaved" (one pass, single-call matmuls: bit-identical to two calls, about 1%
     # slower in bf16 and 10-15% with compressed weights, which it expands twice) or "two_calls".
     cfg: str = "batched"
+    # Several GPUs: every GPU the plan may use with its budget, the pipeline's own first (empty: only
+    # that one, within budget_bytes), and the strategy ("auto", "cfg_parallel", "split").
+    gpus: tuple[Gpu, ...] = ()
+    multi_gpu: str = "auto"
 
 
 def plan_run(
@@ -58,6 +64,19 @@ def plan_run(
     modulation_in_files: bool = False,
 ) -> MemoryPlan:
     """The plan of one run under the engine's options: the one call the engine and the plan preview share."""
+    if len(options.gpus) > 1:
+        return plan_gpus(
+            sizes,
+            job,
+            options.gpus,
+            options.mode,
+            vae.tiling,
+            vae.slicing,
+            text_in_files=text_in_files,
+            modulation_in_files=modulation_in_files,
+            cfg=options.cfg,
+            strategy=options.multi_gpu,
+        )
     return plan_memory(
         sizes,
         job,
@@ -71,6 +90,11 @@ def plan_run(
     )
 
 
+def _block_layout(plan: MemoryPlan) -> tuple:
+    """What decides where the transformer blocks are: a change means copying weights again."""
+    return plan.resident_blocks, plan.slots, plan.devices, plan.block_devices, plan.replica_device
+
+
 class PipelineEngine:
     """Owns the placement of one pipeline's weights for its whole life."""
 
@@ -78,7 +102,7 @@ class PipelineEngine:
         self, pipeline: Any, device: torch.device, options: EngineOptions, host: HostPlan | None = None
     ) -> None:
         self.pipeline = pipeline
-        self.device = device
+        self.device = device = indexed(device)
         self.options = options
         self.host = host
         self.sizes: ModelSizes = measure(pipeline)
@@ -111,8 +135,15 @@ class PipelineEngine:
         """Plan ``job`` and place the weights as the plan says (cheap when the plan did not change)."""
         plan = self.plan_for(job, vae)
         if plan != self.plan:
-            if self.plan is None or plan.resident_blocks != self.plan.resident_blocks or plan.slots != self.plan.slots:
-                self.blocks.configure(plan.resident_blocks, max(plan.slots, 2))
+            placement = {
+                block: torch.device(plan.devices[d])
+                for block, d in zip(plan.resident_blocks, plan.block_devices, strict=False)
+            }
+            if self.plan is None or _block_layout(plan) != _block_layout(self.plan):
+                self.blocks.configure(plan.resident_blocks, max(plan.slots, 2), placement)
+                replica = torch.device(plan.replica_device) if plan.replica_device else None
+                self.blocks.replicate(replica)
+                self.transformer.place(placement, replica)
             self.text.configure(plan.text_encoder)
             self.plan = plan
             log.info("QwenFit plan for %s:\n%s", job.describe(), self.describe())

@@ -29,6 +29,7 @@ from .budget import usable_bytes
 from .devices import check_fp8_matmul, compute_dtype
 from .engine import EngineOptions, PipelineEngine
 from .errors import QwenFitError
+from .gpus import gpus_for
 from .host_plan import FILES, HostPlan, HostWeights, estimate_component, host_budget_bytes, plan_host
 from .lora import LoraChoice, lightning_scheduler_config
 from .placement import apply_placement, plan_placement, plan_vae
@@ -292,8 +293,12 @@ def load_pipeline(request: LoadRequest) -> LoadedPipeline:
         if request.offload.mode == "model":
             apply_placement(pipeline, plan, device)
         else:
-            budget = usable_bytes(request.offload.vram_budget, device)
-            options = EngineOptions(budget, request.offload.mode, cfg=request.offload.cfg)
+            offload = request.offload
+            budget = usable_bytes(offload.vram_budget, device)
+            gpus, fallback = gpus_for(offload.gpus, offload.vram_budget, device)
+            if fallback:
+                plan = replace(plan, notes=(*plan.notes, fallback))
+            options = EngineOptions(budget, offload.mode, cfg=offload.cfg, gpus=gpus, multi_gpu=offload.multi_gpu)
             engine = PipelineEngine(pipeline, device, options, host)
     except QwenFitError:
         pipeline = None

@@ -26,6 +26,7 @@ from .devices import check_fp8_matmul, compute_dtype
 from .edit import MAX_REFERENCES, MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE
 from .engine import EngineOptions, plan_run
 from .errors import QwenFitError
+from .gpus import gpus_for
 from .header_sizes import sizes_from_headers
 from .host_plan import FILES, HOST_BUDGETS, HostPlan
 from .job_shape import JobShape
@@ -304,9 +305,13 @@ def host_plan(request: LoadRequest, desc: SourceDescription) -> HostPlan:
 # ---- the preview --------------------------------------------------------------------------------
 
 
-def _plan(sizes: ModelSizes, job: JobShape, query: PreviewQuery, budget: int | None, host: HostPlan) -> MemoryPlan:
+def _plan(
+    sizes: ModelSizes, job: JobShape, query: PreviewQuery, budget: int | None, host: HostPlan, device: torch.device
+) -> MemoryPlan:
     # The engine's own call (PipelineEngine.plan_for), with the loader's settings.
-    options = EngineOptions(budget, query.offload.mode, cfg=query.offload.cfg)
+    offload = query.offload
+    gpus, _ = gpus_for(offload.gpus, offload.vram_budget, device)
+    options = EngineOptions(budget, offload.mode, cfg=offload.cfg, gpus=gpus, multi_gpu=offload.multi_gpu)
     return plan_run(sizes, job, options, query.vae_settings, host.text_encoder == FILES, host.modulation == FILES)
 
 
@@ -324,7 +329,7 @@ def _calibration(
         return None
     if last.seconds_per_step <= 0:
         return None
-    plan = _plan(sizes, last.job, query, budget, host)
+    plan = _plan(sizes, last.job, query, budget, host, torch.device(device))
     predicted = estimate_step(sizes, last.job, plan, speed, query.precision.transformer)
     return last.seconds_per_step / predicted.seconds, f"your last run of this model ({last.job.describe()})"
 
@@ -387,7 +392,10 @@ def preview(
     budget = loaded.budget_bytes if loaded is not None else usable_bytes(query.offload.vram_budget, device)
     if loaded is not None and query.offload.vram_budget == "auto" and budget is not None:
         answer["notes"].append(f"VRAM budget auto: {budget / GIB:.1f} GiB, fixed when this model loaded")
-    plan = _plan(sizes, job, query, budget, host)
+    plan = _plan(sizes, job, query, budget, host, device)
+    _, fallback = gpus_for(query.offload.gpus, query.offload.vram_budget, device)
+    if fallback:
+        answer["notes"].append(fallback)
     answer.update(
         budget_bytes=budget,
         phases=_phase_list(plan),
@@ -403,6 +411,8 @@ def preview(
             "vae_tiling": plan.vae_tiling,
             "vae_encode_tiling": plan.vae_encode_tiling,
             "vae_slicing": plan.vae_slicing,
+            "strategy": plan.strategy,
+            "gpus": [{"device": d, "peak_bytes": b} for d, b in plan.device_peaks],
             "text": describe_memory_plan(plan, sizes),
         },
     )

@@ -47,6 +47,8 @@ class Coefficients:
 COEFFICIENTS = Coefficients()
 # The plan aims below the budget by this much to absorb the activation model's error.
 SAFETY = 0.93
+# Multi-GPU strategies the plan can name.
+ONE_GPU, SPLIT, CFG_PARALLEL = "one GPU", "block split", "CFG-parallel"
 
 
 @dataclass(frozen=True)
@@ -68,9 +70,15 @@ class MemoryPlan:
     pinned_bytes: int
     job: str
     notes: tuple[str, ...] = ()
+    # Several GPUs (optim/multi_gpu_planner.py); the defaults describe a one-GPU plan.
+    strategy: str = ONE_GPU
+    devices: tuple[str, ...] = ()  # the GPUs the plan uses, the pipeline's own first
+    block_devices: tuple[int, ...] = ()  # per resident block, its GPU (index into devices); () = the first
+    replica_device: str | None = None  # CFG-parallel: the GPU computing the negative prompt
+    device_peaks: tuple[tuple[str, int], ...] = ()  # predicted peak per GPU (phase_peaks are the first GPU's)
 
 
-def _denoise_activations(sizes: ModelSizes, job: JobShape, k: Coefficients, cfg: str = "batched") -> int:
+def denoise_activations(sizes: ModelSizes, job: JobShape, k: Coefficients, cfg: str = "batched") -> int:
     """Live activations of one block. Batched CFG computes every sample at once. Interleaved CFG
     computes one sample at a time, but measured (H200, 2026-11-22) it peaks as high: the 8 GB plan
     modelled at half the activations ran 12% over its prediction, so it is planned like batched.
@@ -79,7 +87,7 @@ def _denoise_activations(sizes: ModelSizes, job: JobShape, k: Coefficients, cfg:
     return int(samples * (job.image_tokens + job.text_tokens) * sizes.hidden * k.block_activation_per_token_unit)
 
 
-def _modulation_table_bytes(sizes: ModelSizes, job: JobShape) -> int:
+def modulation_table_bytes(sizes: ModelSizes, job: JobShape) -> int:
     # Per step and block: img (up to 2 rows for 2511) + txt rows of 6 * hidden, bf16.
     return job.steps * sizes.blocks * 3 * 6 * sizes.hidden * 2
 
@@ -91,6 +99,42 @@ def _vae_peaks(job: JobShape, encode_tiling: bool, decode_tiling: bool, k: Coeff
     encode = k.vae_tiled if encode_tiling else int(encoded * k.vae_encode_per_pixel)
     decode = k.vae_tiled if decode_tiling else int(job.width * job.height * k.vae_decode_per_pixel)
     return encode, decode
+
+
+def primary_phases(
+    sizes: ModelSizes,
+    job: JobShape,
+    k: Coefficients,
+    block_weights: int,
+    ring: int,
+    text_mode: str,
+    tiling: bool,
+    encode_tiling: bool,
+    denoise_transient: int,
+) -> tuple[tuple[str, int], ...]:
+    """(phase, peak bytes) on the GPU the pipeline runs on: it holds the transformer's small parts, the
+    VAE and the text encoder (resident, or streamed while encoding), ``block_weights`` of resident
+    blocks and, while denoising, the streaming ring and one block's transient memory."""
+    text_stream = 0 if text_mode == "resident" else 2 * sizes.text_unit_bytes
+    text_weights = sizes.text_units_bytes + sizes.text_host_bytes if text_mode == "resident" else 0
+    vae_encode, vae_decode = _vae_peaks(job, encode_tiling, tiling, k)
+    base = sizes.transformer_rest_bytes + sizes.vae_bytes + sizes.text_rest_bytes + k.fixed
+    base += block_weights + text_weights
+    return (
+        ("encode", base + max(text_stream + k.text_activation, vae_encode)),
+        ("denoise", base + ring + denoise_transient),
+        ("decode", base + vae_decode),
+    )
+
+
+def pinned_host_bytes(sizes: ModelSizes, text_mode: str, text_in_files: bool, modulation_in_files: bool) -> int:
+    """Page-locked host memory: the engine keeps every block and text unit in its arenas (a re-plan
+    only copies); weights read from the files need only one staging buffer per slot."""
+    text_pinned = sizes.text_units_bytes
+    if text_in_files:
+        text_pinned = 2 * sizes.text_unit_bytes if text_mode == "streamed" else 0
+    modulation_pinned = 2 * sizes.modulation_bytes // sizes.blocks if modulation_in_files else sizes.modulation_bytes
+    return sizes.blocks * sizes.block_bytes + text_pinned + modulation_pinned
 
 
 def plan_memory(
@@ -119,34 +163,17 @@ def plan_memory(
     k = coefficients
     slicing = vae_slicing == "on" or (vae_slicing == "auto" and job.kind == "layered")
     tiling_choices = {"on": (True,), "off": (False,)}.get(vae_tiling, (False, True))
-    table = _modulation_table_bytes(sizes, job)
-    resident_fixed = sizes.transformer_rest_bytes + sizes.vae_bytes + sizes.text_rest_bytes + k.fixed
-    activations = _denoise_activations(sizes, job, k, cfg)
-    denoise_transient = activations + table + sizes.dequant_workspace_bytes
-    text_resident = sizes.text_units_bytes + sizes.text_host_bytes
+    activations = denoise_activations(sizes, job, k, cfg)
+    denoise_transient = activations + modulation_table_bytes(sizes, job) + sizes.dequant_workspace_bytes
     notes: list[str] = []
 
     def build(resident: int, slots: int, text_mode: str, tiling: bool, encode_tiling: bool = False) -> MemoryPlan:
         streamed = sizes.blocks - resident
         ring = slots * sizes.block_bytes if streamed else 0
-        text_stream = 0 if text_mode == "resident" else 2 * sizes.text_unit_bytes
-        text_weights = text_resident if text_mode == "resident" else 0
-        vae_encode, vae_decode = _vae_peaks(job, encode_tiling, tiling, k)
-        base = resident_fixed + resident * sizes.block_bytes + text_weights
-        phases = (
-            ("encode", base + max(text_stream + k.text_activation, vae_encode)),
-            ("denoise", base + ring + denoise_transient),
-            ("decode", base + vae_decode),
+        phases = primary_phases(
+            sizes, job, k, resident * sizes.block_bytes, ring, text_mode, tiling, encode_tiling, denoise_transient
         )
-        # The engine keeps every block and text unit in its page-locked arenas (a re-plan only copies);
-        # weights read from the files need only one staging buffer per slot.
-        text_pinned = sizes.text_units_bytes
-        if text_in_files:
-            text_pinned = 2 * sizes.text_unit_bytes if text_mode == "streamed" else 0
-        modulation_pinned = (
-            2 * sizes.modulation_bytes // sizes.blocks if modulation_in_files else sizes.modulation_bytes
-        )
-        pinned = sizes.blocks * sizes.block_bytes + text_pinned + modulation_pinned
+        pinned = pinned_host_bytes(sizes, text_mode, text_in_files, modulation_in_files)
         return MemoryPlan(
             budget_bytes=budget_bytes,
             resident_blocks=tuple(range(resident)),
@@ -241,5 +268,24 @@ def describe_memory_plan(plan: MemoryPlan, sizes: ModelSizes) -> str:
         + ", ".join(f"{name} {peak / GIB:.2f}" for name, peak in plan.phase_peaks)
         + f" GiB (max {plan.predicted_peak_bytes / GIB:.2f} GiB); pinned host {plan.pinned_bytes / GIB:.2f} GiB",
     ]
+    if len(plan.devices) > 1:
+        lines.append(f"  GPUs: {plan.strategy}; " + "; ".join(_device_line(plan, i) for i in range(len(plan.devices))))
     lines.extend(f"  note: {n}" for n in plan.notes)
     return "\n".join(lines)
+
+
+def _device_line(plan: MemoryPlan, index: int) -> str:
+    """What one GPU of a multi-GPU plan holds, and its predicted peak."""
+    device = plan.devices[index]
+    held = []
+    if index == 0:
+        held.append("text encoder, VAE, small parts")
+    blocks = [b for b, d in zip(plan.resident_blocks, plan.block_devices, strict=False) if d == index]
+    if blocks:
+        held.append(f"blocks {blocks[0]}-{blocks[-1]}")
+    if index == 0 and plan.streamed_blocks:
+        held.append(f"ring for blocks {plan.streamed_blocks[0]}-{plan.streamed_blocks[-1]}")
+    if device == plan.replica_device:
+        held.append("a replica of every block (negative prompt)")
+    peak = dict(plan.device_peaks).get(device, 0)
+    return f"{device} holds {', '.join(held)} (predicted peak {peak / GIB:.2f} GiB)"

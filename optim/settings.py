@@ -21,6 +21,9 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32", FP8, FP8_FAST, INT8, NF4)
 OFFLOAD_MODES = ("auto", "none", "model", "blocks")
 # How prompt and negative prompt share a pass over the weights (optim/streaming/transformer_engine.py).
 CFG_MODES = ("batched", "interleaved", "two_calls")
+# Several GPUs (optim/gpus.py, optim/multi_gpu_planner.py).
+GPU_CHOICES = ("one", "all")
+MULTI_GPU_STRATEGIES = ("auto", "cfg_parallel", "split")
 SWITCHES = ("auto", "on", "off")
 
 
@@ -65,12 +68,16 @@ class OffloadSettings:
     memory free at load time, or "unlimited"). ``host_budget`` bounds the host RAM the weights
     keep between runs (optim/host_plan.py): "auto" is three quarters of the machine's RAM.
     ``cfg``: "batched" (fastest), "interleaved" (bit-identical to two calls) or "two_calls".
+    ``gpus``: "one" (ComfyUI's device) or "all" (every visible GPU, each within ``vram_budget``);
+    ``multi_gpu``: how several GPUs share the work ("auto", "cfg_parallel", "split").
     """
 
     mode: str = "auto"
     vram_budget: str = "auto"
     host_budget: str = "auto"
     cfg: str = "batched"
+    gpus: str = "one"
+    multi_gpu: str = "auto"
 
     def __post_init__(self) -> None:
         from .budget import VRAM_BUDGETS
@@ -80,6 +87,8 @@ class OffloadSettings:
         _check_choice("VRAM budget", self.vram_budget, VRAM_BUDGETS)
         _check_choice("host RAM budget", self.host_budget, HOST_BUDGETS)
         _check_choice("CFG pass", self.cfg, CFG_MODES)
+        _check_choice("GPUs", self.gpus, GPU_CHOICES)
+        _check_choice("multi-GPU strategy", self.multi_gpu, MULTI_GPU_STRATEGIES)
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,15 @@ that every block always computes with its own weights).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from ..devices import indexed
 from ..host_memory import TrimEvery, trim_host_heap
 from .host_arena import HostArena
 from .tensor_layout import ModuleLayout, bind, current_tensors, layout_of, pack, views
@@ -55,7 +57,7 @@ class BlockStreamer:
         pin: bool = True,
         feed: FileFeed | None = None,
     ) -> None:
-        self.device = device
+        self.device = indexed(device)
         self._pin = pin and device.type == "cuda"
         self._layouts: list[ModuleLayout] = [layout_of(b, skip) for b in blocks]
         self.slot_bytes = max((lay.nbytes for lay in self._layouts), default=0)
@@ -93,26 +95,60 @@ class BlockStreamer:
         self._sequence = 0
         self._active: dict[int, int] = {}  # block index -> slot it computes from
         self._copy_stream: torch.cuda.Stream | None = None
+        self._replica_device: torch.device | None = None
+        self._replica: list[list[torch.Tensor]] = []  # per block, views of its copy on the replica GPU
+        self._primary: list[list[torch.Tensor]] = []  # per block, what it is bound to outside use_replica
 
-    def configure(self, resident: Sequence[int], slots: int = 2) -> None:
-        """Keep ``resident`` blocks on the GPU for good and stream all others through ``slots`` buffers."""
+    def configure(
+        self, resident: Sequence[int], slots: int = 2, placement: Mapping[int, torch.device] | None = None
+    ) -> None:
+        """Keep ``resident`` blocks on a GPU for good and stream all others through ``slots`` buffers.
+
+        ``placement`` names another GPU for some resident blocks (a block split over several GPUs);
+        the others stay on this streamer's device, where the ring is.
+        """
         if slots < 2:
             raise ValueError("block streaming needs at least 2 slots (one computing, one loading)")
         self.stop()
-        keep = set(resident)
-        for block in [b for b in self._resident if b not in keep]:
+        self.replicate(None)  # a replica is made for one placement; the engine asks again after this
+        placement = placement or {}
+        keep = {block: indexed(placement.get(block, self.device)) for block in resident}
+        for block in [b for b, copy in self._resident.items() if keep.get(b) != copy.device]:
             bind(self._layouts[block], self._home[block])
             del self._resident[block]
-        for block in sorted(keep - set(self._resident)):
-            if self.device.type == "cpu" and self._feed is None:
+        for block in sorted(set(keep) - set(self._resident)):
+            if keep[block].type == "cpu" and self._feed is None:
                 continue  # the host copy is already where a CPU computes
-            copy = self._host_copy(block).to(self.device)
+            copy = self._host_copy(block).to(keep[block])
             self._resident[block] = copy
             bind(self._layouts[block], views(self._layouts[block], copy))
         self.order = [b for b in range(len(self._layouts)) if b not in keep]
         self._position = {block: p for p, block in enumerate(self.order)}
         self._slot_count = slots
         self.slot_bytes = max((self._layouts[b].nbytes for b in self.order), default=0)
+
+    def replicate(self, device: torch.device | None) -> None:
+        """Keep a second copy of every block on ``device`` (CFG-parallel; None drops it). The blocks
+        stay bound to their first copy; :meth:`use_replica` switches one block for a moment."""
+        if device == self._replica_device:
+            return
+        self._replica = []
+        self._replica_device = device
+        if device is None:
+            return
+        for block, layout in enumerate(self._layouts):
+            copy = self._host_copy(block).to(device, copy=True)
+            self._replica.append(views(layout, copy))
+        self._primary = [current_tensors(layout) for layout in self._layouts]
+
+    @contextmanager
+    def use_replica(self, block: int) -> Iterator[None]:
+        """Compute ``blocks[block]`` with its replica's weights inside this context."""
+        bind(self._layouts[block], self._replica[block])
+        try:
+            yield
+        finally:
+            bind(self._layouts[block], self._primary[block])
 
     @property
     def streamed(self) -> tuple[int, ...]:
@@ -233,6 +269,7 @@ class BlockStreamer:
     def release(self) -> None:
         """Free the GPU copies and unlock the host arena (the pipeline is being dropped)."""
         self.configure(())
+        self.replicate(None)
         self._arena.release()
         if self._staging is not None:
             self._staging.release()

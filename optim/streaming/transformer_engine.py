@@ -19,16 +19,41 @@ ControlNet); anything else is refused with a clear message rather than computed 
 from __future__ import annotations
 
 from collections.abc import Hashable
+from contextlib import nullcontext
+from dataclasses import dataclass
 from math import prod
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..devices import indexed
 from ..errors import QwenFitError
 from .block_streamer import BlockStreamer
 from .cfg_pairing import CfgPairing, TextInput
 from .modulation import ModulationTable, expand_for_batch, single_sample_temb
+
+
+@dataclass
+class _Sample:
+    """The streams of one pass through the blocks and the tables they use, on one GPU."""
+
+    device: torch.device
+    image: torch.Tensor
+    text: torch.Tensor
+    lengths: list[int]
+    img_freqs: torch.Tensor
+    txt_freqs: torch.Tensor
+    index: torch.Tensor | None
+
+    def move_to(self, device: torch.device) -> None:
+        """Hop to ``device`` (a block resident there): the streams and tables go along."""
+        if device == self.device:
+            return
+        self.image, self.text = self.image.to(device), self.text.to(device)
+        self.img_freqs, self.txt_freqs = self.img_freqs.to(device), self.txt_freqs.to(device)
+        self.index = None if self.index is None else self.index.to(device)
+        self.device = device
 
 
 def _timestep_key(timestep: torch.Tensor, additional_t_cond: torch.Tensor | None) -> Hashable:
@@ -52,7 +77,7 @@ class TransformerEngine:
     ) -> None:
         self.transformer = transformer
         self.cfg = cfg
-        self.device = device
+        self.device = indexed(device)
         self.streamer = streamer
         self.modulation = modulation
         self.scheduler = scheduler
@@ -67,6 +92,10 @@ class TransformerEngine:
         self.attention_backend = None if attention_backend is None else AttentionBackendName(attention_backend)
         self.pairing = CfgPairing()
         self._schedule_keys: set[Hashable] = set()
+        # Several GPUs: resident blocks on another GPU than ``device``, and the CFG-parallel replica's GPU.
+        self.placement: dict[int, torch.device] = {}
+        self.replica: torch.device | None = None
+        self._mirrors: dict[tuple[Hashable, torch.device], list] = {}  # modulation rows on other GPUs
 
     def compile_blocks(self) -> None:
         """Compile the per-block computation once; every block reuses it (same shapes, weights as inputs)."""
@@ -79,9 +108,16 @@ class TransformerEngine:
     def uninstall(self) -> None:
         self.transformer.__dict__.pop("forward", None)
 
+    def place(self, placement: dict[int, torch.device], replica: torch.device | None) -> None:
+        """Where blocks resident on other GPUs compute, and the replica's GPU (None: no CFG-parallel)."""
+        self.placement = {block: device for block, device in placement.items() if device != self.device}
+        self.replica = replica
+        self._mirrors = {}
+
     def begin_run(self) -> None:
         self.pairing.clear()
         self._schedule_keys = set()
+        self._mirrors = {}
         if self.streamer is not None:
             self.streamer.start()
 
@@ -125,13 +161,14 @@ class TransformerEngine:
 
     def _modulation_rows(
         self, timestep: torch.Tensor, dtype: torch.dtype, additional_t_cond: torch.Tensor | None
-    ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-        if self.modulation is None:
-            return None
+    ) -> tuple[Hashable, list[tuple[torch.Tensor, torch.Tensor]] | None]:
+        """(timestep key, per block (img, txt) rows), or rows None without a modulation table."""
         key = _timestep_key(timestep, additional_t_cond)
+        if self.modulation is None:
+            return key, None
         rows = self.modulation.rows_for(key)
         if rows is not None:
-            return rows
+            return key, rows
         # First call of a schedule: compute rows for every timestep the scheduler will visit, the way
         # the pipeline derives them (t in the latents' dtype, divided by 1000 in that dtype).
         wanted = {key: timestep}
@@ -141,17 +178,32 @@ class TransformerEngine:
                 wanted.setdefault(_timestep_key(t_in, additional_t_cond), t_in.to(self.device))
         self._schedule_keys |= set(wanted)
         self.modulation.keep_only(self._schedule_keys)
+        self._mirrors = {k: v for k, v in self._mirrors.items() if k[0] in self._schedule_keys}
         tembs = {
             k: single_sample_temb(self.transformer, t.reshape(1), dtype, additional_t_cond) for k, t in wanted.items()
         }
         self.modulation.compute(tembs)
-        return self.modulation.rows_for(key)
+        return key, self.modulation.rows_for(key)
+
+    def _rows_on(self, key: Hashable, rows: list, device: torch.device) -> list:
+        """The step's modulation rows on ``device`` (copied there once per timestep)."""
+        if device == self.device:
+            return rows
+        mirror = self._mirrors.get((key, device))
+        if mirror is None:
+            mirror = [(img.to(device), txt.to(device)) for img, txt in rows]
+            self._mirrors[(key, device)] = mirror
+        return mirror
+
+    def _devices_used(self) -> list[torch.device]:
+        devices = {*self.placement.values(), *([self.replica] if self.replica is not None else [])}
+        return [d for d in devices if d != self.device]
 
     def _text_streams(self, texts: list[TextInput]) -> tuple[torch.Tensor, list[int]]:
         tr = self.transformer
         streams, lengths = [], []
         for text in texts:
-            embeds = text.embeds
+            embeds = text.embeds.to(self.device)
             if text.mask is not None and not bool(text.mask.all()):
                 keep = text.mask[0].bool()
                 if not bool(keep[: int(keep.sum())].all()):
@@ -170,8 +222,24 @@ class TransformerEngine:
         additional_t_cond: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """The transformer's output for one latent input under each text input ([1, N, C] each)."""
-        if len(texts) == 1 or self.cfg == "interleaved":  # also the single-text path
-            return self._run_per_sample(hidden_states, texts, timestep, img_shapes, additional_t_cond)
+        home = hidden_states.device
+        hidden_states, timestep = hidden_states.to(self.device), timestep.to(self.device)
+        parallel = self.replica is not None and len(texts) == 2
+        if len(texts) == 1 or self.cfg == "interleaved" or parallel:  # also the single-text path
+            outputs = self._run_per_sample(hidden_states, texts, timestep, img_shapes, additional_t_cond, parallel)
+        else:
+            outputs = self._run_batched(hidden_states, texts, timestep, img_shapes, additional_t_cond)
+        return [output.to(home) for output in outputs]
+
+    def _run_batched(
+        self,
+        hidden_states: torch.Tensor,
+        texts: list[TextInput],
+        timestep: torch.Tensor,
+        img_shapes: list,
+        additional_t_cond: torch.Tensor | None,
+    ) -> list[torch.Tensor]:
+        """Every sample in one pass: the image streams batched, the text streams packed."""
         tr = self.transformer
         batch = len(texts)
         image, temb, index = self._image_stream(hidden_states, timestep, img_shapes, additional_t_cond, batch)
@@ -181,18 +249,23 @@ class TransformerEngine:
         txt_freqs = torch.cat([txt_freqs[:n] for n in lengths]) if batch > 1 else txt_freqs[: lengths[0]]
         if batch > 1:
             image = image.repeat(batch, 1, 1)
-        rows = self._modulation_rows(timestep, dtype, additional_t_cond)
+        key, rows = self._modulation_rows(timestep, dtype, additional_t_cond)
+        state = _Sample(self.device, image, text, lengths, img_freqs, txt_freqs, index)
+        mirrors = {d: self._rows_on(key, rows, d) for d in self._devices_used()} if rows is not None else {}
         for i, block in enumerate(tr.transformer_blocks):
             if self.streamer is not None:
                 self.streamer.enter(i)
+            state.move_to(self.placement.get(i, self.device))
             if rows is not None:
-                img_mod, txt_mod = self.modulation.expand(rows[i], batch)
+                img_mod, txt_mod = self.modulation.expand(mirrors.get(state.device, rows)[i], batch)
             else:
                 img_mod, txt_mod = self._live_modulation(block, temb, batch)
-            image, text = self._block(block, image, text, lengths, img_mod, txt_mod, img_freqs, txt_freqs, index)
+            state.image, state.text = self._block(
+                block, state.image, state.text, lengths, img_mod, txt_mod, state.img_freqs, state.txt_freqs, state.index
+            )
             if self.streamer is not None:
                 self.streamer.leave(i)
-        output = self._project_out(image, temb)
+        output = self._project_out(state.image.to(self.device), temb)
         return [output[b : b + 1] for b in range(batch)]
 
     def _run_per_sample(
@@ -202,33 +275,45 @@ class TransformerEngine:
         timestep: torch.Tensor,
         img_shapes: list,
         additional_t_cond: torch.Tensor | None,
+        parallel: bool = False,
     ) -> list[torch.Tensor]:
         """Every sample computed as a single call computes it, block by block in lockstep, so each
-        block's weights are fetched once for all samples."""
+        block's weights are fetched once for all samples. ``parallel``: the second sample computes on
+        the replica GPU with the replica's weights; kernels queue on both GPUs without a host wait,
+        so the two samples run at the same time and join when the outputs are gathered."""
         tr = self.transformer
         image, temb, index = self._image_stream(hidden_states, timestep, img_shapes, additional_t_cond, 1)
         dtype = image.dtype
-        states = []  # per sample: image stream, text stream, its length, image and text rotary tables
+        key, rows = self._modulation_rows(timestep, dtype, additional_t_cond)
+        states = []
         for text_input in texts:
             text, lengths = self._text_streams([text_input])
             img_freqs, txt_freqs = tr.pos_embed(img_shapes, max_txt_seq_len=lengths[0], device=image.device)
-            states.append([image, text, lengths, img_freqs, txt_freqs[: lengths[0]]])
-        rows = self._modulation_rows(timestep, dtype, additional_t_cond)
+            states.append(_Sample(self.device, image, text, lengths, img_freqs, txt_freqs[: lengths[0]], index))
+        # Every copy to another GPU is queued before the first block: a copy between GPUs waits for
+        # the work queued on both, so one inside the loop would serialise them.
+        mirrors = {d: self._rows_on(key, rows, d) for d in self._devices_used()} if rows is not None else {}
+        if parallel:
+            states[1].move_to(self.replica)
         for i, block in enumerate(tr.transformer_blocks):
             if self.streamer is not None:
                 self.streamer.enter(i)
-            if rows is not None:
-                img_mod, txt_mod = self.modulation.expand(rows[i], 1)
-            else:
-                img_mod, txt_mod = self._live_modulation(block, temb, 1)
-            for state in states:
-                img, txt, lengths, img_freqs, txt_freqs = state
-                state[0], state[1] = self._block(
-                    block, img, txt, lengths, img_mod, txt_mod, img_freqs, txt_freqs, index
-                )
+            for s, state in enumerate(states):
+                on_replica = parallel and s == 1
+                if not on_replica:
+                    state.move_to(self.placement.get(i, self.device))
+                if rows is not None:
+                    img_mod, txt_mod = self.modulation.expand(mirrors.get(state.device, rows)[i], 1)
+                else:
+                    img_mod, txt_mod = self._live_modulation(block, temb.to(state.device), 1)
+                with self.streamer.use_replica(i) if on_replica else nullcontext():
+                    state.image, state.text = self._block(
+                        block, state.image, state.text, state.lengths, img_mod, txt_mod,
+                        state.img_freqs, state.txt_freqs, state.index,
+                    )  # fmt: skip
             if self.streamer is not None:
                 self.streamer.leave(i)
-        return [self._project_out(state[0], temb) for state in states]
+        return [self._project_out(state.image.to(self.device), temb) for state in states]
 
     def _image_stream(
         self,

@@ -1,0 +1,166 @@
+"""Several GPUs: the planner's placement decisions (real-size model, 1, 2 and 4 GPUs of assorted
+sizes) and the CFG-parallel computation on the CPU (a replica of every block computes the negative
+prompt; the GPU benchmark runs the same code on two H200s)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_engine import CPU, VARIANTS, inputs, reference, seven_block_transformer
+from test_planner import real_sizes
+
+from optim.errors import QwenFitError
+from optim.gpus import gpus_for
+from optim.job_shape import JobShape, default_job
+from optim.multi_gpu_planner import Gpu, plan_gpus
+from optim.planner import CFG_PARALLEL, ONE_GPU, SAFETY, SPLIT, describe_memory_plan, plan_memory
+from optim.streaming.block_streamer import BlockStreamer
+from optim.streaming.cfg_pairing import TextInput
+from optim.streaming.modulation import ModulationTable, is_modulation
+from optim.streaming.transformer_engine import TransformerEngine
+from optim.variants import Variant
+
+GIB = 1024**3
+EDIT_1024 = JobShape("edit", 1024, 1024, references=1, steps=40)
+
+
+def gpus(*gib: float | None) -> list[Gpu]:
+    return [Gpu(f"cuda:{i}", None if g is None else int(g * GIB)) for i, g in enumerate(gib)]
+
+
+def within_budgets(plan, cards: list[Gpu]) -> bool:
+    budgets = {g.device: g.budget_bytes for g in cards}
+    return all(budgets[d] is None or peak <= budgets[d] * SAFETY for d, peak in plan.device_peaks)
+
+
+def blocks_on(plan, device: str) -> int:
+    index = plan.devices.index(device)
+    return sum(1 for d in plan.block_devices if d == index)
+
+
+def test_one_gpu_is_the_one_gpu_planner() -> None:
+    for budget in (7.0, 22.0, None):
+        cards = gpus(budget)
+        want = plan_memory(real_sizes(), EDIT_1024, cards[0].budget_bytes)
+        assert plan_gpus(real_sizes(), EDIT_1024, cards) == want
+        assert want.strategy == ONE_GPU and want.devices == ()
+
+
+@pytest.mark.parametrize("kind", ["edit", "layered"])
+def test_two_large_gpus_run_cfg_in_parallel(kind: str) -> None:
+    job = EDIT_1024 if kind == "edit" else default_job("layered")
+    cards = gpus(140, 140)
+    plan = plan_gpus(real_sizes(), job, cards)
+    assert plan.strategy == CFG_PARALLEL and plan.cfg == CFG_PARALLEL
+    assert plan.replica_device == "cuda:1" and plan.devices == ("cuda:0", "cuda:1")
+    assert len(plan.resident_blocks) == 60 and plan.streamed_blocks == ()
+    assert plan.text_encoder == "resident" and within_budgets(plan, cards)
+    # The replica GPU holds the blocks and one sample's activations: less than the first GPU.
+    peaks = dict(plan.device_peaks)
+    assert 25 * GIB < peaks["cuda:1"] < peaks["cuda:0"]
+    assert "replica of every block" in describe_memory_plan(plan, real_sizes())
+
+
+def test_two_24_gib_gpus_hold_the_bf16_blocks_without_streaming() -> None:
+    cards = gpus(24, 24)
+    plan = plan_gpus(real_sizes(), EDIT_1024, cards)
+    assert plan.strategy == SPLIT and plan.streamed_blocks == () and plan.slots == 0
+    assert blocks_on(plan, "cuda:0") + blocks_on(plan, "cuda:1") == 60
+    assert blocks_on(plan, "cuda:1") > 0 and within_budgets(plan, cards)
+    # Blocks run in order: the first GPU's run, then the second's (one hop there, one back).
+    assert list(plan.block_devices) == sorted(plan.block_devices)
+    # The 7B text encoder does not fit beside them: it streams on the first GPU while encoding.
+    assert plan.text_encoder == "streamed"
+    # One such card alone must stream most blocks.
+    alone = plan_memory(real_sizes(), EDIT_1024, cards[0].budget_bytes)
+    assert len(alone.streamed_blocks) > 10
+
+
+def test_cfg_parallel_refused_with_the_fix_when_the_blocks_do_not_fit_twice() -> None:
+    with pytest.raises(QwenFitError, match="CFG-parallel cannot run.*Pick multi_gpu 'auto' or 'split'"):
+        plan_gpus(real_sizes(), EDIT_1024, gpus(24, 24), strategy="cfg_parallel")
+    lightning = JobShape("edit", 1024, 1024, cfg=False, steps=8)
+    with pytest.raises(QwenFitError, match="without CFG"):
+        plan_gpus(real_sizes(), lightning, gpus(140, 140), strategy="cfg_parallel")
+
+
+def test_without_cfg_the_second_gpu_is_left_alone_when_one_holds_everything() -> None:
+    lightning = JobShape("edit", 1024, 1024, cfg=False, steps=8)
+    plan = plan_gpus(real_sizes(), lightning, gpus(140, 140))
+    assert plan.strategy == ONE_GPU and plan.devices == ("cuda:0",) and plan.cfg == "off"
+
+
+def test_text_encoder_and_vae_on_one_gpu_transformer_on_the_other() -> None:
+    """A small first GPU and a large second one: every block goes to the second."""
+    cards = gpus(24, 48)
+    plan = plan_gpus(real_sizes(), EDIT_1024, cards, strategy="split")
+    assert blocks_on(plan, "cuda:1") == 60 and plan.text_encoder == "resident"
+    assert within_budgets(plan, cards)
+    text = describe_memory_plan(plan, real_sizes())
+    assert "cuda:0 holds text encoder, VAE, small parts (" in text and "cuda:1 holds blocks 0-59" in text
+
+
+def test_two_calls_cfg_rules_out_cfg_parallel() -> None:
+    plan = plan_gpus(real_sizes(), EDIT_1024, gpus(140, 140), cfg="two_calls")
+    assert plan.strategy != CFG_PARALLEL and plan.replica_device is None
+
+
+@pytest.mark.parametrize("kind", ["edit", "layered"])
+def test_more_small_gpus_keep_more_blocks_resident(kind: str) -> None:
+    job = EDIT_1024 if kind == "edit" else default_job("layered")
+    one = plan_memory(real_sizes(), job, int(7 * GIB))
+    two = plan_gpus(real_sizes(), job, gpus(7, 7))
+    four = plan_gpus(real_sizes(), job, gpus(7, 7, 7, 7))
+    assert len(one.resident_blocks) < len(two.resident_blocks) < len(four.resident_blocks) < 60
+    for plan, count in ((two, 2), (four, 4)):
+        assert plan.strategy == SPLIT and len(plan.devices) == count and within_budgets(plan, gpus(*[7] * count))
+        assert plan.slots >= 2  # the rest still streams, through a ring on the first GPU
+
+
+def test_four_assorted_gpus() -> None:
+    cards = gpus(12, 24, 16, 24)
+    plan = plan_gpus(real_sizes(), EDIT_1024, cards)
+    assert plan.streamed_blocks == () and within_budgets(plan, cards)
+    assert sum(plan.block_devices.count(i) for i in range(len(plan.devices))) == 60
+
+
+def test_budgets_too_small_for_any_split_name_the_budget_that_works() -> None:
+    with pytest.raises(QwenFitError, match=r"needs at least \d+\.\d GiB"):
+        plan_gpus(real_sizes(), EDIT_1024, gpus(2, 2))
+
+
+def test_multi_gpu_choice_falls_back_with_a_message_on_the_cpu() -> None:
+    assert gpus_for("one", "auto", CPU) == ((), None)
+    found, note = gpus_for("all", "24 GB", CPU)
+    assert found == () and "no GPU is visible" in note and "CPU" in note
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.value)
+def test_cfg_parallel_replica_computes_the_negative_prompt_exactly(variant: Variant) -> None:
+    """The replica's sample equals a single call (same shapes); and it is the replica that computes it."""
+    transformer = seven_block_transformer(variant)
+    hidden, prompt, negative, shapes, extra = inputs(transformer, variant)
+    t = torch.tensor([0.7])
+    texts = [TextInput(prompt, None), TextInput(negative, None)]
+    with torch.inference_mode():
+        want = (
+            reference(transformer, hidden, prompt, t, shapes, extra),
+            reference(transformer, hidden, negative, t, shapes, extra),
+        )
+        streamer = BlockStreamer(transformer.transformer_blocks, CPU, skip=is_modulation, pin=False)
+        streamer.configure(range(7), 2)
+        streamer.replicate(CPU)
+        engine = TransformerEngine(transformer, CPU, streamer, ModulationTable(transformer, CPU, pin=False))
+        engine.place({}, CPU)
+        engine.begin_run()
+        got = engine.run(hidden, texts, t, shapes, extra)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        # Spoil the replica's weights: only the negative prompt's sample changes.
+        for tensor in streamer._replica[3]:
+            tensor.mul_(0.5)
+        spoiled = engine.run(hidden, texts, t, shapes, extra)
+        engine.end_run()
+        # After the run every block is bound to its own weights again.
+        assert torch.equal(reference(transformer, hidden, negative, t, shapes, extra), want[1])
+    assert torch.equal(spoiled[0], want[0]) and not torch.equal(spoiled[1], want[1])
+    streamer.release()

@@ -20,6 +20,7 @@ from torch import nn
 
 from optim.assemble import text_encoder_fp8_filter, transformer_fp8_filter
 from optim.budget import usable_bytes
+from optim.devices import indexed
 from optim.engine import EngineOptions, PipelineEngine
 from optim.fp8_linear import Fp8Linear
 from optim.job_shape import JobShape
@@ -103,7 +104,7 @@ class QwenFitPreset:
             self._devices = [torch.device("cuda", i) for i in [first, *others]]
             gpus = tuple(Gpu(str(d), budget) for d in self._devices)
         elif device.type == "cuda":
-            self._devices = [device]
+            self._devices = [indexed(device)]
         if budget is not None:
             for gpu in self._devices:
                 total = torch.cuda.get_device_properties(gpu).total_memory

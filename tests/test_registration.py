@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import PACK_LINK_NAME
+from conftest import PACK_LINK_NAME, REPO
 
 EXPECTED = {
     "QwenFitOptimizedLoader": ({"model", "variant"}, ["QWENFIT_PIPELINE", "STRING"]),
@@ -29,7 +29,7 @@ def test_all_seven_nodes_listed_with_inputs_and_outputs(comfy):
         node = info[name]
         assert set(node["input"].get("required", {})) == required, name
         if name == "QwenFitOffloadToggle":  # optional, so API prompts written before them still run
-            assert set(node["input"].get("optional", {})) == {"host_budget", "cfg"}
+            assert set(node["input"].get("optional", {})) == {"host_budget", "cfg", "gpus", "multi_gpu"}
         assert node["output"] == outputs, name
         assert node["category"] == "QwenFit"
         assert node["display_name"].startswith("QwenFit ")
@@ -66,6 +66,10 @@ def test_web_extension_is_served(comfy):
 
 def test_presets_appear_in_template_browser(comfy):
     templates = comfy.get("/workflow_templates").json()
-    assert {"qwenfit_edit_auto", "qwenfit_layered_auto"} <= set(templates[PACK_LINK_NAME])
-    served = comfy.get(f"/api/workflow_templates/{PACK_LINK_NAME}/qwenfit_edit_auto.json")
-    assert served.ok and served.json()["nodes"]
+    presets = {p.stem for p in (REPO / "workflows").glob("*.json")}
+    # Edit and Layered for 8 GB, 24 GB, multi-GPU rigs and the auto plan.
+    assert {f"qwenfit_{kind}_{rig}" for kind in ("edit", "layered") for rig in ("8gb", "24gb", "multigpu")} <= presets
+    assert presets <= set(templates[PACK_LINK_NAME])
+    for name in presets:
+        served = comfy.get(f"/api/workflow_templates/{PACK_LINK_NAME}/{name}.json")
+        assert served.ok and served.json()["nodes"]

@@ -45,3 +45,7 @@ def test_twin_runs_to_success_on_tiny_models(comfy, ui_path):
         assert len(saved) == api[run_node]["inputs"]["layers"]
     sizes = {Image.open(f).size for f in saved}
     assert len(sizes) == 1
+    offload = next(n for n in api.values() if n["class_type"] == "QwenFitOffloadToggle")
+    if offload["inputs"].get("gpus") == "all":  # a multi-GPU preset on this GPU-less machine says so
+        report = "\n".join(t for out in result.outputs.values() for t in out.get("text", []))
+        assert "multi-GPU preset: no GPU is visible, so everything runs on the CPU" in report

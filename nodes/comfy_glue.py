@@ -55,3 +55,8 @@ def progress_callback(total: int, node_id: str | None):
         bar.update_absolute(done, steps)
 
     return on_step
+
+
+def phase_checkpoint(_phase: str) -> None:
+    """Called as each phase starts (load, encode, denoise, decode): ComfyUI's Cancel raises here."""
+    comfy.model_management.throw_exception_if_processing_interrupted()

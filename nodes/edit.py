@@ -7,7 +7,7 @@ from comfy_api.latest import io, ui
 from ..optim.edit import MAX_SIZE, SIZE_MULTIPLE, EditJob, run_edit
 from ..optim.loading import LoadedPipeline
 from ..optim.runs import MAX_STEPS
-from .comfy_glue import after_run, progress_callback
+from .comfy_glue import after_run, phase_checkpoint, progress_callback
 from .image_inputs import images_from_batches
 from .types import CATEGORY, SEED_MAX, QwenPipeline
 
@@ -85,7 +85,9 @@ class InstructEdit(io.ComfyNode):
             height=height,
         )
         try:
-            result = run_edit(pipeline, references, job, on_step=progress_callback(steps, None))
+            result = run_edit(
+                pipeline, references, job, on_step=progress_callback(steps, None), checkpoint=phase_checkpoint
+            )
         finally:
             after_run()
         return io.NodeOutput(result.image, result.report, ui=ui.PreviewText(result.report))

@@ -14,7 +14,7 @@ from ..optim.layered import MAX_LAYERS, MIN_LAYERS, RESOLUTIONS, LayeredJob, run
 from ..optim.loading import LoadedPipeline
 from ..optim.psd_export import layers_to_pil, write_psd
 from ..optim.runs import MAX_STEPS
-from .comfy_glue import after_run, output_directory, progress_callback
+from .comfy_glue import after_run, output_directory, phase_checkpoint, progress_callback
 from .image_inputs import images_from_batches
 from .types import CATEGORY, SEED_MAX, QwenPipeline
 
@@ -117,7 +117,9 @@ class LayeredDecompose(io.ComfyNode):
             seed=seed,
         )
         try:
-            result = run_layered(pipeline, source, job, on_step=progress_callback(steps, None))
+            result = run_layered(
+                pipeline, source, job, on_step=progress_callback(steps, None), checkpoint=phase_checkpoint
+            )
         finally:
             after_run()
         preview = checkerboard_composite(result.rgb, result.alpha)

@@ -24,7 +24,7 @@ from ..optim.weight_files import (
     resolve_weight_file,
 )
 from ..optim.weights.safetensors_file import PICKLE_SUFFIXES
-from .comfy_glue import compute_device, free_comfy_models, model_roots, qwen_tokenizer_dir
+from .comfy_glue import compute_device, free_comfy_models, model_roots, phase_checkpoint, qwen_tokenizer_dir
 from .types import CATEGORY, OffloadConfig, PrecisionConfig, QwenPipeline, VaeConfig
 
 # One loaded pipeline for the whole server: a new selection frees the previous one.
@@ -165,6 +165,7 @@ class OptimizedLoader(io.ComfyNode):
             if lora == "none"
             else LoraChoice(resolve_weight_file(model_roots("loras"), lora, "loras"), float(lora_strength)),
         )
-        loaded = PIPELINES.get(request, before_load=free_comfy_models).with_vae(vae_settings or VaeSettings())
+        loaded = PIPELINES.get(request, before_load=free_comfy_models, checkpoint=phase_checkpoint)
+        loaded = loaded.with_vae(vae_settings or VaeSettings())
         plan = loaded.plan.describe()
         return io.NodeOutput(loaded, plan, ui=ui.PreviewText(plan))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from PIL import Image
@@ -11,8 +12,9 @@ from .errors import QwenFitError
 from .images import numpy_to_tensor
 from .job_shape import JobShape
 from .loading import LoadedPipeline
-from .run_record import RunRecord
+from .run_record import PhaseTracker, RunRecord
 from .runs import (
+    Checkpoint,
     StepCallback,
     Stopwatch,
     cfg_for,
@@ -20,7 +22,7 @@ from .runs import (
     check_steps,
     generator_for,
     plan_text,
-    prepared,
+    run_with_recovery,
     step_callback,
 )
 
@@ -93,9 +95,16 @@ def describe_resizes(references: list[Image.Image]) -> str:
 
 
 def run_edit(
-    loaded: LoadedPipeline, references: list[Image.Image], job: EditJob, on_step: StepCallback | None = None
+    loaded: LoadedPipeline,
+    references: list[Image.Image],
+    job: EditJob,
+    on_step: StepCallback | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> EditResult:
-    """Edit ``references`` (1 to 3 RGB images) as ``job.prompt`` says; returns one image."""
+    """Edit ``references`` (1 to 3 RGB images) as ``job.prompt`` says; returns one image.
+
+    ``on_step`` hears every denoising step and ``checkpoint`` every phase start; either may raise to
+    cancel. Out of GPU memory, the run is re-planned one step leaner and tried once more."""
     if not loaded.variant.is_edit:
         raise QwenFitError(
             f"'{loaded.name}' is a {loaded.variant.value} model; InstructEdit needs Qwen-Image-Edit-2509 or 2511. "
@@ -112,8 +121,9 @@ def run_edit(
     clock = Stopwatch()
     cfg_on = true_cfg_scale > 1 and negative_prompt is not None
     shape = JobShape("edit", width, height, references=len(references), cfg=cfg_on, steps=job.steps)
-    with prepared(loaded, shape) as tracker:
-        output = loaded.pipeline(
+
+    def call(tracker: PhaseTracker) -> Any:
+        return loaded.pipeline(
             image=references,
             prompt=job.prompt,
             negative_prompt=negative_prompt,
@@ -125,7 +135,8 @@ def run_edit(
             output_type="np",
             callback_on_step_end=step_callback(job.steps, on_step, tracker),
         )
-        record = tracker.finish()
+
+    output, record, recovery = run_with_recovery(loaded, shape, call, checkpoint)
     image = numpy_to_tensor(output.images)
     check_finite(image, loaded)
     report = (
@@ -133,6 +144,7 @@ def run_edit(
         f"{image.shape[2]}x{image.shape[1]}, {job.steps} steps, CFG {'on' if cfg_on else 'off'} "
         f"({true_cfg_scale:g}), seed {job.seed}, {clock.seconds:.1f} s\n{describe_resizes(references)}\n"
         + (f"{lightning_note}\n" if lightning_note else "")
+        + (f"{recovery}\n" if recovery else "")
         + f"{record.describe()}\n"
         + plan_text(loaded)
     )

@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
+from .budget import CARD_BUDGETS, GIB
 from .devices import indexed
+from .errors import QwenFitError
 from .host_plan import HostPlan
 from .job_shape import JobShape
 from .model_sizes import ModelSizes, measure
@@ -90,6 +92,10 @@ def plan_run(
     )
 
 
+def _smaller(budget: int | None, cap: int) -> int:
+    return cap if budget is None else min(budget, cap)
+
+
 def _block_layout(plan: MemoryPlan) -> tuple:
     """What decides where the transformer blocks are: a change means copying weights again."""
     return plan.resident_blocks, plan.slots, plan.devices, plan.block_devices, plan.replica_device
@@ -126,10 +132,49 @@ class PipelineEngine:
         self.prompts = PromptCache(pipeline.encode_prompt, self.text.encoding, self._pair_prompts)
         pipeline.encode_prompt = self.prompts
         self.plan: MemoryPlan | None = None
+        self._lean_budget: int | None = None  # set by lean_down() after an out-of-memory error
+        self._lean_tiling = False
 
     def plan_for(self, job: JobShape, vae: VaeSettings = DEFAULT_VAE) -> MemoryPlan:
         """The plan this job would get (nothing moves)."""
-        return plan_run(self.sizes, job, self.options, vae, self.text.reads_files, self.modulation.reads_files)
+        options = self.options
+        if self._lean_budget is not None:  # after an out-of-memory error: a smaller budget
+            gpus = tuple(replace(g, budget_bytes=_smaller(g.budget_bytes, self._lean_budget)) for g in options.gpus)
+            options = replace(options, budget_bytes=_smaller(options.budget_bytes, self._lean_budget), gpus=gpus)
+        if self._lean_tiling:
+            vae = replace(vae, tiling="on")
+        return plan_run(self.sizes, job, options, vae, self.text.reads_files, self.modulation.reads_files)
+
+    def lean_down(self, job: JobShape, vae: VaeSettings = DEFAULT_VAE) -> str:
+        """After an out-of-memory error: plan every later run one step leaner, i.e. for the next smaller
+        card budget below the last plan's predicted peak (or 90% of that peak when no card size fits
+        the job), with VAE tiling on. Returns what changed."""
+        peak = self.plan.predicted_peak_bytes if self.plan is not None else self.options.budget_bytes or 0
+        below = [gib * GIB for gib in CARD_BUDGETS.values() if gib * GIB < 0.9 * peak]
+        self._lean_tiling = True
+        candidates = ([int(max(below))] if below else []) + [int(0.9 * peak)]
+        for budget in candidates:
+            self._lean_budget = budget
+            try:
+                self.plan_for(job, vae)
+                break
+            except QwenFitError:
+                self._lean_budget = None
+        self.plan = None  # the next prepare places everything again
+        return f"re-planned one step leaner: VRAM budget {self.lean_budget_text()}, VAE tiling on"
+
+    def lean_budget_text(self) -> str:
+        return "as before" if self._lean_budget is None else f"{self._lean_budget / GIB:.1f} GiB"
+
+    def describe_peak(self) -> str:
+        """The last plan in a few words (for messages about it)."""
+        if self.plan is None:
+            return "no plan yet"
+        plan = self.plan
+        return (
+            f"the plan keeping {len(plan.resident_blocks)} of {self.sizes.blocks} blocks resident "
+            f"(predicted peak {plan.predicted_peak_bytes / GIB:.1f} GiB)"
+        )
 
     def prepare(self, job: JobShape, vae: VaeSettings = DEFAULT_VAE) -> MemoryPlan:
         """Plan ``job`` and place the weights as the plan says (cheap when the plan did not change)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from PIL import Image
@@ -11,8 +12,9 @@ from .errors import QwenFitError
 from .images import numpy_to_tensor
 from .job_shape import JobShape
 from .loading import LoadedPipeline
-from .run_record import RunRecord
+from .run_record import PhaseTracker, RunRecord
 from .runs import (
+    Checkpoint,
     StepCallback,
     Stopwatch,
     cfg_for,
@@ -20,7 +22,7 @@ from .runs import (
     check_steps,
     generator_for,
     plan_text,
-    prepared,
+    run_with_recovery,
     step_callback,
 )
 from .variants import Variant
@@ -52,9 +54,15 @@ class LayeredResult:
 
 
 def run_layered(
-    loaded: LoadedPipeline, image: Image.Image, job: LayeredJob, on_step: StepCallback | None = None
+    loaded: LoadedPipeline,
+    image: Image.Image,
+    job: LayeredJob,
+    on_step: StepCallback | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> LayeredResult:
-    """Split an RGBA ``image`` into ``job.layers`` RGBA layers, in the model's order."""
+    """Split an RGBA ``image`` into ``job.layers`` RGBA layers, in the model's order.
+
+    ``on_step`` and ``checkpoint`` as for :func:`optim.edit.run_edit`; out-of-memory is retried once leaner."""
     if loaded.variant is not Variant.LAYERED:
         raise QwenFitError(
             f"'{loaded.name}' is a {loaded.variant.value} model; LayeredDecompose needs Qwen-Image-Layered. "
@@ -78,8 +86,9 @@ def run_layered(
         steps=job.steps,
         caption=not job.prompt,
     )
-    with prepared(loaded, shape) as tracker:
-        output = loaded.pipeline(
+
+    def call(tracker: PhaseTracker) -> Any:
+        return loaded.pipeline(
             image=image.convert("RGBA"),
             prompt=job.prompt or None,
             negative_prompt=negative_prompt,
@@ -91,7 +100,8 @@ def run_layered(
             output_type="np",
             callback_on_step_end=step_callback(job.steps, on_step, tracker),
         )
-        record = tracker.finish()
+
+    output, record, recovery = run_with_recovery(loaded, shape, call, checkpoint)
     # diffusers returns one group per batch item; we always run one image.
     rgba = numpy_to_tensor(output.images[0])[: job.layers]
     check_finite(rgba, loaded)
@@ -100,6 +110,7 @@ def run_layered(
         f"{loaded.name}: {rgba.shape[0]} layers at {rgba.shape[2]}x{rgba.shape[1]} ({caption}), "
         f"{job.steps} steps, seed {job.seed}, {clock.seconds:.1f} s\n"
         + (f"{lightning_note}\n" if lightning_note else "")
+        + (f"{recovery}\n" if recovery else "")
         + f"{record.describe()}\n"
         + plan_text(loaded)
     )

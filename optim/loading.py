@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -211,7 +212,7 @@ def plan_host_memory(
     return plan_host(weights, host_budget_bytes(request.offload.host_budget))
 
 
-def _build(request: LoadRequest, desc: SourceDescription, host: HostPlan) -> Any:
+def _build(request: LoadRequest, desc: SourceDescription, host: HostPlan, checkpoint: Callable[[str], None]) -> Any:
     from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline, QwenImageLayeredPipeline
     from transformers import Qwen2_5_VLConfig, Qwen2Tokenizer, Qwen2VLProcessor
 
@@ -237,6 +238,7 @@ def _build(request: LoadRequest, desc: SourceDescription, host: HostPlan) -> Any
         lora=request.lora,
         keep_in_files=is_modulation_key if host.modulation == FILES else None,
     )
+    checkpoint("load")
     text_encoder = build_text_encoder(
         desc.text_encoder,
         desc.architecture,
@@ -255,6 +257,7 @@ def _build(request: LoadRequest, desc: SourceDescription, host: HostPlan) -> Any
         kind = getattr(precision, part)
         if kind in QUANTIZED:  # weight-only integer formats: quantized layer by layer after loading
             quantize_linears(module, kind, keep)
+    checkpoint("load")
     vae = build_vae(desc.vae, desc.architecture, desc.folder_config("vae"), desc.vae_channels, dtypes["vae"], home)
     tokenizer = Qwen2Tokenizer.from_pretrained(str(desc.tokenizer_dir), local_files_only=True)
     if folder is not None:
@@ -275,18 +278,36 @@ def _build(request: LoadRequest, desc: SourceDescription, host: HostPlan) -> Any
     )
 
 
-def load_pipeline(request: LoadRequest) -> LoadedPipeline:
+def _marking(checkpoint: Callable[[str], None] | None) -> Callable[[str], None]:
+    """``checkpoint`` whose exceptions are marked, so a cancel is re-raised as it is, not as a bad file."""
+
+    def check(phase: str) -> None:
+        if checkpoint is None:
+            return
+        try:
+            checkpoint(phase)
+        except BaseException as cancel:
+            cancel.qwenfit_cancel = True  # type: ignore[attr-defined]
+            raise
+
+    return check
+
+
+def load_pipeline(request: LoadRequest, checkpoint: Callable[[str], None] | None = None) -> LoadedPipeline:
     """Load and place a pipeline as ``request`` says, one tensor at a time, straight into the
     planned dtype. Nothing is downloaded; only safetensors are read (never pickles).
 
-    On failure everything partly loaded is released before the error propagates.
+    ``checkpoint("load")`` is called between components; raising from it (ComfyUI's Cancel) stops
+    the load. On failure or cancel everything partly loaded is released before the error propagates.
     """
     desc = describe(request)
     device = torch.device(request.device)
     pipeline = None
     try:
         host = plan_host_memory(request, desc, _compute_dtypes(request), _fp8_modes(request, desc))
-        pipeline = _build(request, desc, host)
+        check = _marking(checkpoint)
+        check("load")
+        pipeline = _build(request, desc, host, check)
         pipeline.set_progress_bar_config(disable=True)
         plan = plan_placement(pipeline, device, request.offload)
         engine = None
@@ -307,6 +328,8 @@ def load_pipeline(request: LoadRequest) -> LoadedPipeline:
     except Exception as exc:  # a corrupt file, a wrong shape: tell the user which model
         pipeline = None
         release_memory()
+        if getattr(exc, "qwenfit_cancel", False):
+            raise
         raise QwenFitError(
             f"'{request.source.name}' could not be loaded: {type(exc).__name__}: {exc}. The files may be "
             "truncated or from another model; re-copy or download them again."

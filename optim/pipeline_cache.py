@@ -24,8 +24,14 @@ class PipelineCache:
         self._loaded: LoadedPipeline | None = None
         self.loads = 0  # how many real loads happened (tests and reports read it)
 
-    def get(self, request: LoadRequest, before_load: Callable[[], None] | None = None) -> LoadedPipeline:
-        """The pipeline for ``request``, loading it (after ``before_load``) only when needed."""
+    def get(
+        self,
+        request: LoadRequest,
+        before_load: Callable[[], None] | None = None,
+        checkpoint: Callable[[str], None] | None = None,
+    ) -> LoadedPipeline:
+        """The pipeline for ``request``, loading it (after ``before_load``) only when needed;
+        ``checkpoint`` may cancel the load between components (see :func:`load_pipeline`)."""
         with self._lock:
             if self._loaded is not None and self._request == request:
                 return self._loaded
@@ -33,7 +39,7 @@ class PipelineCache:
             if before_load is not None:
                 before_load()
             log.info("QwenFit: loading %s", request.source.name)
-            self._loaded = load_pipeline(request)
+            self._loaded = load_pipeline(request, checkpoint)
             self._request = request
             self.loads += 1
             return self._loaded

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -81,7 +82,9 @@ class PhaseTracker:
         plan: str,
         job: JobShape | None = None,
         predicted_phase_peaks: tuple[tuple[str, int], ...] = (),
+        checkpoint: Callable[[str], None] | None = None,
     ) -> None:
+        self.checkpoint = checkpoint  # called as denoise and decode start; raising cancels the run
         self.cuda = device.type == "cuda"
         self.device, self.steps, self.model, self.plan = device, steps, model, plan
         self.job, self.predicted_phase_peaks = job, predicted_phase_peaks
@@ -112,6 +115,8 @@ class PhaseTracker:
         self._reset()
         if following is not None:
             _notify("phase_started", following)
+            if self.checkpoint is not None:
+                self.checkpoint(following)
 
     def denoising_starts(self, *_: Any) -> None:
         """Forward pre-hook of the transformer: the first call ends the encode phase."""

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from .errors import QwenFitError
 from .job_shape import JobShape
-from .loading import LoadedPipeline
+from .loading import LoadedPipeline, release_memory
 from .placement import apply_vae_settings
-from .run_record import PhaseTracker
+from .run_record import PhaseTracker, RunRecord
 
 # Called after every denoising step with (steps done, total steps). A host's progress bar
 # lives here; raising from it (ComfyUI's Cancel does) stops the run within one step.
+log = logging.getLogger("qwenfit")
+
 StepCallback = Callable[[int, int], None]
+# Called with a phase's name as it starts ("load", "encode", "denoise", "decode"); raising from it
+# cancels the run there, with nothing half-done left behind.
+Checkpoint = Callable[[str], None]
+T = TypeVar("T")
 
 MAX_STEPS = 200
 
@@ -76,9 +83,12 @@ def plan_text(loaded: LoadedPipeline) -> str:
 
 
 @contextmanager
-def prepared(loaded: LoadedPipeline, job: JobShape) -> Iterator[PhaseTracker]:
+def prepared(loaded: LoadedPipeline, job: JobShape, checkpoint: Checkpoint | None = None) -> Iterator[PhaseTracker]:
     """Plan and place for ``job``, set the VAE handling and time the phases; always leave the GPU
-    cache clean and the streaming rings freed, also after an error."""
+    cache clean and the streaming rings freed, also after an error. ``checkpoint`` is called as each
+    phase starts (encode, denoise, decode); raising from it (ComfyUI's Cancel) stops the run there."""
+    if checkpoint is not None:
+        checkpoint("encode")
     engine = loaded.engine
     predicted: tuple[tuple[str, int], ...] = ()
     if engine is not None:
@@ -87,7 +97,7 @@ def prepared(loaded: LoadedPipeline, job: JobShape) -> Iterator[PhaseTracker]:
     else:
         apply_vae_settings(loaded.pipeline, loaded.plan)
         running = nullcontext()
-    tracker = PhaseTracker(loaded.device, job.steps, loaded.name, plan_text(loaded), job, predicted)
+    tracker = PhaseTracker(loaded.device, job.steps, loaded.name, plan_text(loaded), job, predicted, checkpoint)
     hook = loaded.pipeline.transformer.register_forward_pre_hook(tracker.denoising_starts)
     try:
         with torch.inference_mode(), running:
@@ -121,3 +131,52 @@ def cfg_for(
     if lightning.lightning_steps:
         note += f"; made for {lightning.lightning_steps} steps"
     return 1.0, None, note
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+def run_with_recovery(
+    loaded: LoadedPipeline,
+    job: JobShape,
+    call: Callable[[PhaseTracker], T],
+    checkpoint: Checkpoint | None = None,
+) -> tuple[T, RunRecord, str]:
+    """Run ``call`` (the pipeline call) under the plan for ``job``: (its result, the run's record, a
+    note). On out-of-memory everything the run holds is freed, the engine re-plans one step leaner
+    (a smaller card's budget, VAE tiling on) and the run is tried once more; the note says so. A
+    second out-of-memory raises QwenFitError saying what was tried and what to change."""
+
+    def attempt() -> tuple[T, RunRecord]:
+        with prepared(loaded, job, checkpoint) as tracker:
+            result = call(tracker)
+            return result, tracker.finish()
+
+    try:
+        return (*attempt(), "")
+    except torch.OutOfMemoryError as error:
+        first = _first_line(error)
+    # Retried outside the except block: the traceback's frames (and the tensors they hold) are gone.
+    release_memory()
+    engine = loaded.engine
+    if engine is None:
+        raise QwenFitError(
+            f"out of GPU memory with diffusers' whole-model offload ({first}). Set QwenFit Offload's mode to "
+            "auto with your card's VRAM budget: the planner streams what does not fit."
+        )
+    before = engine.describe_peak()
+    note = engine.lean_down(job, loaded.vae)
+    log.warning("QwenFit: out of GPU memory (%s) with %s; %s; trying once more", first, before, note)
+    try:
+        result, record = attempt()
+    except torch.OutOfMemoryError as error:
+        second = _first_line(error)
+    else:
+        return result, record, f"note: out of GPU memory with {before}; {note}; the retry succeeded"
+    release_memory()
+    raise QwenFitError(
+        f"out of GPU memory twice: first with {before}, then {note} ({second}). Something else is using "
+        "this GPU, or its free memory is smaller than the budget: close other GPU programs, or pick a smaller "
+        f"VRAM budget on QwenFit Offload (the retry planned for {engine.lean_budget_text()})."
+    )

@@ -131,8 +131,10 @@ class OptimizedLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, model: str, **_: object) -> bool | str:
-        # Checked when the prompt is queued, before anything runs.
+    def validate_inputs(cls, model: str) -> bool | str:
+        # Checked when the prompt is queued, before anything runs. Only ``model`` is named, so ComfyUI
+        # still checks every other input's type and range itself.
+        model = str(model)  # an API prompt may send anything here
         if model.lower().endswith(PICKLE_SUFFIXES):
             return f"{model} is a pickle file; QwenFit never loads pickles (they can run code): use .safetensors."
         if model not in model_choices():

@@ -100,7 +100,7 @@ async def memory_history(request: web.Request) -> web.Response:
         query = _single_values(request)
         _refuse_unknown(query, ("seconds",))
         raw = query.get("seconds", "60")
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_HISTORY_S:
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or not 1 <= int(raw) <= MAX_HISTORY_S:
             raise BadParameter("seconds", f"{raw!r} is not a whole number of seconds from 1 to {MAX_HISTORY_S}")
     except BadParameter as error:
         return _bad(error)

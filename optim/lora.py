@@ -25,12 +25,23 @@ _DOTTED = re.compile(r"^(.+)\.(lora_A|lora_B|lora_down|lora_up)(?:\.default)?\.w
 LIGHTNING_SHIFT = math.log(3)
 
 
+# The loader's widget range; beyond it a merged LoRA swamps the model's own weights.
+MAX_STRENGTH = 4.0
+
+
 @dataclass(frozen=True)
 class LoraChoice:
     """A LoRA file and its strength, as part of a load request (hashable)."""
 
     path: Path
     strength: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.strength) or abs(self.strength) > MAX_STRENGTH:
+            raise QwenFitError(
+                f"lora_strength={self.strength} is not usable; use -{MAX_STRENGTH:g} to {MAX_STRENGTH:g} "
+                "(1 is the LoRA's full effect)."
+            )
 
     @property
     def is_lightning(self) -> bool:

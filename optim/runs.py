@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -124,6 +125,8 @@ def cfg_for(
     loaded: LoadedPipeline, true_cfg_scale: float, negative_prompt: str | None
 ) -> tuple[float, str | None, str]:
     """(scale, negative prompt, note): a Lightning LoRA turns CFG off, as it was distilled without it."""
+    if not math.isfinite(true_cfg_scale) or true_cfg_scale < 0:
+        raise QwenFitError(f"true_cfg_scale={true_cfg_scale} is not usable; use 1 (CFG off) to 10 (4 is typical).")
     lightning = loaded.lightning
     if lightning is None:
         return true_cfg_scale, negative_prompt, ""

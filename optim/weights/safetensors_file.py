@@ -9,6 +9,7 @@ plan keeps plus one tensor. The format is JSON + raw bytes: nothing is ever unpi
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -80,14 +81,18 @@ class SafetensorsFile:
                 (header_len,) = struct.unpack("<Q", prefix)
                 if header_len > min(_HEADER_LIMIT, size - 8):
                     raise self._fail("header length beyond the file")
-                header = json.loads(f.read(header_len))
+                raw = f.read(header_len)
         except OSError as exc:
             raise QwenFitError(f"{self.path.name} could not be read: {exc}") from None
-        except ValueError:
+        try:
+            header = json.loads(raw)
+        except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             raise self._fail("header is not JSON") from None
         if not isinstance(header, dict):
             raise self._fail("header is not a table")
         metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            raise self._fail("metadata is not a table of strings")
         data_start = 8 + header_len
         tensors = {}
         for name, entry in header.items():
@@ -95,9 +100,11 @@ class SafetensorsFile:
                 dtype = DTYPES[entry["dtype"]]
                 shape = tuple(int(d) for d in entry["shape"])
                 begin, end = (int(x) for x in entry["data_offsets"])
-            except (KeyError, TypeError, ValueError):
+                if any(d < 0 or d > size for d in shape):
+                    raise ValueError("dimension out of range")
+                expected = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+            except (KeyError, TypeError, ValueError, OverflowError):
                 raise self._fail(f"bad entry for {name!r}") from None
-            expected = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
             if end - begin != expected or begin < 0 or data_start + end > size:
                 raise self._fail(f"tensor {name!r} runs past the end of the file")
             tensors[name] = TensorInfo(name, dtype, shape, data_start + begin, data_start + end)
@@ -140,5 +147,5 @@ def metadata_json(metadata: dict[str, str], key: str) -> Any:
         return None
     try:
         return json.loads(raw)
-    except ValueError:
+    except (ValueError, TypeError, RecursionError):
         return None

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from .errors import QwenFitError
 from .job_shape import JobShape
@@ -250,8 +250,3 @@ def _preference(plan: MemoryPlan) -> tuple:
         -len(plan.devices),
         plan.slots,
     )
-
-
-def with_fallback_note(plan: MemoryPlan, note: str) -> MemoryPlan:
-    """The plan with a note in front (for example which GPUs a multi-GPU preset fell back to)."""
-    return replace(plan, notes=(note, *plan.notes))

@@ -24,7 +24,7 @@ from .host_plan import HostPlan
 from .job_shape import JobShape
 from .model_sizes import ModelSizes, measure
 from .multi_gpu_planner import Gpu, plan_gpus
-from .planner import MemoryPlan, describe_memory_plan, plan_memory
+from .planner import MemoryPlan, describe_memory_plan
 from .settings import VaeSettings
 from .streaming.block_streamer import BlockStreamer
 from .streaming.cfg_pairing import TextInput
@@ -66,29 +66,19 @@ def plan_run(
     modulation_in_files: bool = False,
 ) -> MemoryPlan:
     """The plan of one run under the engine's options: the one call the engine and the plan preview share."""
-    if len(options.gpus) > 1:
-        return plan_gpus(
-            sizes,
-            job,
-            options.gpus,
-            options.mode,
-            vae.tiling,
-            vae.slicing,
-            text_in_files=text_in_files,
-            modulation_in_files=modulation_in_files,
-            cfg=options.cfg,
-            strategy=options.multi_gpu,
-        )
-    return plan_memory(
+    # One GPU (or the CPU): its budget alone; plan_gpus then is the one-GPU planner.
+    gpus = options.gpus if len(options.gpus) > 1 else (Gpu("", options.budget_bytes),)
+    return plan_gpus(
         sizes,
         job,
-        options.budget_bytes,
+        gpus,
         options.mode,
         vae.tiling,
         vae.slicing,
         text_in_files=text_in_files,
         modulation_in_files=modulation_in_files,
         cfg=options.cfg,
+        strategy=options.multi_gpu,
     )
 
 

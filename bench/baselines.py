@@ -26,7 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from optim.host_memory import trim_host_heap
+from optim.files.host_memory import trim_host_heap
 
 from .realsize import MODULES, empty_pinned_cache, make_pageable_, make_pipeline, move_component
 

@@ -101,7 +101,7 @@ def main() -> int:
                     row["run_s"] = round(time.perf_counter() - start, 2)
                     row["phases"] = result.record.describe()
                     row["peak_alloc_MiB"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-                    row["plan"] = loaded.plan.describe()
+                    row["plan"] = result.record.plan
                     row["ok"] = True
                     del loaded, view, result
                 except Exception as exc:  # record and go on: this run is for finding what breaks

@@ -43,8 +43,8 @@ def write(tokenizer: Path, models: Path, arch: str = "qwen-image", device: str =
     from safetensors.torch import save_file
 
     from bench.realsize import build_components
-    from optim.weights.fp8 import quantize_absmax
-    from optim.weights.key_maps import text_encoder_to_comfy
+    from optim.files.fp8_layouts import quantize_absmax
+    from optim.files.key_maps import text_encoder_to_comfy
     from tools.comfy_layouts import _comfy_vae
 
     start = time.perf_counter()
@@ -119,7 +119,7 @@ def run(tokenizer: Path, models: Path, host_budget: str, vram_budget: str, steps
     from bench.jobs import synthetic_image
     from bench.measure import host_rss
     from optim import EditJob, LoadRequest, OffloadSettings, SplitFiles, load_pipeline, run_edit
-    from optim.streaming.host_arena import pinned_bytes
+    from optim.execution.host_arena import pinned_bytes
 
     source = SplitFiles(models / TRANSFORMER, models / TEXT_ENCODER, models / VAE, tokenizer)
     offload = OffloadSettings(vram_budget=vram_budget, host_budget=host_budget)
@@ -161,8 +161,7 @@ def run(tokenizer: Path, models: Path, host_budget: str, vram_budget: str, steps
         "rss_after": rss,
         "pinned": pinned_bytes(),
         "available_drop": available.stop(),
-        "host_plan": loaded.host.describe() if loaded.host else "",
-        "plan": loaded.engine.describe(),
+        "plan": loaded.engine.plan.describe() if loaded.engine.plan else loaded.describe_default_plan(),
         "runs": runs,
     }
 

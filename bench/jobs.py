@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from optim.variants import Variant
+from optim.qwen.variants import Variant
 
 from .measure import Measurement, PhaseMeter
 

@@ -12,23 +12,22 @@ fp8 files) and swap the bf16 originals back on release.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from optim.assemble import text_encoder_fp8_filter, transformer_fp8_filter
-from optim.budget import usable_bytes
-from optim.devices import indexed
-from optim.engine import EngineOptions, PipelineEngine
-from optim.fp8_linear import Fp8Linear
-from optim.job_shape import JobShape
-from optim.multi_gpu_planner import Gpu
-from optim.quantized_linear import QUANTIZED
-from optim.streaming.host_arena import pinned_bytes
-from optim.variants import Variant
-from optim.weights.fp8 import Fp8Layout, Fp8Weight, quantize_absmax
+from optim.execution.devices import indexed, usable_bytes
+from optim.execution.engine import EngineOptions, PipelineEngine
+from optim.execution.host_arena import pinned_bytes
+from optim.files.fp8_layouts import Fp8Layout, Fp8Weight, quantize_absmax
+from optim.planning.planner import Gpu
+from optim.quant.formats import QUANTIZED
+from optim.quant.fp8 import Fp8Linear
+from optim.quant.fp8_scope import FP8_SCOPES
+from optim.qwen.job_shape import JobShape
+from optim.qwen.variants import Variant
+from optim.settings import OffloadSettings
 
 from .baselines import Skip, free_device_memory
 from .realsize import make_pipeline
@@ -89,13 +88,15 @@ class QwenFitPreset:
     def prepare(self, components: dict[str, Any], device: torch.device) -> Any:
         device = torch.device(device)
         if self.precision != "bf16":
-            self._swaps = swap_linears(components["transformer"], transformer_fp8_filter, self.precision, device)
+            self._swaps = swap_linears(components["transformer"], FP8_SCOPES["transformer"], self.precision, device)
             if self.precision != "fp8_e4m3fn_fast":  # fp8 matmuls speed the transformer; the encoder runs once
-                self._swaps += swap_linears(components["text_encoder"], text_encoder_fp8_filter, self.precision, device)
+                self._swaps += swap_linears(
+                    components["text_encoder"], FP8_SCOPES["text_encoder"], self.precision, device
+                )
         budget = usable_bytes(self.budget, device)
         if self.gpu_cap_gib is not None:
             budget = int(self.gpu_cap_gib * 2**30)
-        gpus: tuple[Gpu, ...] = ()
+        gpus: tuple[Gpu, ...] = (Gpu(str(indexed(device)), budget),)
         if self.gpus > 1:
             if device.type != "cuda" or torch.cuda.device_count() < self.gpus:
                 raise Skip(f"needs {self.gpus} GPUs")
@@ -111,19 +112,22 @@ class QwenFitPreset:
                 torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), gpu)
         pipeline = make_pipeline(components, components["variant"])
         pipeline.set_progress_bar_config(disable=True)
-        options = EngineOptions(budget, self.mode, self.attention_backend, self.compile_blocks, self.cfg)
-        self._engine = PipelineEngine(pipeline, device, replace(options, gpus=gpus, multi_gpu=self.multi_gpu))
+        offload = OffloadSettings(
+            mode=self.mode, cfg=self.cfg, gpus="all" if self.gpus > 1 else "one", multi_gpu=self.multi_gpu
+        )
+        options = EngineOptions(offload, gpus, self.attention_backend, self.compile_blocks)
+        self._engine = PipelineEngine(pipeline, device, options)
         plan = self._engine.prepare(job_shape(components["job"]))
         self.predicted_peak_bytes = plan.predicted_peak_bytes
         self.predicted_device_peaks = dict(plan.device_peaks)
         for gpu in self._devices[1:]:  # the meter resets the first GPU's peak itself
             torch.cuda.reset_peak_memory_stats(gpu)
-        self.plan_text = self._engine.describe()
+        self.plan_text = plan.describe()
         print(self.plan_text, flush=True)
         self._running = self._engine.running()
         self._running.__enter__()
         if self.monitor:
-            from optim.memory_sampler import MemorySampler
+            from optim.monitoring.memory_sampler import MemorySampler
 
             self._sampler = MemorySampler(interval_s=0.25)
             self._sampler.start()

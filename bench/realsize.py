@@ -22,8 +22,15 @@ from typing import Any
 
 import torch
 
-from optim.architectures import Architecture, empty_text_encoder, empty_transformer, empty_vae, processor, scheduler
-from optim.variants import Variant
+from optim.qwen.architectures import (
+    Architecture,
+    empty_text_encoder,
+    empty_transformer,
+    empty_vae,
+    processor,
+    scheduler,
+)
+from optim.qwen.variants import Variant
 
 # std = WEIGHT_GAIN / sqrt(fan_in). 0.5 (about PyTorch's own Linear default) makes the modulation
 # gates ~0.03, so 60 blocks barely change the stream and a precision change would look harmless;

@@ -31,15 +31,15 @@ from PIL import Image  # noqa: E402
 
 from bench.measure import host_rss  # noqa: E402
 from bench.realsize import build_components, make_pipeline  # noqa: E402
-from optim.budget import usable_bytes  # noqa: E402
-from optim.edit import EditJob, run_edit  # noqa: E402
-from optim.engine import EngineOptions, PipelineEngine  # noqa: E402
-from optim.loading import LoadedPipeline, LoadRequest, release_memory  # noqa: E402
-from optim.placement import plan_placement  # noqa: E402
+from optim.execution.devices import resolve_gpus  # noqa: E402
+from optim.execution.engine import EngineOptions, PipelineEngine  # noqa: E402
+from optim.execution.host_arena import pinned_bytes  # noqa: E402
+from optim.files.sources import DiffusersFolder  # noqa: E402
+from optim.jobs.edit import EditJob, run_edit  # noqa: E402
+from optim.loading.loader import LoadedPipeline, LoadRequest, release_memory  # noqa: E402
+from optim.planning.components import describe_components  # noqa: E402
+from optim.qwen.variants import Variant  # noqa: E402
 from optim.settings import OffloadSettings  # noqa: E402
-from optim.sources import DiffusersFolder  # noqa: E402
-from optim.streaming.host_arena import pinned_bytes  # noqa: E402
-from optim.variants import Variant  # noqa: E402
 
 GIB = 2**30
 PROMPTS = ("make the sky purple", "add snow on the roof", "turn it into a watercolour")
@@ -49,12 +49,21 @@ def loaded_around(components: dict[str, Any], device: torch.device, budget: str)
     """The pack's LoadedPipeline for the benchmark's components, placed by the engine for ``budget``."""
     pipeline = make_pipeline(components, Variant.EDIT_2509)
     offload = OffloadSettings(vram_budget=budget)
-    engine = PipelineEngine(pipeline, device, EngineOptions(usable_bytes(budget, device)))
+    gpus, _ = resolve_gpus(offload, device)
+    components_list = describe_components(pipeline, str(device), whole_model_offload=False)
+    engine = PipelineEngine(pipeline, device, EngineOptions(offload, gpus), components=components_list)
     request = LoadRequest(
         DiffusersFolder(Path(f"real-size random weights ({budget})")), offload=offload, device=str(device)
     )
-    plan = plan_placement(pipeline, device, offload)
-    return LoadedPipeline(pipeline=pipeline, variant=Variant.EDIT_2509, plan=plan, request=request, engine=engine)
+    return LoadedPipeline(
+        pipeline=pipeline,
+        variant=Variant.EDIT_2509,
+        request=request,
+        sizes=engine.sizes,
+        components=components_list,
+        gpus=gpus,
+        engine=engine,
+    )
 
 
 def snapshot(device: torch.device) -> dict[str, int | None]:

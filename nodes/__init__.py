@@ -35,11 +35,19 @@ def _serve_the_browser() -> None:
         live_monitor()
 
 
-_serve_the_browser()
-
-
 class QwenFitExtension(ComfyExtension):
+    _loaded = False  # one server, one set of routes and one monitor, however often it is asked
+
+    async def on_load(self) -> None:
+        """Start serving the browser. Newer servers call this before asking for the nodes; 0.3.75
+        never does, so ``get_node_list`` makes sure it ran (both happen before the server adds its
+        routes to the app)."""
+        if not QwenFitExtension._loaded:
+            QwenFitExtension._loaded = True
+            _serve_the_browser()
+
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        await self.on_load()
         return NODES
 
 

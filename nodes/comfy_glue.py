@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import comfy.model_management
@@ -45,6 +47,18 @@ def free_comfy_models() -> None:
 def after_run() -> None:
     """Give cached GPU blocks back after a run, as ComfyUI's own nodes do."""
     comfy.model_management.soft_empty_cache()
+
+
+@contextmanager
+def node_run(node_id: str | None) -> Iterator[None]:
+    """Around a run node's work: the live monitor names this node, the GPU cache is handed back after."""
+    from .live_monitor import live_monitor
+
+    try:
+        with live_monitor().node_running(node_id):
+            yield
+    finally:
+        after_run()
 
 
 def progress_callback(total: int, node_id: str | None):

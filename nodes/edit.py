@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from ..optim.edit import MAX_SIZE, SIZE_MULTIPLE, EditJob, run_edit
-from ..optim.loading import LoadedPipeline
-from ..optim.runs import MAX_STEPS
-from .comfy_glue import after_run, phase_checkpoint, progress_callback
+from ..optim import EditJob, LoadedPipeline, job_limits, run_edit
+from .comfy_glue import node_run, phase_checkpoint, progress_callback
 from .image_inputs import images_from_batches
 from .types import CATEGORY, SEED_MAX, QwenPipeline
 
@@ -19,6 +17,7 @@ class InstructEdit(io.ComfyNode):
             node_id="QwenFitInstructEdit",
             display_name="QwenFit Instruct Edit",
             category=CATEGORY,
+            hidden=[io.Hidden.unique_id],
             description="Edit images by instruction with Qwen-Image-Edit-2509/2511. Each image of a connected "
             "batch counts as one reference (up to 3 in all).",
             inputs=[
@@ -39,17 +38,17 @@ class InstructEdit(io.ComfyNode):
                     step=0.1,
                     tooltip="1 turns CFG off (twice as fast).",
                 ),
-                io.Int.Input("steps", default=40, min=1, max=MAX_STEPS),
+                io.Int.Input("steps", default=40, min=1, max=job_limits.MAX_STEPS),
                 io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True),
                 io.Int.Input(
                     "width",
                     default=0,
                     min=0,
-                    max=MAX_SIZE,
-                    step=SIZE_MULTIPLE,
+                    max=job_limits.MAX_SIZE,
+                    step=job_limits.SIZE_MULTIPLE,
                     tooltip="0 with height 0: about 1 megapixel at the first reference's aspect.",
                 ),
-                io.Int.Input("height", default=0, min=0, max=MAX_SIZE, step=SIZE_MULTIPLE),
+                io.Int.Input("height", default=0, min=0, max=job_limits.MAX_SIZE, step=job_limits.SIZE_MULTIPLE),
                 io.Image.Input("image2", optional=True, tooltip="Optional reference 2."),
                 io.Image.Input("image3", optional=True, tooltip="Optional reference 3."),
             ],
@@ -84,10 +83,9 @@ class InstructEdit(io.ComfyNode):
             width=width,
             height=height,
         )
-        try:
+        node_id = cls.hidden.unique_id
+        with node_run(node_id):
             result = run_edit(
-                pipeline, references, job, on_step=progress_callback(steps, None), checkpoint=phase_checkpoint
+                pipeline, references, job, on_step=progress_callback(steps, node_id), checkpoint=phase_checkpoint
             )
-        finally:
-            after_run()
         return io.NodeOutput(result.image, result.report, ui=ui.PreviewText(result.report))

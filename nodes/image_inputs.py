@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from ..optim.images import check_image_batch, tensor_to_pil
+from ..optim import check_image_batch, tensor_to_pil
 
 
 def images_from_batches(named_batches: list[tuple[str, torch.Tensor | None]], mode: str = "RGB") -> list[Image.Image]:

@@ -7,14 +7,17 @@ from pathlib import Path
 import torch
 from comfy_api.latest import io, ui
 
-from ..optim.compositing import checkerboard_composite
-from ..optim.errors import QwenFitError
-from ..optim.images import with_alpha_from_mask
-from ..optim.layered import MAX_LAYERS, MIN_LAYERS, RESOLUTIONS, LayeredJob, run_layered
-from ..optim.loading import LoadedPipeline
-from ..optim.psd_export import layers_to_pil, write_psd
-from ..optim.runs import MAX_STEPS
-from .comfy_glue import after_run, output_directory, phase_checkpoint, progress_callback
+from ..optim import (
+    LayeredJob,
+    LoadedPipeline,
+    check_one_image,
+    checkerboard_composite,
+    job_limits,
+    run_layered,
+    save_layers_psd,
+    with_alpha_from_mask,
+)
+from .comfy_glue import node_run, output_directory, phase_checkpoint, progress_callback
 from .image_inputs import images_from_batches
 from .types import CATEGORY, SEED_MAX, QwenPipeline
 
@@ -26,6 +29,7 @@ class LayeredDecompose(io.ComfyNode):
             node_id="QwenFitLayeredDecompose",
             display_name="QwenFit Layered Decompose",
             category=CATEGORY,
+            hidden=[io.Hidden.unique_id],
             description="Split an image into RGBA layers with Qwen-Image-Layered. Layers come bottom first.",
             inputs=[
                 QwenPipeline.Input("pipeline", tooltip="From QwenFit Optimized Loader (a Layered model)."),
@@ -33,10 +37,10 @@ class LayeredDecompose(io.ComfyNode):
                 io.Mask.Input(
                     "mask", optional=True, tooltip="Optional alpha, as Load Image gives it (1 = transparent)."
                 ),
-                io.Int.Input("layers", default=4, min=MIN_LAYERS, max=MAX_LAYERS),
+                io.Int.Input("layers", default=4, min=job_limits.MIN_LAYERS, max=job_limits.MAX_LAYERS),
                 io.Combo.Input(
                     "resolution",
-                    options=[str(r) for r in RESOLUTIONS],
+                    options=[str(r) for r in job_limits.RESOLUTIONS],
                     default="640",
                     tooltip="640 is what the authors recommend; 1024 is about 2.5x slower.",
                 ),
@@ -49,7 +53,7 @@ class LayeredDecompose(io.ComfyNode):
                 ),
                 io.String.Input("negative_prompt", multiline=True, default=" "),
                 io.Float.Input("true_cfg_scale", default=4.0, min=1.0, max=20.0, step=0.1),
-                io.Int.Input("steps", default=50, min=1, max=MAX_STEPS),
+                io.Int.Input("steps", default=50, min=1, max=job_limits.MAX_STEPS),
                 io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True),
                 io.Boolean.Input(
                     "save_psd",
@@ -98,12 +102,8 @@ class LayeredDecompose(io.ComfyNode):
         filename_prefix: str = "QwenFit/layers",
         mask=None,
     ) -> io.NodeOutput:
-        if isinstance(image, torch.Tensor) and image.ndim == 4 and image.shape[0] > 1:
-            # diffusers 0.42 groups the layers of a batch wrongly; one image per run is what works.
-            raise QwenFitError(
-                f"LayeredDecompose takes one image, got a batch of {image.shape[0]}. Pick one with "
-                "'Image From Batch' (or run the images one by one)."
-            )
+        if isinstance(image, torch.Tensor):
+            check_one_image(image, "LayeredDecompose")
         source = images_from_batches([("image", image)], mode="RGBA")[0]
         if mask is not None:
             source = with_alpha_from_mask(source, mask)
@@ -116,20 +116,14 @@ class LayeredDecompose(io.ComfyNode):
             steps=steps,
             seed=seed,
         )
-        try:
+        node_id = cls.hidden.unique_id
+        with node_run(node_id):
             result = run_layered(
-                pipeline, source, job, on_step=progress_callback(steps, None), checkpoint=phase_checkpoint
+                pipeline, source, job, on_step=progress_callback(steps, node_id), checkpoint=phase_checkpoint
             )
-        finally:
-            after_run()
         preview = checkerboard_composite(result.rgb, result.alpha)
         transparency = (1.0 - result.alpha).contiguous()
         report = result.report
         if save_psd:
-            count = result.rgb.shape[0]
-            names = [
-                f"Layer {i + 1}" + (" (bottom)" if i == 0 else " (top)" if i == count - 1 else "") for i in range(count)
-            ]
-            path = write_psd(layers_to_pil(result.rgb, result.alpha), Path(output_directory()), filename_prefix, names)
-            report += f"\nPSD: {path.relative_to(Path(output_directory()).resolve())} ({count} layers, bottom first)"
+            report += "\n" + save_layers_psd(result.rgb, result.alpha, Path(output_directory()), filename_prefix)
         return io.NodeOutput(result.rgb, transparency, preview, report, ui=ui.PreviewText(report))

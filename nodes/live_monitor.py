@@ -14,11 +14,12 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
-from ..optim.memory_sampler import MemorySample, MemorySampler, PhaseMark
-from ..optim.run_record import RunRecord, add_run_observer, remove_run_observer
+from ..optim import MemorySample, MemorySampler, PhaseMark, RunRecord, add_run_observer, remove_run_observer
 
 log = logging.getLogger("qwenfit")
 EVENT_MEMORY = "qwenfit.memory"
@@ -74,6 +75,7 @@ class LiveMonitor:
         self.enabled = enabled
         self.sampler = MemorySampler(INTERVAL_S)
         self.phase: str | None = None  # the running phase of a QwenFit run, if one runs
+        self.node: str | None = None  # the graph id of the node running it (its V3 hidden unique_id)
         self._count = 0
 
     @property
@@ -121,8 +123,16 @@ class LiveMonitor:
         if self.enabled:
             self.sampler.run_finished(record)
         if record is not None and self._clients():
-            node = getattr(self.server, "last_node_id", None)
-            self.server.send_sync(EVENT_RUN, {"node": node, "record": record_json(record)})
+            self.server.send_sync(EVENT_RUN, {"node": self.node, "record": record_json(record)})
+
+    @contextmanager
+    def node_running(self, node_id: str | None) -> Iterator[None]:
+        """Around one run node's execution: its run events name that node."""
+        self.node = node_id
+        try:
+            yield
+        finally:
+            self.node = None
 
 
 _monitor: LiveMonitor | None = None

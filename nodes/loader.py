@@ -4,26 +4,23 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from ..optim.errors import QwenFitError
-from ..optim.loading import LoadRequest
-from ..optim.lora import LoraChoice
-from ..optim.model_folders import list_pipeline_folders, resolve_pipeline_folder
-from ..optim.pipeline_cache import PipelineCache
-from ..optim.settings import OffloadSettings, PrecisionSettings, VaeSettings
-from ..optim.sources import DiffusersFolder, PipelineSource, SplitFiles, transformer_variant
-from ..optim.variants import VARIANT_CHOICES
-from ..optim.weight_files import (
+from ..optim import (
     AUTO,
-    STANDARD_TEXT_ENCODERS,
-    STANDARD_TRANSFORMERS,
-    STANDARD_VAES,
-    TEXT_ENCODER_HINTS,
-    VAE_HINTS,
-    list_weight_files,
-    pick_default,
-    resolve_weight_file,
+    PICKLE_SUFFIXES,
+    VARIANT_CHOICES,
+    LoadRequest,
+    OffloadSettings,
+    PipelineCache,
+    PipelineSource,
+    PrecisionSettings,
+    VaeSettings,
+    lora_from_name,
+    lora_names,
+    model_names,
+    source_from_names,
+    text_encoder_names,
+    vae_names,
 )
-from ..optim.weights.safetensors_file import PICKLE_SUFFIXES
 from .comfy_glue import compute_device, free_comfy_models, model_roots, phase_checkpoint, qwen_tokenizer_dir
 from .types import CATEGORY, OffloadConfig, PrecisionConfig, QwenPipeline, VaeConfig
 
@@ -32,42 +29,12 @@ PIPELINES = PipelineCache()
 
 
 def model_choices() -> list[str]:
-    """Transformer files from diffusion_models (Comfy-Org's names first: the default is the first
-    one present), then diffusers folders."""
-    return list_weight_files(model_roots("diffusion_models"), STANDARD_TRANSFORMERS) + list_pipeline_folders(
-        model_roots("diffusers")
-    )
-
-
-def _is_file(model: str) -> bool:
-    return model.lower().endswith(".safetensors")
+    return model_names(model_roots)
 
 
 def build_source(model: str, text_encoder: str, vae: str) -> PipelineSource:
-    """Resolve the loader's three choices to files, through ComfyUI's model folders only."""
-    if not _is_file(model):
-        if text_encoder != AUTO or vae != AUTO:
-            raise QwenFitError(
-                f"'{model}' is a diffusers folder, which brings its own text encoder and VAE: set text_encoder and "
-                "vae to auto, or pick a transformer file from diffusion_models to combine with separate files."
-            )
-        return DiffusersFolder(resolve_pipeline_folder(model_roots("diffusers"), model))
-    transformer = resolve_weight_file(model_roots("diffusion_models"), model, "diffusion_models")
-    te_names = list_weight_files(model_roots("text_encoders"))
-    vae_names = list_weight_files(model_roots("vae"))
-    if text_encoder == AUTO:
-        text_encoder = pick_default(
-            te_names, STANDARD_TEXT_ENCODERS, TEXT_ENCODER_HINTS, "Qwen2.5-VL text encoder", "text_encoders"
-        )
-    if vae == AUTO:
-        variant = transformer_variant(transformer)
-        vae = pick_default(vae_names, STANDARD_VAES[variant], VAE_HINTS[variant], f"{variant.value} VAE", "vae")
-    return SplitFiles(
-        transformer=transformer,
-        text_encoder=resolve_weight_file(model_roots("text_encoders"), text_encoder, "text_encoders"),
-        vae=resolve_weight_file(model_roots("vae"), vae, "vae"),
-        tokenizer=qwen_tokenizer_dir(),
-    )
+    """The loader's three choices as files, through ComfyUI's model folders only."""
+    return source_from_names(model_roots, model, text_encoder, vae, qwen_tokenizer_dir())
 
 
 class OptimizedLoader(io.ComfyNode):
@@ -96,7 +63,7 @@ class OptimizedLoader(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "text_encoder",
-                    options=[AUTO] + list_weight_files(model_roots("text_encoders"), STANDARD_TEXT_ENCODERS),
+                    options=[AUTO, *text_encoder_names(model_roots)],
                     default=AUTO,
                     optional=True,
                     tooltip="From models/text_encoders. auto: qwen_2.5_vl_7b_fp8_scaled, else qwen_2.5_vl_7b "
@@ -104,14 +71,14 @@ class OptimizedLoader(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "vae",
-                    options=[AUTO] + list_weight_files(model_roots("vae")),
+                    options=[AUTO, *vae_names(model_roots)],
                     default=AUTO,
                     optional=True,
                     tooltip="From models/vae. auto: qwen_image_vae for Edit, qwen_image_layered_vae for Layered.",
                 ),
                 io.Combo.Input(
                     "lora",
-                    options=["none"] + list_weight_files(model_roots("loras")),
+                    options=["none", *lora_names(model_roots)],
                     default="none",
                     optional=True,
                     tooltip="A LoRA from models/loras, merged into the weights at load. A Lightning LoRA (4/8 "
@@ -163,11 +130,9 @@ class OptimizedLoader(io.ComfyNode):
             precision=precision or PrecisionSettings(),
             offload=offload or OffloadSettings(),
             device=str(compute_device()),
-            lora=None
-            if lora == "none"
-            else LoraChoice(resolve_weight_file(model_roots("loras"), lora, "loras"), float(lora_strength)),
+            lora=lora_from_name(model_roots, lora, lora_strength),
         )
         loaded = PIPELINES.get(request, before_load=free_comfy_models, checkpoint=phase_checkpoint)
         loaded = loaded.with_vae(vae_settings or VaeSettings())
-        plan = loaded.plan.describe()
+        plan = loaded.describe_default_plan()
         return io.NodeOutput(loaded, plan, ui=ui.PreviewText(plan))

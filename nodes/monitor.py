@@ -8,10 +8,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io, ui
 
-from ..optim.memory_chart import draw_run_chart
-from ..optim.memory_sampler import last_run_window
-from ..optim.monitor_report import monitor_report
-from ..optim.run_record import last_run
+from ..optim import draw_run_chart, last_run, last_run_window, monitor_report
 from .live_monitor import SWITCH, live_monitor
 from .types import CATEGORY
 

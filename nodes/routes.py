@@ -3,7 +3,8 @@
 - GET /qwenfit/memory: per-GPU used/total, host RAM, this process's RSS, pinned bytes, the sampler state.
 - GET /qwenfit/memory/history?seconds=60: the sampled history and the runs' phase marks.
 - GET /qwenfit/last_run: the last run's record (phases, peaks, s/step, the plan's prediction).
-- GET /qwenfit/plan_preview?model=...&...: the plan a workflow will get (see optim/plan_preview.py).
+- GET /qwenfit/plan_preview?model=...&...: the plan a workflow will get (nodes/plan_preview.py, optim/jobs/plan_preview.py).
+- GET /qwenfit/settings_schema: the settings nodes' choices and their preview parameter names (optim/settings.py).
 
 Every parameter is checked: a wrong one gets HTTP 400 with ``{"error", "parameter"}``. Answers carry
 model names as the loader lists them and never a file path (messages are scrubbed of paths).
@@ -20,20 +21,20 @@ from typing import Any
 
 from aiohttp import web
 
-from ..optim.errors import QwenFitError
-from ..optim.plan_preview import (
-    BadParameter,
-    LoadedBudget,
-    ModelChoices,
-    parse_preview_query,
+from ..optim import (
+    QwenFitError,
+    last_run,
+    lora_names,
     preview,
     same_pipeline,
+    schema_json,
+    text_encoder_names,
+    vae_names,
 )
-from ..optim.run_record import last_run
-from ..optim.weight_files import list_weight_files
 from .comfy_glue import compute_device, model_roots
 from .live_monitor import INTERVAL_S, live_monitor, mark_json, monitor_enabled, record_json, sample_json
 from .loader import PIPELINES, build_source, model_choices
+from .plan_preview import BadParameter, ModelChoices, parse_preview_query, preview_json
 
 log = logging.getLogger("qwenfit")
 PREFIX = "/qwenfit"
@@ -72,9 +73,9 @@ def model_choices_now() -> ModelChoices:
     """What the loader's dropdowns offer right now (ComfyUI's model folders only)."""
     return ModelChoices(
         models=tuple(model_choices()),
-        text_encoders=tuple(list_weight_files(model_roots("text_encoders"))),
-        vaes=tuple(list_weight_files(model_roots("vae"))),
-        loras=tuple(list_weight_files(model_roots("loras"))),
+        text_encoders=tuple(text_encoder_names(model_roots)),
+        vaes=tuple(vae_names(model_roots)),
+        loras=tuple(lora_names(model_roots)),
     )
 
 
@@ -138,18 +139,17 @@ def _scrubbed(value: Any) -> Any:
 
 
 def _preview_now(params: dict[str, str]) -> dict[str, Any]:
-    query = parse_preview_query(params, model_choices_now())
-    source = build_source(query.model, query.text_encoder, query.vae)
+    settings = parse_preview_query(params, model_choices_now())
+    source = build_source(settings.model, settings.text_encoder, settings.vae)
     monitor = live_monitor()
     held = PIPELINES.peek()
-    loaded = (
-        LoadedBudget(held.engine.options.budget_bytes)
-        if held is not None and held.engine is not None and same_pipeline(query, source, held.request)
-        else None
+    # The pipeline of these very settings is loaded: its budgets were fixed at load ("auto" read once).
+    loaded_gpus = held.gpus if held is not None and same_pipeline(settings, source, held.request) else None
+    device = compute_device()
+    answer = preview(
+        settings, source, device, last_run(), may_measure_speed=lambda: not monitor.run_active, loaded_gpus=loaded_gpus
     )
-    return preview(
-        query, source, compute_device(), last_run(), may_measure_speed=lambda: not monitor.run_active, loaded=loaded
-    )
+    return preview_json(settings, answer, str(device))
 
 
 async def plan_preview(request: web.Request) -> web.Response:
@@ -167,11 +167,20 @@ async def plan_preview(request: web.Request) -> web.Response:
     return web.json_response(_scrubbed(answer))
 
 
+async def settings_schema(request: web.Request) -> web.Response:
+    try:
+        _refuse_unknown(_single_values(request))
+    except BadParameter as error:
+        return _bad(error)
+    return web.json_response({"groups": schema_json()})
+
+
 ROUTES: dict[str, Callable[[web.Request], Awaitable[web.Response]]] = {
     f"{PREFIX}/memory": memory,
     f"{PREFIX}/memory/history": memory_history,
     f"{PREFIX}/last_run": last_run_route,
     f"{PREFIX}/plan_preview": plan_preview,
+    f"{PREFIX}/settings_schema": settings_schema,
 }
 
 

@@ -23,10 +23,10 @@ def main(comfy_dir: str, repo: str, models: str) -> dict:
     from comfy.ldm.wan.vae import WanVAE
     from comfy.text_encoders.llama import Qwen25_7BVLI
 
-    from optim.architectures import Architecture, empty_text_encoder, empty_transformer, empty_vae
-    from optim.variants import Variant
-    from optim.weights.key_maps import text_encoder_to_comfy, vae_to_diffusers
-    from optim.weights.safetensors_file import SafetensorsFile
+    from optim.files.key_maps import text_encoder_to_comfy, vae_to_diffusers
+    from optim.files.safetensors_file import SafetensorsFile
+    from optim.qwen.architectures import Architecture, empty_text_encoder, empty_transformer, empty_vae
+    from optim.qwen.variants import Variant
 
     ops = comfy.ops.disable_weight_init
     shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}  # noqa: E731

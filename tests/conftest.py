@@ -6,7 +6,9 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -22,6 +24,9 @@ from tools.presets import SAMPLE_IMAGE  # noqa: E402
 # A checkout under another name than the usual ComfyUI-QwenFit, with a dot and a dash:
 # nothing in the pack may depend on its folder's name.
 PACK_LINK_NAME = "QwenFit-renamed.clone"
+# Where ComfyUI serves the pack's JS (its folder name, URL-quoted): stacks and script URLs under it
+# are the pack's; the word "qwenfit" in a message says nothing (a TypeError's message never has it).
+PACK_SCRIPTS = f"/extensions/{quote(PACK_LINK_NAME)}/"
 SAMPLE = REPO / "workflows" / "inputs" / SAMPLE_IMAGE
 BROKEN_MODEL = "broken-no-transformer"
 ARTIFACTS = REPO / ".cache" / "test-artifacts"
@@ -47,6 +52,62 @@ def _add_broken_model(base: Path, models: Path) -> None:
         shutil.copyfile(source / part, folder / part)
     for part in ("vae", "text_encoder", "tokenizer", "scheduler", "processor"):
         (folder / part).symlink_to(source / part, target_is_directory=True)
+
+
+# The stacks of the Errors among a console message's arguments, and one level down: ComfyUI catches an
+# exception thrown in an extension's hook (setup, beforeRegisterNodeDef...) and logs it as
+# console.error("Error calling extension ...", {error}, ...), whose text cuts the stack short.
+ERROR_STACKS_IN_ARGS = """(args) => args
+    .flatMap((arg) => { try { return arg instanceof Error ? [arg] : Object.values(arg ?? {}); } catch { return []; } })
+    .filter((value) => value instanceof Error)
+    .map((error) => String(error.stack || error))"""
+
+
+@dataclass
+class BrowserError:
+    """An uncaught exception (or unhandled rejection) or a console.error in the page, with where it came from."""
+
+    kind: str  # "uncaught" or "console.error"
+    message: str
+    traces: list[str] = field(default_factory=list)  # stacks and script URLs
+
+    def from_pack(self) -> bool:
+        return any(PACK_SCRIPTS in text for text in (self.message, *self.traces))
+
+    def __str__(self) -> str:
+        return "\n".join([f"{self.kind}: {self.message}", *self.traces])
+
+
+def _where(location: dict) -> str:
+    return f"at {location['url']}:{location['line']}:{location['column']}"
+
+
+def _record_web_error(page, web_error) -> None:
+    error = web_error.error
+    message = f"{error.name}: {error.message}" if error.name else error.message
+    # The location names the script even where there is no stack (a promise rejected with a string).
+    traces = [error.stack, _where(web_error.location)] if error.stack else [_where(web_error.location)]
+    page.errors.append(BrowserError("uncaught", message, traces))
+
+
+def _record_console_error(page, message) -> None:
+    from playwright.sync_api import Error as PlaywrightError
+
+    if message.type != "error":
+        return
+    try:
+        stacks = page.evaluate(ERROR_STACKS_IN_ARGS, message.args)
+    except PlaywrightError:  # handles of another context (a worker), or the page is closing
+        stacks = []
+    page.errors.append(BrowserError("console.error", message.text, [*stacks, _where(message.location)]))
+
+
+def pack_errors(page) -> list[str]:
+    """The page's errors that the pack's JS threw or logged; ComfyUI's own are left out."""
+    served = page.evaluate("async () => await (await fetch('/extensions')).json()")
+    # Else nothing could ever match and the tests that use this would pass whatever happens.
+    assert any(url.startswith(PACK_SCRIPTS) for url in served), f"no script served under {PACK_SCRIPTS}: {served}"
+    return [str(error) for error in page.errors if error.from_pack()]
 
 
 @pytest.fixture(scope="session")
@@ -77,8 +138,10 @@ def page(comfy):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        page.errors = []
-        page.on("pageerror", lambda error: page.errors.append(str(error)))
+        page.errors = []  # BrowserError, read through pack_errors()
+        # The context's web errors carry the script's location as well as the stack.
+        page.context.on("weberror", lambda web_error: _record_web_error(page, web_error))
+        page.on("console", lambda message: _record_console_error(page, message))
         page.goto(comfy.url)
         page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=120_000)
         yield page

@@ -629,7 +629,7 @@ BAD_TENSORS = [
 def test_bad_image_tensors_in_the_core(make, words):
     """What only another custom node can hand over (a graph cannot carry tensors): the core's check."""
     from optim import QwenFitError
-    from optim.images import check_image_batch
+    from optim.jobs.images import check_image_batch
 
     with pytest.raises(QwenFitError, match="connect|check the node|Resize") as error:
         check_image_batch(make(), "image")
@@ -647,7 +647,7 @@ BAD_MASKS = [
 @pytest.mark.parametrize("make", BAD_MASKS)
 def test_bad_masks_in_the_core(make):
     from optim import QwenFitError
-    from optim.images import with_alpha_from_mask
+    from optim.jobs.images import with_alpha_from_mask
 
     with pytest.raises(QwenFitError, match=r"finite \[height, width\] MASK; connect the MASK output of Load Image"):
         with_alpha_from_mask(Image.new("RGB", (64, 64)), make())
@@ -780,7 +780,7 @@ def test_psd_prefix_that_climbs_out_of_the_output_folder(comfy):
 @pytest.mark.parametrize("prefix", ["../escape", "/tmp/escape", "sub/../../escape", "", "..", "."])
 def test_psd_prefixes_in_the_core(tmp_path, prefix):
     from optim import QwenFitError
-    from optim.psd_export import next_free_path
+    from optim.jobs.psd_export import next_free_path
 
     with pytest.raises(QwenFitError, match="outside the output folder|not a usable file name"):
         next_free_path(tmp_path / "output", prefix)
@@ -943,7 +943,7 @@ def test_the_server_serves_after_the_bad_route_parameters(comfy):
 )
 def test_the_reader_says_what_is_wrong_with_the_file(tmp_path, data, reason):
     from optim import QwenFitError
-    from optim.weights.safetensors_file import SafetensorsFile
+    from optim.files.safetensors_file import SafetensorsFile
 
     path = tmp_path / "damaged.safetensors"
     path.write_bytes(data)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import psutil
 import pytest
-from test_edit_and_layered import edit_graph
+from graphs import edit_graph
 
 
 @pytest.mark.parametrize(("node", "model"), [("1", "qwenfit_tiny_edit_2509_bf16.safetensors"), ("3", None)])

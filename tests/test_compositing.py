@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from optim.compositing import checkerboard, checkerboard_composite
+from optim.jobs.compositing import checkerboard, checkerboard_composite
 
 
 def test_opaque_top_layer_hides_everything_below():

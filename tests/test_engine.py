@@ -10,51 +10,14 @@ from __future__ import annotations
 import pytest
 import torch
 from tiny_files import FOLDER, MODELS
+from tiny_transformer import CPU, VARIANTS, inputs, reference, seven_block_transformer
 
-from optim.architectures import Architecture
-from optim.streaming.block_streamer import BlockStreamer
-from optim.streaming.cfg_pairing import TextInput
-from optim.streaming.modulation import ModulationTable, is_modulation
-from optim.streaming.transformer_engine import TransformerEngine
-from optim.variants import Variant
-
-CPU = torch.device("cpu")
-
-
-def seven_block_transformer(variant: Variant) -> torch.nn.Module:
-    from diffusers import QwenImageTransformer2DModel
-
-    torch.manual_seed(7)
-    config = {**Architecture("qwenfit-tiny").transformer_config(variant), "num_layers": 7}
-    return QwenImageTransformer2DModel.from_config(config).eval()
-
-
-def inputs(transformer: torch.nn.Module, variant: Variant):
-    cfg = transformer.config
-    frames = 3 if variant is Variant.LAYERED else 2
-    shapes = [[(1, 4, 4)] * frames]
-    generator = torch.Generator().manual_seed(3)
-    hidden = torch.randn(1, 16 * frames, cfg.in_channels, generator=generator)
-    prompt = torch.randn(1, 7, cfg.joint_attention_dim, generator=generator)
-    negative = torch.randn(1, 5, cfg.joint_attention_dim, generator=generator)
-    extra = torch.tensor([1]) if cfg.use_additional_t_cond else None
-    return hidden, prompt, negative, shapes, extra
-
-
-def reference(transformer, hidden, text, timestep, shapes, extra):
-    kwargs = {"additional_t_cond": extra} if extra is not None else {}
-    out = transformer(
-        hidden_states=hidden,
-        encoder_hidden_states=text,
-        timestep=timestep,
-        img_shapes=shapes,
-        return_dict=False,
-        **kwargs,
-    )
-    return out[0]
-
-
-VARIANTS = [Variant.EDIT_2509, Variant.EDIT_2511, Variant.LAYERED]
+from optim.execution.block_streamer import BlockStreamer
+from optim.execution.cfg_pairing import TextInput
+from optim.execution.modulation import ModulationTable
+from optim.execution.transformer_engine import TransformerEngine
+from optim.qwen.anatomy import is_modulation
+from optim.qwen.variants import Variant
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.value)
@@ -143,5 +106,5 @@ def test_interleaved_cfg_through_the_loader_matches_two_calls() -> None:
         loaded = load_pipeline(LoadRequest(folder, offload=OffloadSettings(cfg=cfg)))
         assert loaded.engine.transformer.cfg == cfg
         results[cfg] = run_edit(loaded, [image], job).image
-        assert f"CFG: {cfg}" in loaded.engine.describe()
+        assert f"CFG: {cfg}" in loaded.engine.plan.describe()
     assert torch.equal(results["interleaved"], results["two_calls"])

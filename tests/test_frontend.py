@@ -4,7 +4,7 @@ and the frontend's own "queue" conversion gives exactly the API twin the other t
 from __future__ import annotations
 
 import pytest
-from conftest import ARTIFACTS, REPO, load_json
+from conftest import ARTIFACTS, REPO, load_json, pack_errors
 
 from tools.workflow_format import VIRTUAL_NODES, widget_names
 
@@ -49,4 +49,5 @@ def test_frontend_queues_exactly_the_api_twin(page, ui_path):
 
 
 def test_no_page_errors_from_the_pack(page):
-    assert [e for e in page.errors if "QwenFit" in e or "qwenfit" in e] == []
+    errors = pack_errors(page)
+    assert not errors, "\n\n".join(errors)

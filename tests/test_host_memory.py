@@ -12,9 +12,9 @@ from PIL import Image
 from tiny_files import FOLDER, LAYOUTS, MODELS, TE_FP8, split_files
 
 from optim import DiffusersFolder, EditJob, LayeredJob, LoadRequest, load_pipeline, run_edit, run_layered
-from optim.host_plan import FILES, MEMORY, HostWeights, plan_host
+from optim.files.file_tensors import holds_no_memory
+from optim.planning.host_memory import FILES, MEMORY, HostWeights, plan_host
 from optim.settings import OffloadSettings, PrecisionSettings
-from optim.weights.file_tensors import holds_no_memory
 
 GIB = 1024**3
 IMAGE = Image.new("RGB", (96, 64), (200, 80, 40))
@@ -52,7 +52,7 @@ def test_weights_read_from_files_give_the_same_image(source) -> None:
     assert torch.equal(edit(in_files), expected)
     # A second prompt reads the files again; the result still matches.
     assert torch.equal(edit(in_files, "rain"), edit(in_memory, "rain"))
-    assert "read from the model files" in engine.describe()
+    assert "read from the model files" in engine.plan.describe()
 
 
 def test_layered_reads_modulation_and_text_from_files() -> None:
@@ -94,7 +94,7 @@ def test_host_plan_reads_files_only_as_far_as_the_budget_needs() -> None:
     assert (plan.text_encoder, plan.modulation) == (FILES, MEMORY)
     short = plan_host(weights(modulation_can_stay_in_files=False, text_encoder_can_stay_in_files=False), 24 * GIB)
     assert (short.text_encoder, short.modulation) == (MEMORY, MEMORY)
-    assert "may swap" in short.describe()
+    assert "may swap" in "\n".join(short.describe_lines())
 
 
 def test_unknown_host_budget_is_refused_with_the_choices() -> None:

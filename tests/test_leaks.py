@@ -5,7 +5,7 @@ where it was after the first round."""
 from __future__ import annotations
 
 import psutil
-from test_edit_and_layered import edit_graph, layered_graph
+from graphs import edit_graph, layered_graph
 
 # Two Edit and two Layered files (bf16 and fp8 layouts): every run loads another model.
 ROUND = (

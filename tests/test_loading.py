@@ -17,10 +17,10 @@ from safetensors.torch import save_file
 from tiny_files import FOLDER, MODELS, TE_BF16, TOKENIZER, split_files
 
 from optim import DiffusersFolder, LoadRequest, PipelineCache, PrecisionSettings, QwenFitError, SplitFiles, Variant
-from optim.fp8_linear import Fp8Linear
-from optim.loading import describe, load_pipeline
-from optim.weights.fp8 import Fp8Layout
-from optim.weights.source import WeightSource
+from optim.files.fp8_layouts import Fp8Layout
+from optim.files.weight_source import WeightSource
+from optim.loading.loader import describe, load_pipeline
+from optim.quant.fp8 import Fp8Linear
 
 
 def test_key_names_and_configs_match_comfyui_modules_at_real_size():
@@ -123,8 +123,8 @@ def test_other_model_families_are_named(tmp_path, keys, family):
 
 
 def test_pickle_files_are_refused_unread(tmp_path):
-    from optim.weight_files import resolve_weight_file
-    from optim.weights.safetensors_file import SafetensorsFile
+    from optim.files.safetensors_file import SafetensorsFile
+    from optim.files.weight_files import resolve_weight_file
 
     evil = tmp_path / "model.ckpt"
     evil.write_bytes(b"\x80\x04 pretend pickle that would run code")
@@ -204,8 +204,8 @@ import psutil, torch
 import accelerate, diffusers.models  # imported before measuring: only the load itself counts
 sys.path.insert(0, sys.argv[1])
 from optim import Variant
-from optim.assemble import build_transformer
-from optim.weights.source import WeightSource
+from optim.loading.assemble import build_transformer
+from optim.files.weight_source import WeightSource
 path, fp8 = sys.argv[2], sys.argv[3]
 config = json.load(open(sys.argv[4]))
 source = WeightSource([path])

@@ -12,8 +12,8 @@ from safetensors.torch import load_file, save_file
 from tiny_files import MODELS, split_files
 
 from optim import LoadRequest, PrecisionSettings, QwenFitError
-from optim.loading import load_pipeline
-from optim.lora import LIGHTNING_SHIFT, LoraChoice
+from optim.files.lora import LIGHTNING_SHIFT, LoraChoice
+from optim.loading.loader import load_pipeline
 
 KOHYA = MODELS / "loras" / "qwenfit_tiny_Lightning-4steps_kohya.safetensors"
 PEFT = MODELS / "loras" / "qwenfit_tiny_Lightning-4steps_diffusers.safetensors"

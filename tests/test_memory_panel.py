@@ -5,7 +5,7 @@ tiny-model run puts the measured figures next to the prediction."""
 from __future__ import annotations
 
 import pytest
-from conftest import ARTIFACTS, REPO, load_json
+from conftest import ARTIFACTS, REPO, load_json, pack_errors
 
 from tools.presets import TINY_STAND_INS
 
@@ -136,4 +136,5 @@ def test_queued_tiny_run_shows_the_measured_peak(page):
     assert calibrated["calibration"]["factor"] > 0 and "Edit 256x256" in calibrated["calibration"]["from"]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "memory-panel-after-run.png"))
-    assert [e for e in page.errors if "qwenfit" in e.lower()] == []
+    errors = pack_errors(page)
+    assert not errors, "\n\n".join(errors)

@@ -10,12 +10,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from optim.gpu_memory_readers import GpuReading, NoGpuReader, NvmlReader, open_gpu_reader
-from optim.job_shape import JobShape
-from optim.memory_chart import draw_run_chart
-from optim.memory_sampler import THREAD_NAME, MemorySample, MemorySampler, last_run_window
-from optim.monitor_report import monitor_report
-from optim.run_record import PhaseStat, PhaseTracker, RunRecord, add_run_observer, remove_run_observer
+from optim.monitoring.gpu_memory_readers import GpuReading, NoGpuReader, NvmlReader, open_gpu_reader
+from optim.monitoring.memory_chart import draw_run_chart
+from optim.monitoring.memory_sampler import THREAD_NAME, MemorySample, MemorySampler, last_run_window
+from optim.monitoring.monitor_report import monitor_report
+from optim.monitoring.run_record import PhaseStat, PhaseTracker, RunRecord, add_run_observer, remove_run_observer
+from optim.qwen.job_shape import JobShape
 
 GIB = 1024**3
 
@@ -151,7 +151,7 @@ class FakeNvml:
 
 
 def test_nvml_reader_follows_torch_device_order(monkeypatch):
-    import optim.gpu_memory_readers as readers
+    import optim.monitoring.gpu_memory_readers as readers
 
     nvml = FakeNvml()
     monkeypatch.setattr(readers, "_torch_uuids", lambda: ["ccc", "aaa"])  # CUDA_VISIBLE_DEVICES=2,0

@@ -6,19 +6,21 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_engine import CPU, VARIANTS, inputs, reference, seven_block_transformer
-from test_planner import real_sizes
+from real_size import plan_many, plan_one
+from tiny_transformer import CPU, VARIANTS, inputs, reference, seven_block_transformer
 
 from optim.errors import QwenFitError
-from optim.gpus import gpus_for
-from optim.job_shape import JobShape, default_job
-from optim.multi_gpu_planner import Gpu, plan_gpus
-from optim.planner import CFG_PARALLEL, ONE_GPU, SAFETY, SPLIT, describe_memory_plan, plan_memory
-from optim.streaming.block_streamer import BlockStreamer
-from optim.streaming.cfg_pairing import TextInput
-from optim.streaming.modulation import ModulationTable, is_modulation
-from optim.streaming.transformer_engine import TransformerEngine
-from optim.variants import Variant
+from optim.execution.block_streamer import BlockStreamer
+from optim.execution.cfg_pairing import TextInput
+from optim.execution.devices import resolve_gpus
+from optim.execution.modulation import ModulationTable
+from optim.execution.transformer_engine import TransformerEngine
+from optim.planning.plan import CFG_PARALLEL, ONE_GPU, SPLIT
+from optim.planning.planner import SAFETY, Gpu
+from optim.qwen.anatomy import is_modulation
+from optim.qwen.job_shape import JobShape, default_job
+from optim.qwen.variants import Variant
+from optim.settings import OffloadSettings
 
 GIB = 1024**3
 EDIT_1024 = JobShape("edit", 1024, 1024, references=1, steps=40)
@@ -38,19 +40,19 @@ def blocks_on(plan, device: str) -> int:
     return sum(1 for d in plan.block_devices if d == index)
 
 
-def test_one_gpu_is_the_one_gpu_planner() -> None:
-    for budget in (7.0, 22.0, None):
-        cards = gpus(budget)
-        want = plan_memory(real_sizes(), EDIT_1024, cards[0].budget_bytes)
-        assert plan_gpus(real_sizes(), EDIT_1024, cards) == want
-        assert want.strategy == ONE_GPU and want.devices == ()
+def test_a_second_gpu_too_small_for_a_block_gives_the_one_gpu_plan() -> None:
+    """One planner for 1..N GPUs: a GPU that holds nothing changes nothing."""
+    for budget in (7.0, 22.0):
+        alone = plan_one(EDIT_1024, int(budget * GIB))
+        assert plan_many(EDIT_1024, gpus(budget, 0.5)) == alone
+        assert alone.strategy == ONE_GPU and alone.devices == ()
 
 
 @pytest.mark.parametrize("kind", ["edit", "layered"])
 def test_two_large_gpus_run_cfg_in_parallel(kind: str) -> None:
     job = EDIT_1024 if kind == "edit" else default_job("layered")
     cards = gpus(140, 140)
-    plan = plan_gpus(real_sizes(), job, cards)
+    plan = plan_many(job, cards)
     assert plan.strategy == CFG_PARALLEL and plan.cfg == CFG_PARALLEL
     assert plan.replica_device == "cuda:1" and plan.devices == ("cuda:0", "cuda:1")
     assert len(plan.resident_blocks) == 60 and plan.streamed_blocks == ()
@@ -58,12 +60,12 @@ def test_two_large_gpus_run_cfg_in_parallel(kind: str) -> None:
     # The replica GPU holds the blocks and one sample's activations: less than the first GPU.
     peaks = dict(plan.device_peaks)
     assert 25 * GIB < peaks["cuda:1"] < peaks["cuda:0"]
-    assert "replica of every block" in describe_memory_plan(plan, real_sizes())
+    assert "replica of every block" in plan.describe()
 
 
 def test_two_24_gib_gpus_hold_the_bf16_blocks_without_streaming() -> None:
     cards = gpus(24, 24)
-    plan = plan_gpus(real_sizes(), EDIT_1024, cards)
+    plan = plan_many(EDIT_1024, cards)
     assert plan.strategy == SPLIT and plan.streamed_blocks == () and plan.slots == 0
     assert blocks_on(plan, "cuda:0") + blocks_on(plan, "cuda:1") == 60
     assert blocks_on(plan, "cuda:1") > 0 and within_budgets(plan, cards)
@@ -72,45 +74,45 @@ def test_two_24_gib_gpus_hold_the_bf16_blocks_without_streaming() -> None:
     # The 7B text encoder does not fit beside them: it streams on the first GPU while encoding.
     assert plan.text_encoder == "streamed"
     # One such card alone must stream most blocks.
-    alone = plan_memory(real_sizes(), EDIT_1024, cards[0].budget_bytes)
+    alone = plan_one(EDIT_1024, cards[0].budget_bytes)
     assert len(alone.streamed_blocks) > 10
 
 
 def test_cfg_parallel_refused_with_the_fix_when_the_blocks_do_not_fit_twice() -> None:
     with pytest.raises(QwenFitError, match="CFG-parallel cannot run.*Pick multi_gpu 'auto' or 'split'"):
-        plan_gpus(real_sizes(), EDIT_1024, gpus(24, 24), strategy="cfg_parallel")
+        plan_many(EDIT_1024, gpus(24, 24), strategy="cfg_parallel")
     lightning = JobShape("edit", 1024, 1024, cfg=False, steps=8)
     with pytest.raises(QwenFitError, match="without CFG"):
-        plan_gpus(real_sizes(), lightning, gpus(140, 140), strategy="cfg_parallel")
+        plan_many(lightning, gpus(140, 140), strategy="cfg_parallel")
 
 
 def test_without_cfg_the_second_gpu_is_left_alone_when_one_holds_everything() -> None:
     lightning = JobShape("edit", 1024, 1024, cfg=False, steps=8)
-    plan = plan_gpus(real_sizes(), lightning, gpus(140, 140))
-    assert plan.strategy == ONE_GPU and plan.devices == ("cuda:0",) and plan.cfg == "off"
+    plan = plan_many(lightning, gpus(140, 140))
+    assert plan.strategy == ONE_GPU and plan.devices == () and plan.cfg == "off"
 
 
 def test_text_encoder_and_vae_on_one_gpu_transformer_on_the_other() -> None:
     """A small first GPU and a large second one: every block goes to the second."""
     cards = gpus(24, 48)
-    plan = plan_gpus(real_sizes(), EDIT_1024, cards, strategy="split")
+    plan = plan_many(EDIT_1024, cards, strategy="split")
     assert blocks_on(plan, "cuda:1") == 60 and plan.text_encoder == "resident"
     assert within_budgets(plan, cards)
-    text = describe_memory_plan(plan, real_sizes())
+    text = plan.describe()
     assert "cuda:0 holds text encoder, VAE, small parts (" in text and "cuda:1 holds blocks 0-59" in text
 
 
 def test_two_calls_cfg_rules_out_cfg_parallel() -> None:
-    plan = plan_gpus(real_sizes(), EDIT_1024, gpus(140, 140), cfg="two_calls")
+    plan = plan_many(EDIT_1024, gpus(140, 140), cfg="two_calls")
     assert plan.strategy != CFG_PARALLEL and plan.replica_device is None
 
 
 @pytest.mark.parametrize("kind", ["edit", "layered"])
 def test_more_small_gpus_keep_more_blocks_resident(kind: str) -> None:
     job = EDIT_1024 if kind == "edit" else default_job("layered")
-    one = plan_memory(real_sizes(), job, int(7 * GIB))
-    two = plan_gpus(real_sizes(), job, gpus(7, 7))
-    four = plan_gpus(real_sizes(), job, gpus(7, 7, 7, 7))
+    one = plan_one(job, int(7 * GIB))
+    two = plan_many(job, gpus(7, 7))
+    four = plan_many(job, gpus(7, 7, 7, 7))
     assert len(one.resident_blocks) < len(two.resident_blocks) < len(four.resident_blocks) < 60
     for plan, count in ((two, 2), (four, 4)):
         assert plan.strategy == SPLIT and len(plan.devices) == count and within_budgets(plan, gpus(*[7] * count))
@@ -119,20 +121,20 @@ def test_more_small_gpus_keep_more_blocks_resident(kind: str) -> None:
 
 def test_four_assorted_gpus() -> None:
     cards = gpus(12, 24, 16, 24)
-    plan = plan_gpus(real_sizes(), EDIT_1024, cards)
+    plan = plan_many(EDIT_1024, cards)
     assert plan.streamed_blocks == () and within_budgets(plan, cards)
     assert sum(plan.block_devices.count(i) for i in range(len(plan.devices))) == 60
 
 
 def test_budgets_too_small_for_any_split_name_the_budget_that_works() -> None:
     with pytest.raises(QwenFitError, match=r"needs at least \d+\.\d GiB"):
-        plan_gpus(real_sizes(), EDIT_1024, gpus(2, 2))
+        plan_many(EDIT_1024, gpus(2, 2))
 
 
 def test_multi_gpu_choice_falls_back_with_a_message_on_the_cpu() -> None:
-    assert gpus_for("one", "auto", CPU) == ((), None)
-    found, note = gpus_for("all", "24 GB", CPU)
-    assert found == () and "no GPU is visible" in note and "CPU" in note
+    assert resolve_gpus(OffloadSettings(), CPU) == ((Gpu("cpu", None),), None)
+    found, note = resolve_gpus(OffloadSettings(vram_budget="24 GB", gpus="all"), CPU)
+    assert found == (Gpu("cpu", None),) and "no GPU is visible" in note and "CPU" in note
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.value)

@@ -7,17 +7,20 @@ import math
 
 import pytest
 import torch
+from real_size import plan_one
 from tiny_files import FOLDER, LAYOUTS, MODELS, TE_FP8, split_files
 
 from optim import DiffusersFolder, LoadRequest, PrecisionSettings, load_pipeline
-from optim.header_sizes import sizes_from_headers
-from optim.job_shape import JobShape
-from optim.loading import describe
-from optim.model_sizes import ModelSizes
-from optim.plan_preview import ModelChoices, auto_size, parse_preview_query, preview
-from optim.planner import plan_memory
-from optim.run_record import PhaseStat, RunRecord
-from optim.step_time import DeviceSpeed, estimate_step, step_flops
+from optim.jobs.plan_preview import PreviewSettings, job_shape, preview, same_pipeline
+from optim.loading.loader import describe
+from optim.monitoring.run_record import PhaseStat, RunRecord
+from optim.planning.header_sizes import sizes_from_headers
+from optim.planning.model_sizes import ModelSizes
+from optim.planning.planner import Gpu
+from optim.planning.step_time import DeviceSpeed, estimate_step, step_flops
+from optim.qwen.job_shape import JobShape
+from optim.qwen.variants import Variant
+from optim.settings import OffloadSettings
 
 CPU = torch.device("cpu")
 GIB = 1024**3
@@ -55,15 +58,13 @@ H200 = DeviceSpeed("H200", matmul_flops=806e12, host_to_device_bytes=51.6 * GIB)
 def test_step_model_matches_the_h200_benchmark():
     edit = JobShape("edit", 1024, 1024, references=1)
     assert 335e12 < step_flops(REAL, edit) < 350e12  # field notes: ~335 TFLOP
-    resident = plan_memory(REAL, edit, None)
+    resident = plan_one(edit, None)
     # bench/results 2026-11-22: resident bf16 0.727 s/step (Edit), 0.881 (Layered 640, 4 layers).
     assert estimate_step(REAL, edit, resident, H200).seconds == pytest.approx(0.727, rel=0.05)
     layered = JobShape("layered", 640, 640, references=0, layers=4)
-    assert estimate_step(REAL, layered, plan_memory(REAL, layered, None), H200).seconds == pytest.approx(
-        0.881, rel=0.05
-    )
+    assert estimate_step(REAL, layered, plan_one(layered, None), H200).seconds == pytest.approx(0.881, rel=0.05)
     # Streaming everything over a slow link is copy-bound; over the H200's it hides behind compute.
-    streamed = plan_memory(REAL, edit, 7 * GIB, mode="blocks")
+    streamed = plan_one(edit, 7 * GIB, mode="blocks")
     slow = DeviceSpeed("PCIe 3", 806e12, 5 * GIB)
     assert estimate_step(REAL, edit, streamed, slow).seconds > 4
     assert "copy-bound" in estimate_step(REAL, edit, streamed, slow).basis
@@ -72,65 +73,87 @@ def test_step_model_matches_the_h200_benchmark():
     assert estimate_step(REAL, edit, resident, H200, "nf4").seconds > estimate_step(REAL, edit, resident, H200).seconds
 
 
-@pytest.mark.parametrize("aspect", [1.0, 4 / 3, 16 / 9, 0.5, 3.0])
-def test_auto_size_is_the_pipelines_rule(aspect):
-    from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate_dimensions
+def test_the_previews_automatic_size_is_the_runs():
+    """One rule for Edit's automatic output size: the preview's job is the run's (a test image of
+    each aspect through the run function's own ``output_size``)."""
+    from PIL import Image
 
-    assert auto_size(aspect) == tuple(int(v) for v in calculate_dimensions(1024 * 1024, aspect))
+    from optim.jobs.edit import EditJob, output_size
+
+    for width, height in ((640, 480), (1920, 1080), (300, 600), (900, 300), (512, 512)):
+        settings = PreviewSettings(model=EDIT_BF16, aspect=width / height)
+        job = job_shape(settings, Variant.EDIT_2509)
+        assert (job.width, job.height) == output_size(Image.new("RGB", (width, height)), EditJob(prompt="x"))
 
 
-CHOICES = ModelChoices((EDIT_BF16, FOLDER["layered"]), (), (), ("qwen-Lightning-4steps.safetensors",))
+def settings(**fields) -> PreviewSettings:
+    return PreviewSettings(model=EDIT_BF16, **fields)
 
 
 def test_preview_is_the_engines_plan_and_the_last_run_calibrates_it():
     source = split_files(EDIT_BF16, "edit-2509")
-    query = parse_preview_query({"model": EDIT_BF16, "width": "256", "height": "256", "steps": "2"}, CHOICES)
-    answer = preview(query, source, CPU)
+    wanted = settings(width=256, height=256, steps=2)
+    answer = preview(wanted, source, CPU)
     loaded = load_pipeline(LoadRequest(source=source))
     try:
         job = JobShape("edit", 256, 256, references=1, steps=2)
         engine_plan = loaded.engine.plan_for(job)
     finally:
         loaded.engine.release()
-    assert answer["predicted_peak_bytes"] == engine_plan.predicted_peak_bytes
-    assert [(p["name"], p["peak_bytes"]) for p in answer["phases"]] == list(engine_plan.phase_peaks)
-    assert answer["job"]["width"] == 256 and answer["device"].startswith("no GPU")
-    assert "calibration" not in answer and answer["seconds_per_step"] > 0
+    assert answer.plan.predicted_peak_bytes == engine_plan.predicted_peak_bytes
+    assert answer.plan.phase_peaks == engine_plan.phase_peaks
+    assert answer.job == job and answer.calibration is None and answer.plan.seconds_per_step > 0
     # A run of the same model and job took twice as long as predicted: the preview says so.
-    measured = 2 * answer["seconds_per_step_model"]
+    measured = 2 * answer.step.seconds
     last = RunRecord(EDIT_BF16, 2, (PhaseStat("denoise", 2 * measured, 0, 0),), "plan", job=job, device="cpu")
-    calibrated = preview(query, source, CPU, last_run=last)
-    assert calibrated["seconds_per_step"] == pytest.approx(measured, rel=1e-6)
-    assert calibrated["calibration"]["factor"] == pytest.approx(2.0, rel=1e-6)
+    calibrated = preview(wanted, source, CPU, last_run=last)
+    assert calibrated.plan.seconds_per_step == pytest.approx(measured, rel=1e-6)
+    assert calibrated.calibration.factor == pytest.approx(2.0, rel=1e-6)
+    assert f"predicted step: {measured:.2f} s" in calibrated.plan.describe()
 
 
 def test_no_step_time_while_a_run_holds_the_device(monkeypatch):
-    import optim.plan_preview as plan_preview
+    import optim.jobs.plan_preview as plan_preview
 
     monkeypatch.setattr(plan_preview, "known_device_speed", lambda device, dtype: None)  # never measured
-    query = parse_preview_query({"model": EDIT_BF16}, CHOICES)
-    answer = preview(query, split_files(EDIT_BF16, "edit-2509"), CPU, may_measure_speed=lambda: False)
-    assert answer["seconds_per_step"] is None and answer["predicted_peak_bytes"] > 0
-    assert any("measured once no run holds it" in note for note in answer["notes"])
+    answer = preview(settings(), split_files(EDIT_BF16, "edit-2509"), CPU, may_measure_speed=lambda: False)
+    assert answer.plan.seconds_per_step is None and answer.plan.predicted_peak_bytes > 0
+    assert any("measured once no run holds it" in note for note in answer.notes)
 
 
 def test_lightning_lora_turns_cfg_off_in_the_preview():
     source = split_files(EDIT_BF16, "edit-2509")
-    base = {"model": EDIT_BF16, "width": "256", "height": "256"}
-    with_cfg = preview(parse_preview_query(base, CHOICES), source, CPU)
-    lightning = preview(parse_preview_query({**base, "lora": CHOICES.loras[0]}, CHOICES), source, CPU)
-    assert with_cfg["job"]["cfg"] is True and lightning["job"]["cfg"] is False
-    assert lightning["predicted_peak_bytes"] <= with_cfg["predicted_peak_bytes"]
-    assert math.isfinite(lightning["seconds_per_step"])
+    with_cfg = preview(settings(width=256, height=256), source, CPU)
+    lightning = preview(settings(width=256, height=256, lora="qwen-Lightning-4steps.safetensors"), source, CPU)
+    assert with_cfg.job.cfg is True and lightning.job.cfg is False
+    assert lightning.plan.predicted_peak_bytes <= with_cfg.plan.predicted_peak_bytes
+    assert math.isfinite(lightning.plan.seconds_per_step)
 
 
 def test_a_loaded_pipeline_keeps_the_budget_it_was_planned_with():
-    from optim.plan_preview import LoadedBudget, same_pipeline
-
     source = split_files(EDIT_BF16, "edit-2509")
-    query = parse_preview_query({"model": EDIT_BF16, "vram_budget": "auto"}, CHOICES)
-    answer = preview(query, source, CPU, loaded=LoadedBudget(7 * GIB))
-    assert answer["budget_bytes"] == 7 * GIB
-    assert any("fixed when this model loaded" in note for note in answer["notes"])
-    assert same_pipeline(query, source, LoadRequest(source=source))
-    assert not same_pipeline(query, source, LoadRequest(source=source, precision=PrecisionSettings(transformer="int8")))
+    wanted = settings(offload=OffloadSettings(vram_budget="auto"))
+    answer = preview(wanted, source, CPU, loaded_gpus=(Gpu("cpu", 7 * GIB),))
+    assert answer.plan.budget_bytes == 7 * GIB
+    assert any("fixed when this model loaded" in note for note in answer.plan.notes)
+    assert same_pipeline(wanted, source, LoadRequest(source=source))
+    assert not same_pipeline(
+        wanted, source, LoadRequest(source=source, precision=PrecisionSettings(transformer="int8"))
+    )
+    # Regression: the multi-GPU settings are part of what was loaded (the preview once dropped them,
+    # so a multi-GPU preset never matched its loaded pipeline and re-read the "auto" budget).
+    several = settings(offload=OffloadSettings(gpus="all", multi_gpu="split"))
+    assert same_pipeline(several, source, LoadRequest(source=source, offload=several.offload))
+    assert not same_pipeline(several, source, LoadRequest(source=source))
+
+
+def test_the_preview_plans_over_the_gpus_it_is_given(monkeypatch):
+    """Two 24 GiB GPUs described to the planner: the preview shows the multi-GPU plan the loader would
+    make (the tiny model fits twice: CFG-parallel, the negative prompt on the second GPU)."""
+    import optim.jobs.plan_preview as plan_preview
+
+    described = (Gpu("cuda:0", 24 * GIB), Gpu("cuda:1", 24 * GIB))
+    monkeypatch.setattr(plan_preview, "resolve_gpus", lambda offload, device: (described, None))
+    answer = preview(settings(offload=OffloadSettings(gpus="all")), split_files(EDIT_BF16, "edit-2509"), CPU)
+    assert answer.plan.devices == ("cuda:0", "cuda:1") and answer.plan.strategy == "CFG-parallel"
+    assert "cuda:1 holds a replica of every block" in answer.plan.describe()

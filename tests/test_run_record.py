@@ -7,7 +7,7 @@ from PIL import Image
 from tiny_files import split_files
 
 from optim import EditJob, LoadRequest, load_pipeline, run_edit
-from optim.run_record import PHASES, last_run
+from optim.monitoring.run_record import PHASES, last_run
 
 
 def test_run_records_every_phase_and_seconds_per_step():

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from optim.weights.fp8 import comfy_quant_tensor, quantize_absmax
-from optim.weights.key_maps import text_encoder_to_comfy, vae_to_diffusers
+from optim.files.fp8_layouts import comfy_quant_tensor, quantize_absmax
+from optim.files.key_maps import text_encoder_to_comfy, vae_to_diffusers
 
 STAMP = "qwenfit-tiny-layouts.json"
 LAYOUT_VERSION = 3

@@ -47,8 +47,8 @@ def build_pipeline(variant: str, tokenizer_dir: Path, seed: int = 0):
     )
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from optim.architectures import Architecture, processor, scheduler
-    from optim.variants import Variant
+    from optim.qwen.architectures import Architecture, processor, scheduler
+    from optim.qwen.variants import Variant
 
     arch = Architecture("qwenfit-tiny")
     kind = Variant(variant)

@@ -1,0 +1,191 @@
+"""The plan preview's web side: parse the route's query into the core's PreviewSettings, and turn the
+core's Preview into the JSON the browser draws.
+
+Every parameter is checked (``BadParameter`` names it and says why). The settings' parameter names
+come from the core's settings schema, so the preview reads every setting the nodes have.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..optim import (
+    SETTINGS_SCHEMA,
+    SETTINGS_TYPES,
+    VARIANT_CHOICES,
+    Preview,
+    PreviewSettings,
+    QwenFitError,
+    SettingsGroup,
+    job_limits,
+)
+
+JOB_KINDS = ("auto", "edit", "layered")
+MODEL_PARAMETERS = ("model", "variant", "text_encoder", "vae", "lora")
+JOB_PARAMETERS = (
+    "job", "width", "height", "aspect", "references", "layers", "resolution", "steps", "cfg_scale", "caption",
+)  # fmt: skip
+SETTING_PARAMETERS = tuple(c.query for group in SETTINGS_SCHEMA for c in group.choices)
+QUERY_NAMES = (*MODEL_PARAMETERS, *SETTING_PARAMETERS, *JOB_PARAMETERS)
+
+
+class BadParameter(ValueError):
+    """A query parameter that is missing, unknown or out of range; ``reason`` says what would do."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.name, self.reason = name, reason
+
+
+@dataclass(frozen=True)
+class ModelChoices:
+    """The names the host lists (what its loader's dropdowns offer)."""
+
+    models: tuple[str, ...]
+    text_encoders: tuple[str, ...]
+    vaes: tuple[str, ...]
+    loras: tuple[str, ...]
+
+
+def _choice(params: Mapping[str, str], name: str, allowed: tuple[str, ...], default: str) -> str:
+    value = params.get(name, default)
+    if value not in allowed:
+        shown = ", ".join(allowed) if len(allowed) <= 12 else f"one of the {len(allowed)} names the loader lists"
+        raise BadParameter(name, f"{value!r} is not offered; use {shown}")
+    return value
+
+
+def _number(params: Mapping[str, str], name: str, kind: type, low: float, high: float, default: Any) -> Any:
+    if name not in params:
+        return default
+    raw = params[name]
+    try:
+        value = kind(raw)
+    except (TypeError, ValueError):
+        raise BadParameter(name, f"{raw!r} is not a{'n integer' if kind is int else ' number'}") from None
+    if not (low <= value <= high) or (isinstance(value, float) and not math.isfinite(value)):
+        raise BadParameter(name, f"{raw} is out of range; use {low} to {high}")
+    return value
+
+
+def _flag(params: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise BadParameter(name, f"{raw!r} is not a switch; use 1 or 0")
+
+
+def _settings(params: Mapping[str, str], group: SettingsGroup) -> Any:
+    """The settings value of ``group`` from the query (each choice under its query name)."""
+    values = {c.field: _choice(params, c.query, c.options, c.default) for c in group.choices}
+    try:
+        return SETTINGS_TYPES[group.loader_input](**values)
+    except QwenFitError as error:  # a combination the settings refuse (the VAE in fp8, say)
+        raise BadParameter(group.choices[-1].query, str(error)) from None
+
+
+def parse_preview_query(params: Mapping[str, str], choices: ModelChoices) -> PreviewSettings:
+    """Check every parameter of a preview request; raises ``BadParameter`` at the first wrong one."""
+    limits = job_limits
+    unknown = sorted(set(params) - set(QUERY_NAMES))
+    if unknown:
+        raise BadParameter(unknown[0], f"unknown parameter; the parameters are {', '.join(QUERY_NAMES)}")
+    if "model" not in params:
+        raise BadParameter("model", "missing; give a model as the loader lists it")
+    model = _choice(params, "model", choices.models, "")
+    width = _number(params, "width", int, 0, limits.MAX_SIZE, 0)
+    height = _number(params, "height", int, 0, limits.MAX_SIZE, 0)
+    for name, value in (("width", width), ("height", height)):
+        if value and (value < limits.MIN_SIZE or value % limits.SIZE_MULTIPLE):
+            raise BadParameter(name, f"{value} is not usable; use 0 (automatic) or a multiple of "
+                               f"{limits.SIZE_MULTIPLE} from {limits.MIN_SIZE} to {limits.MAX_SIZE}")  # fmt: skip
+    if (width == 0) != (height == 0):
+        raise BadParameter("height" if width else "width", "set both width and height, or both to 0")
+    precision, offload, vae_settings = (_settings(params, group) for group in SETTINGS_SCHEMA)
+    resolutions = limits.RESOLUTIONS
+    resolution = _number(params, "resolution", int, min(resolutions), max(resolutions), 640)
+    if resolution not in resolutions:
+        raise BadParameter("resolution", f"{resolution} is not offered; Qwen-Image-Layered takes 640 or 1024")
+    return PreviewSettings(
+        model=model,
+        variant=_choice(params, "variant", VARIANT_CHOICES, "auto"),
+        text_encoder=_choice(params, "text_encoder", ("auto", *choices.text_encoders), "auto"),
+        vae=_choice(params, "vae", ("auto", *choices.vaes), "auto"),
+        lora=_choice(params, "lora", ("none", *choices.loras), "none"),
+        precision=precision,
+        offload=offload,
+        vae_settings=vae_settings,
+        job=_choice(params, "job", JOB_KINDS, "auto"),
+        width=width,
+        height=height,
+        aspect=_number(params, "aspect", float, 0.05, 20.0, 1.0),
+        references=_number(params, "references", int, 1, limits.MAX_REFERENCES, 1),
+        layers=_number(params, "layers", int, limits.MIN_LAYERS, limits.MAX_LAYERS, 4),
+        resolution=resolution,
+        steps=_number(params, "steps", int, 0, limits.MAX_STEPS, 0),
+        cfg_scale=_number(params, "cfg_scale", float, 1.0, 20.0, 4.0),
+        caption=_flag(params, "caption", False),
+    )
+
+
+def preview_json(settings: PreviewSettings, answer: Preview, device: str) -> dict[str, Any]:
+    """The preview as the browser reads it."""
+    plan, sizes, job, host = answer.plan, answer.sizes, answer.job, answer.plan.host
+    data: dict[str, Any] = {
+        "ok": True,
+        "model": settings.model,
+        "variant": answer.variant.value,
+        "device": "no GPU: runs on the CPU" if device == "cpu" else device,
+        "job": {**asdict(job), "text": job.describe()},
+        "weights": {
+            "transformer_bytes": sizes.transformer_bytes,
+            "text_encoder_bytes": sizes.text_encoder_bytes,
+            "vae_bytes": sizes.vae_bytes,
+        },
+        "host": None
+        if host is None
+        else {
+            "budget_bytes": host.budget_bytes,
+            "predicted_bytes": host.predicted_bytes,
+            "text_encoder": host.text_encoder,
+            "modulation": host.modulation,
+            "text": "\n".join(host.describe_lines()),
+        },
+        "notes": [*(host.notes if host else ()), *plan.notes, *answer.notes],
+        "budget_bytes": plan.budget_bytes,
+        "phases": [{"name": name, "peak_bytes": peak} for name, peak in plan.phase_peaks],
+        "predicted_peak_bytes": plan.predicted_peak_bytes,
+        "pinned_bytes": plan.pinned_bytes,
+        "seconds_per_step": plan.seconds_per_step,
+        "plan": {
+            "blocks": sizes.blocks,
+            "resident_blocks": len(plan.resident_blocks),
+            "streamed_blocks": len(plan.streamed_blocks),
+            "slots": plan.slots,
+            "text_encoder": plan.text_encoder,
+            "cfg": plan.cfg,
+            "vae_tiling": plan.vae_tiling,
+            "vae_encode_tiling": plan.vae_encode_tiling,
+            "vae_slicing": plan.vae_slicing,
+            "strategy": plan.strategy,
+            "gpus": [{"device": d, "peak_bytes": b} for d, b in plan.device_peaks],
+            "text": plan.describe(),
+        },
+    }
+    if not plan.places_weights:
+        data["notes"].append(
+            "offload mode 'model' is diffusers' whole-component offload: the planner does not place it, so "
+            "there is no prediction (it is also the slowest mode)."
+        )
+    if answer.step is not None:
+        data.update(seconds_per_step_model=answer.step.seconds, step_basis=answer.step.basis)
+    if answer.calibration is not None:
+        data["calibration"] = {"factor": answer.calibration.factor, "from": answer.calibration.source}
+    return data

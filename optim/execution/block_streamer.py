@@ -1,0 +1,276 @@
+"""Run a stack of blocks whose weights live in host memory, copying them to the GPU ahead of use.
+
+Each streamed block's tensors are packed into one slice of a page-locked host arena. On the GPU a
+ring of ``slots`` buffers, each as large as the largest block, receives the blocks in the order they
+run. Copies go on their own CUDA stream and run up to ``slots - 1`` blocks ahead of the compute;
+streams wait on events only, so the host never synchronises per block. Compressed weights (fp8,
+int8, nf4) are streamed as stored and expanded on the GPU by their layers' forward.
+
+Blocks whose weights were left in the model files (a host short of RAM, see
+optim/weights/file_tensors.py) are read from the files into a page-locked staging buffer per slot,
+then copied the same way; the read of the next block overlaps the compute of the current one.
+
+Without CUDA the same bookkeeping runs with synchronous copies (that is how the CPU tests check
+that every block always computes with its own weights).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from ..files.host_memory import TrimEvery, trim_host_heap
+from ..files.tensor_layout import ModuleLayout, bind, current_tensors, layout_of, pack, views
+from .devices import indexed
+from .host_arena import HostArena
+
+if TYPE_CHECKING:
+    from ..files.file_tensors import FileFeed
+
+
+@dataclass
+class _Slot:
+    buffer: torch.Tensor
+    holds: int = -1  # the sequence number whose block is (being) copied here
+    ready: torch.cuda.Event | None = None  # copy finished
+    free: torch.cuda.Event | None = None  # compute with the previous content finished
+
+
+class BlockStreamer:
+    """Holds every block's weights in one host arena; :meth:`configure` picks the resident ones.
+
+    Call :meth:`start` before a run, :meth:`enter` / :meth:`leave` around each block's forward,
+    and :meth:`stop` after the run (it frees the GPU ring). Blocks are expected in ascending order,
+    repeatedly (one pass per forward); any other order is still correct, only slower.
+    """
+
+    def __init__(
+        self,
+        blocks: Sequence[nn.Module],
+        device: torch.device,
+        skip: Callable[[str], bool] = lambda name: False,
+        pin: bool = True,
+        feed: FileFeed | None = None,
+    ) -> None:
+        self.device = indexed(device)
+        self._pin = pin and device.type == "cuda"
+        self._layouts: list[ModuleLayout] = [layout_of(b, skip) for b in blocks]
+        self.slot_bytes = max((lay.nbytes for lay in self._layouts), default=0)
+        if feed is not None and not all(map(feed.covers, self._layouts)):
+            # The loader leaves either all of a stack's weights in the files or none of them.
+            raise ValueError("some of these blocks' weights are neither in memory nor readable from the files")
+        self._feed = feed if self._layouts else None
+        offsets, total = [], 0
+        for lay in self._layouts:
+            offsets.append(total)
+            total += lay.nbytes
+        self.host_bytes = 0 if self._feed else total
+        self._offsets = offsets
+        # Locked only once filled: the blocks' current tensors are freed one by one as they are copied.
+        self._arena = HostArena(self.host_bytes, pin=self._pin, lock_now=False)
+        trim = TrimEvery(256 * 2**20)
+        self._staging: HostArena | None = None
+        self._home: list[list[torch.Tensor]] = []
+        for lay, offset in zip(self._layouts, offsets, strict=True):
+            if self._feed:  # placeholders: the values are read at each use
+                self._home.append(current_tensors(lay))
+                continue
+            base = self._arena.view(offset, lay.nbytes)
+            pack(lay, base)
+            self._home.append(views(lay, base))
+            trim.add(lay.nbytes)
+        trim_host_heap()
+        self._arena.lock()
+        self._resident: dict[int, torch.Tensor] = {}  # block -> its persistent GPU copy
+        self.order: list[int] = []
+        self._position: dict[int, int] = {}
+        self._slot_count = 2
+        self._slots: list[_Slot] = []
+        self._slot_views: list[list[list[torch.Tensor]]] = []
+        self._sequence = 0
+        self._active: dict[int, int] = {}  # block index -> slot it computes from
+        self._copy_stream: torch.cuda.Stream | None = None
+        self._replica_device: torch.device | None = None
+        self._replica: list[list[torch.Tensor]] = []  # per block, views of its copy on the replica GPU
+        self._primary: list[list[torch.Tensor]] = []  # per block, what it is bound to outside use_replica
+
+    def configure(
+        self, resident: Sequence[int], slots: int = 2, placement: Mapping[int, torch.device] | None = None
+    ) -> None:
+        """Keep ``resident`` blocks on a GPU for good and stream all others through ``slots`` buffers.
+
+        ``placement`` names another GPU for some resident blocks (a block split over several GPUs);
+        the others stay on this streamer's device, where the ring is.
+        """
+        if slots < 2:
+            raise ValueError("block streaming needs at least 2 slots (one computing, one loading)")
+        self.stop()
+        self.replicate(None)  # a replica is made for one placement; the engine asks again after this
+        placement = placement or {}
+        keep = {block: indexed(placement.get(block, self.device)) for block in resident}
+        for block in [b for b, copy in self._resident.items() if keep.get(b) != copy.device]:
+            bind(self._layouts[block], self._home[block])
+            del self._resident[block]
+        for block in sorted(set(keep) - set(self._resident)):
+            if keep[block].type == "cpu" and self._feed is None:
+                continue  # the host copy is already where a CPU computes
+            copy = self._host_copy(block).to(keep[block])
+            self._resident[block] = copy
+            bind(self._layouts[block], views(self._layouts[block], copy))
+        self.order = [b for b in range(len(self._layouts)) if b not in keep]
+        self._position = {block: p for p, block in enumerate(self.order)}
+        self._slot_count = slots
+        self.slot_bytes = max((self._layouts[b].nbytes for b in self.order), default=0)
+
+    def replicate(self, device: torch.device | None) -> None:
+        """Keep a second copy of every block on ``device`` (CFG-parallel; None drops it). The blocks
+        stay bound to their first copy; :meth:`use_replica` switches one block for a moment."""
+        if device == self._replica_device:
+            return
+        self._replica = []
+        self._replica_device = device
+        if device is None:
+            return
+        for block, layout in enumerate(self._layouts):
+            copy = self._host_copy(block).to(device, copy=True)
+            self._replica.append(views(layout, copy))
+        self._primary = [current_tensors(layout) for layout in self._layouts]
+
+    @contextmanager
+    def use_replica(self, block: int) -> Iterator[None]:
+        """Compute ``blocks[block]`` with its replica's weights inside this context."""
+        bind(self._layouts[block], self._replica[block])
+        try:
+            yield
+        finally:
+            bind(self._layouts[block], self._primary[block])
+
+    @property
+    def streamed(self) -> tuple[int, ...]:
+        return tuple(self.order)
+
+    @property
+    def reads_files(self) -> bool:
+        """True when the blocks' weights are read from the model files at each use."""
+        return self._feed is not None
+
+    def _host_copy(self, block: int) -> torch.Tensor:
+        """The block's bytes on the host: its arena slice, or a fresh buffer read from the files."""
+        nbytes = self._layouts[block].nbytes
+        if self._feed is None:
+            return self._arena.view(self._offsets[block], nbytes)
+        buffer = torch.empty(nbytes, dtype=torch.uint8)
+        self._feed.read_into(self._layouts[block], buffer)
+        return buffer
+
+    def start(self) -> None:
+        """Allocate the GPU ring and begin copying the first blocks."""
+        if not self.order or self._slots:
+            return
+        cuda = self.device.type == "cuda"
+        if cuda:
+            self._copy_stream = torch.cuda.Stream(self.device)
+        if self._feed is not None and (
+            self._staging is None or self._staging.nbytes < self._slot_count * self.slot_bytes
+        ):
+            if self._staging is not None:
+                self._staging.release()
+            # Kept until release(): locking pages costs more than the reads it would save to redo it.
+            self._staging = HostArena(self._slot_count * self.slot_bytes, pin=self._pin)
+        for _ in range(self._slot_count):
+            buffer = torch.empty(self.slot_bytes, dtype=torch.uint8, device=self.device)
+            events = (torch.cuda.Event(), torch.cuda.Event()) if cuda else (None, None)
+            self._slots.append(_Slot(buffer, -1, *events))
+        # Views into every slot for every block, made once: binding is then attribute writes only.
+        self._slot_views = [[views(self._layouts[b], slot.buffer) for slot in self._slots] for b in self.order]
+        self._sequence = 0
+        if self._copy_stream is not None:
+            # Fresh slots may reuse memory that queued compute still reads: copy only after that work.
+            self._copy_stream.wait_stream(torch.cuda.current_stream(self.device))
+        for ahead in range(self._slot_count - 1):
+            self._fetch(ahead)
+
+    def stop(self) -> None:
+        """Wait for outstanding copies, point every block back at host memory and free the ring."""
+        if self._copy_stream is not None:
+            self._copy_stream.synchronize()
+        for block in list(self._active):
+            bind(self._layouts[block], self._home[block])
+        self._active.clear()
+        self._slots.clear()
+        self._slot_views = []
+        self._copy_stream = None
+
+    def _fetch(self, sequence: int) -> _Slot:
+        """Make sure the block that runs at ``sequence`` is in (or on its way to) its slot."""
+        slot = self._slots[sequence % self._slot_count]
+        if slot.holds == sequence:
+            return slot
+        p = sequence % len(self.order)
+        block = self.order[p]
+        nbytes = self._layouts[block].nbytes
+        if self._feed is None:
+            source = self._arena.view(self._offsets[block], nbytes)
+        else:
+            index = sequence % self._slot_count
+            source = self._staging.view(index * self.slot_bytes, nbytes)
+            if slot.ready is not None:
+                slot.ready.synchronize()  # the last copy out of this staging buffer has finished
+            self._feed.read_into(self._layouts[block], source)
+        target = slot.buffer[:nbytes]
+        if self._copy_stream is None:
+            target.copy_(source)
+        else:
+            with torch.cuda.stream(self._copy_stream):
+                self._copy_stream.wait_event(slot.free)
+                target.copy_(source, non_blocking=True)
+                slot.ready.record(self._copy_stream)
+        slot.holds = sequence
+        return slot
+
+    def enter(self, block: int) -> None:
+        """Before ``blocks[block]`` runs: its weights are on the GPU (the compute stream waits for them)."""
+        p = self._position.get(block)
+        if p is None:
+            return
+        if not self._slots:
+            self.start()
+        n = len(self.order)
+        if self._sequence % n != p:  # out of the usual order: jump to the next pass that runs this block
+            self._sequence += (p - self._sequence) % n
+        sequence = self._sequence
+        slot = self._fetch(sequence)
+        if slot.ready is not None:
+            torch.cuda.current_stream(self.device).wait_event(slot.ready)
+        index = sequence % self._slot_count
+        bind(self._layouts[block], self._slot_views[p][index])
+        self._active[block] = index
+        for ahead in range(1, self._slot_count):
+            self._fetch(sequence + ahead)
+
+    def leave(self, block: int) -> None:
+        """After ``blocks[block]`` was queued: its slot may be refilled once that compute is done."""
+        index = self._active.pop(block, None)
+        if index is None:
+            return
+        slot = self._slots[index]
+        if slot.free is not None:
+            slot.free.record(torch.cuda.current_stream(self.device))
+        bind(self._layouts[block], self._home[block])
+        self._sequence += 1
+        # The slot just left is the next one to refill: queue it now so copies stay ahead.
+        self._fetch(self._sequence + self._slot_count - 1)
+
+    def release(self) -> None:
+        """Free the GPU copies and unlock the host arena (the pipeline is being dropped)."""
+        self.configure(())
+        self.replicate(None)
+        self._arena.release()
+        if self._staging is not None:
+            self._staging.release()
+            self._staging = None

@@ -1,0 +1,208 @@
+"""The pack's engine on a loaded pipeline: plans each run for its budget and job, then runs it.
+
+At load the engine takes the weights over (host arenas, page-locked on CUDA): transformer blocks
+without modulation, modulation layers, text-encoder units. Before each run it asks the planner
+where everything goes for this job, makes resident what the plan keeps resident (cheap copies from
+the arena), and installs its transformer forward (streaming, precomputed modulation, batched CFG)
+and the prompt cache. After the run the streaming rings are freed; resident weights stay.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from ..errors import QwenFitError
+from ..files.file_tensors import FileFeeds
+from ..planning.host_memory import HostMemory
+from ..planning.model_sizes import ModelSizes, measure
+from ..planning.plan import ComponentPlacement, Plan
+from ..planning.planner import Gpu, plan_run
+from ..qwen.anatomy import is_modulation
+from ..qwen.job_shape import JobShape
+from ..settings import CARD_BUDGETS, GIB, OffloadSettings, VaeSettings
+from .block_streamer import BlockStreamer
+from .cfg_pairing import TextInput
+from .devices import indexed
+from .modulation import ModulationTable
+from .prompt_cache import PromptCache
+from .text_encoder_engine import TextEncoderEngine
+from .transformer_engine import TransformerEngine
+
+log = logging.getLogger("qwenfit")
+DEFAULT_VAE = VaeSettings()
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """What the user's settings fix for every run of this pipeline: the offload settings, the devices
+    with the budgets resolved at load time (the pipeline's own first), and the execution switches."""
+
+    offload: OffloadSettings
+    gpus: tuple[Gpu, ...]
+    attention_backend: str | None = None
+    compile_blocks: bool = False  # torch.compile the block function (fuses the elementwise work)
+
+
+def _smaller(budget: int | None, cap: int) -> int:
+    return cap if budget is None else min(budget, cap)
+
+
+def _block_layout(plan: Plan) -> tuple:
+    """What decides where the transformer blocks are: a change means copying weights again."""
+    return plan.resident_blocks, plan.slots, plan.devices, plan.block_devices, plan.replica_device
+
+
+class PipelineEngine:
+    """Owns the placement of one pipeline's weights for its whole life."""
+
+    def __init__(
+        self,
+        pipeline: Any,
+        device: torch.device,
+        options: EngineOptions,
+        host: HostMemory | None = None,
+        components: tuple[ComponentPlacement, ...] = (),
+        notes: tuple[str, ...] = (),
+        files: FileFeeds | None = None,
+    ) -> None:
+        """Take ``pipeline``'s weights over. ``host``, ``components`` and ``notes`` are the load-time
+        facts every plan carries; ``files`` has the recipes of the weights left in the model files."""
+        self.pipeline = pipeline
+        self.device = device = indexed(device)
+        self.options = options
+        self.host, self.components, self.notes = host, components, notes
+        files = files or FileFeeds()
+        self.sizes: ModelSizes = measure(pipeline)
+        pin = device.type == "cuda"
+        tr = pipeline.transformer
+        # Order matters: the modulation layers leave the blocks first, so blocks pack without them.
+        self.modulation = ModulationTable(tr, device, pin, feed=files.feed(tr))
+        self.blocks = BlockStreamer(tr.transformer_blocks, device, skip=is_modulation, pin=pin)
+        # The small parts outside the repeated blocks live on the GPU while the engine owns them.
+        self._small_parts = [child for name, child in tr.named_children() if name != "transformer_blocks"]
+        for child in self._small_parts:
+            child.to(device)
+        self.text = TextEncoderEngine(pipeline.text_encoder, device, pin, feed=files.feed(pipeline.text_encoder))
+        pipeline.vae.to(device)
+        self.transformer = TransformerEngine(
+            tr, device, self.blocks, self.modulation, pipeline.scheduler, options.attention_backend, options.offload.cfg
+        )
+        if options.compile_blocks:
+            self.transformer.compile_blocks()
+        self.transformer.install()
+        self.prompts = PromptCache(pipeline.encode_prompt, self.text.encoding, self._pair_prompts)
+        pipeline.encode_prompt = self.prompts
+        self.plan: Plan | None = None
+        self._lean_budget: int | None = None  # set by lean_down() after an out-of-memory error
+        self._lean_tiling = False
+
+    def plan_for(self, job: JobShape, vae: VaeSettings = DEFAULT_VAE) -> Plan:
+        """The plan this job would get (nothing moves)."""
+        gpus = self.options.gpus
+        if self._lean_budget is not None:  # after an out-of-memory error: a smaller budget
+            gpus = tuple(replace(g, budget_bytes=_smaller(g.budget_bytes, self._lean_budget)) for g in gpus)
+        if self._lean_tiling:
+            vae = replace(vae, tiling="on")
+        return plan_run(self.sizes, job, self.options.offload, vae, gpus, self.host, self.components, self.notes)
+
+    def lean_down(self, job: JobShape, vae: VaeSettings = DEFAULT_VAE) -> str:
+        """After an out-of-memory error: plan every later run one step leaner, i.e. for the next smaller
+        card budget below the last plan's predicted peak (or 90% of that peak when no card size fits
+        the job), with VAE tiling on. Returns what changed."""
+        peak = self.plan.predicted_peak_bytes if self.plan is not None else self.options.gpus[0].budget_bytes or 0
+        below = [gib * GIB for gib in CARD_BUDGETS.values() if gib * GIB < 0.9 * peak]
+        self._lean_tiling = True
+        candidates = ([int(max(below))] if below else []) + [int(0.9 * peak)]
+        for budget in candidates:
+            self._lean_budget = budget
+            try:
+                self.plan_for(job, vae)
+                break
+            except QwenFitError:
+                self._lean_budget = None
+        self.plan = None  # the next prepare places everything again
+        return f"re-planned one step leaner: VRAM budget {self.lean_budget_text()}, VAE tiling on"
+
+    def smaller_card(self) -> str | None:
+        """The largest card size below the lean budget (what to try next), or None."""
+        if self._lean_budget is None:
+            return None
+        below = [name for name, gib in CARD_BUDGETS.items() if gib * GIB < self._lean_budget]
+        return below[-1] if below else None
+
+    def lean_budget_text(self) -> str:
+        return "as before" if self._lean_budget is None else f"{self._lean_budget / GIB:.1f} GiB"
+
+    def describe_peak(self) -> str:
+        """The last plan in a few words (for messages about it)."""
+        if self.plan is None:
+            return "no plan yet"
+        plan = self.plan
+        return (
+            f"the plan keeping {len(plan.resident_blocks)} of {self.sizes.blocks} blocks resident "
+            f"(predicted peak {plan.predicted_peak_bytes / GIB:.1f} GiB)"
+        )
+
+    def prepare(self, job: JobShape, vae: VaeSettings = DEFAULT_VAE) -> Plan:
+        """Plan ``job`` and place the weights as the plan says (cheap when the plan did not change)."""
+        plan = self.plan_for(job, vae)
+        if plan != self.plan:
+            placement = {
+                block: torch.device(plan.devices[d])
+                for block, d in zip(plan.resident_blocks, plan.block_devices, strict=False)
+            }
+            if self.plan is None or _block_layout(plan) != _block_layout(self.plan):
+                self.blocks.configure(plan.resident_blocks, max(plan.slots, 2), placement)
+                replica = torch.device(plan.replica_device) if plan.replica_device else None
+                self.blocks.replicate(replica)
+                self.transformer.place(placement, replica)
+            self.text.configure(plan.text_encoder)
+            self.plan = plan
+            log.info("%s", plan.describe())
+        return plan
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """Around one pipeline call: start pairing prompts afresh, set the VAE for each phase, free the
+        streaming rings afterwards."""
+        self.prompts.begin_run()
+        self.transformer.begin_run()
+        plan = self.plan
+        vae = self.pipeline.vae
+        (vae.enable_slicing if plan.vae_slicing else vae.disable_slicing)()
+        # Encoding tiles only when the plan must; decoding switches at the first denoising call.
+        (vae.enable_tiling if plan.vae_encode_tiling else vae.disable_tiling)()
+
+        def decode_tiling(_module: Any, _args: Any) -> None:
+            (vae.enable_tiling if plan.vae_tiling else vae.disable_tiling)()
+
+        switch = self.pipeline.transformer.register_forward_pre_hook(decode_tiling)
+        try:
+            yield
+        finally:
+            switch.remove()
+            self.transformer.end_run()
+
+    def _pair_prompts(self, encoded: list[Any]) -> None:
+        """Prompt, then negative prompt (the pipelines' order): one batched pass per step for both."""
+        if len(encoded) == 2 and self.options.offload.cfg != "two_calls":
+            (cond, cond_mask), (uncond, uncond_mask) = encoded
+            self.transformer.pairing.pair(TextInput(cond, cond_mask), TextInput(uncond, uncond_mask))
+
+    def release(self) -> None:
+        """Give back GPU copies and page-locked memory (the pipeline is being dropped)."""
+        self.transformer.uninstall()
+        self.pipeline.encode_prompt = self.prompts._encode
+        self.blocks.release()
+        self.text.release()
+        self.modulation.release()
+        # Back to the host, so GPU memory returns to where it was even while the pipeline lives on.
+        for child in self._small_parts:
+            child.to("cpu")
+        self.pipeline.vae.to("cpu")

@@ -1,0 +1,174 @@
+"""Fill an empty (meta) module from a WeightSource, one tensor at a time, in the planned dtype.
+
+The host never holds more than the module being built plus one tensor in flight; a module
+planned for fp8 storage never holds its Linear weights in bf16. Tensors the caller chooses to
+leave in the files become placeholders, with a recipe to read them when they are used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from accelerate.utils import set_module_tensor_to_device
+from torch import nn
+
+from ..errors import QwenFitError
+from ..files.file_tensors import FileFeeds, FileTensor, placeholder
+from ..files.fp8_layouts import Fp8Layout, Fp8Weight, quantize_absmax
+from ..files.host_memory import TrimEvery, trim_host_heap
+from ..files.weight_source import WeightSource
+from ..quant.fp8 import replace_linear
+
+# Decides which Linear layers (by dotted module name) are stored in fp8.
+Fp8Filter = Callable[[str], bool]
+# Decides which tensors (by state-dict key) stay in the files until they are used.
+KeepInFiles = Callable[[str], bool]
+
+
+def _set_placeholder(module: nn.Module, key: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """A placeholder of the planned dtype and shape: the engine reads the values when needed."""
+    layer, _, leaf = key.rpartition(".")
+    owner = module.get_submodule(layer) if layer else module
+    empty = placeholder(shape, dtype)
+    if leaf in owner._parameters:
+        owner._parameters[leaf] = nn.Parameter(empty, requires_grad=False)
+    else:
+        owner._buffers[leaf] = empty
+
+
+def _keep_in_fp32(module: nn.Module) -> tuple[str, ...]:
+    return tuple(getattr(module, "_keep_in_fp32_modules", None) or ())
+
+
+def _target_dtype(name: str, stored: torch.dtype, compute: torch.dtype, fp32_modules: tuple[str, ...]) -> torch.dtype:
+    if not stored.is_floating_point and stored not in (torch.float8_e4m3fn, torch.float8_e5m2):
+        return stored  # integer buffers keep their type
+    if any(part in fp32_modules for part in name.split(".")):
+        return torch.float32
+    return compute
+
+
+def fill_module(
+    module: nn.Module,
+    source: WeightSource,
+    compute_dtype: torch.dtype,
+    device: torch.device,
+    fp8_linears: Fp8Filter | None = None,
+    optional: tuple[str, ...] = (),
+    deltas: dict[str, torch.Tensor] | None = None,
+    keep_in_files: KeepInFiles | None = None,
+    feeds: FileFeeds | None = None,
+) -> list[str]:
+    """Load every parameter and persistent buffer of ``module`` from ``source``.
+
+    Linear layers accepted by ``fp8_linears`` become Fp8Linear (fp8 data + scale). ``deltas`` (LoRA) are
+    added to the dense weight of the named Linear layers before it is stored. Keys in
+    ``optional`` may be missing from the files; they are returned so the caller can deal with
+    them. Any other missing key is an error naming the file.
+
+    Keys accepted by ``keep_in_files`` are not read when their planned form is the stored bytes or a
+    cast of them: they become placeholders (one element each) and their recipes go to ``feeds`` (see
+    optim/files/file_tensors.py), which ``keep_in_files`` then requires.
+    """
+    fp32_modules = _keep_in_fp32(module)
+    linears = {name for name, m in module.named_modules() if isinstance(m, nn.Linear)}
+    fp8_layers = {name for name in linears if fp8_linears is not None and fp8_linears(name)}
+    missing: list[str] = []
+    trim = TrimEvery()
+    in_files: dict[str, FileTensor] = {}
+
+    def stays_in_files(key: str, delta: torch.Tensor | None) -> bool:
+        return keep_in_files is not None and delta is None and keep_in_files(key)
+
+    keys = list(module.state_dict(keep_vars=True).keys())
+    for key in keys:
+        layer, _, leaf = key.rpartition(".")
+        if layer in fp8_layers:
+            continue  # handled below, weight and bias together
+        if not source.has(key):
+            missing.append(key)
+            continue
+        delta = deltas.get(layer) if deltas and leaf == "weight" else None
+        if stays_in_files(key, delta) and not source.is_fp8(key):
+            file, file_key = source.locate(key)
+            stored = file.tensors[file_key].dtype
+            _set_placeholder(module, key, file.shape(file_key), _target_dtype(key, stored, compute_dtype, fp32_modules))
+            in_files[key] = FileTensor(file, file_key)
+            continue
+        if delta is not None:  # LoRA: add in float32, then store in the planned dtype
+            dense = source.read_fp8(key).dequantize(torch.float32) if source.is_fp8(key) else source.read(key).float()
+            value = (dense + delta).to(_target_dtype(key, torch.float32, compute_dtype, fp32_modules))
+        elif source.is_fp8(key):
+            value = source.read_fp8(key).dequantize(compute_dtype)
+        else:
+            value = source.read(key)
+            value = value.to(_target_dtype(key, value.dtype, compute_dtype, fp32_modules))
+        set_module_tensor_to_device(module, key, device, value=value, dtype=value.dtype)
+        trim.add(value.numel() * value.element_size())
+    for layer in sorted(fp8_layers):
+        weight_key = f"{layer}.weight"
+        if not source.has(weight_key):
+            missing.append(weight_key)
+            continue
+        delta = deltas.get(layer) if deltas else None
+        if stays_in_files(weight_key, delta) and source.is_fp8(weight_key):
+            in_files.update(_fp8_layer_in_files(module, layer, source, compute_dtype))
+            continue
+        if delta is not None:  # LoRA on an fp8 layer: merge densely, then quantize again
+            stored = (
+                source.read_fp8(weight_key).dequantize(torch.float32)
+                if source.is_fp8(weight_key)
+                else source.read(weight_key).float()
+            )
+            data, scale = quantize_absmax(stored + delta)
+            weight = Fp8Weight(data=data, scale=scale, layout=Fp8Layout.SCALED)
+        elif source.is_fp8(weight_key):
+            weight = source.read_fp8(weight_key)
+        else:  # a bf16/fp32 file planned for fp8 storage: quantize this one tensor now
+            data, scale = quantize_absmax(source.read(weight_key))
+            weight = Fp8Weight(data=data, scale=scale, layout=Fp8Layout.SCALED)
+        weight = Fp8Weight(weight.data.to(device), weight.scale.to(device), weight.layout)
+        bias_key = f"{layer}.bias"
+        bias = source.read(bias_key).to(device=device, dtype=compute_dtype) if source.has(bias_key) else None
+        replace_linear(module, layer, weight, bias)
+        trim.add(weight.data.numel() * 4)
+    trim_host_heap()
+    if in_files:
+        assert feeds is not None, "keep_in_files needs feeds to hand the recipes to the engine"
+        feeds.add(module, in_files)
+    unexpected = [k for k in missing if k not in optional]
+    if unexpected:
+        shown = ", ".join(source.to_file_key(k) for k in unexpected[:5])
+        raise QwenFitError(
+            f"{source.names} lacks {len(unexpected)} tensor(s) the model needs (e.g. {shown}): the file is "
+            "incomplete or belongs to another model. Pick the matching file, or download it again."
+        )
+    return missing
+
+
+def _fp8_layer_in_files(
+    module: nn.Module, layer: str, source: WeightSource, compute_dtype: torch.dtype
+) -> dict[str, FileTensor]:
+    """An Fp8Linear whose data, scale and bias stay in the files; its recipes by state-dict key."""
+    weight_key, bias_key = f"{layer}.weight", f"{layer}.bias"
+    file, file_key = source.locate(weight_key)
+    scale = source.locate_scale(weight_key)
+    stored = file.tensors[file_key].dtype
+    data_dtype = torch.float8_e4m3fn if stored == torch.uint8 else stored  # mixed files store uint8
+    empty = Fp8Weight(
+        data=placeholder(file.shape(file_key), data_dtype),
+        scale=placeholder((), torch.float32),
+        layout=source.layout_of_key(weight_key) if scale is not None else Fp8Layout.PLAIN,
+    )
+    bias = None
+    recipes = {
+        f"{layer}.weight_fp8": FileTensor(file, file_key),
+        f"{layer}.weight_scale": FileTensor(*scale) if scale is not None else FileTensor(None, "", constant=1.0),
+    }
+    if source.has(bias_key):
+        bias_file, bias_file_key = source.locate(bias_key)
+        bias = placeholder(bias_file.shape(bias_file_key), compute_dtype)
+        recipes[f"{layer}.bias"] = FileTensor(bias_file, bias_file_key)
+    replace_linear(module, layer, empty, bias)
+    return recipes

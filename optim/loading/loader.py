@@ -1,0 +1,364 @@
+"""Load a Qwen-Image pipeline from a diffusers folder, offline, safetensors only."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import QwenFitError
+from ..execution.devices import check_fp8_matmul, resolve_gpus
+from ..execution.engine import EngineOptions, PipelineEngine
+from ..execution.whole_model_offload import place_whole_model
+from ..files.file_tensors import FileFeeds
+from ..files.lora import LoraChoice, lightning_scheduler_config
+from ..files.safetensors_file import PICKLE_SUFFIXES
+from ..files.sources import DiffusersFolder, PipelineSource, SourceDescription, describe_folder, describe_split_files
+from ..planning.components import describe_components
+from ..planning.host_memory import FILES, HostMemory, HostWeights, estimate_component, host_budget_bytes, plan_host
+from ..planning.model_sizes import ModelSizes, measure
+from ..planning.plan import ComponentPlacement, Plan
+from ..planning.planner import Gpu, plan_run
+from ..quant.dtypes import compute_dtype
+from ..quant.formats import QUANTIZED, quantize_linears
+from ..quant.fp8_scope import FP8_AS_STORED, FP8_NONE, FP8_SCOPES, fp8_mode
+from ..qwen.anatomy import is_language_block_linear, is_modulation_key, is_text_unit_key, is_transformer_block_key
+from ..qwen.architectures import processor as arch_processor
+from ..qwen.architectures import scheduler as arch_scheduler
+from ..qwen.job_shape import JobShape, default_job
+from ..qwen.variants import Variant, detect_variant
+from ..settings import FP8_FAST, OffloadSettings, PrecisionSettings, VaeSettings
+from .assemble import build_text_encoder, build_transformer, build_vae
+
+log = logging.getLogger("qwenfit")
+
+_REQUIRED_PARTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler", "processor")
+_WEIGHT_PARTS = ("transformer", "vae", "text_encoder")
+# VAE input channels per variant: the Layered VAE works on RGBA.
+_VAE_CHANNELS = {Variant.EDIT_2509: 3, Variant.EDIT_2511: 3, Variant.LAYERED: 4}
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """Everything that decides which weights are loaded and how; equal requests share a pipeline."""
+
+    source: PipelineSource
+    variant: str = "auto"
+    precision: PrecisionSettings = PrecisionSettings()
+    offload: OffloadSettings = OffloadSettings()
+    device: str = "cpu"
+    lora: LoraChoice | None = None
+
+
+@dataclass
+class LoadedPipeline:
+    """A loaded diffusers pipeline with what the pack knows about it: the load-time facts every plan
+    carries (components, host memory, the devices and their budgets) and the engine that runs it."""
+
+    pipeline: Any
+    variant: Variant
+    request: LoadRequest
+    sizes: ModelSizes
+    components: tuple[ComponentPlacement, ...]
+    gpus: tuple[Gpu, ...]  # the devices plans may use, budgets fixed at load (the pipeline's own first)
+    engine: PipelineEngine | None = None  # None when diffusers' whole-model offload places the weights
+    vae: VaeSettings = VaeSettings()
+    host: HostMemory | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.request.source.name
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.request.device)
+
+    @property
+    def lightning(self) -> LoraChoice | None:
+        """The Lightning LoRA merged into this pipeline, if any (runs then use CFG off)."""
+        lora = self.request.lora
+        return lora if lora is not None and lora.is_lightning else None
+
+    def with_vae(self, vae: VaeSettings) -> LoadedPipeline:
+        """A view of the same pipeline whose runs use these VAE settings (no copy of weights)."""
+        return replace(self, vae=vae)
+
+    def plan_for(self, job: JobShape) -> Plan:
+        """The plan ``job`` would get (nothing moves)."""
+        if self.engine is not None:
+            return self.engine.plan_for(job, self.vae)
+        offload = self.request.offload
+        return plan_run(self.sizes, job, offload, self.vae, self.gpus, self.host, self.components, self.notes)
+
+    def describe_default_plan(self) -> str:
+        """The plan of the reference job (Edit 1024 with one reference, Layered 640 with 4 layers), as
+        the loader reports it before any run; a job that does not fit says so instead."""
+        job = default_job("layered" if self.variant is Variant.LAYERED else "edit")
+        try:
+            return self.plan_for(job).describe()
+        except QwenFitError as error:
+            return f"QwenFit plan for {job.describe()}: none fits ({error})"
+
+    def prepare(self, job: JobShape) -> Plan:
+        """Plan ``job`` and place the weights as the plan says."""
+        return self.engine.prepare(job, self.vae) if self.engine is not None else self.plan_for(job)
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise QwenFitError(f"{what} is missing ({path.name} not found in {path.parent}).") from None
+    except (OSError, ValueError) as exc:
+        raise QwenFitError(f"{what} could not be read ({path}): {exc}. Re-copy the file.") from None
+
+
+def inspect_folder(folder: Path) -> tuple[Variant, dict[str, Any]]:
+    """Check a diffusers folder is a complete, safetensors-only Qwen-Image pipeline; return its variant."""
+    source = f"model folder '{folder.name}'"
+    if not folder.is_dir():
+        raise QwenFitError(f"{source} does not exist any more; refresh the page (press R) and pick another.")
+    model_index = _read_json(folder / "model_index.json", f"{source}: model_index.json")
+    missing = [p for p in _REQUIRED_PARTS if not (folder / p).is_dir()]
+    if "tokenizer" in missing:
+        raise QwenFitError(
+            f"{source} has no tokenizer/ folder. Copy the tokenizer folder of the same release "
+            "(vocab.json, merges.txt, tokenizer_config.json) into it."
+        )
+    if missing:
+        raise QwenFitError(f"{source} is incomplete: missing {', '.join(missing)}. Re-copy the whole folder.")
+    for part in _WEIGHT_PARTS:
+        files = [p.name for p in (folder / part).iterdir() if p.is_file()]
+        if not any(f.endswith(".safetensors") for f in files):
+            pickles = [f for f in files if f.lower().endswith(PICKLE_SUFFIXES)]
+            found = f" (found only pickle files {', '.join(pickles)}, which QwenFit never loads)" if pickles else ""
+            raise QwenFitError(
+                f"{source}/{part} has no .safetensors weights{found}. Use the safetensors release of the model."
+            )
+    transformer_config = _read_json(folder / "transformer" / "config.json", f"{source}: transformer config")
+    variant = detect_variant(model_index, transformer_config, source)
+    vae_config = _read_json(folder / "vae" / "config.json", f"{source}: VAE config")
+    channels = vae_config.get("input_channels", 3)
+    if channels != _VAE_CHANNELS[variant]:
+        kind = "4-channel (Layered)" if channels == 4 else f"{channels}-channel"
+        raise QwenFitError(
+            f"{source}: its VAE is {kind} but its transformer is {variant.value}. Use the VAE of the same "
+            "release (qwen_image_layered_vae for Layered, qwen_image_vae for Edit)."
+        )
+    return variant, model_index
+
+
+def describe(request: LoadRequest) -> SourceDescription:
+    """Check the request's files (headers and configs only) and say what they are."""
+    source = request.source
+    if isinstance(source, DiffusersFolder):
+        _, model_index = inspect_folder(source.path)
+        return describe_folder(source.path, model_index, request.variant)
+    return describe_split_files(source, request.variant)
+
+
+def _compute_dtypes(request: LoadRequest) -> dict[str, torch.dtype]:
+    device = torch.device(request.device)
+    return {
+        part: compute_dtype(getattr(request.precision, part), device) for part in ("transformer", "text_encoder", "vae")
+    }
+
+
+def _fp8_modes(request: LoadRequest, desc: SourceDescription) -> dict[str, str]:
+    return {
+        "transformer": fp8_mode(request.precision.transformer, desc.transformer),
+        "text_encoder": fp8_mode(request.precision.text_encoder, desc.text_encoder),
+    }
+
+
+def _stays_in_files(kind: str, fp8: str) -> bool:
+    """A component's weights can be read back from its files when the plan stores them as the files
+    do (or as a plain cast): not when they are quantized on load."""
+    return kind not in QUANTIZED and fp8 in (FP8_NONE, FP8_AS_STORED)
+
+
+def plan_host_memory_for(request: LoadRequest, desc: SourceDescription) -> HostMemory:
+    """Which once-per-run weights wait in host memory, estimated from the files' headers (the loader and
+    the plan preview both ask here)."""
+    precision = request.precision
+    dtypes, fp8 = _compute_dtypes(request), _fp8_modes(request, desc)
+    transformer = estimate_component(
+        desc.transformer,
+        fp8["transformer"],
+        precision.transformer,
+        is_transformer_block_key,
+        dtypes["transformer"].itemsize,
+        {"modulation": is_modulation_key},
+    )
+    text = estimate_component(
+        desc.text_encoder,
+        fp8["text_encoder"],
+        precision.text_encoder,
+        is_language_block_linear,
+        dtypes["text_encoder"].itemsize,
+        {"units": is_text_unit_key},
+    )
+    engine_places = request.offload.mode != "model"  # diffusers' own offload moves whole modules
+    weights = HostWeights(
+        transformer=transformer["all"],
+        modulation=transformer["modulation"],
+        text_encoder=text["all"],
+        text_units=text["units"],
+        vae=desc.vae.nbytes,
+        text_encoder_can_stay_in_files=engine_places and _stays_in_files(precision.text_encoder, fp8["text_encoder"]),
+        modulation_can_stay_in_files=engine_places
+        and request.lora is None
+        and _stays_in_files(precision.transformer, fp8["transformer"]),
+    )
+    return plan_host(weights, host_budget_bytes(request.offload.host_budget))
+
+
+def _build(
+    request: LoadRequest, desc: SourceDescription, host: HostMemory, feeds: FileFeeds, checkpoint: Callable[[str], None]
+) -> Any:
+    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline, QwenImageLayeredPipeline
+    from transformers import Qwen2_5_VLConfig, Qwen2Tokenizer, Qwen2VLProcessor
+
+    device = torch.device(request.device)
+    precision = request.precision
+    dtypes = _compute_dtypes(request)
+    # Weights load into host memory; the engine (or diffusers' offload) places them afterwards.
+    home = torch.device("cpu")
+    folder = desc.folder
+    te_config = (
+        Qwen2_5_VLConfig.from_pretrained(str(folder / "text_encoder"), local_files_only=True) if folder else None
+    )
+    fp8 = _fp8_modes(request, desc)
+    transformer_fp8, text_encoder_fp8 = fp8["transformer"], fp8["text_encoder"]
+    transformer = build_transformer(
+        desc.transformer,
+        desc.architecture,
+        desc.folder_config("transformer"),
+        desc.variant,
+        dtypes["transformer"],
+        home,
+        fp8=transformer_fp8,
+        lora=request.lora,
+        keep_in_files=is_modulation_key if host.modulation == FILES else None,
+        feeds=feeds,
+    )
+    checkpoint("load")
+    text_encoder = build_text_encoder(
+        desc.text_encoder,
+        desc.architecture,
+        te_config,
+        dtypes["text_encoder"],
+        home,
+        fp8=text_encoder_fp8,
+        keep_in_files=is_text_unit_key if host.text_encoder == FILES else None,
+        feeds=feeds,
+    )
+    if FP8_FAST in (precision.transformer, precision.text_encoder):
+        check_fp8_matmul(device)
+    for part, module in (("transformer", transformer), ("text_encoder", text_encoder)):
+        kind = getattr(precision, part)
+        if kind in QUANTIZED:  # weight-only integer formats: quantized layer by layer after loading
+            quantize_linears(module, kind, FP8_SCOPES[part])
+    checkpoint("load")
+    vae = build_vae(desc.vae, desc.architecture, desc.folder_config("vae"), desc.vae_channels, dtypes["vae"], home)
+    tokenizer = Qwen2Tokenizer.from_pretrained(str(desc.tokenizer_dir), local_files_only=True)
+    if folder is not None:
+        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(str(folder / "scheduler"), local_files_only=True)
+        proc = Qwen2VLProcessor.from_pretrained(str(folder / "processor"), local_files_only=True)
+    else:
+        scheduler, proc = arch_scheduler(desc.architecture), arch_processor(desc.architecture, tokenizer)
+    if request.lora is not None and request.lora.is_lightning:
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(lightning_scheduler_config(dict(scheduler.config)))
+    pipeline_cls = QwenImageLayeredPipeline if desc.variant is Variant.LAYERED else QwenImageEditPlusPipeline
+    return pipeline_cls(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        processor=proc,
+        transformer=transformer,
+    )
+
+
+def load_pipeline(request: LoadRequest, checkpoint: Callable[[str], None] | None = None) -> LoadedPipeline:
+    """Load and place a pipeline as ``request`` says, one tensor at a time, straight into the
+    planned dtype. Nothing is downloaded; only safetensors are read (never pickles).
+
+    ``checkpoint("load")`` is called between components; raising from it (ComfyUI's Cancel) stops
+    the load. On failure or cancel everything partly loaded is released before the error propagates.
+    """
+    desc = describe(request)
+    device = torch.device(request.device)
+    pipeline = None
+    cancels: list[BaseException] = []
+
+    def check(phase: str) -> None:
+        """``checkpoint``, remembering what it raised: a cancel propagates as it is, not as a bad file."""
+        if checkpoint is None:
+            return
+        try:
+            checkpoint(phase)
+        except BaseException as cancel:
+            cancels.append(cancel)
+            raise
+
+    try:
+        host = plan_host_memory_for(request, desc)
+        check("load")
+        feeds = FileFeeds()
+        pipeline = _build(request, desc, host, feeds, check)
+        pipeline.set_progress_bar_config(disable=True)
+        offload = request.offload
+        whole_model = offload.mode == "model"
+        components = describe_components(pipeline, str(device), whole_model)
+        gpus, fallback = resolve_gpus(offload, device)
+        notes = (fallback,) if fallback else ()
+        if device.type != "cuda":
+            notes += ("no GPU: everything runs on the CPU; the VRAM budget does not apply",)
+        engine = None
+        if whole_model:
+            sizes = measure(pipeline)
+            place_whole_model(pipeline, device)
+        else:
+            engine = PipelineEngine(pipeline, device, EngineOptions(offload, gpus), host, components, notes, feeds)
+            sizes = engine.sizes
+    except QwenFitError:
+        pipeline = None
+        release_memory()
+        raise
+    except Exception as exc:  # a corrupt file, a wrong shape: tell the user which model
+        pipeline = None
+        release_memory()
+        if any(exc is cancel for cancel in cancels):
+            raise
+        raise QwenFitError(
+            f"'{request.source.name}' could not be loaded: {type(exc).__name__}: {exc}. The files may be "
+            "truncated or from another model; re-copy or download them again."
+        ) from exc
+    loaded = LoadedPipeline(
+        pipeline=pipeline,
+        variant=desc.variant,
+        request=request,
+        sizes=sizes,
+        components=components,
+        gpus=gpus,
+        engine=engine,
+        host=host,
+        notes=notes,
+    )
+    log.info("QwenFit loaded %s:\n%s", request.source.name, loaded.describe_default_plan())
+    return loaded
+
+
+def release_memory() -> None:
+    """Collect garbage and return cached GPU blocks to the driver."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,132 @@
+"""Host RAM: which weights wait in memory between uses, and which are read again from the files.
+
+The transformer's blocks run every step and must wait in (page-locked) host memory. The text
+encoder runs once per new prompt and the modulation layers once per new schedule: when the host
+budget cannot hold everything, they stay in the model files and are read at each use (prompt
+embeddings and modulation rows are cached, so a new seed reads nothing). Decided before loading,
+from the files' headers, so a short host never holds them even while loading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psutil
+
+from ..errors import QwenFitError
+from ..files.safetensors_file import TensorInfo
+from ..files.weight_source import WeightSource
+from ..quant.formats import QUANTIZED
+from ..quant.fp8 import Fp8Linear
+from ..quant.fp8_scope import FP8_ALL, FP8_NONE
+from ..settings import GIB, HOST_BUDGETS, HOST_SIZES
+
+# Python, torch, the CUDA context, ComfyUI itself and image buffers.
+RUNTIME_BYTES = 3 * GIB
+# "auto" leaves a quarter of the machine's RAM to the OS, the browser and everything else.
+AUTO_SHARE = 0.75
+MEMORY, FILES = "memory", "files"
+
+
+@dataclass(frozen=True)
+class HostWeights:
+    """Host bytes of the weights as the plan stores them, estimated from the files' headers."""
+
+    transformer: int  # everything of the transformer, modulation included
+    modulation: int
+    text_encoder: int  # everything of the text encoder, units included
+    text_units: int  # vision blocks and language layers (what can stay in the files)
+    vae: int
+    text_encoder_can_stay_in_files: bool  # stored form = planned form (no quantizing or LoRA on load)
+    modulation_can_stay_in_files: bool
+
+
+@dataclass(frozen=True)
+class HostMemory:
+    """Where the once-per-run weights wait, and the host memory predicted (part of the run's Plan)."""
+
+    budget_bytes: int | None
+    text_encoder: str  # MEMORY or FILES
+    modulation: str
+    predicted_bytes: int  # RSS + page-locked after loading
+    notes: tuple[str, ...] = ()
+
+    def describe_lines(self) -> list[str]:
+        budget = "no limit" if self.budget_bytes is None else f"{self.budget_bytes / GIB:.1f} GiB"
+        where = {MEMORY: "kept in host memory", FILES: "read from the model files at each use"}
+        lines = [
+            f"  host RAM: budget {budget}, predicted {self.predicted_bytes / GIB:.1f} GiB",
+            f"  text encoder units: {where[self.text_encoder]}; modulation weights: {where[self.modulation]}",
+        ]
+        return [*lines, *(f"  note: {n}" for n in self.notes)]
+
+
+def host_budget_bytes(choice: str) -> int | None:
+    """Bytes of host RAM the plan may keep; None means no limit, 0 means as little as possible."""
+    if choice not in HOST_BUDGETS:
+        raise QwenFitError(f"host RAM budget {choice!r} is not supported; pick one of {', '.join(HOST_BUDGETS)}.")
+    if choice == "unlimited":
+        return None
+    if choice == "minimal":
+        return 0
+    if choice == "auto":
+        return int(psutil.virtual_memory().total * AUTO_SHARE)
+    return HOST_SIZES[choice] * GIB
+
+
+def plan_host(weights: HostWeights, budget_bytes: int | None) -> HostMemory:
+    """Keep everything in memory if it fits ``budget_bytes``; otherwise leave the text encoder's
+    units, then the modulation layers, in the files (when their stored form is the planned form)."""
+    need = RUNTIME_BYTES + weights.transformer + weights.text_encoder + weights.vae
+    text, modulation = MEMORY, MEMORY
+    notes: list[str] = []
+    if budget_bytes is not None and need > budget_bytes and weights.text_encoder_can_stay_in_files:
+        text, need = FILES, need - weights.text_units
+    if budget_bytes is not None and need > budget_bytes and weights.modulation_can_stay_in_files:
+        modulation, need = FILES, need - weights.modulation
+    if text == FILES:
+        notes.append("a new prompt reads the text encoder from disk (the same prompt again reads nothing)")
+    if budget_bytes and need > budget_bytes:
+        notes.append(
+            f"the weights need about {need / GIB:.1f} GiB of host RAM, more than the budget of "
+            f"{budget_bytes / GIB:.1f} GiB: the system may swap. fp8 files or a int8/nf4 precision need less."
+        )
+    return HostMemory(budget_bytes, text, modulation, need, tuple(notes))
+
+
+def _planned_bytes(
+    info: TensorInfo, stored_fp8: bool, fp8_mode: str, kind: str, linear: bool, compute_bytes: int
+) -> float:
+    """Host bytes per element of one stored tensor once loaded as planned."""
+    if stored_fp8 and fp8_mode != FP8_NONE:
+        return Fp8Linear.host_bytes_per_weight
+    if linear and len(info.shape) == 2:
+        if kind in QUANTIZED:
+            return QUANTIZED[kind].host_bytes_per_weight
+        if fp8_mode == FP8_ALL:
+            return Fp8Linear.host_bytes_per_weight
+    return compute_bytes
+
+
+def estimate_component(
+    source: WeightSource,
+    fp8_mode: str,
+    kind: str,
+    linear_scope: Callable[[str], bool],
+    compute_bytes: int,
+    parts: dict[str, Callable[[str], bool]],
+) -> dict[str, int]:
+    """Planned host bytes of a component's tensors, split by ``parts`` (name -> key predicate);
+    ``"all"`` is the whole component."""
+    totals = {"all": 0, **{name: 0 for name in parts}}
+    for file in source.files:
+        for key, info in file.tensors.items():
+            numel = info.nbytes // info.dtype.itemsize
+            linear = key.endswith(".weight") and linear_scope(key)
+            size = int(numel * _planned_bytes(info, source.stores_fp8(key), fp8_mode, kind, linear, compute_bytes))
+            totals["all"] += size
+            for name, belongs in parts.items():
+                if belongs(key):
+                    totals[name] += size
+    return totals

@@ -1,0 +1,135 @@
+"""The plan of one run: one value that says where every weight lives, in what format, what streams,
+what arithmetic runs, and what peak (and, when a device speed is known, s/step) it predicts.
+
+Made by the one planner (optim/planning/planner.py) for 1..N GPUs; printed by ``Plan.describe``; shown
+by the plan preview; carried by the run record and compared there with what was measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .host_memory import HostMemory
+from .model_sizes import ModelSizes
+
+GIB = 1024**3
+MIB = 1024**2
+# How the GPUs share the work.
+ONE_GPU, SPLIT, CFG_PARALLEL = "one GPU", "block split", "CFG-parallel"
+# diffusers' own whole-component offload: the planner places nothing and predicts no peak.
+WHOLE_MODEL_OFFLOAD = "whole-model offload"
+
+
+@dataclass(frozen=True)
+class ComponentPlacement:
+    """One pipeline component: its size, storage format and compute dtype, and where it waits and runs."""
+
+    name: str
+    parameters: int
+    dtype: str  # storage formats and compute dtype ("fp8+bf16": fp8 weights expanded to bf16)
+    bytes: int
+    home: str  # where it waits between uses ("cuda:0", "cpu", "pinned cpu")
+    runs_on: str  # where it computes
+    residency: str  # "resident", "offloaded (whole)", "planned per run (resident or streamed)"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything decided for one run of one job.
+
+    Host memory and the components are fixed at load time; the rest is decided per job. Resident
+    blocks are ``resident_blocks`` (on ``devices[block_devices[i]]``, the first GPU when empty), the
+    others stream through ``slots`` ring slots on the first GPU. ``phase_peaks`` are the first GPU's,
+    ``device_peaks`` every GPU's. ``predicted_peak_bytes`` is None only for whole-model offload.
+    """
+
+    job: str
+    sizes: ModelSizes
+    budget_bytes: int | None
+    host: HostMemory | None
+    components: tuple[ComponentPlacement, ...]
+    strategy: str  # ONE_GPU, SPLIT, CFG_PARALLEL or WHOLE_MODEL_OFFLOAD
+    resident_blocks: tuple[int, ...]
+    streamed_blocks: tuple[int, ...]
+    slots: int
+    modulation: str  # "precomputed" (weights on the host) or "in blocks"
+    text_encoder: str  # "resident" or "streamed"
+    vae_tiling: bool  # decoding
+    vae_encode_tiling: bool  # encoding the references: tiled only when untiled does not fit (tiles change latents)
+    vae_slicing: bool
+    cfg: str  # "interleaved", "batched", "two_calls", "CFG-parallel" or "off"
+    phase_peaks: tuple[tuple[str, int], ...]
+    predicted_peak_bytes: int | None
+    pinned_bytes: int
+    devices: tuple[str, ...] = ()  # the GPUs the plan uses, the pipeline's own first
+    block_devices: tuple[int, ...] = ()  # per resident block, its GPU (index into devices); () = the first
+    replica_device: str | None = None  # CFG-parallel: the GPU computing the negative prompt
+    device_peaks: tuple[tuple[str, int], ...] = ()  # predicted peak per GPU
+    seconds_per_step: float | None = None  # set where a device speed is known (the plan preview)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def places_weights(self) -> bool:
+        """False for whole-model offload, where diffusers moves whole components."""
+        return self.strategy != WHOLE_MODEL_OFFLOAD
+
+    def describe(self) -> str:
+        """The plan in lines, for logs, node reports and the preview: the one printer of a plan."""
+        lines = [f"QwenFit plan for {self.job}:"]
+        lines += [
+            f"  {c.name:<13} {c.parameters / 1e6:9.1f} M params  {c.dtype:<14} {c.bytes / GIB:7.2f} GiB  "
+            f"home {c.home:<10} {c.residency}"
+            for c in self.components
+        ]
+        sizes = self.sizes
+        budget = "no limit" if self.budget_bytes is None else f"{self.budget_bytes / GIB:.1f} GiB"
+        vae = (
+            f"VAE tiling: encode {_on(self.vae_encode_tiling)}, decode {_on(self.vae_tiling)}; "
+            f"slicing {_on(self.vae_slicing)}"
+        )
+        if not self.places_weights:
+            lines += [
+                f"  weights: {WHOLE_MODEL_OFFLOAD} (diffusers moves each component to the GPU as it runs); "
+                "no peak predicted",
+                f"  CFG: {self.cfg}; {vae}",
+            ]
+        else:
+            lines += [
+                f"  VRAM budget {budget}; GPUs: {self.strategy}",
+                f"  transformer: {len(self.resident_blocks)} of {sizes.blocks} blocks resident, "
+                f"{len(self.streamed_blocks)} streamed through {self.slots} GPU slots "
+                f"({sizes.block_bytes / MIB:.0f} MiB per block)",
+                f"  modulation: {self.modulation} ({sizes.modulation_bytes / GIB:.2f} GiB of weights kept on the host)",
+                f"  text encoder: {self.text_encoder}; CFG: {self.cfg}; {vae}",
+                "  predicted peak: "
+                + ", ".join(f"{name} {peak / GIB:.2f}" for name, peak in self.phase_peaks)
+                + f" GiB (max {self.predicted_peak_bytes / GIB:.2f} GiB); pinned host {self.pinned_bytes / GIB:.2f} GiB",
+            ]
+            if len(self.devices) > 1:
+                lines += [f"  {self._device_line(i)}" for i in range(len(self.devices))]
+        if self.seconds_per_step is not None:
+            lines.append(f"  predicted step: {self.seconds_per_step:.2f} s")
+        if self.host is not None:
+            lines += self.host.describe_lines()
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def _device_line(self, index: int) -> str:
+        """What one GPU of a multi-GPU plan holds, and its predicted peak."""
+        device = self.devices[index]
+        held = []
+        if index == 0:
+            held.append("text encoder, VAE, small parts")
+        blocks = [b for b, d in zip(self.resident_blocks, self.block_devices, strict=False) if d == index]
+        if blocks:
+            held.append(f"blocks {blocks[0]}-{blocks[-1]}")
+        if index == 0 and self.streamed_blocks:
+            held.append(f"ring for blocks {self.streamed_blocks[0]}-{self.streamed_blocks[-1]}")
+        if device == self.replica_device:
+            held.append("a replica of every block (negative prompt)")
+        peak = dict(self.device_peaks).get(device, 0)
+        return f"{device} holds {', '.join(held)} (predicted peak {peak / GIB:.2f} GiB)"
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"

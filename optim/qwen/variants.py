@@ -1,0 +1,74 @@
+"""Which Qwen-Image model a set of weights is, from its configs."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from ..errors import QwenFitError
+
+
+class Variant(str, Enum):
+    EDIT_2509 = "edit-2509"
+    EDIT_2511 = "edit-2511"
+    LAYERED = "layered"
+
+    @property
+    def is_edit(self) -> bool:
+        return self is not Variant.LAYERED
+
+
+VARIANT_CHOICES = ("auto",) + tuple(v.value for v in Variant)
+
+_PIPELINE_CLASSES = {
+    "QwenImageEditPlusPipeline": (Variant.EDIT_2509, Variant.EDIT_2511),
+    "QwenImageLayeredPipeline": (Variant.LAYERED,),
+}
+
+
+def variant_from_transformer_config(config: dict[str, Any]) -> Variant:
+    """Tell the variant from ``transformer/config.json`` flags (see the field notes, section 1)."""
+    if config.get("use_layer3d_rope") or config.get("use_additional_t_cond"):
+        return Variant.LAYERED
+    if config.get("zero_cond_t"):
+        return Variant.EDIT_2511
+    return Variant.EDIT_2509
+
+
+def detect_variant(model_index: dict[str, Any], transformer_config: dict[str, Any], source: str) -> Variant:
+    """Detect the variant of a diffusers folder and check the pipeline class agrees.
+
+    ``source`` names the folder in error messages.
+    """
+    class_name = model_index.get("_class_name", "")
+    if class_name not in _PIPELINE_CLASSES:
+        raise QwenFitError(
+            f"{source} holds a {class_name or 'unknown'} pipeline, not Qwen-Image-Edit-2509/2511 or "
+            "Qwen-Image-Layered: pick a Qwen-Image-Edit or Qwen-Image-Layered folder."
+        )
+    variant = variant_from_transformer_config(transformer_config)
+    if variant not in _PIPELINE_CLASSES[class_name]:
+        raise QwenFitError(
+            f"{source}: model_index.json says {class_name} but the transformer config is {variant.value}; "
+            "the folder mixes parts of two models. Re-copy the folder from one release."
+        )
+    return variant
+
+
+def resolve_variant(proven: Variant | None, guessed: Variant, requested: str, source: str) -> Variant:
+    """Apply the loader's variant choice. ``proven`` is what the weights or configs establish (None when
+    they carry no marker, as a 2509/2511 file without one); ``guessed`` comes from the file name.
+    Choices the weights contradict are refused."""
+    if requested == "auto":
+        return proven or guessed
+    if requested not in VARIANT_CHOICES:
+        raise QwenFitError(f"variant {requested!r} is unknown; pick one of {', '.join(VARIANT_CHOICES)}.")
+    wanted = Variant(requested)
+    if proven is not None and wanted is not proven:
+        raise QwenFitError(
+            f"{source} is {proven.value} by its weights, but variant={wanted.value} was asked for. "
+            f"Set variant to auto (or {proven.value}), or pick a {wanted.value} model."
+        )
+    if proven is None and (wanted is Variant.LAYERED) != (guessed is Variant.LAYERED):
+        raise QwenFitError(f"{source} has no Layered weights; variant={wanted.value} cannot apply to it.")
+    return wanted

@@ -1,1 +1,0 @@
-"""The pack's own execution engine: block streaming, modulation precompute, batched CFG."""

@@ -1,1 +1,0 @@
-"""Reading weight files: safetensors headers and tensors, key names, fp8 scales."""

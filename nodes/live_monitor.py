@@ -112,7 +112,7 @@ class LiveMonitor:
         if self._clients():
             self.server.send_sync(EVENT_MEMORY, {**sample_json(sample), "phase": self.phase})
 
-    # ---- run observer (optim.run_record) --------------------------------------------------
+    # ---- run observer (optim.monitoring.run_record) --------------------------------------------------
     def phase_started(self, name: str) -> None:
         self.phase = name
         if self.enabled:

@@ -7,7 +7,7 @@ streams wait on events only, so the host never synchronises per block. Compresse
 int8, nf4) are streamed as stored and expanded on the GPU by their layers' forward.
 
 Blocks whose weights were left in the model files (a host short of RAM, see
-optim/weights/file_tensors.py) are read from the files into a page-locked staging buffer per slot,
+optim/files/file_tensors.py) are read from the files into a page-locked staging buffer per slot,
 then copied the same way; the read of the next block overlaps the compute of the current one.
 
 Without CUDA the same bookkeeping runs with synchronous copies (that is how the CPU tests check

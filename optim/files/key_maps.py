@@ -12,33 +12,11 @@ Facts, checked in tests against ComfyUI's own modules at real size:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 
 TRANSFORMER_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
 
 
-def strip_prefix(keys: list[str], prefixes: tuple[str, ...], marker: str) -> str:
-    """The prefix (possibly "") under which ``marker`` appears in ``keys``."""
-    if marker in keys:
-        return ""
-    for prefix in prefixes:
-        if prefix + marker in keys:
-            return prefix
-    return ""
-
-
 # ---- text encoder -------------------------------------------------------------------------
-
-
-def text_encoder_to_transformers(key: str) -> str:
-    """Original Qwen2.5-VL name (ComfyUI files) -> transformers 5 module name."""
-    if key.startswith("model.language_model.") or key.startswith("model.visual."):
-        return key  # already in the new layout
-    if key.startswith("visual."):
-        return "model." + key
-    if key.startswith("model."):
-        return "model.language_model." + key[len("model.") :]
-    return key  # lm_head.weight
 
 
 def text_encoder_to_comfy(key: str) -> str:
@@ -102,8 +80,3 @@ def vae_to_diffusers(key: str, num_res_blocks: int, num_levels: int) -> str:
             return f"{side}.up_blocks.{level}.upsamplers.0.{inner}"
         return f"{side}.up_blocks.{level}.resnets.{slot}.{_rename_residual(inner)}"
     return key
-
-
-def invert(mapping: Callable[[str], str], keys: list[str]) -> dict[str, str]:
-    """{mapped: original} for ``keys``; used to write files in ComfyUI's layout."""
-    return {mapping(k): k for k in keys}

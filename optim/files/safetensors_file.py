@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,12 +131,6 @@ class SafetensorsFile:
         if got != info.nbytes:
             raise self._fail(f"tensor {name!r} ends early")
         return out
-
-
-def stat_signature(path: Path) -> tuple[str, int, int]:
-    """(path, size, mtime): changes when the file is replaced, for cache keys."""
-    st = os.stat(path)
-    return str(path), st.st_size, st.st_mtime_ns
 
 
 def metadata_json(metadata: dict[str, str], key: str) -> Any:

@@ -1,6 +1,6 @@
 """The two layouts users have (a diffusers folder; ComfyUI's split files) and what is in them.
 
-``describe_source`` reads only headers and configs: it tells the variant, the architecture and
+``describe_split_files`` and ``describe_folder`` read only headers and configs: it tells the variant, the architecture and
 where each tensor comes from, and refuses wrong or mismatched files before anything loads.
 """
 

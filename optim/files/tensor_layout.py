@@ -7,8 +7,7 @@ than the block's compute, and needs no hooks or module copies.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -95,15 +94,3 @@ def bind(layout: ModuleLayout, tensors: list[torch.Tensor]) -> None:
     """Point the module's tensors at ``tensors`` (views made by :func:`views`)."""
     for place, tensor in zip(layout.places, tensors, strict=True):
         _set(place, tensor)
-
-
-@contextmanager
-def moved_to(module: nn.Module, device: torch.device) -> Iterator[None]:
-    """Run ``module`` on ``device`` for a moment: its tensors are copied there and pointed back after."""
-    layout = layout_of(module)
-    home = current_tensors(layout)
-    bind(layout, [t.to(device, non_blocking=True) for t in home])
-    try:
-        yield
-    finally:
-        bind(layout, home)

@@ -59,7 +59,7 @@ def run_layered(
 ) -> LayeredResult:
     """Split an RGBA ``image`` into ``job.layers`` RGBA layers, in the model's order.
 
-    ``on_step`` and ``checkpoint`` as for :func:`optim.edit.run_edit`; out-of-memory is retried once leaner."""
+    ``on_step`` and ``checkpoint`` as for :func:`optim.jobs.edit.run_edit`; out-of-memory is retried once leaner."""
     if loaded.variant is not Variant.LAYERED:
         raise QwenFitError(
             f"'{loaded.name}' is a {loaded.variant.value} model; LayeredDecompose needs Qwen-Image-Layered. "

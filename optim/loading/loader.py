@@ -1,4 +1,4 @@
-"""Load a Qwen-Image pipeline from a diffusers folder, offline, safetensors only."""
+"""Load a Qwen-Image pipeline (a diffusers folder or ComfyUI split files), offline, safetensors only."""
 
 from __future__ import annotations
 

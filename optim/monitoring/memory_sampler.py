@@ -9,7 +9,7 @@ below anything a run can measure. ``stop`` joins the thread: none is left behind
     sampler.stop()
     samples, marks = sampler.samples(), sampler.marks()
 
-A sampler is also a run observer (``optim.run_record.add_run_observer``): every QwenFit run then marks
+A sampler is also a run observer (``optim.monitoring.run_record.add_run_observer``): every QwenFit run then marks
 its phases in the history by itself.
 """
 
@@ -190,7 +190,7 @@ class MemorySampler:
         except IndexError:
             return None
 
-    # ---- run observer (optim.run_record) --------------------------------------------------
+    # ---- run observer (optim.monitoring.run_record) --------------------------------------------------
     def phase_started(self, name: str) -> None:
         self.mark(name)
 

@@ -42,10 +42,6 @@ class JobShape:
         """Samples per forward: 2 with CFG (prompt and negative prompt in one batched pass)."""
         return 2 if self.cfg else 1
 
-    @property
-    def output_pixels(self) -> int:
-        return self.width * self.height * (self.layers if self.kind == "layered" else 1)
-
     def describe(self) -> str:
         what = (
             f"Layered {self.width}px, {self.layers} layers"

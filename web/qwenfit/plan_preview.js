@@ -1,6 +1,8 @@
 // The plan preview of a node: read the loader's settings and the run node's job from the graph,
 // ask the server's planner (/qwenfit/plan_preview), keep the answer on the node. Nothing is computed
-// here: the route answers with the same planner the run uses.
+// here: the route answers with the same planner the run uses. Which settings nodes feed the loader,
+// their widgets and each one's query name come from the server's one settings schema
+// (/qwenfit/settings_schema), so a new setting is previewed without a change here.
 import { api } from "../../../scripts/api.js";
 
 export const LOADER = "QwenFitOptimizedLoader";
@@ -45,8 +47,24 @@ function put(params, name, value) {
   if (value !== undefined && value !== null) params.set(name, String(value));
 }
 
+let schemaAnswer = null;
+
+/** The settings schema: [{loader_input, node_id, choices: [{field, query, options, default}]}], asked once. */
+export async function settingsSchema() {
+  schemaAnswer ??= api.fetchApi("/qwenfit/settings_schema").then(async (response) => {
+    if (!response.ok) throw new Error(`settings schema: HTTP ${response.status}`);
+    return (await response.json()).groups;
+  });
+  try {
+    return await schemaAnswer;
+  } catch (error) {
+    schemaAnswer = null; // ask again next time
+    throw error;
+  }
+}
+
 /** The route's query for ``node`` (a loader or a run node), or null when no loader is connected. */
-export function previewQuery(graph, node) {
+export function previewQuery(graph, node, schema) {
   const loader = loaderOf(graph, node);
   if (!loader) return null;
   const run = node.type === LOADER
@@ -54,16 +72,10 @@ export function previewQuery(graph, node) {
     : node;
   const params = new URLSearchParams();
   for (const name of ["model", "variant", "text_encoder", "vae", "lora"]) put(params, name, widget(loader, name));
-  const precision = upstream(graph, loader, "precision");
-  for (const part of ["transformer", "text_encoder", "vae"]) put(params, `precision_${part}`, widget(precision, part));
-  const offload = upstream(graph, loader, "offload");
-  put(params, "offload_mode", widget(offload, "mode"));
-  put(params, "vram_budget", widget(offload, "vram_budget"));
-  put(params, "host_budget", widget(offload, "host_budget"));
-  put(params, "cfg_pass", widget(offload, "cfg"));
-  const vae = upstream(graph, loader, "vae_settings");
-  put(params, "vae_tiling", widget(vae, "tiling"));
-  put(params, "vae_slicing", widget(vae, "slicing"));
+  for (const group of schema) {
+    const settings = upstream(graph, loader, group.loader_input);
+    for (const choice of group.choices) put(params, choice.query, widget(settings, choice.field));
+  }
   if (run?.type === EDIT) {
     params.set("job", "edit");
     for (const name of ["width", "height", "steps"]) put(params, name, widget(run, name));
@@ -84,9 +96,11 @@ export function previewQuery(graph, node) {
 /** Refresh the preview of every QwenFit node whose query changed; answers land in node.qwenfit.preview. */
 export async function refreshPreviews(graph, onChange) {
   const nodes = (graph?._nodes ?? []).filter((n) => PREVIEW_NODES.includes(n.type));
+  if (!nodes.length) return;
+  const schema = await settingsSchema();
   await Promise.all(nodes.map(async (node) => {
     const state = (node.qwenfit ??= {});
-    const query = previewQuery(graph, node);
+    const query = previewQuery(graph, node, schema);
     if (query === state.query) return;
     state.query = query;
     if (query === null) {

@@ -1,25 +1,17 @@
-"""Several GPUs: the planner's placement decisions (real-size model, 1, 2 and 4 GPUs of assorted
-sizes) and the CFG-parallel computation on the CPU (a replica of every block computes the negative
-prompt; the GPU benchmark runs the same code on two H200s)."""
+"""Several GPUs: the planner's placement decisions (real-size model, 1, 2 and 4 GPUs of assorted sizes).
+The CFG-parallel computation itself is tested in tests/unit/execution/test_cfg_parallel.py."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 from real_size import plan_many, plan_one
-from tiny_transformer import CPU, VARIANTS, inputs, reference, seven_block_transformer
+from tiny_transformer import CPU
 
 from optim.errors import QwenFitError
-from optim.execution.block_streamer import BlockStreamer
-from optim.execution.cfg_pairing import TextInput
 from optim.execution.devices import resolve_gpus
-from optim.execution.modulation import ModulationTable
-from optim.execution.transformer_engine import TransformerEngine
 from optim.planning.plan import CFG_PARALLEL, ONE_GPU, SPLIT
 from optim.planning.planner import SAFETY, Gpu
-from optim.qwen.anatomy import is_modulation
 from optim.qwen.job_shape import JobShape, default_job
-from optim.qwen.variants import Variant
 from optim.settings import OffloadSettings
 
 GIB = 1024**3
@@ -135,34 +127,3 @@ def test_multi_gpu_choice_falls_back_with_a_message_on_the_cpu() -> None:
     assert resolve_gpus(OffloadSettings(), CPU) == ((Gpu("cpu", None),), None)
     found, note = resolve_gpus(OffloadSettings(vram_budget="24 GB", gpus="all"), CPU)
     assert found == (Gpu("cpu", None),) and "no GPU is visible" in note and "CPU" in note
-
-
-@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.value)
-def test_cfg_parallel_replica_computes_the_negative_prompt_exactly(variant: Variant) -> None:
-    """The replica's sample equals a single call (same shapes); and it is the replica that computes it."""
-    transformer = seven_block_transformer(variant)
-    hidden, prompt, negative, shapes, extra = inputs(transformer, variant)
-    t = torch.tensor([0.7])
-    texts = [TextInput(prompt, None), TextInput(negative, None)]
-    with torch.inference_mode():
-        want = (
-            reference(transformer, hidden, prompt, t, shapes, extra),
-            reference(transformer, hidden, negative, t, shapes, extra),
-        )
-        streamer = BlockStreamer(transformer.transformer_blocks, CPU, skip=is_modulation, pin=False)
-        streamer.configure(range(7), 2)
-        streamer.replicate(CPU)
-        engine = TransformerEngine(transformer, CPU, streamer, ModulationTable(transformer, CPU, pin=False))
-        engine.place({}, CPU)
-        engine.begin_run()
-        got = engine.run(hidden, texts, t, shapes, extra)
-        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-        # Spoil the replica's weights: only the negative prompt's sample changes.
-        for tensor in streamer._replica[3]:
-            tensor.mul_(0.5)
-        spoiled = engine.run(hidden, texts, t, shapes, extra)
-        engine.end_run()
-        # After the run every block is bound to its own weights again.
-        assert torch.equal(reference(transformer, hidden, negative, t, shapes, extra), want[1])
-    assert torch.equal(spoiled[0], want[0]) and not torch.equal(spoiled[1], want[1])
-    streamer.release()

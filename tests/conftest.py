@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -79,14 +80,16 @@ class BrowserError:
 
 
 def _where(location: dict) -> str:
-    return f"at {location['url']}:{location['line']}:{location['column']}"
+    # Playwright counts lines and columns from 0, stacks from 1.
+    return f"at {location['url']}:{location['line'] + 1}:{location['column'] + 1}"
 
 
 def _record_web_error(page, web_error) -> None:
     error = web_error.error
     message = f"{error.name}: {error.message}" if error.name else error.message
+    stack = error.stack.removeprefix(message).lstrip("\n")  # its first line repeats the message
     # The location names the script even where there is no stack (a promise rejected with a string).
-    traces = [error.stack, _where(web_error.location)] if error.stack else [_where(web_error.location)]
+    traces = [stack, _where(web_error.location)] if stack else [_where(web_error.location)]
     page.errors.append(BrowserError("uncaught", message, traces))
 
 
@@ -107,7 +110,9 @@ def pack_errors(page) -> list[str]:
     served = page.evaluate("async () => await (await fetch('/extensions')).json()")
     # Else nothing could ever match and the tests that use this would pass whatever happens.
     assert any(url.startswith(PACK_SCRIPTS) for url in served), f"no script served under {PACK_SCRIPTS}: {served}"
-    return [str(error) for error in page.errors if error.from_pack()]
+    # One line per distinct error: a timer's error comes back every tick.
+    seen = Counter(str(error) for error in page.errors if error.from_pack())
+    return [text if times == 1 else f"{text}\n(seen {times} times)" for text, times in seen.items()]
 
 
 @pytest.fixture(scope="session")

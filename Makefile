@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .cache/venv/bin/python
 PRESET ?= qwenfit_edit_auto
 
-.PHONY: demo test setup workflows lint clean
+.PHONY: demo test test-unit test-server test-browser setup workflows lint clean
 
 ## Run a preset workflow through a real ComfyUI with the pack (tiny models unless QWENFIT_MODELS_DIR is set).
 demo: setup
@@ -13,6 +13,10 @@ demo: setup
 ## Run the whole test suite (real ComfyUI server, tiny models, CPU).
 test: setup
 	$(PY) -m pytest tests -q
+
+## One layer of the suite: the core alone, through the server, or in the browser.
+test-unit test-server test-browser: setup
+	$(PY) -m pytest tests -q -m $(subst test-,,$@)
 
 ## Provision the venv, ComfyUI 0.3.75 and the tiny models (idempotent).
 setup:

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from ..optim import (
     QwenFitError,
+    arena_bytes,
     last_run,
     lora_names,
     preview,
@@ -92,6 +93,7 @@ async def memory(request: web.Request) -> web.Response:
             "live": monitor.enabled and monitor.sampler.running,
             "interval_s": INTERVAL_S,
             "phase": monitor.phase,
+            "arena_bytes": arena_bytes(),
         }
     )
 

@@ -8,6 +8,7 @@ only the ones below it (README, Developers; checked by tests/unit/test_import_co
 """
 
 from .errors import QwenFitError
+from .execution.host_arena import arena_bytes
 from .files.model_choices import (
     ModelRoots,
     is_weight_file,
@@ -18,6 +19,7 @@ from .files.model_choices import (
     text_encoder_names,
     vae_names,
 )
+from .files.model_folders import list_pipeline_folders, resolve_pipeline_folder
 from .files.safetensors_file import PICKLE_SUFFIXES
 from .files.sources import DiffusersFolder, PipelineSource, SplitFiles
 from .files.weight_files import AUTO
@@ -27,7 +29,7 @@ from .jobs.images import check_image_batch, check_one_image, tensor_to_pil, with
 from .jobs.layered import LayeredJob, LayeredResult, run_layered
 from .jobs.plan_preview import Preview, PreviewSettings, preview, same_pipeline
 from .jobs.psd_export import save_layers_psd
-from .loading.loader import LoadedPipeline, LoadRequest, load_pipeline, release_memory
+from .loading.loader import LoadedPipeline, LoadRequest, inspect_folder, load_pipeline, release_memory
 from .loading.pipeline_cache import PipelineCache
 from .monitoring.memory_chart import draw_run_chart
 from .monitoring.memory_sampler import MemorySample, MemorySampler, PhaseMark, last_run_window
@@ -88,14 +90,17 @@ __all__ = [
     "VaeSettings",
     "Variant",
     "add_run_observer",
+    "arena_bytes",
     "check_image_batch",
     "check_one_image",
     "checkerboard_composite",
     "draw_run_chart",
+    "inspect_folder",
     "is_weight_file",
     "job_limits",
     "last_run",
     "last_run_window",
+    "list_pipeline_folders",
     "load_pipeline",
     "lora_from_name",
     "lora_names",
@@ -105,6 +110,7 @@ __all__ = [
     "preview",
     "release_memory",
     "remove_run_observer",
+    "resolve_pipeline_folder",
     "run_edit",
     "run_layered",
     "same_pipeline",

@@ -44,6 +44,20 @@ CHROMIUM_ARGS = [
 ]
 
 
+# Tests mirror the code: tests/unit/<optim package>/ (the core alone), tests/server/ (through a real
+# ComfyUI server), tests/browser/ (the real frontend in headless Chromium). Each folder is a marker, so
+# `pytest -m unit` runs one layer; `make test` runs them all.
+LAYER_MARKERS = ("unit", "server", "browser")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests = REPO / "tests"
+    for item in items:
+        layer = Path(item.fspath).resolve().relative_to(tests).parts[0]
+        if layer in LAYER_MARKERS:
+            item.add_marker(layer)
+
+
 def _add_broken_model(base: Path, models: Path) -> None:
     """A folder that looks like a model (model_index.json) but lacks its transformer."""
     folder = base / "models" / "diffusers" / BROKEN_MODEL

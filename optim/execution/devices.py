@@ -38,20 +38,27 @@ def usable_bytes(budget: str, device: torch.device) -> int | None:
     return int(CARD_BUDGETS[budget] * GIB)
 
 
-def resolve_gpus(offload: OffloadSettings, device: torch.device) -> tuple[tuple[Gpu, ...], str | None]:
+CPU_NOTE = "no GPU: everything runs on the CPU, weights and activations in host RAM; a VRAM budget applies on a GPU"
+
+
+def resolve_gpus(offload: OffloadSettings, device: torch.device) -> tuple[tuple[Gpu, ...], tuple[str, ...]]:
     """The devices a plan may use (``device`` first), each with the budget ``offload.vram_budget`` gives
-    it there, and a note when ``offload.gpus`` asked for several GPUs and fewer exist."""
+    it there, and notes for the plan: the CPU runs everything, or ``offload.gpus`` asked for several GPUs
+    and fewer exist."""
     device = indexed(device)
     one = (Gpu(str(device), usable_bytes(offload.vram_budget, device)),)
-    if offload.gpus != "all":
-        return one, None
     if device.type != "cuda":
-        return one, "multi-GPU preset: no GPU is visible, so everything runs on the CPU"
+        several = (
+            ("multi-GPU preset: no GPU is visible, so everything runs on the CPU",) if offload.gpus == "all" else ()
+        )
+        return one, (*several, CPU_NOTE)
+    if offload.gpus != "all":
+        return one, ()
     others = [torch.device("cuda", i) for i in range(torch.cuda.device_count()) if i != device.index]
     if not others:
         name = torch.cuda.get_device_name(device)
-        return one, f"multi-GPU preset: only one GPU is visible ({device}, {name}), so it runs on that GPU alone"
-    return tuple(Gpu(str(d), usable_bytes(offload.vram_budget, d)) for d in [device, *others]), None
+        return one, (f"multi-GPU preset: only one GPU is visible ({device}, {name}), so it runs on that GPU alone",)
+    return tuple(Gpu(str(d), usable_bytes(offload.vram_budget, d)) for d in [device, *others]), ()
 
 
 def check_fp8_matmul(device: torch.device) -> None:

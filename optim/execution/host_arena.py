@@ -15,6 +15,7 @@ import torch
 
 _lock = threading.Lock()
 _pinned_total = 0
+_arena_total = 0
 
 
 def pinned_bytes() -> int:
@@ -22,10 +23,22 @@ def pinned_bytes() -> int:
     return _pinned_total
 
 
+def arena_bytes() -> int:
+    """Bytes of every live arena, page-locked or not (on a machine without CUDA nothing is locked, so
+    this is what shows a pipeline's weights still held after its release)."""
+    return _arena_total
+
+
 def _count(delta: int) -> None:
     global _pinned_total
     with _lock:
         _pinned_total += delta
+
+
+def _count_arena(delta: int) -> None:
+    global _arena_total
+    with _lock:
+        _arena_total += delta
 
 
 def _unregister(pointer: int, nbytes: int) -> None:
@@ -47,6 +60,8 @@ class HostArena:
         self.pinned = False
         self._pin = pin and nbytes > 0 and torch.cuda.is_available()
         self._finalizer = None
+        _count_arena(self.nbytes)
+        weakref.finalize(self, _count_arena, -self.nbytes)
         if lock_now:
             self.lock()
 

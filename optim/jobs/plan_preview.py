@@ -94,7 +94,8 @@ def job_shape(settings: PreviewSettings, variant: Variant) -> JobShape:
         node = "LayeredDecompose" if kind == "layered" else "InstructEdit"
         needs = "Qwen-Image-Layered" if kind == "layered" else "an Edit model (2509 or 2511)"
         raise QwenFitError(f"{settings.model} is {variant.value}; {node} needs {needs}. Pick another model.")
-    cfg = settings.cfg_scale > 1 and "lightning" not in settings.lora.lower()
+    lightning = settings.lora != "none" and LoraChoice(Path(settings.lora)).is_lightning
+    cfg = settings.cfg_scale > 1 and not lightning
     if kind == "layered":
         steps = settings.steps or 50
         res = settings.resolution
@@ -194,17 +195,12 @@ def preview(
     desc, sizes = model_sizes(request)
     job = job_shape(settings, desc.variant)
     host = plan_host_memory_for(request, desc)
-    notes: list[str] = []
+    gpus, notes = resolve_gpus(settings.offload, device)
     if loaded_gpus is not None:
         gpus = loaded_gpus
         if settings.offload.vram_budget == "auto" and gpus[0].budget_bytes is not None:
-            notes.append(f"VRAM budget auto: {gpus[0].budget_bytes / GIB:.1f} GiB, fixed when this model loaded")
-    else:
-        gpus, fallback = resolve_gpus(settings.offload, device)
-        notes += [fallback] if fallback else []
-    if device.type == "cpu":
-        notes.append("no GPU: the weights and activations live in host RAM; a VRAM budget applies on a GPU")
-    plan = _plan(sizes, job, settings, gpus, host, tuple(notes))
+            notes += (f"VRAM budget auto: {gpus[0].budget_bytes / GIB:.1f} GiB, fixed when this model loaded",)
+    plan = _plan(sizes, job, settings, gpus, host, notes)
     if not plan.places_weights:
         return Preview(desc.variant, job, sizes, plan, None, None, ())
     step = _step_estimate(settings, sizes, job, plan, device, may_measure_speed)

@@ -318,10 +318,7 @@ def load_pipeline(request: LoadRequest, checkpoint: Callable[[str], None] | None
         offload = request.offload
         whole_model = offload.mode == "model"
         components = describe_components(pipeline, str(device), whole_model)
-        gpus, fallback = resolve_gpus(offload, device)
-        notes = (fallback,) if fallback else ()
-        if device.type != "cuda":
-            notes += ("no GPU: everything runs on the CPU; the VRAM budget does not apply",)
+        gpus, notes = resolve_gpus(offload, device)
         engine = None
         if whole_model:
             sizes = measure(pipeline)

@@ -1,8 +1,11 @@
 """Where things are inside the Qwen-Image models: the one copy of every key and module predicate.
 
-Keys are diffusers' names (``transformer_blocks.7.img_mod.1.weight``); files in ComfyUI's layout are
-renamed to them first (optim/files/key_maps.py). Every layer that asks "is this the modulation?",
-"is this a text unit?" or "is this a block Linear?" asks here.
+The key predicates answer for both key spaces they meet: the modules' names (diffusers' and
+transformers 5's: ``transformer_blocks.7.img_mod.1.weight``, ``model.language_model.layers.3.mlp...``) and
+the files' names (ComfyUI's ``model.diffusion_model.`` prefix, the original Qwen2.5-VL layout
+``model.layers.3.mlp...``), so the loader and the host-memory estimate from the headers share one rule.
+Every layer that asks "is this the modulation?", "is this a text unit?" or "is this a block Linear?"
+asks here.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ def is_modulation(name: str) -> bool:
 
 
 def is_modulation_key(key: str) -> bool:
-    """A transformer state-dict key (``transformer_blocks.N.img_mod.1.weight``) of a block's modulation."""
-    return key.startswith(TRANSFORMER_BLOCKS) and any(f".{layer}." in key for layer in MODULATION_LAYERS)
+    """A transformer key (``[prefix.]transformer_blocks.N.img_mod.1.weight``) of a block's modulation."""
+    return is_transformer_block_key(key) and any(f".{layer}." in key for layer in MODULATION_LAYERS)
 
 
 def is_transformer_block_key(name: str) -> bool:
@@ -30,8 +33,9 @@ def is_transformer_block_key(name: str) -> bool:
 
 
 def is_text_unit_key(key: str) -> bool:
-    """A tensor of a vision block or a language layer of Qwen2.5-VL (the units that stream)."""
-    return ".visual.blocks." in f".{key}" or ".language_model.layers." in f".{key}"
+    """A text-encoder key of a vision block or a language layer of Qwen2.5-VL (the units that stream):
+    ``[model.]visual.blocks.N...`` or ``model.[language_model.]layers.N...``."""
+    return ".visual.blocks." in f".{key}" or ".layers." in f".{key}"
 
 
 def is_language_block_linear(name: str) -> bool:

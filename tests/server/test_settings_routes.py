@@ -42,7 +42,9 @@ def preview_query(api: dict) -> dict[str, str]:
     """The query the browser builds for a preset's loader: its widgets, and every settings node's
     choices under the names the schema route gives (as web/qwenfit/plan_preview.js does)."""
     loader_id, loader = next((i, n) for i, n in api.items() if n["class_type"] == "QwenFitOptimizedLoader")
-    params = {k: str(v) for k, v in loader["inputs"].items() if k in ("model", "variant", "text_encoder", "vae", "lora")}
+    params = {
+        k: str(v) for k, v in loader["inputs"].items() if k in ("model", "variant", "text_encoder", "vae", "lora")
+    }
     for group in SETTINGS_SCHEMA:
         link = loader["inputs"].get(group.loader_input)
         if link:
@@ -84,7 +86,7 @@ from aiohttp.test_utils import make_mocked_request
 from urllib.parse import urlencode
 # Two 24 GiB GPUs described to the planner, as the multi-GPU planner tests do.
 described = (Gpu("cuda:0", 24 * 2**30), Gpu("cuda:1", 24 * 2**30))
-core_preview.resolve_gpus = lambda offload, device: (described if offload.gpus == "all" else described[:1], None)
+core_preview.resolve_gpus = lambda offload, device: (described if offload.gpus == "all" else described[:1], ())
 async def ask():
     request = make_mocked_request("GET", "/qwenfit/plan_preview?" + urlencode(params))
     response = await routes.plan_preview(request)

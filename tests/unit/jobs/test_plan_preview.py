@@ -153,7 +153,7 @@ def test_the_preview_plans_over_the_gpus_it_is_given(monkeypatch):
     import optim.jobs.plan_preview as plan_preview
 
     described = (Gpu("cuda:0", 24 * GIB), Gpu("cuda:1", 24 * GIB))
-    monkeypatch.setattr(plan_preview, "resolve_gpus", lambda offload, device: (described, None))
+    monkeypatch.setattr(plan_preview, "resolve_gpus", lambda offload, device: (described, ()))
     answer = preview(settings(offload=OffloadSettings(gpus="all")), split_files(EDIT_BF16, "edit-2509"), CPU)
     assert answer.plan.devices == ("cuda:0", "cuda:1") and answer.plan.strategy == "CFG-parallel"
     assert "cuda:1 holds a replica of every block" in answer.plan.describe()

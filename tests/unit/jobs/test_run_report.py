@@ -19,7 +19,7 @@ GIB = 1024**3
 @pytest.mark.parametrize("mode", ["auto", "model"])
 def test_the_report_states_vae_tiling_once(monkeypatch, mode):
     # A 3 GiB card described to the planner: a 1024x1024 decode (4.4 GiB untiled) must tile.
-    monkeypatch.setattr(loader, "resolve_gpus", lambda offload, device: ((Gpu("cpu", 3 * GIB),), None))
+    monkeypatch.setattr(loader, "resolve_gpus", lambda offload, device: ((Gpu("cpu", 3 * GIB),), ()))
     folder = DiffusersFolder(MODELS / "diffusers" / FOLDER["edit-2509"])
     loaded = load_pipeline(LoadRequest(folder, offload=OffloadSettings(mode=mode)))
     try:

@@ -8,7 +8,7 @@ from real_size import plan_many, plan_one
 from tiny_transformer import CPU
 
 from optim.errors import QwenFitError
-from optim.execution.devices import resolve_gpus
+from optim.execution.devices import CPU_NOTE, resolve_gpus
 from optim.planning.plan import CFG_PARALLEL, ONE_GPU, SPLIT
 from optim.planning.planner import SAFETY, Gpu
 from optim.qwen.job_shape import JobShape, default_job
@@ -124,6 +124,6 @@ def test_budgets_too_small_for_any_split_name_the_budget_that_works() -> None:
 
 
 def test_multi_gpu_choice_falls_back_with_a_message_on_the_cpu() -> None:
-    assert resolve_gpus(OffloadSettings(), CPU) == ((Gpu("cpu", None),), None)
-    found, note = resolve_gpus(OffloadSettings(vram_budget="24 GB", gpus="all"), CPU)
-    assert found == (Gpu("cpu", None),) and "no GPU is visible" in note and "CPU" in note
+    assert resolve_gpus(OffloadSettings(), CPU) == ((Gpu("cpu", None),), (CPU_NOTE,))
+    found, notes = resolve_gpus(OffloadSettings(vram_budget="24 GB", gpus="all"), CPU)
+    assert found == (Gpu("cpu", None),) and notes[0].startswith("multi-GPU preset: no GPU is visible")

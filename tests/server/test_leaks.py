@@ -15,8 +15,10 @@ ROUND = (
     ("layered", "qwenfit_tiny_layered_fp8mixed.safetensors"),
 )
 RUNS = 20
-# Host RSS may drift by allocator noise; a leak of one tiny pipeline per run would add ~90 MiB per run.
-RSS_MARGIN = 64 * 2**20
+# A tiny pipeline kept by mistake adds ~90 MiB per run. The allocator moves RSS in steps of up to ~150
+# MiB that stay (seen on this 2-core host: a plateau, not a slope), so RSS is judged by its trend over
+# rounds 2 to 5; the engine's arenas, which hold the weights, are checked exactly below.
+RSS_SLOPE_LIMIT = 30 * 2**20  # bytes per run
 
 
 def graph(kind: str, model: str, seed: int) -> dict:
@@ -36,11 +38,12 @@ def test_twenty_runs_switching_models_do_not_grow_memory(comfy):
         rss.append(server.memory_info().rss)
         pinned.append(memory["pinned_bytes"])
         arenas.append(memory["arena_bytes"])
-    # The median of the second round (every model loaded once before it) against the last round's.
-    second, last = sorted(rss[4:8]), sorted(rss[-4:])
-    growth = (last[1] + last[2]) / 2 - (second[1] + second[2]) / 2
-    print(f"server RSS after each run (MiB): {[round(r / 2**20) for r in rss]}")
-    assert growth < RSS_MARGIN, f"RSS grew by {growth / 2**20:.0f} MiB from round 2 to round 5"
+    # Least-squares slope of RSS from the second round on (every model loaded once before it).
+    runs = list(range(4, RUNS))
+    mean_run, mean_rss = sum(runs) / len(runs), sum(rss[4:]) / len(runs)
+    slope = sum((r - mean_run) * (rss[r] - mean_rss) for r in runs) / sum((r - mean_run) ** 2 for r in runs)
+    print(f"server RSS after each run (MiB): {[round(r / 2**20) for r in rss]}; slope {slope / 2**20:.1f} MiB/run")
+    assert slope < RSS_SLOPE_LIMIT, f"RSS grows by {slope / 2**20:.0f} MiB per run from round 2 on"
     assert set(pinned) == {pinned[0]}  # page-locked memory (none without CUDA) never accumulates
     # The engine's host arenas hold exactly the loaded pipeline's weights: the same model at the same
     # place in every round, never the previous one's on top (on this CPU host nothing is page-locked,

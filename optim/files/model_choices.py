@@ -38,18 +38,22 @@ def model_names(roots: ModelRoots) -> list[str]:
 
 
 def text_encoder_names(roots: ModelRoots) -> list[str]:
+    """Text-encoder files in the host's text_encoders folders, Comfy-Org's names first."""
     return list_weight_files(roots("text_encoders"), STANDARD_TEXT_ENCODERS)
 
 
 def vae_names(roots: ModelRoots) -> list[str]:
+    """VAE files in the host's vae folders."""
     return list_weight_files(roots("vae"))
 
 
 def lora_names(roots: ModelRoots) -> list[str]:
+    """LoRA files in the host's loras folders."""
     return list_weight_files(roots("loras"))
 
 
 def is_weight_file(model: str) -> bool:
+    """A model choice naming a weight file (the others are diffusers folders)."""
     return model.lower().endswith(".safetensors")
 
 

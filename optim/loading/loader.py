@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -330,10 +331,14 @@ def load_pipeline(request: LoadRequest, checkpoint: Callable[[str], None] | None
         pipeline = None
         release_memory()
         raise
-    except Exception as exc:  # a corrupt file, a wrong shape: tell the user which model
+    except BaseException as exc:  # a corrupt file, a wrong shape, or a cancel: nothing partly loaded stays
         pipeline = None
+        # The traceback's frames hold the partly built models; whoever keeps the error (ComfyUI's report)
+        # must not keep them too.
+        traceback.clear_frames(exc.__traceback__)
         release_memory()
-        if any(exc is cancel for cancel in cancels):
+        # A cancel propagates as it is: ComfyUI's is an Exception in 0.3.75 and a BaseException since.
+        if any(exc is cancel for cancel in cancels) or not isinstance(exc, Exception):
             raise
         raise QwenFitError(
             f"'{request.source.name}' could not be loaded: {type(exc).__name__}: {exc}. The files may be "

@@ -171,6 +171,7 @@ def add_run_observer(observer: RunObserver) -> None:
 
 
 def remove_run_observer(observer: RunObserver) -> None:
+    """Stop telling ``observer`` about runs (nothing when it was not added)."""
     with _lock:
         if observer in _observers:
             _observers.remove(observer)

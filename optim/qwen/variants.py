@@ -9,6 +9,8 @@ from ..errors import QwenFitError
 
 
 class Variant(str, Enum):
+    """The Qwen-Image models the pack runs (one transformer architecture, told apart by config flags)."""
+
     EDIT_2509 = "edit-2509"
     EDIT_2511 = "edit-2511"
     LAYERED = "layered"

@@ -14,12 +14,12 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from ..files.fp8_layouts import Fp8Layout, Fp8Weight
 from ..files.sources import SourceDescription
 from ..files.weight_source import WeightSource
+from ..quant.compressed_linear import replace_module
 from ..quant.dtypes import compute_dtype
 from ..quant.formats import QUANTIZED, size_as_quantized
-from ..quant.fp8 import replace_linear
+from ..quant.fp8 import Fp8Linear
 from ..quant.fp8_scope import FP8_SCOPES, fp8_filter, fp8_mode
 from ..qwen.architectures import empty_text_encoder, empty_transformer, empty_vae
 from ..settings import PrecisionSettings
@@ -67,11 +67,9 @@ def _fill_meta(module: nn.Module, source: WeightSource, dtype: torch.dtype, fp8_
         if not source.has(weight_key):
             missing.add(weight_key)
             continue
-        weight = Fp8Weight(
-            _meta(source.shape(weight_key), torch.float8_e4m3fn), _meta((), torch.float32), Fp8Layout.PLAIN
-        )
-        bias = _meta(source.shape(bias_key), dtype) if source.has(bias_key) else None
-        replace_linear(module, layer, weight, bias)
+        out_features, in_features = source.shape(weight_key)
+        bias = nn.Parameter(_meta(source.shape(bias_key), dtype), False) if source.has(bias_key) else None
+        replace_module(module, layer, Fp8Linear.empty(out_features, in_features, bias, dtype))
     return missing
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from ..errors import QwenFitError
 from ..qwen.job_shape import JobShape
-from ..settings import GIB, MULTI_GPU_STRATEGIES, OffloadSettings, VaeSettings
+from ..settings import GIB, OffloadSettings, VaeSettings
 from .host_memory import FILES, HostMemory
 from .model_sizes import ModelSizes
 from .plan import CFG_PARALLEL, ONE_GPU, SPLIT, WHOLE_MODEL_OFFLOAD, ComponentPlacement, Plan
@@ -203,10 +203,6 @@ def plan_run(
     the plan. Raises QwenFitError naming the fix when nothing fits, or when CFG-parallel was asked
     for and cannot run.
     """
-    if offload.multi_gpu not in MULTI_GPU_STRATEGIES:
-        raise QwenFitError(
-            f"multi-GPU strategy {offload.multi_gpu!r} is not supported; pick one of {MULTI_GPU_STRATEGIES}."
-        )
     if not gpus:
         raise ValueError("plan_run needs at least one device")
     search = _Search(sizes, job, offload, vae, tuple(gpus), host, components, notes, coefficients)

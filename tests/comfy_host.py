@@ -121,6 +121,8 @@ class ComfyHost:
     # ---- life cycle ---------------------------------------------------------------------
     def start(self) -> "ComfyHost":
         self.prepare()
+        # QWENFIT_FRONTEND_ROOT serves another frontend's static folder (e.g. a newer one) to test the pack against it.
+        front_end = os.environ.get("QWENFIT_FRONTEND_ROOT")
         args = [
             self.python,
             str(self.comfy / "main.py"),
@@ -134,6 +136,7 @@ class ComfyHost:
             "--disable-auto-launch",
             "--database-url",
             "sqlite:///:memory:",
+            *(["--front-end-root", front_end] if front_end else []),
             *self.extra_args,
         ]
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")

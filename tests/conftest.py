@@ -154,6 +154,9 @@ def page(comfy):
 
     # Skip the first-run template dialog so the graph is what the screenshot shows.
     requests.post(f"{comfy.url}/settings/Comfy.TutorialCompleted", json=True, timeout=10)
+    # QWENFIT_VUE_NODES=1 runs the tests under Nodes 2.0 (the Vue node renderer); else the frontend's default.
+    if os.environ.get("QWENFIT_VUE_NODES") == "1":
+        requests.post(f"{comfy.url}/settings/Comfy.VueNodes.Enabled", json=True, timeout=10)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})

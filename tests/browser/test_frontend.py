@@ -26,7 +26,7 @@ def test_preset_loads_with_all_nodes_and_widgets(page, ui_path):
     )
     assert len(loaded) == len(workflow["nodes"])
     assert [n["type"] for n in loaded if not n["registered"]] == []
-    by_id = {n["id"]: n for n in loaded}
+    by_id = {str(n["id"]): n for n in loaded}  # frontend 1.58 keeps node ids as strings, 1.32 as numbers
     object_info = page.evaluate("async () => await (await fetch('/object_info')).json()")
     for node in workflow["nodes"]:
         if node["type"] in VIRTUAL_NODES:
@@ -34,7 +34,7 @@ def test_preset_loads_with_all_nodes_and_widgets(page, ui_path):
         names = [name for name, _ in widget_names(object_info[node["type"]])]
         values = [v for v in node["widgets_values"] if v not in ("randomize", "fixed", "image")]
         for name, value in zip(names, values, strict=False):
-            assert by_id[node["id"]]["widgets"][name] == value, (node["type"], name)
+            assert by_id[str(node["id"])]["widgets"][name] == value, (node["type"], name)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"frontend-{ui_path.stem}.png"))
 

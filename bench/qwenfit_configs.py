@@ -17,17 +17,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from optim.execution.devices import indexed, usable_bytes
+from optim.execution.device_speed import device_speed
+from optim.execution.devices import can_compile, indexed, usable_bytes
 from optim.execution.engine import EngineOptions, PipelineEngine
 from optim.execution.host_arena import pinned_bytes
 from optim.files.fp8_layouts import Fp8Layout, Fp8Weight, quantize_absmax
 from optim.planning.planner import Gpu
+from optim.planning.speed_ladder import choose_arithmetic
+from optim.planning.step_time import estimate_step
+from optim.quant.compressed_linear import enable_fast_arithmetic
 from optim.quant.formats import QUANTIZED
 from optim.quant.fp8 import Fp8Linear
 from optim.quant.fp8_scope import FP8_SCOPES
+from optim.qwen.anatomy import is_modulation
 from optim.qwen.job_shape import JobShape
 from optim.qwen.variants import Variant
-from optim.settings import OffloadSettings
+from optim.settings import FP8, OffloadSettings
 
 from .baselines import Skip, free_device_memory
 from .realsize import make_pipeline
@@ -66,8 +71,13 @@ class QwenFitPreset:
     def __init__(self, key: str, name: str, budget: str, mode: str = "auto", precision: str = "bf16",
                  attention_backend: str | None = None, compile_blocks: bool = False,
                  cfg: str = "batched", monitor: bool = False, gpus: int = 1, multi_gpu: str = "auto",
-                 gpu_cap_gib: float | None = None) -> None:  # fmt: skip
+                 gpu_cap_gib: float | None = None, speed: str = "exact",
+                 compare_to: str | None = None) -> None:  # fmt: skip
         self.key, self.name = key, name
+        # The speed rung (optim/planning/speed_ladder.py); fast rows name the exact row on the same weights.
+        self.speed, self.compare_to = speed, compare_to
+        self.predicted_seconds_per_step: float | None = None
+        self.step_basis = ""
         # Several GPUs: how many, the strategy, and a cap per GPU in GiB (None: the budget's figure).
         self.gpus, self.multi_gpu, self.gpu_cap_gib = gpus, multi_gpu, gpu_cap_gib
         self._devices: list[torch.device] = []
@@ -96,14 +106,15 @@ class QwenFitPreset:
         budget = usable_bytes(self.budget, device)
         if self.gpu_cap_gib is not None:
             budget = int(self.gpu_cap_gib * 2**30)
-        gpus: tuple[Gpu, ...] = (Gpu(str(indexed(device)), budget),)
+        capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+        gpus: tuple[Gpu, ...] = (Gpu(str(indexed(device)), budget, capability),)
         if self.gpus > 1:
             if device.type != "cuda" or torch.cuda.device_count() < self.gpus:
                 raise Skip(f"needs {self.gpus} GPUs")
             first = device.index if device.index is not None else torch.cuda.current_device()
             others = [i for i in range(torch.cuda.device_count()) if i != first][: self.gpus - 1]
             self._devices = [torch.device("cuda", i) for i in [first, *others]]
-            gpus = tuple(Gpu(str(d), budget) for d in self._devices)
+            gpus = tuple(Gpu(str(d), budget, capability) for d in self._devices)
         elif device.type == "cuda":
             self._devices = [indexed(device)]
         if budget is not None:
@@ -115,9 +126,24 @@ class QwenFitPreset:
         offload = OffloadSettings(
             mode=self.mode, cfg=self.cfg, gpus="all" if self.gpus > 1 else "one", multi_gpu=self.multi_gpu
         )
-        options = EngineOptions(offload, gpus, self.attention_backend, self.compile_blocks)
+        storage = {"fp8": FP8, "bf16": "bf16"}.get(self.precision, self.precision)
+        arithmetic = choose_arithmetic(self.speed, storage, [g.capability for g in gpus])
+        if arithmetic.store_as not in (None, self.precision) and self.precision == "bf16":
+            self._swaps += swap_linears(
+                components["transformer"], FP8_SCOPES["transformer"], arithmetic.store_as, device
+            )
+        if arithmetic.kind != "expanded":
+            enable_fast_arithmetic(components["transformer"].transformer_blocks, arithmetic.kind, skip=is_modulation)
+        compiled = self.compile_blocks or (arithmetic.rung != "exact" and can_compile(device))
+        options = EngineOptions(offload, gpus, self.attention_backend, compiled, arithmetic)
         self._engine = PipelineEngine(pipeline, device, options)
-        plan = self._engine.prepare(job_shape(components["job"]))
+        job = job_shape(components["job"])
+        plan = self._engine.prepare(job)
+        if device.type == "cuda":
+            estimate = estimate_step(
+                self._engine.sizes, job, plan, device_speed(device, torch.bfloat16), storage, steady=True
+            )
+            self.predicted_seconds_per_step, self.step_basis = estimate.seconds, estimate.basis
         self.predicted_peak_bytes = plan.predicted_peak_bytes
         self.predicted_device_peaks = dict(plan.device_peaks)
         for gpu in self._devices[1:]:  # the meter resets the first GPU's peak itself
@@ -135,13 +161,18 @@ class QwenFitPreset:
 
     def extra_measurements(self) -> dict[str, Any]:
         """Every other GPU's peak over the run, and what the plan predicted for each."""
+        extra: dict[str, Any] = {"speed": self.speed, "compare_to": self.compare_to}
+        if self.predicted_seconds_per_step is not None:
+            extra.update(predicted_seconds_per_step=self.predicted_seconds_per_step, step_basis=self.step_basis)
+        if self._engine is not None:
+            extra["run_notes"] = self._engine.run_notes()
         if len(self._devices) < 2:
-            return {}
+            return extra
         peaks = {}
         for gpu in self._devices[1:]:
             torch.cuda.synchronize(gpu)
             peaks[str(gpu)] = torch.cuda.max_memory_reserved(gpu)
-        return {"other_gpu_peaks": peaks, "predicted_device_peaks": self.predicted_device_peaks}
+        return {**extra, "other_gpu_peaks": peaks, "predicted_device_peaks": self.predicted_device_peaks}
 
     def release(self, pipeline: Any) -> None:
         if self._sampler is not None:
@@ -184,6 +215,68 @@ def qwenfit_configurations() -> list[QwenFitPreset]:
         QwenFitPreset("qf-fastest-fp8mm", "QwenFit fastest, fp8 matmuls", "unlimited", "none", "fp8_e4m3fn_fast"),
         QwenFitPreset(
             "qf-fastest-cudnn", "QwenFit fastest, cuDNN attention", "unlimited", "none", "bf16", "_native_cudnn"
+        ),
+        # The speed ladder (issue 15): each fast row names the exact row on the same weights.
+        QwenFitPreset("qf-fastest-fp8", "QwenFit no budget, fp8 weights, exact", "unlimited", "none", "fp8"),
+        QwenFitPreset(
+            "qf-fastest-fast",
+            "QwenFit no budget, fast (fp8 weights, fp8 products)",
+            "unlimited",
+            "none",
+            "fp8",
+            speed="fast",
+            compare_to="qf-fastest-fp8",
+        ),
+        QwenFitPreset(
+            "qf-fastest-fastest",
+            "QwenFit no budget, fastest (fp8, step cache)",
+            "unlimited",
+            "none",
+            "fp8",
+            speed="fastest",
+            compare_to="qf-fastest-fp8",
+        ),
+        QwenFitPreset("qf-fastest-int8", "QwenFit no budget, int8 weights, exact", "unlimited", "none", "int8"),
+        QwenFitPreset(
+            "qf-fastest-fast-int8",
+            "QwenFit no budget, fast (int8 weights, int8 products)",
+            "unlimited",
+            "none",
+            "int8",
+            speed="fast",
+            compare_to="qf-fastest-int8",
+        ),
+        QwenFitPreset(
+            "qf-8gb-fast",
+            "QwenFit 8 GB fast preset (fp8 weights, fp8 products)",
+            "8 GB",
+            precision="fp8",
+            speed="fast",
+            compare_to="qf-8gb-fp8",
+        ),
+        QwenFitPreset(
+            "qf-8gb-fast-int8",
+            "QwenFit 8 GB fast preset (int8 weights, int8 products)",
+            "8 GB",
+            precision="int8",
+            speed="fast",
+            compare_to="qf-8gb-int8",
+        ),
+        QwenFitPreset(
+            "qf-8gb-fastest",
+            "QwenFit 8 GB fastest (fp8, step cache)",
+            "8 GB",
+            precision="fp8",
+            speed="fastest",
+            compare_to="qf-8gb-fp8",
+        ),
+        QwenFitPreset(
+            "qf-24gb-fast",
+            "QwenFit 24 GB fast preset (fp8 weights, fp8 products)",
+            "24 GB",
+            precision="fp8",
+            speed="fast",
+            compare_to="qf-8gb-fp8",
         ),
         QwenFitPreset("qf-24gb", "QwenFit 24 GB preset (bf16)", "24 GB"),
         QwenFitPreset("qf-8gb", "QwenFit 8 GB preset (bf16 weights)", "8 GB"),

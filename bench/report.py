@@ -118,6 +118,9 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any], settings: dict[str
     ]
     if predicted:
         head += ["predicted peak GiB", "prediction error %"]
+    rungs = any(r.get("speed") for r in rows)
+    if rungs:
+        head += ["speed", "vs exact rel L2", "predicted s/step", "s/step error %"]
     head.append("notes")
     lines = [
         f"# QwenFit benchmark ({settings.get('arch')}, {settings.get('dtype')} weights, {settings.get('steps')} steps)",
@@ -146,6 +149,15 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any], settings: dict[str
         ]
         if predicted:
             cells += [_gib(row.get("predicted_peak_bytes")), _num(row.get("prediction_error_pct"), "+.1f")]
+        if rungs:
+            measured, guess = seconds_per_step(row), row.get("predicted_seconds_per_step")
+            error = 100 * (guess - measured) / measured if guess and measured else None
+            cells += [
+                row.get("speed") or "",
+                _num(row.get("vs_exact_rel_l2"), ".2e"),
+                _num(guess, ".3f"),
+                _num(error, "+.1f"),
+            ]
         cells.append(_notes(row))
         lines.append("| " + " | ".join(cells) + " |")
     lines += [

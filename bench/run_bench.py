@@ -237,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         settings["builds"].append(info)
         print(f"   built in {info['build_seconds']:.1f} s", flush=True)
         reference_latents = None
+        latents_by_key: dict[str, Any] = {}  # for fast rows: the exact row on the same weights
         for config in configs:
             components["job"] = job  # context for configurations that plan for the job
             row, latents = run_configuration(config, components, job, device)
@@ -247,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
                     row.update(latent_deviation(latents, reference_latents))
                 except ValueError as exc:
                     row["latent_error"] = str(exc)
+            if latents is not None:
+                latents_by_key[getattr(config, "key", config.name)] = latents
+                exact = latents_by_key.get(getattr(config, "compare_to", None) or "")
+                if exact is not None:
+                    row["vs_exact_rel_l2"] = latent_deviation(latents, exact)["latent_rel_l2"]
             if "restore_error" in row or fingerprint(components) != info["fingerprint"]:
                 # Weights changed under the next configuration's feet: start it from fresh ones.
                 row["components_modified"] = True

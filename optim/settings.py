@@ -24,6 +24,8 @@ FP8 = "fp8_e4m3fn"
 INT8, NF4 = "int8", "nf4"
 # fp8 weights multiplied in fp8 (activations quantized per token): GPUs with compute capability >= 8.9.
 FP8_FAST = "fp8_e4m3fn_fast"
+# The speed ladder (optim/planning/speed_ladder.py): exact, fast (8-bit products), fastest (+ step cache).
+SPEEDS = ("auto", "exact", "fast", "fastest")
 DENSE_PRECISIONS = ("bf16", "fp16", "fp32")
 COMPRESSED_PRECISIONS = (FP8, FP8_FAST, INT8, NF4)
 PRECISIONS = ("auto", *DENSE_PRECISIONS, *COMPRESSED_PRECISIONS)
@@ -75,12 +77,22 @@ class SettingsGroup:
         return next(c for c in self.choices if c.field == field)
 
 
+_SPEED_TIP = (
+    "exact: the reference's numbers (weights expanded to bf16). fast: the transformer multiplies in 8 bits "
+    "(fp8 on RTX 40xx/50xx, H100 and newer; int8 on RTX 20xx/30xx, A100), activations quantized per token, "
+    "compiled blocks where Triton is installed: about 2x faster, small deviation. fastest: fast plus a step "
+    "cache (about every other step predicted from the last two): faster again, larger deviation. auto: fast "
+    "only for fp8/int8 files where fast adds no more deviation than the file's own quantization, else exact."
+)
 PRECISION_GROUP = SettingsGroup(
     "precision",
     "QwenFitPrecisionSelector",
-    tuple(
-        Choice(part, PRECISIONS, "auto", _PRECISION_TIP, f"precision_{part}", f"precision of {part}")
-        for part in ("transformer", "text_encoder", "vae")
+    (
+        *(
+            Choice(part, PRECISIONS, "auto", _PRECISION_TIP, f"precision_{part}", f"precision of {part}")
+            for part in ("transformer", "text_encoder", "vae")
+        ),
+        Choice("speed", SPEEDS, "auto", _SPEED_TIP, "speed", "speed", optional=True),
     ),
 )
 OFFLOAD_GROUP = SettingsGroup(
@@ -190,11 +202,12 @@ def _check(group: SettingsGroup, values: object) -> None:
 
 @dataclass(frozen=True)
 class PrecisionSettings:
-    """Compute/storage dtype per component."""
+    """Compute/storage dtype per component, and the speed rung of the transformer's arithmetic."""
 
     transformer: str = "auto"
     text_encoder: str = "auto"
     vae: str = "auto"
+    speed: str = "auto"
 
     def __post_init__(self) -> None:
         _check(PRECISION_GROUP, self)

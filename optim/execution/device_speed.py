@@ -1,5 +1,5 @@
 """The speed of this device, measured once: matmul FLOP/s in the compute dtype and pinned host-to-device
-bytes/s, with small buffers (24 MiB of VRAM, 32 MiB of pinned memory), never while a run holds the GPU."""
+bytes/s, with small buffers (under 200 MiB of VRAM, 32 MiB of pinned memory), never while a run holds the GPU."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import time
 
 import torch
 
+from ..planning.speed_ladder import FP8_CAPABILITY, INT8_CAPABILITY
 from ..planning.step_time import DeviceSpeed
+from ..quant.low_precision import fp8_linear, int8_linear, quantize_rows_fp8, quantize_rows_int8
 
 # Each rate is the best of a few trials: a busy machine only ever slows a trial down.
 TRIALS = 3
@@ -29,6 +31,34 @@ def _time_matmul(device: torch.device, dtype: torch.dtype, n: int, repeats: int)
             torch.cuda.synchronize(device)
         best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start))
     return best
+
+
+def _time_fast_matmul(device: torch.device, kind: str, n: int, repeats: int) -> float:
+    """FLOP/s of the W8A8 product the fast rung runs (quantizing the activations included)."""
+    x = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    w = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    if kind == "fp8":
+        weight, scale = quantize_rows_fp8(w)
+        run = lambda: fp8_linear(x, weight, scale.reshape(1, -1), None)  # noqa: E731
+    else:
+        weight, scale = quantize_rows_int8(w)
+        run = lambda: int8_linear(x, weight, scale.reshape(1, -1), None)  # noqa: E731
+    run()
+    best = 0.0
+    for _ in range(TRIALS):
+        torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            run()
+        torch.cuda.synchronize(device)
+        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start))
+    return best
+
+
+def _fast_rates(device: torch.device) -> tuple[tuple[str, float], ...]:
+    capability = torch.cuda.get_device_capability(device)
+    kinds = [k for k, need in (("fp8", FP8_CAPABILITY), ("int8", INT8_CAPABILITY)) if capability >= need]
+    return tuple((kind, _time_fast_matmul(device, kind, 4096, 10)) for kind in kinds)
 
 
 def _time_copy(device: torch.device, nbytes: int, repeats: int) -> float:
@@ -66,7 +96,8 @@ def device_speed(device: torch.device, dtype: torch.dtype) -> DeviceSpeed:
                     name = f"{device} ({torch.cuda.get_device_name(device)})"
                     flops = _time_matmul(device, dtype, 2048, 20)
                     copy = _time_copy(device, 32 * 2**20, 8)
+                    fast = _fast_rates(device)
                 else:
-                    name, flops, copy = "the CPU", _time_matmul(device, dtype, 384, 8), None
-            _speeds[key] = DeviceSpeed(name, flops, copy)
+                    name, flops, copy, fast = "the CPU", _time_matmul(device, dtype, 384, 8), None, ()
+            _speeds[key] = DeviceSpeed(name, flops, copy, fast)
         return _speeds[key]

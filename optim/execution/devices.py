@@ -5,6 +5,8 @@ The planner is pure; this is where "auto", "8 GB" and "all" become bytes and dev
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
 from ..errors import QwenFitError
@@ -46,7 +48,7 @@ def resolve_gpus(offload: OffloadSettings, device: torch.device) -> tuple[tuple[
     it there, and notes for the plan: the CPU runs everything, or ``offload.gpus`` asked for several GPUs
     and fewer exist."""
     device = indexed(device)
-    one = (Gpu(str(device), usable_bytes(offload.vram_budget, device)),)
+    one = (_gpu(offload, device),)
     if device.type != "cuda":
         several = (
             ("multi-GPU preset: no GPU is visible, so everything runs on the CPU",) if offload.gpus == "all" else ()
@@ -58,7 +60,17 @@ def resolve_gpus(offload: OffloadSettings, device: torch.device) -> tuple[tuple[
     if not others:
         name = torch.cuda.get_device_name(device)
         return one, (f"multi-GPU preset: only one GPU is visible ({device}, {name}), so it runs on that GPU alone",)
-    return tuple(Gpu(str(d), usable_bytes(offload.vram_budget, d)) for d in [device, *others]), ()
+    return tuple(_gpu(offload, d) for d in [device, *others]), ()
+
+
+def _gpu(offload: OffloadSettings, device: torch.device) -> Gpu:
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    return Gpu(str(device), usable_bytes(offload.vram_budget, device), capability)
+
+
+def can_compile(device: torch.device) -> bool:
+    """torch.compile's GPU code generator (Triton) is installed (often missing on Windows)."""
+    return device.type == "cuda" and importlib.util.find_spec("triton") is not None
 
 
 def check_fp8_matmul(device: torch.device) -> None:

@@ -23,14 +23,17 @@ from ..planning.host_memory import HostMemory
 from ..planning.model_sizes import ModelSizes, measure
 from ..planning.plan import ComponentPlacement, Plan
 from ..planning.planner import Gpu, plan_run
+from ..planning.speed_ladder import EXACT, Arithmetic
 from ..qwen.anatomy import is_modulation
 from ..qwen.job_shape import JobShape
 from ..settings import CARD_BUDGETS, GIB, OffloadSettings, VaeSettings
+from .attention_choice import describe_choice, fastest_attention
 from .block_streamer import BlockStreamer
 from .cfg_pairing import TextInput
 from .devices import indexed
 from .modulation import ModulationTable
 from .prompt_cache import PromptCache
+from .step_cache import StepCache
 from .text_encoder_engine import TextEncoderEngine
 from .transformer_engine import TransformerEngine
 
@@ -45,8 +48,9 @@ class EngineOptions:
 
     offload: OffloadSettings
     gpus: tuple[Gpu, ...]
-    attention_backend: str | None = None
+    attention_backend: str | None = None  # None: measured per job shape (optim/execution/attention_choice.py)
     compile_blocks: bool = False  # torch.compile the block function (fuses the elementwise work)
+    arithmetic: Arithmetic = EXACT  # the speed rung (the blocks' fast flags are set at load)
 
 
 def _smaller(budget: int | None, cap: int) -> int:
@@ -95,10 +99,13 @@ class PipelineEngine:
         )
         if options.compile_blocks:
             self.transformer.compile_blocks()
+        if options.arithmetic.step_cache:
+            self.transformer.step_cache = StepCache()
         self.transformer.install()
         self.prompts = PromptCache(pipeline.encode_prompt, self.text.encoding, self._pair_prompts)
         pipeline.encode_prompt = self.prompts
         self.plan: Plan | None = None
+        self.attention_note = ""
         self._lean_budget: int | None = None  # set by lean_down() after an out-of-memory error
         self._lean_tiling = False
 
@@ -109,7 +116,10 @@ class PipelineEngine:
             gpus = tuple(replace(g, budget_bytes=_smaller(g.budget_bytes, self._lean_budget)) for g in gpus)
         if self._lean_tiling:
             vae = replace(vae, tiling="on")
-        return plan_run(self.sizes, job, self.options.offload, vae, gpus, self.host, self.components, self.notes)
+        return plan_run(
+            self.sizes, job, self.options.offload, vae, gpus, self.host, self.components, self.notes,
+            arithmetic=self.options.arithmetic,
+        )  # fmt: skip
 
     def lean_down(self, job: JobShape, vae: VaeSettings = DEFAULT_VAE) -> str:
         """After an out-of-memory error: plan every later run one step leaner, i.e. for the next smaller
@@ -152,6 +162,7 @@ class PipelineEngine:
     def prepare(self, job: JobShape, vae: VaeSettings = DEFAULT_VAE) -> Plan:
         """Plan ``job`` and place the weights as the plan says (cheap when the plan did not change)."""
         plan = self.plan_for(job, vae)
+        self._choose_attention(job)
         if plan != self.plan:
             placement = {
                 block: torch.device(plan.devices[d])
@@ -166,6 +177,25 @@ class PipelineEngine:
             self.plan = plan
             log.info("%s", plan.describe())
         return plan
+
+    def _choose_attention(self, job: JobShape) -> None:
+        """The fast rungs use the attention kernel measured fastest for this job's length; exact keeps
+        diffusers' default (bit-identical to the reference), as does a backend the options name."""
+        if self.options.attention_backend is not None or self.options.arithmetic.rung == "exact":
+            return
+        from diffusers.models.attention_dispatch import AttentionBackendName
+
+        dtype = self.pipeline.transformer.dtype
+        backend, timings = fastest_attention(self.device, job.image_tokens + job.text_tokens, dtype)
+        self.transformer.attention_backend = None if backend is None else AttentionBackendName(backend)
+        self.attention_note = describe_choice(backend, timings)
+
+    def run_notes(self) -> str:
+        """What the last run did beyond its plan: the attention kernel and the step cache."""
+        lines = [self.attention_note] if self.attention_note else []
+        if self.transformer.step_cache is not None:
+            lines.append(self.transformer.step_cache.summary())
+        return "\n  ".join(lines)
 
     @contextmanager
     def running(self) -> Iterator[None]:

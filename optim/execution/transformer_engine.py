@@ -32,6 +32,7 @@ from .block_streamer import BlockStreamer
 from .cfg_pairing import CfgPairing, TextInput
 from .devices import indexed
 from .modulation import ModulationTable, expand_for_batch, single_sample_temb
+from .step_cache import StepCache
 
 
 @dataclass
@@ -96,6 +97,7 @@ class TransformerEngine:
         self.placement: dict[int, torch.device] = {}
         self.replica: torch.device | None = None
         self._mirrors: dict[tuple[Hashable, torch.device], list] = {}  # modulation rows on other GPUs
+        self.step_cache: StepCache | None = None  # the fastest rung's (optim/execution/step_cache.py)
 
     def compile_blocks(self) -> None:
         """Compile the per-block computation once; every block reuses it (same shapes, weights as inputs)."""
@@ -116,6 +118,8 @@ class TransformerEngine:
 
     def begin_run(self) -> None:
         self.pairing.clear()
+        if self.step_cache is not None:
+            self.step_cache.clear()
         self._schedule_keys = set()
         self._mirrors = {}
         if self.streamer is not None:
@@ -223,13 +227,29 @@ class TransformerEngine:
     ) -> list[torch.Tensor]:
         """The transformer's output for one latent input under each text input ([1, N, C] each)."""
         home = hidden_states.device
+        cache_keys, step, steps, t = self._cache_position(texts, timestep)
+        if cache_keys and self.step_cache.skips(step, steps, cache_keys):
+            return [self.step_cache.predict(key, t).to(home) for key in cache_keys]
         hidden_states, timestep = hidden_states.to(self.device), timestep.to(self.device)
         parallel = self.replica is not None and len(texts) == 2
         if len(texts) == 1 or self.cfg == "interleaved" or parallel:  # also the single-text path
             outputs = self._run_per_sample(hidden_states, texts, timestep, img_shapes, additional_t_cond, parallel)
         else:
             outputs = self._run_batched(hidden_states, texts, timestep, img_shapes, additional_t_cond)
+        for key, output in zip(cache_keys, outputs, strict=False):
+            self.step_cache.keep(key, t, output)
         return [output.to(home) for output in outputs]
+
+    def _cache_position(self, texts: list[TextInput], timestep: torch.Tensor) -> tuple[list[Hashable], int, int, float]:
+        """(one step-cache key per text input, this step, the steps, the timestep); no keys without a cache.
+        A text input is known by its tensor: the prompt cache hands the same one to every step."""
+        if self.step_cache is None or getattr(self.scheduler, "timesteps", None) is None:
+            return [], 0, 0, 0.0
+        keys: list[Hashable] = [
+            (len(texts), i, text.embeds.data_ptr(), tuple(text.embeds.shape)) for i, text in enumerate(texts)
+        ]
+        step = self.scheduler.step_index or 0
+        return keys, step, len(self.scheduler.timesteps), float(timestep.flatten()[0])
 
     def _run_batched(
         self,

@@ -89,7 +89,10 @@ def prepared(loaded: LoadedPipeline, job: JobShape, checkpoint: Checkpoint | Non
     else:
         apply_vae_switches(loaded.pipeline, plan)
         running = nullcontext()
-    tracker = PhaseTracker(loaded.device, job.steps, loaded.name, plan.describe(), job, plan.phase_peaks, checkpoint)
+    tracker = PhaseTracker(
+        loaded.device, job.steps, loaded.name, plan.describe(), job, plan.phase_peaks, checkpoint,
+        afterwards=None if loaded.engine is None else loaded.engine.run_notes,
+    )  # fmt: skip
     hook = loaded.pipeline.transformer.register_forward_pre_hook(tracker.denoising_starts)
     try:
         with torch.inference_mode(), running:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import QwenFitError
-from ..execution.devices import check_fp8_matmul, resolve_gpus
+from ..execution.devices import can_compile, check_fp8_matmul, resolve_gpus
 from ..execution.engine import EngineOptions, PipelineEngine
 from ..execution.whole_model_offload import place_whole_model
 from ..files.file_tensors import FileFeeds
@@ -26,15 +26,23 @@ from ..planning.host_memory import FILES, HostMemory, HostWeights, estimate_comp
 from ..planning.model_sizes import ModelSizes, measure
 from ..planning.plan import ComponentPlacement, Plan
 from ..planning.planner import Gpu, plan_run
-from ..quant.dtypes import compute_dtype
+from ..planning.speed_ladder import EXACT, Arithmetic, choose_arithmetic
+from ..quant.compressed_linear import enable_fast_arithmetic
+from ..quant.dtypes import compute_dtype, dtype_name
 from ..quant.formats import QUANTIZED, quantize_linears
 from ..quant.fp8_scope import FP8_AS_STORED, FP8_NONE, FP8_SCOPES, fp8_mode
-from ..qwen.anatomy import is_language_block_linear, is_modulation_key, is_text_unit_key, is_transformer_block_key
+from ..qwen.anatomy import (
+    is_language_block_linear,
+    is_modulation,
+    is_modulation_key,
+    is_text_unit_key,
+    is_transformer_block_key,
+)
 from ..qwen.architectures import processor as arch_processor
 from ..qwen.architectures import scheduler as arch_scheduler
 from ..qwen.job_shape import JobShape, default_job
 from ..qwen.variants import Variant, detect_variant
-from ..settings import FP8_FAST, OffloadSettings, PrecisionSettings, VaeSettings
+from ..settings import FP8, FP8_FAST, OffloadSettings, PrecisionSettings, VaeSettings
 from .assemble import build_text_encoder, build_transformer, build_vae
 
 log = logging.getLogger("qwenfit")
@@ -72,6 +80,7 @@ class LoadedPipeline:
     vae: VaeSettings = VaeSettings()
     host: HostMemory | None = None
     notes: tuple[str, ...] = ()
+    arithmetic: Arithmetic = EXACT
 
     @property
     def name(self) -> str:
@@ -96,7 +105,10 @@ class LoadedPipeline:
         if self.engine is not None:
             return self.engine.plan_for(job, self.vae)
         offload = self.request.offload
-        return plan_run(self.sizes, job, offload, self.vae, self.gpus, self.host, self.components, self.notes)
+        return plan_run(
+            self.sizes, job, offload, self.vae, self.gpus, self.host, self.components, self.notes,
+            arithmetic=self.arithmetic,
+        )  # fmt: skip
 
     def describe_default_plan(self) -> str:
         """The plan of the reference job (Edit 1024 with one reference, Layered 640 with 4 layers), as
@@ -179,6 +191,16 @@ def _fp8_modes(request: LoadRequest, desc: SourceDescription) -> dict[str, str]:
     }
 
 
+def arithmetic_for(request: LoadRequest, desc: SourceDescription, gpus: tuple[Gpu, ...]) -> Arithmetic:
+    """The speed rung of the transformer's arithmetic for these files on these GPUs (fixed at load: it
+    decides how the blocks are stored)."""
+    storage = request.precision.transformer
+    if storage == "auto":
+        as_stored = _fp8_modes(request, desc)["transformer"] == FP8_AS_STORED
+        storage = FP8 if as_stored else dtype_name(_compute_dtypes(request)["transformer"])
+    return choose_arithmetic(request.precision.speed, storage, [g.capability for g in gpus])
+
+
 def _stays_in_files(kind: str, fp8: str) -> bool:
     """A component's weights can be read back from its files when the plan stores them as the files
     do (or as a plain cast): not when they are quantized on load."""
@@ -222,7 +244,12 @@ def plan_host_memory_for(request: LoadRequest, desc: SourceDescription) -> HostM
 
 
 def _build(
-    request: LoadRequest, desc: SourceDescription, host: HostMemory, feeds: FileFeeds, checkpoint: Callable[[str], None]
+    request: LoadRequest,
+    desc: SourceDescription,
+    host: HostMemory,
+    feeds: FileFeeds,
+    checkpoint: Callable[[str], None],
+    arithmetic: Arithmetic,
 ) -> Any:
     from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline, QwenImageLayeredPipeline
     from transformers import Qwen2_5_VLConfig, Qwen2Tokenizer, Qwen2VLProcessor
@@ -265,8 +292,12 @@ def _build(
         check_fp8_matmul(device)
     for part, module in (("transformer", transformer), ("text_encoder", text_encoder)):
         kind = getattr(precision, part)
+        if part == "transformer" and arithmetic.store_as is not None:  # the fast rung's 8-bit form
+            kind = arithmetic.store_as
         if kind in QUANTIZED:  # weight-only integer formats: quantized layer by layer after loading
             quantize_linears(module, kind, FP8_SCOPES[part])
+    if arithmetic.kind != "expanded":
+        enable_fast_arithmetic(transformer.transformer_blocks, arithmetic.kind, skip=is_modulation)
     checkpoint("load")
     vae = build_vae(desc.vae, desc.architecture, desc.folder_config("vae"), desc.vae_channels, dtypes["vae"], home)
     tokenizer = Qwen2Tokenizer.from_pretrained(str(desc.tokenizer_dir), local_files_only=True)
@@ -312,20 +343,23 @@ def load_pipeline(request: LoadRequest, checkpoint: Callable[[str], None] | None
 
     try:
         host = plan_host_memory_for(request, desc)
+        offload = request.offload
+        gpus, notes = resolve_gpus(offload, device)
+        arithmetic = arithmetic_for(request, desc, gpus)
         check("load")
         feeds = FileFeeds()
-        pipeline = _build(request, desc, host, feeds, check)
+        pipeline = _build(request, desc, host, feeds, check, arithmetic)
         pipeline.set_progress_bar_config(disable=True)
-        offload = request.offload
         whole_model = offload.mode == "model"
         components = describe_components(pipeline, str(device), whole_model)
-        gpus, notes = resolve_gpus(offload, device)
         engine = None
         if whole_model:
             sizes = measure(pipeline)
             place_whole_model(pipeline, device)
         else:
-            engine = PipelineEngine(pipeline, device, EngineOptions(offload, gpus), host, components, notes, feeds)
+            compiled = arithmetic.rung != "exact" and can_compile(device)
+            options = EngineOptions(offload, gpus, compile_blocks=compiled, arithmetic=arithmetic)
+            engine = PipelineEngine(pipeline, device, options, host, components, notes, feeds)
             sizes = engine.sizes
     except QwenFitError:
         pipeline = None
@@ -354,6 +388,7 @@ def load_pipeline(request: LoadRequest, checkpoint: Callable[[str], None] | None
         engine=engine,
         host=host,
         notes=notes,
+        arithmetic=arithmetic,
     )
     log.info("QwenFit loaded %s:\n%s", request.source.name, loaded.describe_default_plan())
     return loaded

@@ -83,8 +83,10 @@ class PhaseTracker:
         job: JobShape | None = None,
         predicted_phase_peaks: tuple[tuple[str, int], ...] = (),
         checkpoint: Callable[[str], None] | None = None,
+        afterwards: Callable[[], str] | None = None,
     ) -> None:
         self.checkpoint = checkpoint  # called as denoise and decode start; raising cancels the run
+        self.afterwards = afterwards  # what the run did beyond its plan (the step cache), added to the plan text
         self.cuda = device.type == "cuda"
         self.device, self.steps, self.model, self.plan = device, steps, model, plan
         self.job, self.predicted_phase_peaks = job, predicted_phase_peaks
@@ -129,11 +131,13 @@ class PhaseTracker:
 
     def finish(self) -> RunRecord:
         self._close(None)
+        extra = self.afterwards() if self.afterwards is not None else ""
+        plan = f"{self.plan}\n  {extra}" if extra else self.plan
         record = RunRecord(
             self.model,
             self.steps,
             tuple(self.phases),
-            self.plan,
+            plan,
             job=self.job,
             predicted_phase_peaks=self.predicted_phase_peaks,
             device=str(self.device),

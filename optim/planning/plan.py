@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from .host_memory import HostMemory
 from .model_sizes import ModelSizes
+from .speed_ladder import EXACT, Arithmetic
 
 GIB = 1024**3
 MIB = 1024**2
@@ -67,6 +68,7 @@ class Plan:
     device_peaks: tuple[tuple[str, int], ...] = ()  # predicted peak per GPU
     seconds_per_step: float | None = None  # set where a device speed is known (the plan preview)
     notes: tuple[str, ...] = ()
+    arithmetic: Arithmetic = EXACT  # the speed rung: what the blocks multiply in, and the step cache
 
     @property
     def places_weights(self) -> bool:
@@ -107,6 +109,7 @@ class Plan:
             ]
             if len(self.devices) > 1:
                 lines += [f"  {self._device_line(i)}" for i in range(len(self.devices))]
+        lines.append(f"  {self.arithmetic.describe()}")
         if self.seconds_per_step is not None:
             lines.append(f"  predicted step: {self.seconds_per_step:.2f} s")
         if self.host is not None:

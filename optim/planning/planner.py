@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import QwenFitError
 from ..qwen.job_shape import JobShape
@@ -37,6 +37,7 @@ from ..settings import GIB, OffloadSettings, VaeSettings
 from .host_memory import FILES, HostMemory
 from .model_sizes import ModelSizes
 from .plan import CFG_PARALLEL, ONE_GPU, SPLIT, WHOLE_MODEL_OFFLOAD, ComponentPlacement, Plan
+from .speed_ladder import EXACT, Arithmetic
 
 MIB = 1024**2
 
@@ -73,6 +74,7 @@ class Gpu:
 
     device: str
     budget_bytes: int | None
+    capability: tuple[int, int] | None = None  # CUDA compute capability; None: the CPU (or not known)
 
 
 Phases = tuple[tuple[str, int], ...]
@@ -194,21 +196,22 @@ def plan_run(
     components: tuple[ComponentPlacement, ...] = (),
     notes: tuple[str, ...] = (),
     coefficients: Coefficients = COEFFICIENTS,
+    arithmetic: Arithmetic = EXACT,
 ) -> Plan:
     """The plan of ``job`` under the user's ``offload`` and ``vae`` settings over ``gpus`` (the
     pipeline's own device first, each with its budget; one entry for one GPU or the CPU).
 
     ``host`` says which weights are read from the model files at each use (only their staging
     buffers are then page-locked); ``components`` and ``notes`` (load-time facts) are carried into
-    the plan. Raises QwenFitError naming the fix when nothing fits, or when CFG-parallel was asked
-    for and cannot run.
+    the plan, and so is ``arithmetic`` (the speed rung, chosen at load by
+    optim/planning/speed_ladder.py). Raises QwenFitError naming the fix when nothing fits, or when
+    CFG-parallel was asked for and cannot run.
     """
     if not gpus:
         raise ValueError("plan_run needs at least one device")
     search = _Search(sizes, job, offload, vae, tuple(gpus), host, components, notes, coefficients)
-    if offload.mode == "model":
-        return search.whole_model_offload()
-    return search.best()
+    plan = search.whole_model_offload() if offload.mode == "model" else search.best()
+    return replace(plan, arithmetic=arithmetic)
 
 
 class _Search:

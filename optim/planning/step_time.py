@@ -18,6 +18,25 @@ from ..qwen.job_shape import JobShape
 from .model_sizes import ModelSizes
 from .plan import Plan
 
+# The step cache's fixed schedule: the first CACHE_WARMUP steps, one in CACHE_INTERVAL after, and the last
+# step run the transformer (optim/execution/step_cache.py extrapolates the others).
+CACHE_WARMUP, CACHE_INTERVAL = 2, 2
+
+
+def cache_schedule(steps: int) -> tuple[int, ...]:
+    """The steps whose transformer runs under the step cache."""
+    return tuple(
+        i for i in range(steps) if i < CACHE_WARMUP or (i - CACHE_WARMUP + 1) % CACHE_INTERVAL == 0 or i == steps - 1
+    )
+
+
+def computed_fraction(steps: int, steady: bool = False) -> float:
+    """Share of the steps (all, or all but the first: ``steady``) whose transformer runs under the cache."""
+    first = 1 if steady and steps > 1 else 0
+    counted = steps - first
+    return sum(1 for i in cache_schedule(steps) if i >= first) / counted if counted > 0 else 1.0
+
+
 # Share of the measured matmul rate a whole step reaches, and the fixed cost of one block call
 # (kernel launches, Python). Fitted to the H200 run of 2026-11-22 (bench/results): bf16, all
 # resident, 0.727 s/step for Edit 1024 (~345 TFLOP) at 806 TFLOP/s measured.
@@ -26,6 +45,9 @@ BLOCK_OVERHEAD_S = 0.0005
 # Compressed weights are expanded on the GPU before each matmul: measured step time over bf16's,
 # same run (8 GB preset rows). fp8 matmuls have no measured figure yet: counted as bf16.
 EXPANSION_COST = {"fp8_e4m3fn": 1.08, "int8": 1.075, "nf4": 1.135}
+# The fast rungs: the linear layers at the measured 8-bit matmul rate, reaching this share of it
+# (activation quantization, rescaling); attention stays bf16. Fitted to the H200 run of 2026-11-30.
+FAST_EFFICIENCY = {"fp8": 0.61, "int8": 0.61}
 
 
 @dataclass(frozen=True)
@@ -35,6 +57,7 @@ class DeviceSpeed:
     device: str
     matmul_flops: float
     host_to_device_bytes: float | None  # None on the CPU (nothing to copy)
+    fast_matmul_flops: tuple[tuple[str, float], ...] = ()  # ("fp8" | "int8", FLOP/s) measured where they run
 
 
 @dataclass(frozen=True)
@@ -51,10 +74,15 @@ class StepEstimate:
 
 def step_flops(sizes: ModelSizes, job: JobShape) -> float:
     """FLOP of one denoising step of ``job`` (all samples of the batched CFG pass)."""
+    linear, attention = _flops(sizes, job)
+    return linear + attention
+
+
+def _flops(sizes: ModelSizes, job: JobShape) -> tuple[float, float]:
+    """(linear-layer, attention) FLOP of one step."""
     tokens = job.image_tokens + job.text_tokens
-    h = sizes.hidden
-    per_block = tokens * 24 * h * h + 4 * tokens * tokens * h
-    return float(job.samples * sizes.blocks * per_block)
+    h, n = sizes.hidden, job.samples * sizes.blocks
+    return float(n * tokens * 24 * h * h), float(n * 4 * tokens * tokens * h)
 
 
 def streamed_bytes_per_step(sizes: ModelSizes, plan: Plan) -> int:
@@ -63,15 +91,32 @@ def streamed_bytes_per_step(sizes: ModelSizes, plan: Plan) -> int:
 
 
 def estimate_step(
-    sizes: ModelSizes, job: JobShape, plan: Plan, speed: DeviceSpeed, transformer_precision: str = "auto"
+    sizes: ModelSizes,
+    job: JobShape,
+    plan: Plan,
+    speed: DeviceSpeed,
+    transformer_precision: str = "auto",
+    steady: bool = False,
 ) -> StepEstimate:
-    """Predicted seconds per denoising step for ``job`` under ``plan`` on a device of ``speed``."""
-    flops = step_flops(sizes, job)
-    expansion = EXPANSION_COST.get(transformer_precision, 1.0)
-    compute = flops / (speed.matmul_flops * EFFICIENCY) * expansion + sizes.blocks * BLOCK_OVERHEAD_S
+    """Predicted seconds per denoising step for ``job`` under ``plan`` on a device of ``speed``; with the
+    step cache, averaged over the run's steps (``steady``: over all but the first, as the benchmark
+    measures)."""
+    linear, attention = _flops(sizes, job)
+    flops = linear + attention
+    arithmetic = plan.arithmetic
+    fast_rate = dict(speed.fast_matmul_flops).get(arithmetic.kind)
+    if fast_rate:
+        compute = linear / (fast_rate * FAST_EFFICIENCY[arithmetic.kind]) + attention / (
+            speed.matmul_flops * EFFICIENCY
+        )
+    else:  # exact (or no 8-bit rate measured): every weight expanded, bf16 products
+        expansion = EXPANSION_COST.get(transformer_precision, 1.0)
+        compute = flops / (speed.matmul_flops * EFFICIENCY) * expansion
+    compute += sizes.blocks * BLOCK_OVERHEAD_S
     streamed = streamed_bytes_per_step(sizes, plan)
     transfer = streamed / speed.host_to_device_bytes if streamed and speed.host_to_device_bytes else 0.0
     bound = "copy-bound" if transfer > compute else "compute-bound"
+    share = computed_fraction(job.steps, steady) if arithmetic.step_cache else 1.0
     basis = (
         f"{flops / 1e12:.3g} TFLOP per step at {speed.matmul_flops / 1e12:.3g} TFLOP/s measured on {speed.device}"
         + (
@@ -80,5 +125,7 @@ def estimate_step(
             if streamed and speed.host_to_device_bytes
             else ""
         )
+        + (f"; {arithmetic.kind} products at {fast_rate / 1e12:.3g} TFLOP/s measured" if fast_rate else "")
+        + (f"; step cache: the transformer runs on {share:.0%} of the steps" if share < 1 else "")
     )
-    return StepEstimate(max(compute, transfer), compute, transfer, flops, streamed, basis)
+    return StepEstimate(max(compute, transfer) * share, compute, transfer, flops, streamed, basis)

@@ -10,10 +10,13 @@ Weights are buffers, not parameters, so the block streamer copies them compresse
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
 from torch import nn
+
+from .low_precision import supports
 
 META = torch.device("meta")
 
@@ -26,6 +29,9 @@ class CompressedLinear(nn.Module):
     # expanded copy); fitted to the H200 run of 2026-11-22 (bench/README.md).
     workspace_per_weight: ClassVar[int]
     host_bytes_per_weight: ClassVar[float]  # planned host bytes per weight, scales included
+    # The low-precision arithmetic this format can multiply in without expanding ("fp8", "int8"), if any.
+    fast_arithmetic: ClassVar[str | None] = None
+    fast: bool = False  # set by enable_fast_arithmetic: multiply in fast_arithmetic (W8A8)
 
     in_features: int
     out_features: int
@@ -53,7 +59,13 @@ class CompressedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
+        if self.fast:
+            return self.fast_forward(x, bias)
         return nn.functional.linear(x, self.dequantized_weight(x.dtype), bias)
+
+    def fast_forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The W8A8 product (formats with ``fast_arithmetic`` only)."""
+        raise NotImplementedError
 
     def _keep_bias(self, bias: torch.Tensor | None) -> None:
         self.bias = nn.Parameter(bias, requires_grad=False) if bias is not None else None
@@ -62,6 +74,22 @@ class CompressedLinear(nn.Module):
 def compressed_layers(module: nn.Module) -> list[CompressedLinear]:
     """Every compressed Linear under ``module``."""
     return [m for m in module.modules() if isinstance(m, CompressedLinear)]
+
+
+def enable_fast_arithmetic(root: nn.Module, arithmetic: str, skip: Callable[[str], bool] = lambda name: False) -> int:
+    """Make every compressed Linear under ``root`` (but those ``skip`` names) multiply in ``arithmetic``
+    ("fp8" or "int8"); returns how many. Layers whose widths the kernels cannot take keep expanding."""
+    layers = [
+        m
+        for name, m in root.named_modules()
+        if isinstance(m, CompressedLinear) and not skip(name) and supports(m.in_features, m.out_features)
+    ]
+    wrong = {type(m).format_name for m in layers if m.fast_arithmetic != arithmetic}
+    if wrong:
+        raise ValueError(f"{', '.join(sorted(wrong))} weights cannot multiply in {arithmetic}")
+    for layer in layers:
+        layer.fast = True
+    return len(layers)
 
 
 def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:

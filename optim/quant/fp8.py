@@ -10,6 +10,7 @@ from torch import nn
 
 from ..files.fp8_layouts import Fp8Layout, Fp8Weight
 from .compressed_linear import CompressedLinear, replace_module
+from .low_precision import fp8_linear
 
 
 class Fp8Linear(CompressedLinear):
@@ -18,6 +19,7 @@ class Fp8Linear(CompressedLinear):
     format_name = "fp8"
     workspace_per_weight = 6
     host_bytes_per_weight = 1.0
+    fast_arithmetic = "fp8"
 
     def __init__(self, weight: Fp8Weight, bias: torch.Tensor | None) -> None:
         super().__init__()
@@ -39,6 +41,13 @@ class Fp8Linear(CompressedLinear):
 
     def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
         return Fp8Weight(self.weight_fp8, self.weight_scale, Fp8Layout(self.layout)).dequantize(dtype)
+
+    def fast_forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        # One scale per tensor in ComfyUI's layouts (1 for plain casts): the kernel wants one per channel.
+        scale = self.weight_scale.float().reshape(1, -1).expand(1, self.out_features).contiguous()
+        if self.layout == Fp8Layout.PLAIN:
+            scale = torch.ones_like(scale)
+        return fp8_linear(x, self.weight_fp8, scale, bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, fp8 {self.layout}"

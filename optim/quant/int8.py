@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from .compressed_linear import CompressedLinear
+from .low_precision import int8_linear
 
 
 class Int8Linear(CompressedLinear):
@@ -14,6 +15,7 @@ class Int8Linear(CompressedLinear):
     format_name = "int8"
     workspace_per_weight = 8
     host_bytes_per_weight = 1.0
+    fast_arithmetic = "int8"
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
@@ -30,3 +32,6 @@ class Int8Linear(CompressedLinear):
 
     def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
         return self.weight_int8.to(dtype) * self.weight_scale.to(dtype)
+
+    def fast_forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return int8_linear(x, self.weight_int8, self.weight_scale.float().reshape(1, -1), bias)

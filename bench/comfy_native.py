@@ -1,0 +1,616 @@
+"""ComfyUI's own native Qwen-Image-Edit-2509 path, in process, on an emulated small card.
+
+    python bench/comfy_native.py write --tokenizer DIR --models DIR [--layout scaled,e4m3fn]
+        real-size random weights (the benchmark's seeds, ``bench.realsize``) written once as ComfyUI's
+        split files, through ``bench.host_ram.write`` (one build of the components):
+        diffusion_models/qwen_image_edit_2509_fp8_e4m3fn.safetensors        (layout "scaled": fp8 blocks
+            with ``scale_weight`` and the ``scaled_fp8`` marker),
+        diffusion_models/qwen_image_edit_2509_fp8_e4m3fn_plain.safetensors  (layout "e4m3fn": the same
+            block weights cast with ``.to(torch.float8_e4m3fn)``, no scales, no marker; same key names),
+        text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors, vae/qwen_image_vae.safetensors, and the reference
+        input/qwenfit_reference_SIZE.png (``bench.jobs.synthetic_image``, read back through LoadImage)
+    python bench/comfy_native.py run-native --comfy DIR --models DIR --transformer scaled|e4m3fn|FILE_NAME
+            --card 8|24|none [--steps 6] --out FILE.json
+        one generation through ComfyUI's node classes, one fresh process per call; the JSON and the final
+        latent (FILE.safetensors, key "latent", float32) are written next to each other
+    python bench/comfy_native.py table FILE.json [FILE.json ...]
+        the Markdown table of any result files that carry ROW_KEYS (QwenFit rows included)
+
+CPU check (tiny files, ComfyUI's sizes patched in process): ``write --arch qwenfit-tiny --device cpu`` and
+``run-native --arch qwenfit-tiny --device cpu --size 256``, see ``TINY`` below.
+
+The workflow (ComfyUI 0.3.75's template image_qwen_image_edit_2509, LoRA bypassed, run node by node the
+way ``execution.py`` does, under ``torch.inference_mode()``):
+UNETLoader(weight_dtype "default"), CLIPLoader(type "qwen_image", device "default"), VAELoader; the
+reference (``bench.jobs.synthetic_image(size)``, RGB, saved by ``write`` and read by LoadImage) through
+ImageScaleToTotalPixels(lanczos, 1.0 MP) (the template of Qwen-Image-Edit; the 2509 template's
+FluxKontextImageScale gives the same 1024x1024 for a 1024x1024 input), VAEEncode of it as the latent;
+TextEncodeQwenImageEditPlus(clip, vae, image1=reference) for the prompt and, with prompt "", for the
+negative (the template's wiring); ModelSamplingAuraFlow(shift 3) and CFGNorm(strength 1) as in the
+template (``--bare`` leaves them out); KSampler(seed 0, steps, cfg 4.0, euler, simple, denoise 1.0);
+VAEDecode.
+
+ComfyUI's settings (``comfy.cli_args.args``) are those of a server started with no flags
+(``parse_args([])``): VRAM state decided by ComfyUI (NORMAL_VRAM, so weights are loaded partially when
+they do not fit), smart memory on, pinned host memory on (up to 95% of host RAM, not emulated), no
+``--fast`` (no fp8 matmul), PyTorch SDPA attention, previews off, ``--reserve-vram`` unset (400 MB on
+Linux). The allocator is chosen as ``main.py`` does: the tree's ``cuda_malloc`` module is imported before
+torch, which sets ``PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync`` on CUDA builds of torch >= 2
+(``--disable-cuda-malloc`` keeps torch's native caching allocator). ``--device cpu`` sets ``args.cpu``.
+Custom nodes, the server, the prompt queue and its cache are not started; only the node modules used are
+imported (``nodes``, ``comfy_extras.nodes_qwen``, ``nodes_post_processing``, ``nodes_model_advanced``,
+``nodes_cfg``), so no frontend, database or API-node package is needed. Missing packages (checked on a full
+ComfyUI environment with the others hidden): ``torchsde`` (``comfy.k_diffusion.sampling`` imports it
+at the top; it needs ``trampoline``) must be installed; ``av`` (PyAV, video only: ``comfy_api.latest``
+imports it at the top) is replaced by an empty stand-in module when it is absent (``_stub_av``);
+``torchaudio`` is optional in ComfyUI (it logs a warning).
+
+Card emulation (``emulate_card``, before ``comfy.model_management`` is imported, since it sizes itself at
+import): ComfyUI takes total and free VRAM only from ``torch.cuda.mem_get_info`` and
+``torch.cuda.memory_stats`` (``get_total_memory``, ``get_free_memory``; ``get_device_properties`` is read for
+the compute capability and AMD arch only). ``torch.cuda.mem_get_info`` (and ``torch.cuda.memory.mem_get_info``)
+is replaced: total = the card (8 or 24 GiB), free = usable (7.0 or 22.0 GiB: the card less the CUDA context
+and the desktop) minus ``torch.cuda.memory_reserved()`` of this process (never more than the real free).
+ComfyUI adds reserved-but-inactive bytes back, so it sees usable - active bytes free, as on the real card.
+Enforcement: ``torch.cuda.set_per_process_memory_fraction(usable / real total)``. Under torch's native
+allocator this caps the reserved pool; under cudaMallocAsync (ComfyUI's default) it caps the bytes in use
+only, so the pool's reserved peak may exceed the usable figure without an error (a real card would trim
+its pool and retry): read ``peak_allocated_bytes`` as the enforced figure there. Host RAM is not emulated.
+``--card none``: nothing is patched (the whole GPU).
+
+Measured: loaders' seconds, each phase's seconds and peak reserved/allocated (counters reset per phase),
+seconds to the first image (from the first loader to the decoded image, synchronised), each step's end
+through ComfyUI's progress hook (``comfy.utils.set_progress_bar_global_hook``, as the server's
+``hijack_progress``) with a device synchronise, the denoising start at the first diffusion-model call (a
+forward pre-hook), steady s/step (the steps after the first), and ComfyUI's log lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+GIB = 1024**3
+TRANSFORMER_SCALED = "diffusion_models/qwen_image_edit_2509_fp8_e4m3fn.safetensors"  # = bench.host_ram.TRANSFORMER
+TRANSFORMER_PLAIN = "diffusion_models/qwen_image_edit_2509_fp8_e4m3fn_plain.safetensors"
+TEXT_ENCODER = "text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors"
+VAE = "vae/qwen_image_vae.safetensors"
+LAYOUTS = {"scaled": TRANSFORMER_SCALED, "e4m3fn": TRANSFORMER_PLAIN}
+CARDS = {"8": (8.0, 7.0), "24": (24.0, 22.0), "none": None}  # card GiB, usable GiB
+PROMPT = "make the sky purple"
+# What ``table`` reads; a QwenFit row written by another script needs the same keys.
+ROW_KEYS = (
+    "runner",  # e.g. "ComfyUI 0.3.75 native" or "QwenFit 8 GB preset"
+    "card",  # "8", "24" or "none"
+    "layout",  # "scaled" or "e4m3fn" (the transformer file)
+    "seconds_per_step_steady",
+    "load_seconds",
+    "first_image_seconds",
+    "peak_reserved_bytes",
+    "peak_allocated_bytes",
+)
+
+
+def _is_block_weight(key: str) -> bool:
+    # The same tensors bench/host_ram.py quantizes: 2-D weights inside the transformer blocks.
+    return key.startswith("transformer_blocks.") and key.endswith(".weight") and "norm" not in key
+
+
+# ---- write ----------------------------------------------------------------------------------------
+
+
+def write(
+    tokenizer: Path, models: Path, layouts: list[str], arch: str = "qwen-image", device: str = "cuda", size: int = 1024
+) -> dict:
+    """Build the components once and write the chosen transformer layouts, the text encoder and the VAE.
+
+    ``bench.host_ram.write`` writes the scaled transformer, the text encoder and the VAE; the transformer
+    it built is kept (a wrapper around ``bench.realsize.build_components``) to write the plain e4m3fn file
+    from the same weights afterwards. Without "scaled", the file it wrote is removed again.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    import bench.realsize as realsize
+    from bench import host_ram
+
+    assert host_ram.TRANSFORMER == TRANSFORMER_SCALED and host_ram.TEXT_ENCODER == TEXT_ENCODER and host_ram.VAE == VAE
+    start = time.perf_counter()
+    kept: dict = {}
+    build = realsize.build_components
+
+    def build_and_keep(*args, **kwargs):
+        parts = build(*args, **kwargs)
+        kept["transformer"] = parts["transformer"]
+        return parts
+
+    realsize.build_components = build_and_keep
+    try:
+        result = host_ram.write(tokenizer, models, arch, device)
+    finally:
+        realsize.build_components = build
+    transformer = kept.pop("transformer")
+    if "e4m3fn" in layouts:
+        plain_start = time.perf_counter()
+        tensors = {}
+        with torch.no_grad():
+            for key, value in transformer.state_dict().items():
+                if _is_block_weight(key) and value.ndim == 2:
+                    tensors["model.diffusion_model." + key] = value.to(torch.float8_e4m3fn).cpu()
+                else:
+                    tensors["model.diffusion_model." + key] = value.to("cpu", copy=True).contiguous()
+        del transformer
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        save_file(tensors, str(models / TRANSFORMER_PLAIN))
+        del tensors
+        result["plain_seconds"] = time.perf_counter() - plain_start
+        result["file_bytes"][TRANSFORMER_PLAIN] = (models / TRANSFORMER_PLAIN).stat().st_size
+    else:
+        del transformer
+    write_reference(models, size)
+    if "scaled" not in layouts:
+        (models / TRANSFORMER_SCALED).unlink()
+        result["file_bytes"].pop(TRANSFORMER_SCALED)
+    result["seconds"] = time.perf_counter() - start
+    result["arch"] = arch
+    return result
+
+
+# ---- process set-up (before torch) -----------------------------------------------------------------
+
+
+def _stub_av() -> bool:
+    """An empty ``av`` (PyAV) when it is not installed: ComfyUI's ``comfy_api.latest`` imports it at the top
+    for its video types, which this workflow never uses. Any use of it fails with AttributeError."""
+    import importlib.util
+    import types
+
+    if importlib.util.find_spec("av") is not None:
+        return False
+    names = {
+        "av": {},
+        "av.container": {"InputContainer": type("InputContainer", (), {})},
+        "av.subtitles": {},
+        "av.subtitles.stream": {"SubtitleStream": type("SubtitleStream", (), {})},
+    }
+    for name, attrs in names.items():
+        module = types.ModuleType(name, "stand-in for PyAV (not installed): bench/comfy_native.py")
+        module.__dict__.update(attrs)
+        sys.modules[name] = module
+    sys.modules["av"].container = sys.modules["av.container"]
+    sys.modules["av"].subtitles = sys.modules["av.subtitles"]
+    sys.modules["av.subtitles"].stream = sys.modules["av.subtitles.stream"]
+    return True
+
+
+def setup_comfy(comfy: Path, device: str, disable_cuda_malloc: bool) -> dict:
+    """Put the ComfyUI tree first on sys.path (its ``nodes``/``utils`` win over this repo's) and set its args
+    as a default server would. Must run before torch is imported."""
+    if "torch" in sys.modules:
+        raise RuntimeError("torch was imported before ComfyUI's cuda_malloc could choose the allocator")
+    sys.path.insert(0, str(comfy.resolve()))
+    from comfy.cli_args import args  # parse_args([]): comfy.options.args_parsing is False
+
+    args.cpu = device == "cpu"
+    args.disable_cuda_malloc = disable_cuda_malloc
+    if not args.cpu:
+        import cuda_malloc  # noqa: F401  (the tree's module: sets PYTORCH_CUDA_ALLOC_CONF as main.py does)
+    return {
+        "av_stub": _stub_av(),
+        "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+        "args": {k: (v if isinstance(v, (bool, int, float, str, type(None))) else str(v)) for k, v in vars(args).items()},
+    }
+
+
+def emulate_card(card: str) -> dict | None:
+    """Make ComfyUI (and torch) see a card of ``CARDS[card]``; see the module docstring."""
+    import torch
+
+    if CARDS[card] is None:
+        return None
+    card_gib, usable_gib = CARDS[card]
+    device = torch.cuda.current_device()
+    real_free, real_total = torch.cuda.mem_get_info(device)
+    usable = int(usable_gib * GIB)
+    fraction = usable / real_total
+    real = torch.cuda.memory.mem_get_info
+
+    def mem_get_info(dev=None):
+        free, _ = real(dev)
+        return max(0, min(free, usable - torch.cuda.memory_reserved(dev))), int(card_gib * GIB)
+
+    torch.cuda.mem_get_info = mem_get_info
+    torch.cuda.memory.mem_get_info = mem_get_info
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    return {
+        "card_gib": card_gib,
+        "usable_gib": usable_gib,
+        "real_total_bytes": real_total,
+        "real_free_bytes_before": real_free,
+        "memory_fraction": fraction,
+    }
+
+
+# Sizes of ComfyUI's Qwen-Image modules that its loaders do not read from the files (fixed 7B text
+# encoder, fixed Wan-2.1 VAE levels, transformer width): patched in process for the tiny CPU check only.
+TINY = "qwenfit-tiny"
+
+
+def patch_tiny_sizes() -> dict:
+    """Give ComfyUI's Qwen-Image classes the sizes of optim/qwen/configs/qwenfit-tiny (tiny files only)."""
+    import dataclasses
+
+    import comfy.ldm.wan.vae as wan_vae
+    import comfy.model_detection as detection
+    import comfy.sd
+    import comfy.text_encoders.llama as llama
+    import comfy.text_encoders.qwen_vl as qwen_vl
+
+    configs = REPO / "optim" / "qwen" / "configs" / TINY
+    dit = json.loads((configs / "transformer.json").read_text())
+    te = json.loads((configs / "text_encoder.json").read_text())
+    vae = json.loads((configs / "vae.json").read_text())
+    text, vision = te["text_config"], te["vision_config"]
+
+    detect = detection.detect_unet_config
+
+    def detect_tiny(state_dict, key_prefix, metadata=None):
+        config = detect(state_dict, key_prefix, metadata=metadata)
+        if config is not None and config.get("image_model") == "qwen_image":
+            config.update(
+                attention_head_dim=dit["attention_head_dim"],
+                num_attention_heads=dit["num_attention_heads"],
+                joint_attention_dim=dit["joint_attention_dim"],
+                axes_dims_rope=tuple(dit["axes_dims_rope"]),
+            )
+        return config
+
+    detection.detect_unet_config = detect_tiny
+
+    te_detect = comfy.sd.detect_te_model
+
+    def te_detect_tiny(sd):  # ComfyUI tells Qwen2.5-VL 7B by its k_proj bias of 512 (4 heads x 128)
+        if "model.layers.0.self_attn.k_proj.bias" in sd and "visual.patch_embed.proj.weight" in sd:
+            return comfy.sd.TEModel.QWEN25_7B
+        return te_detect(sd)
+
+    comfy.sd.detect_te_model = te_detect_tiny
+
+    base = llama.Qwen25_7BVLI_Config
+    tiny_config = dataclasses.make_dataclass(
+        "TinyQwen25VLConfig",
+        [
+            ("vocab_size", int, dataclasses.field(default=text["vocab_size"])),
+            ("hidden_size", int, dataclasses.field(default=text["hidden_size"])),
+            ("intermediate_size", int, dataclasses.field(default=text["intermediate_size"])),
+            ("num_hidden_layers", int, dataclasses.field(default=text["num_hidden_layers"])),
+            ("num_attention_heads", int, dataclasses.field(default=text["num_attention_heads"])),
+            ("num_key_value_heads", int, dataclasses.field(default=text["num_key_value_heads"])),
+        ],
+        bases=(base,),
+    )
+    tiny_config.head_dim = text["hidden_size"] // text["num_attention_heads"]
+    tiny_config.rope_dims = list(text["rope_parameters"]["mrope_section"])
+    llama.Qwen25_7BVLI_Config = tiny_config
+
+    vision_class = qwen_vl.Qwen2VLVisionTransformer
+
+    class TinyVision(vision_class):
+        def __init__(self, **kwargs):
+            kwargs.update(
+                hidden_size=vision["hidden_size"],
+                intermediate_size=vision["intermediate_size"],
+                num_heads=vision["num_heads"],
+                num_layers=vision["depth"],
+                window_size=vision["window_size"],
+            )
+            super().__init__(**kwargs)
+            self.fullatt_block_indexes = list(vision["fullatt_block_indexes"])
+
+    qwen_vl.Qwen2VLVisionTransformer = TinyVision
+
+    vae_class = wan_vae.WanVAE
+
+    class TinyWanVAE(vae_class):
+        def __init__(self, **kwargs):
+            kwargs.update(dim_mult=list(vae["dim_mult"]), num_res_blocks=vae["num_res_blocks"])
+            super().__init__(**kwargs)
+
+    wan_vae.WanVAE = TinyWanVAE
+    return {"transformer": dit, "text_encoder": text, "vision": vision, "vae": vae}
+
+
+# ---- run-native -----------------------------------------------------------------------------------
+
+
+class Meter:
+    """Phase seconds and peaks (counters reset per phase), and step ends from ComfyUI's progress hook."""
+
+    def __init__(self, cuda: bool) -> None:
+        import torch
+
+        self.torch = torch
+        self.cuda = cuda
+        self.phases: dict[str, dict] = {}
+        self.phase: str | None = None
+        self.step_ends: list[float] = []
+        self.denoise_start: float | None = None
+
+    def sync(self) -> None:
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+    def begin(self, name: str) -> None:
+        self.sync()
+        if self.cuda:
+            self.torch.cuda.reset_peak_memory_stats()
+        self.phase = name
+        self.phases[name] = {"start": time.perf_counter()}
+
+    def end(self) -> None:
+        self.sync()
+        record = self.phases[self.phase]
+        record["seconds"] = time.perf_counter() - record.pop("start")
+        if self.cuda:
+            record["peak_reserved_bytes"] = self.torch.cuda.max_memory_reserved()
+            record["peak_allocated_bytes"] = self.torch.cuda.max_memory_allocated()
+            record["reserved_after_bytes"] = self.torch.cuda.memory_reserved()
+            record["allocated_after_bytes"] = self.torch.cuda.memory_allocated()
+        self.phase = None
+
+    def progress_hook(self, value, total, preview=None, *args, **kwargs) -> None:
+        if self.phase == "sample":
+            self.sync()
+            self.step_ends.append(time.perf_counter())
+
+    def first_call(self, module, inputs) -> None:
+        if self.denoise_start is None:
+            self.denoise_start = time.perf_counter()
+
+    def steps(self) -> list[float]:
+        marks = [self.denoise_start] + self.step_ends if self.denoise_start is not None else self.step_ends
+        return [b - a for a, b in zip(marks, marks[1:], strict=False)]
+
+
+def _log_collector() -> list[str]:
+    import logging
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if len(lines) < 400:
+                lines.append(f"{record.levelname}: {record.getMessage()}"[:300])
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger().addHandler(Collect())
+    return lines
+
+
+def reference_name(size: int) -> str:
+    return f"qwenfit_reference_{size}.png"
+
+
+def write_reference(models: Path, size: int) -> Path:
+    """``bench.jobs.synthetic_image(size)`` as a PNG in MODELS/input, for ComfyUI's LoadImage."""
+    from bench.jobs import synthetic_image
+
+    path = models / "input" / reference_name(size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    synthetic_image(size, "RGB").save(path)
+    return path
+
+
+def load_reference(models: Path, size: int, record: dict):
+    """The reference through ComfyUI's LoadImage (input folder MODELS/input). Without the PNG (``write``
+    makes it) it is made here, which imports the pack's ``bench.jobs`` (and ``optim``) into this process."""
+    import folder_paths
+
+    import nodes
+
+    if not (models / "input" / reference_name(size)).is_file():
+        write_reference(models, size)
+        record["reference_made_in_process"] = True
+    folder_paths.set_input_directory(str((models / "input").resolve()))
+    image, _mask = nodes.LoadImage().load_image(reference_name(size))
+    return image
+
+
+def run_native(a: argparse.Namespace) -> dict:
+    """One generation through ComfyUI's nodes (see the module docstring); returns the record."""
+    lines = _log_collector()
+    cuda = a.device == "cuda"
+    if not cuda and a.card != "none":
+        raise SystemExit("--card needs --device cuda (use --card none on the CPU)")
+    setup = setup_comfy(a.comfy, a.device, a.disable_cuda_malloc)
+    import torch
+
+    emulation = emulate_card(a.card) if cuda else None
+    import comfy.model_management as mm  # sizes itself from the (patched) mem_get_info here
+    import comfy.utils
+    import comfyui_version
+    import folder_paths
+    from comfy_extras.nodes_cfg import CFGNorm
+    from comfy_extras.nodes_model_advanced import ModelSamplingAuraFlow
+    from comfy_extras.nodes_post_processing import ImageScaleToTotalPixels
+    from comfy_extras.nodes_qwen import TextEncodeQwenImageEditPlus
+
+    import nodes
+
+    tiny = patch_tiny_sizes() if a.arch == TINY else None
+    for folder in ("diffusion_models", "text_encoders", "vae"):
+        folder_paths.add_model_folder_path(folder, str((a.models / folder).resolve()), is_default=True)
+    transformer = LAYOUTS.get(a.transformer, a.transformer)
+    layout = next((k for k, v in LAYOUTS.items() if v == transformer), Path(transformer).stem)
+    unet_name = Path(transformer).name
+    text_encoder, vae_name = Path(a.text_encoder or TEXT_ENCODER).name, Path(a.vae or VAE).name
+
+    meter = Meter(cuda)
+    comfy.utils.set_progress_bar_global_hook(meter.progress_hook)
+    record: dict = {
+        "runner": f"ComfyUI {comfyui_version.__version__} native",
+        "card": a.card,
+        "layout": layout,
+        "files": {"transformer": unet_name, "text_encoder": text_encoder, "vae": vae_name},
+        "arch": a.arch,
+        "steps": a.steps,
+        "size": a.size,
+        "cfg": a.cfg,
+        "template_patches": not a.bare,
+        "comfyui_version": comfyui_version.__version__,
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name() if cuda else "cpu",
+        "allocator": torch.cuda.get_allocator_backend() if cuda else None,
+        "emulation": emulation,
+        "comfy_total_vram_mib": mm.total_vram,
+        "comfy_vram_state": mm.vram_state.name,
+        "comfy_setup": setup,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "phases": meter.phases,
+        "comfy_log": lines,
+        "tiny_sizes": tiny,
+    }
+    latent_path = a.out.with_suffix(".safetensors") if a.out else None
+    try:
+        with torch.inference_mode():
+            start = time.perf_counter()
+            meter.begin("load")
+            (model,) = nodes.UNETLoader().load_unet(unet_name, "default")
+            (clip,) = nodes.CLIPLoader().load_clip(text_encoder, "qwen_image", "default")
+            (vae,) = nodes.VAELoader().load_vae(vae_name)
+            meter.end()
+            record["load_seconds"] = meter.phases["load"]["seconds"]
+            record["unet_dtype"] = str(model.model.get_dtype())
+            record["unet_manual_cast"] = str(model.model.manual_cast_dtype)
+
+            meter.begin("encode")
+            image = load_reference(a.models, a.size, record)
+            image = ImageScaleToTotalPixels.execute(image, "lanczos", 1.0)[0]
+            (latent,) = nodes.VAEEncode().encode(vae, image)
+            positive = TextEncodeQwenImageEditPlus.execute(clip, PROMPT, vae=vae, image1=image)[0]
+            negative = TextEncodeQwenImageEditPlus.execute(clip, "", vae=vae, image1=image)[0]
+            meter.end()
+
+            if not a.bare:
+                (model,) = ModelSamplingAuraFlow().patch_aura(model, 3.0)
+                model = CFGNorm.execute(model, 1.0)[0]
+            hook = model.model.diffusion_model.register_forward_pre_hook(meter.first_call)
+            meter.begin("sample")
+            (samples,) = nodes.KSampler().sample(
+                model, a.seed, a.steps, a.cfg, "euler", "simple", positive, negative, latent, denoise=1.0
+            )
+            meter.end()
+            hook.remove()
+
+            meter.begin("decode")
+            (decoded,) = nodes.VAEDecode().decode(vae, samples)
+            meter.end()
+            record["first_image_seconds"] = time.perf_counter() - start
+        steps = meter.steps()
+        record["step_seconds"] = steps
+        record["denoise_start_seen"] = meter.denoise_start is not None
+        record["seconds_per_step"] = meter.phases["sample"]["seconds"] / a.steps
+        steady = steps[1:] if len(steps) >= 2 else steps
+        record["seconds_per_step_steady"] = sum(steady) / len(steady) if steady else None
+        final = samples["samples"].float().cpu().contiguous()
+        record["latent_shape"] = list(final.shape)
+        record["latent_finite"] = bool(torch.isfinite(final).all())
+        record["image_shape"] = list(decoded.shape)
+        record["image_mean"] = float(decoded.float().mean())
+        record["image_finite"] = bool(torch.isfinite(decoded).all())
+        if latent_path:
+            from safetensors.torch import save_file
+
+            latent_path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({"latent": final}, str(latent_path))
+            record["latent_file"] = latent_path.name
+    except Exception as error:  # an OOM included: the record keeps what was measured
+        if meter.phase is not None:
+            meter.phases[meter.phase]["failed"] = True
+            meter.phases[meter.phase].pop("start", None)
+        record["error"] = f"{type(error).__name__}: {error}"[:2000]
+        record["oom"] = isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+        record["traceback"] = traceback.format_exc()[-4000:]
+    peaks = [p for p in meter.phases.values() if "peak_reserved_bytes" in p]
+    record["peak_reserved_bytes"] = max((p["peak_reserved_bytes"] for p in peaks), default=None)
+    record["peak_allocated_bytes"] = max((p["peak_allocated_bytes"] for p in peaks), default=None)
+    return record
+
+
+# ---- table ----------------------------------------------------------------------------------------
+
+
+def _num(value, scale: float = 1.0, digits: int = 2) -> str:
+    return "-" if value is None else f"{value / scale:.{digits}f}"
+
+
+def table(results: list[dict]) -> str:
+    """A Markdown table of run results: any dicts with ROW_KEYS (missing ones print as "-")."""
+    lines = [
+        "| runner | card | file layout | s/step steady | load s | first image s | peak reserved GiB "
+        "| peak allocated GiB | notes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        card = {"none": "whole GPU"}.get(str(r.get("card")), f"{r.get('card')} GB")
+        notes = r.get("error", "")
+        if r.get("allocator") == "cudaMallocAsync" and r.get("emulation"):
+            notes = "; ".join(x for x in (notes, "cudaMallocAsync: the cap is on allocated bytes") if x)
+        notes = notes.replace("|", "/").replace("\n", " ")[:160]
+        lines.append(
+            f"| {r.get('runner', '-')} | {card} | {r.get('layout', '-')} | {_num(r.get('seconds_per_step_steady'), 1, 3)} "
+            f"| {_num(r.get('load_seconds'), 1, 1)} | {_num(r.get('first_image_seconds'), 1, 1)} "
+            f"| {_num(r.get('peak_reserved_bytes'), GIB)} | {_num(r.get('peak_allocated_bytes'), GIB)} | {notes} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=("write", "run-native", "table"))
+    parser.add_argument("--tokenizer", type=Path, help="write: ComfyUI's comfy/text_encoders/qwen25_tokenizer")
+    parser.add_argument("--models", type=Path)
+    parser.add_argument("--layout", default="scaled,e4m3fn", help="write: transformer layouts, comma-separated")
+    parser.add_argument("--comfy", type=Path, default=REPO / ".cache" / "comfyui")
+    parser.add_argument("--transformer", default="scaled", help="scaled, e4m3fn, or a file name in diffusion_models")
+    parser.add_argument("--text-encoder", help="file name in text_encoders (default: the written one)")
+    parser.add_argument("--vae", help="file name in vae (default: the written one)")
+    parser.add_argument("--card", choices=tuple(CARDS), default="none")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cfg", type=float, default=4.0)
+    parser.add_argument("--size", type=int, default=1024, help="side of the synthetic reference image")
+    parser.add_argument("--bare", action="store_true", help="without the template's ModelSamplingAuraFlow/CFGNorm")
+    parser.add_argument("--disable-cuda-malloc", action="store_true", help="ComfyUI's flag: torch's native allocator")
+    parser.add_argument("--arch", default="qwen-image", help="qwenfit-tiny for the CPU check")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("results", nargs="*", type=Path)
+    a = parser.parse_args(argv)
+    if a.command == "table":
+        print(table([json.loads(p.read_text()) for p in a.results]))
+        return 0
+    if a.command == "write":
+        result = write(a.tokenizer, a.models, a.layout.split(","), a.arch, a.device, a.size)
+    else:
+        result = run_native(a)
+    text = json.dumps(result, indent=1, default=str)
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(text)
+    print(text if a.command == "write" else json.dumps({k: v for k, v in result.items() if k != "comfy_log"}, default=str))
+    return 1 if "error" in result else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

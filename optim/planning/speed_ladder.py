@@ -1,0 +1,130 @@
+"""The speed ladder: which arithmetic the transformer blocks multiply in, chosen per GPU.
+
+- ``exact``: weights expanded to the compute dtype (bf16 on a GPU), bit-identical to the reference.
+- ``fast``: W8A8, the weights' own 8-bit form times activations quantized per token: fp8 on GPUs with
+  fp8 tensor cores (compute capability 8.9+), int8 on GPUs with int8 tensor cores (7.5+).
+- ``fastest``: fast plus the step cache (optim/execution/step_cache.py).
+- ``auto``: fast only when the weights are already stored in 8 bits (an fp8 or int8 file or precision)
+  and the deviation fast adds, measured on the benchmark, is no larger than the storage's own
+  deviation from bf16 (``MEASURED``); otherwise exact.
+
+Pure: GPUs are described by their compute capability (None: the CPU), so tests can ask about any card.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..errors import QwenFitError
+from ..settings import FP8, FP8_FAST, INT8, NF4, SPEEDS
+
+FP8_CAPABILITY, INT8_CAPABILITY = (8, 9), (7, 5)
+FP8_GPUS = "RTX 40xx/50xx, RTX 6000 Ada, L4, L40, H100, H200, B200"
+INT8_GPUS = "RTX 20xx and newer, T4, A10, A100 and the fp8 GPUs"
+# What each stored form of the blocks multiplies in on the fast rung (None: it has no 8-bit product).
+_NATIVE = {FP8: "fp8", FP8_FAST: "fp8", INT8: "int8", NF4: None}
+
+
+@dataclass(frozen=True)
+class Deviation:
+    """Final-latent relative L2 deviations measured on the benchmark (Edit 1024, 6 steps, H200)."""
+
+    storage: float  # exact arithmetic on these weights against bf16 weights
+    fast_vs_exact: float  # fast arithmetic against exact arithmetic on the same weights
+
+
+# bench/results/bench_edit_h200_2026-11-30_speed.md: filled from the committed run.
+MEASURED: dict[str, Deviation] = {}
+
+
+@dataclass(frozen=True)
+class Arithmetic:
+    """The rung a run uses: what the blocks multiply in, what they must be stored as for it (None: as
+    loaded), whether the step cache runs, and why."""
+
+    rung: str  # "exact", "fast" or "fastest"
+    kind: str  # "expanded" (weights expanded to the compute dtype), "fp8" or "int8"
+    store_as: str | None
+    step_cache: bool
+    reason: str
+
+    def describe(self) -> str:
+        what = "weights expanded, exact" if self.kind == "expanded" else f"{self.kind} W8A8 (per-token activations)"
+        cache = "; step cache on" if self.step_cache else ""
+        return f"speed {self.rung}: {what}{cache} ({self.reason})"
+
+
+EXACT = Arithmetic("exact", "expanded", None, False, "bit-identical to the reference")
+
+
+def _capability_text(capability: tuple[int, int] | None) -> str:
+    return "the CPU" if capability is None else f"compute capability {capability[0]}.{capability[1]}"
+
+
+def _best_for(capability: tuple[int, int] | None) -> str | None:
+    """The fastest 8-bit product a device has (the CPU runs both, no faster: fp8 keeps fewer steps)."""
+    if capability is None or capability >= FP8_CAPABILITY:
+        return "fp8"
+    return "int8" if capability >= INT8_CAPABILITY else None
+
+
+def choose_arithmetic(speed: str, storage: str, capabilities: Sequence[tuple[int, int] | None]) -> Arithmetic:
+    """The rung for ``speed`` with the blocks stored as ``storage`` ("bf16"/"fp16"/"fp32", fp8_e4m3fn,
+    fp8_e4m3fn_fast, int8, nf4) on devices of ``capabilities`` (every GPU of the plan; None: CPU).
+    Raises QwenFitError for a rung no GPU here can run, naming the GPUs that can."""
+    if speed not in SPEEDS:
+        raise QwenFitError(f"speed={speed!r} is not supported; pick one of {', '.join(SPEEDS)}.")
+    gpus = [c for c in capabilities if c is not None]
+    weakest = min(gpus) if gpus else None
+    native = _NATIVE.get(storage, "dense")
+    if speed == "exact" or (speed == "auto" and storage != FP8_FAST):
+        if speed == "auto":
+            return _auto(storage, native, weakest)
+        if storage == FP8_FAST:  # quantized for fp8 matmuls: there is no exact form of it
+            return Arithmetic("fast", "fp8", None, False, "fp8_e4m3fn_fast weights always multiply in fp8")
+        return EXACT
+    if native is None:
+        raise QwenFitError(
+            f"speed {speed} needs 8-bit weights; nf4 has no fast product. Pick precision int8 or fp8_e4m3fn (or auto)."
+        )
+    best = _best_for(weakest)
+    if best is None:
+        raise QwenFitError(
+            f"speed {speed} needs int8 tensor cores (compute capability 7.5+: {INT8_GPUS}); this GPU has "
+            f"{_capability_text(weakest)}. Pick speed exact."
+        )
+    cache = speed == "fastest"
+    rung = "fastest" if cache else "fast"
+    where = _capability_text(weakest)
+    if native == "dense":
+        store = FP8_FAST if best == "fp8" else INT8
+        return Arithmetic(rung, best, store, cache, f"{storage} weights quantized per channel on load for {where}")
+    if native == "fp8" and best != "fp8":
+        return Arithmetic(
+            rung, "int8", INT8, cache, f"{where} has no fp8 tensor cores ({FP8_GPUS}): fp8 weights requantized to int8"
+        )
+    return Arithmetic(rung, native, None, cache, f"{native} weights as stored, {where}")
+
+
+def _auto(storage: str, native: str | None, weakest: tuple[int, int] | None) -> Arithmetic:
+    if native in (None, "dense"):
+        return Arithmetic("exact", "expanded", None, False, f"auto: {storage} weights, exact")
+    if weakest is None:
+        return Arithmetic("exact", "expanded", None, False, "auto: no GPU, so 8-bit products would not be faster")
+    if _best_for(weakest) is None or (native == "fp8" and weakest < FP8_CAPABILITY):
+        return Arithmetic(
+            "exact", "expanded", None, False, f"auto: {_capability_text(weakest)} has no {native} tensor cores"
+        )
+    measured = MEASURED.get(native)
+    if measured is None or measured.fast_vs_exact > measured.storage:
+        return Arithmetic(
+            "exact", "expanded", None, False, f"auto: {native} products not measured within the storage's own error"
+        )
+    return Arithmetic(
+        "fast",
+        native,
+        None,
+        False,
+        f"auto: {native} weights; fast adds {measured.fast_vs_exact:.1e} deviation, the storage itself {measured.storage:.1e}",
+    )

@@ -208,7 +208,9 @@ def setup_comfy(comfy: Path, device: str, disable_cuda_malloc: bool) -> dict:
     return {
         "av_stub": _stub_av(),
         "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
-        "args": {k: (v if isinstance(v, (bool, int, float, str, type(None))) else str(v)) for k, v in vars(args).items()},
+        "args": {
+            k: (v if isinstance(v, (bool, int, float, str, type(None))) else str(v)) for k, v in vars(args).items()
+        },
     }
 
 
@@ -474,6 +476,9 @@ def run_native(a: argparse.Namespace) -> dict:
         "emulation": emulation,
         "comfy_total_vram_mib": mm.total_vram,
         "comfy_vram_state": mm.vram_state.name,
+        "comfy_offload_streams": mm.NUM_STREAMS,
+        "comfy_max_pinned_bytes": mm.MAX_PINNED_MEMORY,
+        "comfy_extra_reserved_bytes": mm.EXTRA_RESERVED_VRAM,
         "comfy_setup": setup,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "phases": meter.phases,
@@ -554,24 +559,44 @@ def _num(value, scale: float = 1.0, digits: int = 2) -> str:
     return "-" if value is None else f"{value / scale:.{digits}f}"
 
 
-def table(results: list[dict]) -> str:
-    """A Markdown table of run results: any dicts with ROW_KEYS (missing ones print as "-")."""
-    lines = [
-        "| runner | card | file layout | s/step steady | load s | first image s | peak reserved GiB "
-        "| peak allocated GiB | notes |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+def latent_deviation(result: dict, reference: Path) -> tuple[float, float] | None:
+    """``||a - b|| / ||b||`` and ``max |a - b|`` of a result's final latent (the ``latent_file`` next to its
+    JSON, ``_path``) against the ``reference`` latent; None when either is missing or the shapes differ."""
+    from safetensors.torch import load_file
+
+    name, path = result.get("latent_file"), result.get("_path")
+    if not name or not path or not (Path(path).parent / name).is_file() or not reference.is_file():
+        return None
+    a = load_file(str(Path(path).parent / name))["latent"].double()
+    b = load_file(str(reference))["latent"].double()
+    if a.shape != b.shape:
+        return None
+    return float((a - b).norm() / b.norm()), float((a - b).abs().max())
+
+
+def table(results: list[dict], reference: Path | None = None) -> str:
+    """A Markdown table of run results: any dicts with ROW_KEYS (a missing key prints as "-"). With
+    ``reference`` (a latent .safetensors, key "latent"), the final latents' deviation from it."""
+    head = "| runner | card | file layout | s/step steady | load s | first image s | peak reserved GiB | peak allocated GiB "
+    rule = "|---|---|---|---|---|---|---|---|"
+    if reference is not None:
+        head, rule = head + "| latent rel L2 / max abs ", rule + "---|"
+    lines = [head + "| notes |", rule + "---|"]
     for r in results:
         card = {"none": "whole GPU"}.get(str(r.get("card")), f"{r.get('card')} GB")
         notes = r.get("error", "")
         if r.get("allocator") == "cudaMallocAsync" and r.get("emulation"):
             notes = "; ".join(x for x in (notes, "cudaMallocAsync: the cap is on allocated bytes") if x)
         notes = notes.replace("|", "/").replace("\n", " ")[:160]
-        lines.append(
+        row = (
             f"| {r.get('runner', '-')} | {card} | {r.get('layout', '-')} | {_num(r.get('seconds_per_step_steady'), 1, 3)} "
             f"| {_num(r.get('load_seconds'), 1, 1)} | {_num(r.get('first_image_seconds'), 1, 1)} "
-            f"| {_num(r.get('peak_reserved_bytes'), GIB)} | {_num(r.get('peak_allocated_bytes'), GIB)} | {notes} |"
+            f"| {_num(r.get('peak_reserved_bytes'), GIB)} | {_num(r.get('peak_allocated_bytes'), GIB)} "
         )
+        if reference is not None:
+            deviation = latent_deviation(r, reference)
+            row += f"| {deviation[0]:.4f} / {deviation[1]:.3g} " if deviation else "| - "
+        lines.append(row + f"| {notes} |")
     return "\n".join(lines)
 
 
@@ -595,10 +620,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", default="qwen-image", help="qwenfit-tiny for the CPU check")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--reference", type=Path, help="table: a latent .safetensors to compare the rows' latents with")
     parser.add_argument("results", nargs="*", type=Path)
-    a = parser.parse_args(argv)
+    a = parser.parse_intermixed_args(argv)
     if a.command == "table":
-        print(table([json.loads(p.read_text()) for p in a.results]))
+        print(table([{**json.loads(p.read_text()), "_path": str(p)} for p in a.results], a.reference))
         return 0
     if a.command == "write":
         result = write(a.tokenizer, a.models, a.layout.split(","), a.arch, a.device, a.size)
@@ -608,7 +634,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(text)
-    print(text if a.command == "write" else json.dumps({k: v for k, v in result.items() if k != "comfy_log"}, default=str))
+    if a.command == "write":
+        print(text)
+    else:
+        summary = ROW_KEYS + ("unet_dtype", "step_seconds", "latent_finite", "image_mean", "error")
+        print(json.dumps({k: result.get(k) for k in summary}, default=str))
     return 1 if "error" in result else 0
 
 

@@ -225,7 +225,7 @@ def qwenfit_configurations() -> list[QwenFitPreset]:
             "none",
             "fp8",
             speed="fast",
-            compare_to="qf-fastest-fp8",
+            compare_to="qf-8gb-fp8",
         ),
         QwenFitPreset(
             "qf-fastest-fastest",
@@ -234,7 +234,7 @@ def qwenfit_configurations() -> list[QwenFitPreset]:
             "none",
             "fp8",
             speed="fastest",
-            compare_to="qf-fastest-fp8",
+            compare_to="qf-8gb-fp8",
         ),
         QwenFitPreset("qf-fastest-int8", "QwenFit no budget, int8 weights, exact", "unlimited", "none", "int8"),
         QwenFitPreset(
@@ -244,7 +244,7 @@ def qwenfit_configurations() -> list[QwenFitPreset]:
             "none",
             "int8",
             speed="fast",
-            compare_to="qf-fastest-int8",
+            compare_to="qf-8gb-int8",
         ),
         QwenFitPreset(
             "qf-8gb-fast",

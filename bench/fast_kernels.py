@@ -43,13 +43,14 @@ def measure() -> dict:
     for name, (out_f, in_f) in SHAPES.items():
         x = torch.randn(TOKENS, in_f, device="cuda", dtype=torch.bfloat16)
         w = torch.randn(out_f, in_f, device="cuda", dtype=torch.bfloat16) / in_f**0.5
-        exact = (x.double() @ w.double().t())
+        exact = x.double() @ w.double().t()
         w8, s8 = quantize_rows_fp8(w)
         wi, si = quantize_rows_int8(w)
+        s8, si = s8.reshape(1, -1), si.reshape(1, -1)
         variants = {
             "bf16": lambda x=x, w=w: torch.nn.functional.linear(x, w),
-            "fp8 W8A8": lambda x=x, w=w8, s=s8.reshape(1, -1): fp8_linear(x, w, s, None),
-            "int8 W8A8": lambda x=x, w=wi, s=si.reshape(1, -1): int8_linear(x, w, s, None),
+            "fp8 W8A8": lambda x=x, w=w8, s=s8: fp8_linear(x, w, s, None),
+            "int8 W8A8": lambda x=x, w=wi, s=si: int8_linear(x, w, s, None),
         }
         variants["fp8 W8A8 compiled"] = torch.compile(variants["fp8 W8A8"])
         variants["int8 W8A8 compiled"] = torch.compile(variants["int8 W8A8"])
@@ -75,7 +76,9 @@ def main() -> int:
     args = parser.parse_args()
     results = measure()
     for r in results["rows"]:
-        print(f"{r['layer']:<22} {r['product']:<20} {r['seconds'] * 1e3:7.3f} ms  x{r['x_bf16']:.2f}  rel {r['rel_l2_vs_float64']:.2e}")
+        print(
+            f"{r['layer']:<22} {r['product']:<20} {r['seconds'] * 1e3:7.3f} ms  x{r['x_bf16']:.2f}  rel {r['rel_l2_vs_float64']:.2e}"
+        )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1))

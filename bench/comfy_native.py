@@ -16,15 +16,17 @@
     python bench/comfy_native.py table FILE.json [FILE.json ...]
         the Markdown table of any result files that carry ROW_KEYS (QwenFit rows included)
 
-CPU check (tiny files, ComfyUI's sizes patched in process): ``write --arch qwenfit-tiny --device cpu`` and
-``run-native --arch qwenfit-tiny --device cpu --size 256``, see ``TINY`` below.
+CPU check (tiny files; ComfyUI's fixed Qwen-Image sizes patched in process, see ``patch_tiny_sizes``):
+``write --arch qwenfit-tiny --device cpu --tokenizer T --models /tmp/x``, then ``run-native --arch qwenfit-tiny
+--device cpu --models /tmp/x --steps 2 --out /tmp/x.json`` (about 20 s; the timings mean nothing).
 
 The workflow (ComfyUI 0.3.75's template image_qwen_image_edit_2509, LoRA bypassed, run node by node the
 way ``execution.py`` does, under ``torch.inference_mode()``):
 UNETLoader(weight_dtype "default"), CLIPLoader(type "qwen_image", device "default"), VAELoader; the
 reference (``bench.jobs.synthetic_image(size)``, RGB, saved by ``write`` and read by LoadImage) through
 ImageScaleToTotalPixels(lanczos, 1.0 MP) (the template of Qwen-Image-Edit; the 2509 template's
-FluxKontextImageScale gives the same 1024x1024 for a 1024x1024 input), VAEEncode of it as the latent;
+FluxKontextImageScale gives the same 1024x1024 for a 1024x1024 input; ``--size`` changes the source picture
+only, the scaling brings it to 1 MP), VAEEncode of it as the latent;
 TextEncodeQwenImageEditPlus(clip, vae, image1=reference) for the prompt and, with prompt "", for the
 negative (the template's wiring); ModelSamplingAuraFlow(shift 3) and CFGNorm(strength 1) as in the
 template (``--bare`` leaves them out); KSampler(seed 0, steps, cfg 4.0, euler, simple, denoise 1.0);
@@ -32,7 +34,8 @@ VAEDecode.
 
 ComfyUI's settings (``comfy.cli_args.args``) are those of a server started with no flags
 (``parse_args([])``): VRAM state decided by ComfyUI (NORMAL_VRAM, so weights are loaded partially when
-they do not fit), smart memory on, pinned host memory on (up to 95% of host RAM, not emulated), no
+they do not fit), smart memory on, async weight offload (2 streams on NVIDIA), pinned host memory on (up to
+95% of host RAM, not emulated), no
 ``--fast`` (no fp8 matmul), PyTorch SDPA attention, previews off, ``--reserve-vram`` unset (400 MB on
 Linux). The allocator is chosen as ``main.py`` does: the tree's ``cuda_malloc`` module is imported before
 torch, which sets ``PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync`` on CUDA builds of torch >= 2
@@ -552,6 +555,60 @@ def run_native(a: argparse.Namespace) -> dict:
     return record
 
 
+def run_qwenfit(a: argparse.Namespace) -> dict:
+    """The pack on the same files, job and card: its loader (precision auto: fp8 as stored) at ``--speed``,
+    then ``run_edit`` twice (the first run carries compilation; the second gives the steady s/step)."""
+    import torch
+
+    from bench.jobs import synthetic_image
+    from optim import EditJob, LoadRequest, OffloadSettings, PrecisionSettings, SplitFiles, load_pipeline, run_edit
+
+    cuda = a.device == "cuda"
+    card = {"8": "8 GB", "24": "24 GB", "none": "unlimited"}[a.card]
+    if cuda and CARDS[a.card] is not None:  # the allocator refuses what the card would not hold
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(CARDS[a.card][1] * GIB / total)
+    transformer = LAYOUTS.get(a.transformer, a.transformer)
+    layout = next((k for k, v in LAYOUTS.items() if v == transformer), Path(transformer).stem)
+    tokenizer = REPO / ".cache" / "comfyui" / "comfy" / "text_encoders" / "qwen25_tokenizer"
+    source = SplitFiles(a.models / transformer, a.models / TEXT_ENCODER, a.models / VAE, tokenizer)
+    record: dict = {"runner": f"QwenFit {card} preset, speed {a.speed}", "card": a.card, "layout": layout}
+    try:
+        start = time.perf_counter()
+        request = LoadRequest(
+            source,
+            precision=PrecisionSettings(speed=a.speed),
+            offload=OffloadSettings(vram_budget=card, mode="none" if a.card == "none" else "auto"),
+            device=a.device,
+        )
+        loaded = load_pipeline(request)
+        record["load_seconds"] = time.perf_counter() - start
+        image = synthetic_image(1024, "RGB")
+        runs = []
+        for seed in (a.seed, a.seed + 1):
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            job = EditJob(
+                PROMPT, negative_prompt="", true_cfg_scale=a.cfg, steps=a.steps, seed=seed, width=1024, height=1024
+            )
+            result = run_edit(loaded, [image], job)
+            if "first_image_seconds" not in record:
+                record["first_image_seconds"] = time.perf_counter() - start
+            denoise = next(p for p in result.record.phases if p.name == "denoise")
+            runs.append(
+                {"seconds": result.seconds, "denoise_seconds": denoise.seconds, "peak": result.record.peak_reserved}
+            )
+            record["plan"] = result.record.plan
+        record["runs"] = runs
+        record["seconds_per_step_steady"] = runs[-1]["denoise_seconds"] / a.steps  # second run, every step
+        record["peak_reserved_bytes"] = max(r["peak"] for r in runs)
+        record["peak_allocated_bytes"] = torch.cuda.max_memory_allocated() if cuda else None
+    except Exception as error:
+        record["error"] = f"{type(error).__name__}: {error}"[:2000]
+        record["traceback"] = traceback.format_exc()[-4000:]
+    return record
+
+
 # ---- table ----------------------------------------------------------------------------------------
 
 
@@ -602,7 +659,8 @@ def table(results: list[dict], reference: Path | None = None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("write", "run-native", "table"))
+    parser.add_argument("command", choices=("write", "run-native", "run-qwenfit", "table"))
+    parser.add_argument("--speed", default="fast", help="run-qwenfit: the speed rung (exact, fast, fastest)")
     parser.add_argument("--tokenizer", type=Path, help="write: ComfyUI's comfy/text_encoders/qwen25_tokenizer")
     parser.add_argument("--models", type=Path)
     parser.add_argument("--layout", default="scaled,e4m3fn", help="write: transformer layouts, comma-separated")
@@ -628,6 +686,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.command == "write":
         result = write(a.tokenizer, a.models, a.layout.split(","), a.arch, a.device, a.size)
+    elif a.command == "run-qwenfit":
+        result = run_qwenfit(a)
     else:
         result = run_native(a)
     text = json.dumps(result, indent=1, default=str)

@@ -45,8 +45,9 @@ BLOCK_OVERHEAD_S = 0.0005
 # Compressed weights are expanded on the GPU before each matmul: measured step time over bf16's,
 # same run (8 GB preset rows). fp8 matmuls have no measured figure yet: counted as bf16.
 EXPANSION_COST = {"fp8_e4m3fn": 1.08, "int8": 1.075, "nf4": 1.135}
-# The fast rungs: the linear layers at the measured 8-bit matmul rate, reaching this share of it
-# (activation quantization, rescaling); attention stays bf16. Fitted to the H200 run of 2026-11-30.
+# The fast rungs: the linear layers at the measured rate of the 8-bit product (inputs quantized), reaching
+# this share of it in compiled blocks; attention and the elementwise work as in EFFICIENCY. Fitted to the
+# H200 runs of 2026-11-30 (bench/results/bench_*_speed_h200_2026-11-30*).
 FAST_EFFICIENCY = {"fp8": 0.61, "int8": 0.61}
 
 

@@ -135,6 +135,12 @@ def parse_preview_query(params: Mapping[str, str], choices: ModelChoices) -> Pre
     )
 
 
+def _rung_note(answer: Preview) -> list[str]:
+    if not answer.rungs:
+        return []
+    return ["predicted s/step per speed: " + ", ".join(f"{rung} {seconds:.2f}" for rung, seconds in answer.rungs)]
+
+
 def preview_json(settings: PreviewSettings, answer: Preview, device: str) -> dict[str, Any]:
     """The preview as the browser reads it."""
     plan, sizes, job, host = answer.plan, answer.sizes, answer.job, answer.plan.host
@@ -158,7 +164,12 @@ def preview_json(settings: PreviewSettings, answer: Preview, device: str) -> dic
             "modulation": host.modulation,
             "text": "\n".join(host.describe_lines()),
         },
-        "notes": [*(host.notes if host else ()), *plan.notes, *answer.notes],
+        "notes": [*(host.notes if host else ()), *plan.notes, *answer.notes, *_rung_note(answer)],
+        "speed": {
+            "rung": plan.arithmetic.rung,
+            "text": plan.arithmetic.describe(),
+            "rungs": [{"rung": rung, "seconds_per_step": seconds} for rung, seconds in answer.rungs],
+        },
         "budget_bytes": plan.budget_bytes,
         "phases": [{"name": name, "peak_bytes": peak} for name, peak in plan.phase_peaks],
         "predicted_peak_bytes": plan.predicted_peak_bytes,

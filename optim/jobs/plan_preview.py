@@ -23,19 +23,20 @@ from ..execution.device_speed import device_speed, known_device_speed
 from ..execution.devices import check_fp8_matmul, resolve_gpus
 from ..files.lora import LoraChoice
 from ..files.sources import DiffusersFolder, PipelineSource, SourceDescription, SplitFiles
-from ..loading.loader import LoadRequest, describe, plan_host_memory_for
+from ..loading.loader import LoadRequest, arithmetic_for, describe, plan_host_memory_for
 from ..monitoring.run_record import RunRecord
 from ..planning.header_sizes import sizes_from_headers
 from ..planning.host_memory import HostMemory
 from ..planning.model_sizes import ModelSizes
 from ..planning.plan import Plan
 from ..planning.planner import Gpu, plan_run
+from ..planning.speed_ladder import EXACT, Arithmetic
 from ..planning.step_time import DeviceSpeed, StepEstimate, estimate_step
 from ..quant.dtypes import compute_dtype
 from ..qwen.job_limits import edit_output_size
 from ..qwen.job_shape import JobShape
 from ..qwen.variants import Variant
-from ..settings import FP8_FAST, OffloadSettings, PrecisionSettings, VaeSettings
+from ..settings import FP8_FAST, SPEEDS, OffloadSettings, PrecisionSettings, VaeSettings
 
 GIB = 1024**3
 JOB_KINDS = ("auto", "edit", "layered")
@@ -85,6 +86,7 @@ class Preview:
     step: StepEstimate | None
     calibration: Calibration | None
     notes: tuple[str, ...]
+    rungs: tuple[tuple[str, float], ...] = ()  # (speed rung, predicted s/step) for each rung possible here
 
 
 def job_shape(settings: PreviewSettings, variant: Variant) -> JobShape:
@@ -166,10 +168,33 @@ def model_sizes(request: LoadRequest) -> tuple[SourceDescription, ModelSizes]:
 
 
 def _plan(
-    sizes: ModelSizes, job: JobShape, settings: PreviewSettings, gpus: tuple[Gpu, ...], host: HostMemory, notes: tuple
+    sizes: ModelSizes,
+    job: JobShape,
+    settings: PreviewSettings,
+    gpus: tuple[Gpu, ...],
+    host: HostMemory,
+    notes: tuple,
+    arithmetic: Arithmetic = EXACT,
 ) -> Plan:
     # The engine's own call (PipelineEngine.plan_for), with the loader's settings.
-    return plan_run(sizes, job, settings.offload, settings.vae_settings, gpus, host, notes=notes)
+    return plan_run(sizes, job, settings.offload, settings.vae_settings, gpus, host, notes=notes, arithmetic=arithmetic)
+
+
+def _rungs(
+    request: LoadRequest,
+    desc: SourceDescription,
+    gpus: tuple[Gpu, ...],
+    estimate: Callable[[Arithmetic], float],
+) -> tuple[tuple[str, float], ...]:
+    """Predicted s/step of every speed rung these GPUs can run (the memory plan is the chosen rung's)."""
+    rungs = []
+    for rung in SPEEDS[1:]:
+        try:
+            arithmetic = arithmetic_for(replace(request, precision=replace(request.precision, speed=rung)), desc, gpus)
+        except QwenFitError:
+            continue  # not on these GPUs (the chosen rung's own refusal is the preview's error)
+        rungs.append((rung, estimate(arithmetic)))
+    return tuple(rungs)
 
 
 def _model_name(settings: PreviewSettings) -> str:
@@ -200,7 +225,8 @@ def preview(
         gpus = loaded_gpus
         if settings.offload.vram_budget == "auto" and gpus[0].budget_bytes is not None:
             notes += (f"VRAM budget auto: {gpus[0].budget_bytes / GIB:.1f} GiB, fixed when this model loaded",)
-    plan = _plan(sizes, job, settings, gpus, host, notes)
+    arithmetic = arithmetic_for(request, desc, gpus)
+    plan = _plan(sizes, job, settings, gpus, host, notes, arithmetic)
     if not plan.places_weights:
         return Preview(desc.variant, job, sizes, plan, None, None, ())
     step = _step_estimate(settings, sizes, job, plan, device, may_measure_speed)
@@ -208,9 +234,19 @@ def preview(
         note = "s/step: the device's speed is measured once no run holds it; ask again after the run"
         return Preview(desc.variant, job, sizes, plan, None, None, (note,))
     estimate, speed = step
-    calibration = _calibration(last_run, settings, sizes, gpus, host, speed, str(device))
-    seconds = estimate.seconds * (calibration.factor if calibration else 1.0)
-    return Preview(desc.variant, job, sizes, replace(plan, seconds_per_step=seconds), estimate, calibration, ())
+    calibration = _calibration(last_run, settings, sizes, gpus, host, speed, str(device), arithmetic)
+    factor = calibration.factor if calibration else 1.0
+    seconds = estimate.seconds * factor
+    rungs = _rungs(
+        request,
+        desc,
+        gpus,
+        lambda a: (
+            factor
+            * estimate_step(sizes, job, replace(plan, arithmetic=a), speed, settings.precision.transformer).seconds
+        ),
+    )
+    return Preview(desc.variant, job, sizes, replace(plan, seconds_per_step=seconds), estimate, calibration, (), rungs)
 
 
 def _calibration(
@@ -221,13 +257,14 @@ def _calibration(
     host: HostMemory,
     speed: DeviceSpeed,
     device: str,
+    arithmetic: Arithmetic = EXACT,
 ) -> Calibration | None:
     """How the last run of this model on this device compared with its own prediction."""
     if last is None or last.job is None or last.model != _model_name(settings) or last.device != device:
         return None
     if last.seconds_per_step <= 0:
         return None
-    plan = _plan(sizes, last.job, settings, gpus, host, ())
+    plan = _plan(sizes, last.job, settings, gpus, host, (), arithmetic)
     predicted = estimate_step(sizes, last.job, plan, speed, settings.precision.transformer)
     return Calibration(
         last.seconds_per_step / predicted.seconds, f"your last run of this model ({last.job.describe()})"

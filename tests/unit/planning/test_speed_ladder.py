@@ -1,0 +1,111 @@
+"""The speed ladder's choices per GPU (described by compute capability, as the multi-GPU tests describe
+GPUs), and its predicted s/step for each rung."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from real_size import plan_one, real_sizes
+
+from optim.errors import QwenFitError
+from optim.planning import speed_ladder
+from optim.planning.speed_ladder import EXACT, Deviation, choose_arithmetic
+from optim.planning.step_time import DeviceSpeed, cache_schedule, computed_fraction, estimate_step
+from optim.qwen.job_shape import JobShape
+from optim.settings import FP8, FP8_FAST, INT8, NF4
+
+GTX_1080, RTX_2080, RTX_3060, RTX_4060, H200, RTX_5090 = (6, 1), (7, 5), (8, 6), (8, 9), (9, 0), (12, 0)
+EDIT_1024 = JobShape("edit", 1024, 1024, references=1, steps=40)
+
+
+@pytest.mark.parametrize(
+    ("storage", "gpu", "kind", "store_as"),
+    [
+        (FP8, RTX_4060, "fp8", None),  # an fp8 file multiplies as stored
+        (FP8, H200, "fp8", None),
+        (FP8, RTX_5090, "fp8", None),
+        (FP8, RTX_3060, "int8", INT8),  # no fp8 tensor cores: requantized to int8 on load
+        (FP8, RTX_2080, "int8", INT8),
+        (INT8, RTX_3060, "int8", None),
+        (INT8, H200, "int8", None),  # int8 weights stay int8 (the user's choice of format)
+        ("bf16", H200, "fp8", FP8_FAST),  # dense files are quantized per channel on load
+        ("bf16", RTX_3060, "int8", INT8),
+        (FP8_FAST, H200, "fp8", None),
+        (FP8, None, "fp8", None),  # the CPU runs the same arithmetic (the tests rely on it)
+    ],
+)
+def test_fast_multiplies_in_what_the_gpu_has(storage, gpu, kind, store_as):
+    chosen = choose_arithmetic("fast", storage, [gpu])
+    assert (chosen.rung, chosen.kind, chosen.store_as, chosen.step_cache) == ("fast", kind, store_as, False)
+    assert choose_arithmetic("fastest", storage, [gpu]).step_cache
+
+
+def test_several_gpus_use_what_the_weakest_has():
+    assert choose_arithmetic("fast", FP8, [H200, RTX_3060]).kind == "int8"
+    assert choose_arithmetic("fast", FP8, [H200, RTX_4060]).kind == "fp8"
+
+
+def test_impossible_choices_are_refused_naming_the_gpus_that_can():
+    with pytest.raises(QwenFitError, match=r"int8 tensor cores \(compute capability 7\.5\+: RTX 20xx") as error:
+        choose_arithmetic("fast", FP8, [GTX_1080])
+    assert "6.1" in str(error.value) and "speed exact" in str(error.value)
+    with pytest.raises(QwenFitError, match="nf4 has no fast product"):
+        choose_arithmetic("fastest", NF4, [H200])
+    with pytest.raises(QwenFitError, match="speed='turbo'"):
+        choose_arithmetic("turbo", FP8, [H200])
+
+
+def test_exact_is_exact_everywhere_but_for_weights_made_for_fp8_matmuls():
+    for gpu in (GTX_1080, RTX_3060, H200, None):
+        assert choose_arithmetic("exact", FP8, [gpu]) == EXACT
+        assert choose_arithmetic("exact", "bf16", [gpu]) == EXACT
+    assert choose_arithmetic("exact", FP8_FAST, [H200]).kind == "fp8"
+
+
+def test_auto_is_fast_only_for_8bit_files_where_fast_adds_no_more_than_the_file_itself(monkeypatch):
+    monkeypatch.setattr(speed_ladder, "MEASURED", {"fp8": Deviation(storage=4e-2, fast_vs_exact=3e-2)})
+    assert choose_arithmetic("auto", FP8, [RTX_4060]).kind == "fp8"
+    assert choose_arithmetic("auto", FP8, [RTX_3060]).kind == "expanded"  # no fp8 tensor cores
+    assert choose_arithmetic("auto", FP8, [None]).kind == "expanded"  # the CPU gains nothing
+    assert choose_arithmetic("auto", "bf16", [H200]).kind == "expanded"  # not stored in 8 bits
+    assert choose_arithmetic("auto", INT8, [H200]).kind == "expanded"  # int8 not measured within bounds
+    monkeypatch.setattr(speed_ladder, "MEASURED", {"fp8": Deviation(storage=4e-2, fast_vs_exact=6e-2)})
+    assert choose_arithmetic("auto", FP8, [RTX_4060]).kind == "expanded"
+
+
+def test_the_committed_measurements_decide_auto():
+    """The benchmark measured fast adding more deviation than the files' own (random weights): auto stays
+    exact until a measurement says otherwise."""
+    for kind, measured in speed_ladder.MEASURED.items():
+        chosen = choose_arithmetic("auto", FP8 if kind == "fp8" else INT8, [H200])
+        assert (chosen.kind != "expanded") == (measured.fast_vs_exact <= measured.storage)
+
+
+def test_the_step_cache_schedule_and_its_share():
+    assert cache_schedule(6) == (0, 1, 3, 5)
+    assert cache_schedule(4) == (0, 1, 3)
+    assert cache_schedule(2) == (0, 1)
+    assert computed_fraction(6) == pytest.approx(4 / 6)
+    assert computed_fraction(6, steady=True) == pytest.approx(3 / 5)
+    assert computed_fraction(40) == pytest.approx(21 / 40)
+
+
+def test_each_rung_predicts_its_own_step_time():
+    h200 = DeviceSpeed("H200", 783e12, 51e9, (("fp8", 1.3e15), ("int8", 847e12)))
+    plan = plan_one(EDIT_1024, 7 * 2**30)
+
+    def seconds(rung: str, storage: str = FP8) -> float:
+        arithmetic = choose_arithmetic(rung, storage, [H200])
+        return estimate_step(real_sizes(), EDIT_1024, replace(plan, arithmetic=arithmetic), h200, storage).seconds
+
+    exact, fast, fastest = seconds("exact"), seconds("fast"), seconds("fastest")
+    # The H200 run of 2026-11-30: 0.787 / 0.475 / 0.285 s/step (6 steps; fastest then runs 60% of steps).
+    assert exact == pytest.approx(0.81, rel=0.05)
+    assert fast == pytest.approx(0.48, rel=0.06)
+    assert fastest == pytest.approx(fast * computed_fraction(40), rel=1e-6)
+    assert seconds("fast", INT8) > fast  # int8 products are slower than fp8 on Hopper (measured)
+    assert "fp8 products" in estimate_step(
+        real_sizes(), EDIT_1024, replace(plan, arithmetic=choose_arithmetic("fast", FP8, [H200])), h200
+    ).basis
+    assert "speed fast: fp8 W8A8" in replace(plan, arithmetic=choose_arithmetic("fast", FP8, [H200])).describe()

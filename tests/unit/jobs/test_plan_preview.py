@@ -10,7 +10,7 @@ import torch
 from real_size import plan_one
 from tiny_files import FOLDER, LAYOUTS, MODELS, TE_FP8, split_files
 
-from optim import DiffusersFolder, LoadRequest, PrecisionSettings, load_pipeline
+from optim import DiffusersFolder, LoadRequest, PrecisionSettings, QwenFitError, load_pipeline
 from optim.jobs.plan_preview import PreviewSettings, job_shape, preview, same_pipeline
 from optim.loading.loader import describe
 from optim.monitoring.run_record import PhaseStat, RunRecord
@@ -157,3 +157,28 @@ def test_the_preview_plans_over_the_gpus_it_is_given(monkeypatch):
     answer = preview(settings(offload=OffloadSettings(gpus="all")), split_files(EDIT_BF16, "edit-2509"), CPU)
     assert answer.plan.devices == ("cuda:0", "cuda:1") and answer.plan.strategy == "CFG-parallel"
     assert "cuda:1 holds a replica of every block" in answer.plan.describe()
+
+
+def test_the_preview_predicts_every_speed_rung_and_shows_the_chosen_one():
+    source = split_files(EDIT_FP8, "edit-2509")
+    answer = preview(
+        PreviewSettings(model=EDIT_FP8, precision=PrecisionSettings(speed="fastest"), width=256, height=256, steps=6),
+        source,
+        CPU,
+    )
+    rungs = dict(answer.rungs)
+    assert set(rungs) == {"exact", "fast", "fastest"}  # the CPU runs every rung's arithmetic
+    assert rungs["fastest"] == pytest.approx(rungs["fast"] * 4 / 6, rel=1e-6)  # 4 of 6 steps run the blocks
+    assert answer.plan.seconds_per_step == pytest.approx(rungs["fastest"], rel=1e-6)
+    assert "speed fastest: fp8 W8A8" in answer.plan.describe()
+
+
+def test_the_preview_refuses_a_rung_this_gpu_cannot_run(monkeypatch):
+    import optim.jobs.plan_preview as plan_preview
+
+    def gtx_1080(offload, device):
+        return (Gpu("cuda:0", 7 * GIB, (6, 1)),), ()
+
+    monkeypatch.setattr(plan_preview, "resolve_gpus", gtx_1080)
+    with pytest.raises(QwenFitError, match="int8 tensor cores"):
+        preview(settings(precision=PrecisionSettings(speed="fast")), split_files(EDIT_BF16, "edit-2509"), CPU)

@@ -53,7 +53,7 @@ class _Parts:
     pass
 
 
-def _fp8_sizes():
+def fp8_sizes():
     arch = Architecture("qwen-image")
     parts = _Parts()
     parts.transformer = empty_transformer(arch, Variant.EDIT_2509).to(torch.bfloat16)
@@ -64,7 +64,7 @@ def _fp8_sizes():
 
 
 def estimates(steps: int) -> list[dict]:
-    sizes = _fp8_sizes()
+    sizes = fp8_sizes()
     job = JobShape("edit", 1024, 1024, references=1, steps=steps)
     rows = []
     for name, (budget, capability, bf16, fp8, int8, link) in CARDS.items():

@@ -37,6 +37,11 @@ def _seconds(fn, repeats: int = 20) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def _fp8_without_fast_accumulation(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    xq, xs = quantize_rows_fp8(x)
+    return torch._scaled_mm(xq, w.t(), scale_a=xs, scale_b=s, out_dtype=x.dtype, use_fast_accum=False)
+
+
 def measure() -> dict:
     torch.manual_seed(0)
     results = {"gpu": torch.cuda.get_device_name(), "capability": torch.cuda.get_device_capability(), "rows": []}
@@ -53,6 +58,9 @@ def measure() -> dict:
             "int8 W8A8": lambda x=x, w=wi, s=si: int8_linear(x, w, s, None),
         }
         variants["fp8 W8A8 compiled"] = torch.compile(variants["fp8 W8A8"])
+        variants["fp8 W8A8 compiled, exact accumulation"] = torch.compile(
+            lambda x=x, w=w8, s=s8: _fp8_without_fast_accumulation(x, w, s)
+        )
         variants["int8 W8A8 compiled"] = torch.compile(variants["int8 W8A8"])
         for label, fn in variants.items():
             out = fn().double()

@@ -88,7 +88,9 @@ def _settings(params: Mapping[str, str], group: SettingsGroup) -> Any:
     try:
         return SETTINGS_TYPES[group.loader_input](**values)
     except QwenFitError as error:  # a combination the settings refuse (the VAE in fp8, say)
-        raise BadParameter(group.choices[-1].query, str(error)) from None
+        field = getattr(error, "field", None)
+        choice = group.choice(field) if field else group.choices[-1]
+        raise BadParameter(choice.query, str(error)) from None
 
 
 def parse_preview_query(params: Mapping[str, str], choices: ModelChoices) -> PreviewSettings:

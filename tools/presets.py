@@ -119,8 +119,8 @@ PROFILES = (
         AUTO_VAE,
         "The 8 GB plan on the *fast* speed rung: the transformer multiplies in 8 bits (fp8 on RTX 40xx/50xx and "
         "newer, int8 on RTX 20xx/30xx), activations quantized per token, blocks compiled where Triton is "
-        "installed. Measured on an H200 emulating 8 GB (Edit 1024, fp8 file): 0.48 s/step, 0.65x diffusers "
-        "resident bf16 and 0.33x ComfyUI 0.3.75's own nodes on the same file and card, peak 5.4 GiB. The "
+        "installed. Measured on an H200 emulating 8 GB (Edit 1024, fp8 weights): 0.45 s/step, 0.61x diffusers "
+        "resident bf16 and about a third of ComfyUI 0.3.75's own nodes on the same file and card, peak 5.4 GiB. The "
         "image differs a little from *exact* (final latents 5.7e-2 relative L2 on random test weights; the "
         "fp8 file itself is 3.9e-2 from bf16). Set speed to exact for the reference numbers.",
     ),
@@ -131,8 +131,8 @@ PROFILES = (
         ("auto", "24 GB"),
         AUTO_VAE,
         "The 24 GB plan on the *fast* speed rung (8-bit products, compiled blocks; see the 8 GB fast preset). "
-        "Measured on an H200 emulating 24 GB (Edit 1024, fp8 weights): 0.47 s/step, 0.64x diffusers resident "
-        "bf16, peak 17.8 GiB.",
+        "Measured on an H200 emulating 24 GB (Edit 1024, fp8 weights, before fp8 fast accumulation): 0.47 s/step, "
+        "0.64x diffusers resident bf16, peak 17.8 GiB.",
     ),
     Profile(
         "multigpu",

@@ -48,7 +48,7 @@ EXPANSION_COST = {"fp8_e4m3fn": 1.08, "int8": 1.075, "nf4": 1.135}
 # The fast rungs: the linear layers at the measured rate of the 8-bit product (inputs quantized), reaching
 # this share of it in compiled blocks; attention and the elementwise work as in EFFICIENCY. Fitted to the
 # H200 runs of 2026-11-30 (bench/results/bench_*_speed_h200_2026-11-30*).
-FAST_EFFICIENCY = {"fp8": 0.8, "int8": 0.8}
+FAST_EFFICIENCY = {"fp8": 0.87, "int8": 0.8}
 
 
 @dataclass(frozen=True)

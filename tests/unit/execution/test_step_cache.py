@@ -71,6 +71,7 @@ def test_fastest_skips_the_blocks_off_schedule_and_reports_it(variant):
             assert len(calls) == len(cache_schedule(6)) == 4
             assert "step cache: 4 of 12 transformer outputs extrapolated" in result.record.plan
             assert "speed fastest: int8 W8A8" in result.record.plan
+            assert "benchmark: final latents 5.1e-01 from exact" in result.record.plan  # its deviation, beside it
         else:
             assert len(calls) == 6
     fast, fastest = images["fast"].double(), images["fastest"].double()

@@ -193,20 +193,19 @@ VAE_GROUP = SettingsGroup(
 SETTINGS_SCHEMA = (PRECISION_GROUP, OFFLOAD_GROUP, VAE_GROUP)
 
 
-class SettingError(QwenFitError):
-    """A value the settings refuse; ``field`` names the setting it belongs to (the preview route reports
-    the query parameter of that setting)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
+def setting_error(field: str, message: str) -> QwenFitError:
+    """A value the settings refuse, with ``field`` naming its setting (the preview route reports that
+    setting's query parameter); still a plain QwenFitError, as ComfyUI shows it to users."""
+    error = QwenFitError(message)
+    error.field = field
+    return error
 
 
 def _check(group: SettingsGroup, values: object) -> None:
     for choice in group.choices:
         value = getattr(values, choice.field)
         if value not in choice.options:
-            raise SettingError(
+            raise setting_error(
                 choice.field, f"{choice.label}={value!r} is not supported; pick one of {', '.join(choice.options)}."
             )
 
@@ -223,7 +222,7 @@ class PrecisionSettings:
     def __post_init__(self) -> None:
         _check(PRECISION_GROUP, self)
         if self.vae in COMPRESSED_PRECISIONS:
-            raise SettingError(
+            raise setting_error(
                 "vae",
                 f"the VAE cannot be stored in {self.vae} (it is only 0.25 GB and its convolutions are not "
                 "Linear layers); pick auto, bf16 or fp32 for the VAE.",

@@ -25,11 +25,10 @@ from optim.files.fp8_layouts import Fp8Layout, Fp8Weight, quantize_absmax
 from optim.planning.planner import Gpu
 from optim.planning.speed_ladder import choose_arithmetic
 from optim.planning.step_time import estimate_step
-from optim.quant.compressed_linear import enable_fast_arithmetic
+from optim.quant.compressed_linear import enable_fast_blocks
 from optim.quant.formats import QUANTIZED
 from optim.quant.fp8 import Fp8Linear
 from optim.quant.fp8_scope import FP8_SCOPES
-from optim.qwen.anatomy import is_modulation
 from optim.qwen.job_shape import JobShape
 from optim.qwen.variants import Variant
 from optim.settings import FP8, OffloadSettings
@@ -133,7 +132,7 @@ class QwenFitPreset:
                 components["transformer"], FP8_SCOPES["transformer"], arithmetic.store_as, device
             )
         if arithmetic.kind != "expanded":
-            enable_fast_arithmetic(components["transformer"].transformer_blocks, arithmetic.kind, skip=is_modulation)
+            enable_fast_blocks(components["transformer"].transformer_blocks, arithmetic.kind)
         compiled = self.compile_blocks or (arithmetic.rung != "exact" and can_compile(device))
         options = EngineOptions(offload, gpus, self.attention_backend, compiled, arithmetic)
         self._engine = PipelineEngine(pipeline, device, options)

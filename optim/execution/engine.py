@@ -97,8 +97,7 @@ class PipelineEngine:
         self.transformer = TransformerEngine(
             tr, device, self.blocks, self.modulation, pipeline.scheduler, options.attention_backend, options.offload.cfg
         )
-        if options.compile_blocks:
-            self.transformer.compile_blocks()
+        self.transformer.compile_blocks(options.compile_blocks)
         if options.arithmetic.step_cache:
             self.transformer.step_cache = StepCache()
         self.transformer.install()
@@ -177,6 +176,17 @@ class PipelineEngine:
             self.plan = plan
             log.info("%s", plan.describe())
         return plan
+
+    def use_arithmetic(self, arithmetic: Arithmetic, compile_blocks: bool) -> None:
+        """Run later jobs on another speed rung whose weights are stored as these are (the caller set the
+        layers' fast flags): compilation, step cache and attention choice follow; the next run re-plans."""
+        self.options = replace(self.options, arithmetic=arithmetic, compile_blocks=compile_blocks)
+        self.transformer.compile_blocks(compile_blocks)
+        self.transformer.step_cache = StepCache() if arithmetic.step_cache else None
+        if arithmetic.rung == "exact":
+            self.transformer.attention_backend = None
+            self.attention_note = ""
+        self.plan = None
 
     def _choose_attention(self, job: JobShape) -> None:
         """The fast rungs use the attention kernel measured fastest for this job's length; exact keeps

@@ -99,9 +99,13 @@ class TransformerEngine:
         self._mirrors: dict[tuple[Hashable, torch.device], list] = {}  # modulation rows on other GPUs
         self.step_cache: StepCache | None = None  # the fastest rung's (optim/execution/step_cache.py)
 
-    def compile_blocks(self) -> None:
-        """Compile the per-block computation once; every block reuses it (same shapes, weights as inputs)."""
-        self._block = torch.compile(self._block, dynamic=False)
+    def compile_blocks(self, on: bool = True) -> None:
+        """Compile the per-block computation once; every block reuses it (same shapes, weights as inputs).
+        ``on=False`` goes back to the eager method."""
+        if not on:
+            self.__dict__.pop("_block", None)
+        elif "_block" not in self.__dict__:
+            self._block = torch.compile(self._block, dynamic=False)
 
     def install(self) -> None:
         # An instance attribute wins over the class method, so nn.Module.__call__ runs ours.

@@ -27,13 +27,12 @@ from ..planning.model_sizes import ModelSizes, measure
 from ..planning.plan import ComponentPlacement, Plan
 from ..planning.planner import Gpu, plan_run
 from ..planning.speed_ladder import EXACT, Arithmetic, choose_arithmetic
-from ..quant.compressed_linear import enable_fast_arithmetic
+from ..quant.compressed_linear import enable_fast_blocks, reset_fast_arithmetic
 from ..quant.dtypes import compute_dtype, dtype_name
 from ..quant.formats import QUANTIZED, quantize_linears
 from ..quant.fp8_scope import FP8_AS_STORED, FP8_NONE, FP8_SCOPES, fp8_mode
 from ..qwen.anatomy import (
     is_language_block_linear,
-    is_modulation,
     is_modulation_key,
     is_text_unit_key,
     is_transformer_block_key,
@@ -297,7 +296,7 @@ def _build(
         if kind in QUANTIZED:  # weight-only integer formats: quantized layer by layer after loading
             quantize_linears(module, kind, FP8_SCOPES[part])
     if arithmetic.kind != "expanded":
-        enable_fast_arithmetic(transformer.transformer_blocks, arithmetic.kind, skip=is_modulation)
+        enable_fast_blocks(transformer.transformer_blocks, arithmetic.kind)
     checkpoint("load")
     vae = build_vae(desc.vae, desc.architecture, desc.folder_config("vae"), desc.vae_channels, dtypes["vae"], home)
     tokenizer = Qwen2Tokenizer.from_pretrained(str(desc.tokenizer_dir), local_files_only=True)
@@ -392,6 +391,26 @@ def load_pipeline(request: LoadRequest, checkpoint: Callable[[str], None] | None
     )
     log.info("QwenFit loaded %s:\n%s", request.source.name, loaded.describe_default_plan())
     return loaded
+
+
+def switch_speed(loaded: LoadedPipeline, request: LoadRequest) -> LoadedPipeline | None:
+    """``loaded`` moved to ``request``'s speed rung without loading again, or None when ``request`` differs
+    otherwise or its rung needs the blocks stored in another form (quantized on load): then load anew.
+    An fp8 or int8 file switches between exact, fast and fastest in place."""
+    same_rest = replace(request, precision=replace(request.precision, speed=loaded.request.precision.speed))
+    if loaded.engine is None or same_rest != loaded.request:
+        return None
+    arithmetic = arithmetic_for(request, describe(request), loaded.gpus)
+    if arithmetic.store_as != loaded.arithmetic.store_as:
+        return None
+    blocks = loaded.pipeline.transformer.transformer_blocks
+    reset_fast_arithmetic(blocks)
+    if arithmetic.kind != "expanded":
+        enable_fast_blocks(blocks, arithmetic.kind)
+    device = torch.device(request.device)
+    loaded.engine.use_arithmetic(arithmetic, arithmetic.rung != "exact" and can_compile(device))
+    log.info("QwenFit: %s switched to %s without loading again", request.source.name, arithmetic.describe())
+    return replace(loaded, request=request, arithmetic=arithmetic)
 
 
 def release_memory() -> None:

@@ -6,7 +6,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from .loader import LoadedPipeline, LoadRequest, load_pipeline, release_memory
+from .loader import LoadedPipeline, LoadRequest, load_pipeline, release_memory, switch_speed
 
 log = logging.getLogger("qwenfit")
 
@@ -15,7 +15,8 @@ class PipelineCache:
     """One loaded pipeline per distinct :class:`LoadRequest`.
 
     A different request frees the pipeline held so far before loading the new one, so two
-    20B models never sit in memory together.
+    20B models never sit in memory together; one that differs only in a speed rung the stored weights
+    can run switches the held pipeline in place.
     """
 
     def __init__(self) -> None:
@@ -35,6 +36,10 @@ class PipelineCache:
         with self._lock:
             if self._loaded is not None and self._request == request:
                 return self._loaded
+            switched = switch_speed(self._loaded, request) if self._loaded is not None else None
+            if switched is not None:  # another speed rung on the same stored weights: no load
+                self._loaded, self._request = switched, request
+                return switched
             self._drop()
             if before_load is not None:
                 before_load()

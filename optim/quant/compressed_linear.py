@@ -16,6 +16,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ..qwen.anatomy import is_modulation
 from .low_precision import supports
 
 META = torch.device("meta")
@@ -90,6 +91,20 @@ def enable_fast_arithmetic(root: nn.Module, arithmetic: str, skip: Callable[[str
     for layer in layers:
         layer.fast = True
     return len(layers)
+
+
+def enable_fast_blocks(blocks: nn.ModuleList, arithmetic: str) -> int:
+    """The fast rung's layers: each transformer block's attention and MLP Linears multiply in
+    ``arithmetic``; its modulation layers stay exact (they run once per schedule, into a table: no speed
+    to gain, and their error would reach every step). Returns how many layers multiply in 8 bits."""
+    return sum(enable_fast_arithmetic(block, arithmetic, skip=is_modulation) for block in blocks)
+
+
+def reset_fast_arithmetic(root: nn.Module) -> None:
+    """Every compressed Linear under ``root`` back to its format's own default (expanding, but for formats
+    made for 8-bit products, which always multiply so)."""
+    for layer in compressed_layers(root):
+        layer.__dict__.pop("fast", None)
 
 
 def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:

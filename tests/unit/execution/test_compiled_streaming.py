@@ -14,7 +14,7 @@ from optim.execution.block_streamer import BlockStreamer
 from optim.execution.cfg_pairing import TextInput
 from optim.execution.modulation import ModulationTable
 from optim.execution.transformer_engine import TransformerEngine
-from optim.quant.compressed_linear import enable_fast_arithmetic
+from optim.quant.compressed_linear import enable_fast_blocks
 from optim.quant.formats import quantize_linears
 from optim.qwen.anatomy import is_modulation
 from optim.qwen.variants import Variant
@@ -23,8 +23,9 @@ from optim.settings import INT8
 
 def _streamed_engine(transformer, fast: bool) -> TransformerEngine:
     if fast:
-        quantize_linears(transformer.transformer_blocks, INT8, lambda name: not is_modulation(name))
-        enable_fast_arithmetic(transformer.transformer_blocks, "int8", skip=is_modulation)
+        for block in transformer.transformer_blocks:
+            quantize_linears(block, INT8, lambda name: not is_modulation(name))
+        enable_fast_blocks(transformer.transformer_blocks, "int8")
     modulation = ModulationTable(transformer, CPU, pin=False)
     streamer = BlockStreamer(transformer.transformer_blocks, CPU, skip=is_modulation, pin=False)
     streamer.configure((), 2)  # every block streams through two slots

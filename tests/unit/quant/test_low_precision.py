@@ -115,3 +115,20 @@ def test_fast_arithmetic_is_switched_on_only_where_the_format_and_widths_allow()
     nf4 = torch.nn.Sequential(Nf4Linear(torch.randn(128, 256), None))
     with pytest.raises(ValueError, match="nf4"):
         enable_fast_arithmetic(nf4, "int8")
+
+
+def test_the_blocks_multiply_in_8_bits_but_their_modulation_stays_exact():
+    """Modulation runs once per schedule into a table: 8-bit products there would only add error."""
+    from tiny_transformer import seven_block_transformer
+
+    from optim.quant.compressed_linear import compressed_layers, enable_fast_blocks
+    from optim.quant.formats import quantize_linears
+    from optim.qwen.variants import Variant
+
+    blocks = seven_block_transformer(Variant.EDIT_2509).transformer_blocks
+    quantize_linears(blocks, "int8", lambda name: True)  # modulation included, as an int8 file stores it
+    assert enable_fast_blocks(blocks, "int8") > 0
+    for block in blocks:
+        for name, layer in block.named_modules():
+            if layer in compressed_layers(block):
+                assert layer.fast == (name.split(".")[0] not in ("img_mod", "txt_mod")), name

@@ -9,24 +9,14 @@ Backends that download kernels at run time (diffusers' ``*_hub``) are never cand
 
 from __future__ import annotations
 
-import time
-
 import torch
+
+from .device_speed import best_seconds
 
 CANDIDATES = ("native", "_native_cudnn", "_native_flash", "_native_efficient")
 HEADS, HEAD_DIM = 24, 128
 _REPEATS = 5
 _chosen: dict[tuple[str, int], tuple[str, dict[str, float]]] = {}
-
-
-def _time(dispatch, backend, q, k, v, device: torch.device) -> float:
-    dispatch(q, k, v, backend=backend)  # warm-up (kernel selection)
-    torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(_REPEATS):
-        dispatch(q, k, v, backend=backend)
-    torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) / _REPEATS
 
 
 def fastest_attention(device: torch.device, tokens: int, dtype: torch.dtype) -> tuple[str | None, dict[str, float]]:
@@ -44,7 +34,9 @@ def fastest_attention(device: torch.device, tokens: int, dtype: torch.dtype) -> 
         with torch.inference_mode():
             for name in CANDIDATES:
                 try:
-                    timings[name] = _time(dispatch_attention_fn, AttentionBackendName(name), q, k, v, device)
+                    backend = AttentionBackendName(name)
+                    run = lambda b=backend: dispatch_attention_fn(q, k, v, backend=b)  # noqa: E731
+                    timings[name] = best_seconds(run, device, _REPEATS)
                 except Exception:  # a kernel this GPU, dtype or build lacks: not a candidate here
                     continue
         del q, k, v

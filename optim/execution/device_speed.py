@@ -3,8 +3,10 @@ bytes/s, with small buffers (under 300 MiB of VRAM, 32 MiB of pinned memory), ne
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -16,26 +18,34 @@ from ..quant.low_precision import quantize_rows_fp8, quantize_rows_int8
 TRIALS = 3
 
 
-def _time_matmul(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> float:
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    torch.matmul(a, b)  # warm-up (kernel selection)
-    best = 0.0
+def best_seconds(run: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Seconds per call of ``run``, the best of TRIALS timings of ``repeats`` calls after one warm-up
+    (kernel selection), synchronised on ``device``."""
+    cuda = device.type == "cuda"
+    run()
+    best = math.inf
     for _ in range(TRIALS):
-        if device.type == "cuda":
+        if cuda:
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         for _ in range(repeats):
-            torch.matmul(a, b)
-        if device.type == "cuda":
+            run()
+        if cuda:
             torch.cuda.synchronize(device)
-        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start))
+        best = min(best, (time.perf_counter() - start) / repeats)
     return best
 
 
-def _time_fast_matmul(device: torch.device, kind: str, n: int, repeats: int) -> float:
-    """FLOP/s of the 8-bit product itself (inputs already quantized), as the compiled blocks run it:
-    there the activations' quantization is fused into the preceding elementwise kernels."""
+def _time_matmul(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n**3 / best_seconds(lambda: torch.matmul(a, b), device, repeats)
+
+
+def _time_fast_matmul(device: torch.device, kind: str, n: int) -> float:
+    """FLOP/s of the 8-bit product itself, inputs already quantized (in the compiled blocks the activations'
+    quantization fuses into the elementwise kernels before it). fp8 is timed with promoted accumulation:
+    FAST_EFFICIENCY (optim/planning/step_time.py) was fitted to rates measured so."""
     x = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     w = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     if kind == "fp8":
@@ -45,41 +55,19 @@ def _time_fast_matmul(device: torch.device, kind: str, n: int, repeats: int) -> 
     else:
         xq, wq = quantize_rows_int8(x)[0], quantize_rows_int8(w)[0]
         run = lambda: torch._int_mm(xq, wq.t())  # noqa: E731
-    return _best_rate(run, device, 2 * n**3 * repeats, repeats)
-
-
-def _best_rate(run, device: torch.device, flops: float, repeats: int) -> float:
-    run()
-    best = 0.0
-    for _ in range(TRIALS):
-        torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            run()
-        torch.cuda.synchronize(device)
-        best = max(best, flops / (time.perf_counter() - start))
-    return best
+    return 2 * n**3 / best_seconds(run, device, 10)
 
 
 def _fast_rates(device: torch.device) -> tuple[tuple[str, float], ...]:
     capability = torch.cuda.get_device_capability(device)
     kinds = [k for k, need in (("fp8", FP8_CAPABILITY), ("int8", INT8_CAPABILITY)) if capability >= need]
-    return tuple((kind, _time_fast_matmul(device, kind, 4096, 10)) for kind in kinds)
+    return tuple((kind, _time_fast_matmul(device, kind, 4096)) for kind in kinds)
 
 
 def _time_copy(device: torch.device, nbytes: int, repeats: int) -> float:
     host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
     target = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    target.copy_(host, non_blocking=True)
-    best = 0.0
-    for _ in range(TRIALS):
-        torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            target.copy_(host, non_blocking=True)
-        torch.cuda.synchronize(device)
-        best = max(best, nbytes * repeats / (time.perf_counter() - start))
-    return best
+    return nbytes / best_seconds(lambda: target.copy_(host, non_blocking=True), device, repeats)
 
 
 _speeds: dict[tuple[str, torch.dtype], DeviceSpeed] = {}

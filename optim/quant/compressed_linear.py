@@ -60,7 +60,7 @@ class CompressedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        if self.fast:
+        if self.fast and supports(self.in_features, self.out_features):  # widths the kernels take
             return self.fast_forward(x, bias)
         return nn.functional.linear(x, self.dequantized_weight(x.dtype), bias)
 

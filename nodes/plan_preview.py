@@ -167,11 +167,6 @@ def preview_json(settings: PreviewSettings, answer: Preview, device: str) -> dic
             "text": "\n".join(host.describe_lines()),
         },
         "notes": [*(host.notes if host else ()), *plan.notes, *answer.notes, *_rung_note(answer)],
-        "speed": {
-            "rung": plan.arithmetic.rung,
-            "text": plan.arithmetic.describe(),
-            "rungs": [{"rung": rung, "seconds_per_step": seconds} for rung, seconds in answer.rungs],
-        },
         "budget_bytes": plan.budget_bytes,
         "phases": [{"name": name, "peak_bytes": peak} for name, peak in plan.phase_peaks],
         "predicted_peak_bytes": plan.predicted_peak_bytes,

@@ -100,11 +100,11 @@ def choose_arithmetic(speed: str, storage: str, capabilities: Sequence[tuple[int
     gpus = [c for c in capabilities if c is not None]
     weakest = min(gpus) if gpus else None
     native = _NATIVE.get(storage, "dense")
-    if speed == "exact" or (speed == "auto" and storage != FP8_FAST):
-        if speed == "auto":
-            return _auto(storage, native, weakest)
-        if storage == FP8_FAST:  # quantized for fp8 matmuls: there is no exact form of it
-            return Arithmetic("fast", "fp8", None, False, "fp8_e4m3fn_fast weights always multiply in fp8")
+    if storage == FP8_FAST and speed in ("auto", "exact"):  # quantized for fp8 matmuls: no exact form
+        return Arithmetic("fast", "fp8", None, False, "fp8_e4m3fn_fast weights always multiply in fp8")
+    if speed == "auto":
+        return _auto(storage, native, weakest)
+    if speed == "exact":
         return EXACT
     if native is None:
         raise QwenFitError(

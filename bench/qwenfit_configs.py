@@ -127,7 +127,7 @@ class QwenFitPreset:
         )
         storage = {"fp8": FP8, "bf16": "bf16"}.get(self.precision, self.precision)
         arithmetic = choose_arithmetic(self.speed, storage, [g.capability for g in gpus])
-        if arithmetic.store_as not in (None, self.precision) and self.precision == "bf16":
+        if arithmetic.store_as is not None:  # bf16 weights quantized for the 8-bit product, as the loader does
             self._swaps += swap_linears(
                 components["transformer"], FP8_SCOPES["transformer"], arithmetic.store_as, device
             )

@@ -76,6 +76,7 @@ import os
 import sys
 import time
 import traceback
+import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -552,6 +553,7 @@ def run_native(a: argparse.Namespace) -> dict:
     peaks = [p for p in meter.phases.values() if "peak_reserved_bytes" in p]
     record["peak_reserved_bytes"] = max((p["peak_reserved_bytes"] for p in peaks), default=None)
     record["peak_allocated_bytes"] = max((p["peak_allocated_bytes"] for p in peaks), default=None)
+    record["host_rss_peak_bytes"] = _host_rss_peak()
     return record
 
 
@@ -562,6 +564,7 @@ def run_qwenfit(a: argparse.Namespace) -> dict:
 
     from bench.jobs import synthetic_image
     from optim import EditJob, LoadRequest, OffloadSettings, PrecisionSettings, SplitFiles, load_pipeline, run_edit
+    from optim.execution.arena_fill import current_stats
 
     cuda = a.device == "cuda"
     card = {"8": "8 GB", "24": "24 GB", "none": "unlimited"}[a.card]
@@ -573,8 +576,12 @@ def run_qwenfit(a: argparse.Namespace) -> dict:
     tokenizer = REPO / ".cache" / "comfyui" / "comfy" / "text_encoders" / "qwen25_tokenizer"
     source = SplitFiles(a.models / transformer, a.models / TEXT_ENCODER, a.models / VAE, tokenizer)
     record: dict = {"runner": f"QwenFit {card} preset, speed {a.speed}", "card": a.card, "layout": layout}
+    from optim.loading.library_imports import import_libraries
+
+    # In ComfyUI the pack imports these while the server starts (nodes/__init__.py); a fresh process pays here.
+    record["import_seconds"] = import_libraries()
     try:
-        start = time.perf_counter()
+        start = start_clock = time.perf_counter()
         request = LoadRequest(
             source,
             precision=PrecisionSettings(speed=a.speed),
@@ -583,6 +590,7 @@ def run_qwenfit(a: argparse.Namespace) -> dict:
         )
         loaded = load_pipeline(request)
         record["load_seconds"] = time.perf_counter() - start
+        record["load_phases"] = loaded.load_times.phases if loaded.load_times is not None else None
         image = synthetic_image(1024, "RGB")
         runs = []
         for seed in (a.seed, a.seed + 1):
@@ -594,6 +602,14 @@ def run_qwenfit(a: argparse.Namespace) -> dict:
             result = run_edit(loaded, [image], job)
             if "first_image_seconds" not in record:
                 record["first_image_seconds"] = time.perf_counter() - start
+                fill = current_stats()  # the weights read in the background while the first image ran
+                record["background_fill"] = {
+                    "bytes": fill.bytes_read,
+                    "seconds": (fill.finished - fill.started) if fill.finished else None,
+                    "read_seconds": fill.read_seconds,
+                    "lock_seconds": fill.lock_seconds,
+                    "since_load_start": (fill.finished - start_clock) if fill.finished else None,
+                }
             denoise = next(p for p in result.record.phases if p.name == "denoise")
             runs.append(
                 {"seconds": result.seconds, "denoise_seconds": denoise.seconds, "peak": result.record.peak_reserved}
@@ -601,12 +617,79 @@ def run_qwenfit(a: argparse.Namespace) -> dict:
             record["plan"] = result.record.plan
         record["runs"] = runs
         record["seconds_per_step_steady"] = runs[-1]["denoise_seconds"] / a.steps  # second run, every step
+        if a.loras:
+            record["lora_stack"] = _lora_stack_rows(a, loaded, image, cuda)
         record["peak_reserved_bytes"] = max(r["peak"] for r in runs)
         record["peak_allocated_bytes"] = torch.cuda.max_memory_allocated() if cuda else None
+        record["host_rss_peak_bytes"] = _host_rss_peak()
     except Exception as error:
         record["error"] = f"{type(error).__name__}: {error}"[:2000]
         record["traceback"] = traceback.format_exc()[-4000:]
     return record
+
+
+def _lora_stack_rows(a: argparse.Namespace, loaded, image, cuda: bool) -> dict:
+    """The same job with a stack of ``a.loras`` random rank-64 LoRAs (lightx2v and PEFT styles alternating),
+    then with one strength changed, then with one LoRA removed: s/step against the same pipeline without LoRAs,
+    and what each change cost (the view, then the run's seconds over the steady run's)."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "tests"))
+    # The tests' helpers import their server client's websocket package, which a bench machine may lack
+    # (writing a LoRA file never uses it).
+    sys.modules.setdefault("websocket", types.ModuleType("websocket"))
+    from real_size import write_real_size_lora
+
+    from optim import EditJob, LoraChoice, LoraStack, run_edit
+
+    folder = a.models / "loras"
+    folder.mkdir(exist_ok=True)
+    start = time.perf_counter()
+    files = [
+        write_real_size_lora(folder / f"bench_{i}.safetensors", ("lightx2v", "peft")[i % 2], seed=i)
+        for i in range(a.loras)
+    ]
+    out: dict = {"write_seconds": time.perf_counter() - start, "runs": []}
+    job = EditJob(PROMPT, negative_prompt="", true_cfg_scale=a.cfg, steps=a.steps, seed=a.seed, width=1024, height=1024)
+    stacks = [
+        ("stack, first run", LoraStack(tuple(LoraChoice(Path(f)) for f in files))),
+        ("stack, steady", None),
+        ("first strength 0.5", LoraStack((LoraChoice(Path(files[0]), 0.5), *(LoraChoice(Path(f)) for f in files[1:])))),
+        ("first removed", LoraStack(tuple(LoraChoice(Path(f)) for f in files[1:]))),
+    ]
+    view = loaded
+    for name, stack in stacks:
+        begin = time.perf_counter()
+        if stack is not None:
+            view = loaded.with_loras(stack)
+        made = time.perf_counter() - begin
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        result = run_edit(view, [image], job)
+        denoise = next(p for p in result.record.phases if p.name == "denoise")
+        out["runs"].append(
+            {
+                "name": name,
+                "view_seconds": made,
+                "seconds": result.seconds,
+                "denoise_seconds": denoise.seconds,
+                "seconds_per_step": denoise.seconds / a.steps,
+                "peak": result.record.peak_reserved,
+            }
+        )
+    out["plan"] = result.record.plan
+    return out
+
+
+def _host_rss_peak() -> int | None:
+    """The process's peak resident memory (VmHWM), Linux only."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 # ---- table ----------------------------------------------------------------------------------------
@@ -634,8 +717,11 @@ def latent_deviation(result: dict, reference: Path) -> tuple[float, float] | Non
 def table(results: list[dict], reference: Path | None = None) -> str:
     """A Markdown table of run results: any dicts with ROW_KEYS (a missing key prints as "-"). With
     ``reference`` (a latent .safetensors, key "latent"), the final latents' deviation from it."""
-    head = "| runner | card | file layout | s/step steady | load s | first image s | peak reserved GiB | peak allocated GiB "
-    rule = "|---|---|---|---|---|---|---|---|"
+    head = (
+        "| runner | card | file layout | s/step steady | load s | weights in host memory s | first image s "
+        "| peak reserved GiB | peak allocated GiB | host RSS peak GiB "
+    )
+    rule = "|---|---|---|---|---|---|---|---|---|---|"
     if reference is not None:
         head, rule = head + "| latent rel L2 / max abs ", rule + "---|"
     lines = [head + "| notes |", rule + "---|"]
@@ -647,8 +733,10 @@ def table(results: list[dict], reference: Path | None = None) -> str:
         notes = notes.replace("|", "/").replace("\n", " ")[:160]
         row = (
             f"| {r.get('runner', '-')} | {card} | {r.get('layout', '-')} | {_num(r.get('seconds_per_step_steady'), 1, 3)} "
-            f"| {_num(r.get('load_seconds'), 1, 1)} | {_num(r.get('first_image_seconds'), 1, 1)} "
+            f"| {_num(r.get('load_seconds'), 1, 1)} | {_num((r.get('background_fill') or {}).get('since_load_start'), 1, 1)} "
+            f"| {_num(r.get('first_image_seconds'), 1, 1)} "
             f"| {_num(r.get('peak_reserved_bytes'), GIB)} | {_num(r.get('peak_allocated_bytes'), GIB)} "
+            f"| {_num(r.get('host_rss_peak_bytes'), GIB)} "
         )
         if reference is not None:
             deviation = latent_deviation(r, reference)
@@ -660,6 +748,7 @@ def table(results: list[dict], reference: Path | None = None) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("write", "run-native", "run-qwenfit", "table"))
+    parser.add_argument("--loras", type=int, default=0, help="run-qwenfit: then a stack of N random rank-64 LoRAs")
     parser.add_argument("--speed", default="fast", help="run-qwenfit: the speed rung (exact, fast, fastest)")
     parser.add_argument("--tokenizer", type=Path, help="write: ComfyUI's comfy/text_encoders/qwen25_tokenizer")
     parser.add_argument("--models", type=Path)

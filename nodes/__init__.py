@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from ..optim import import_libraries_in_background
 from .edit import InstructEdit
 from .layered import LayeredDecompose
 from .live_monitor import live_monitor
 from .loader import OptimizedLoader
+from .lora import QwenFitLora
 from .monitor import VRAMMonitor
 from .routes import register_routes
 from .settings import OffloadToggle, PrecisionSelector, VAESlicer
 
 NODES: list[type[io.ComfyNode]] = [
     OptimizedLoader,
+    QwenFitLora,
     PrecisionSelector,
     OffloadToggle,
     VAESlicer,
@@ -44,6 +47,9 @@ class QwenFitExtension(ComfyExtension):
         routes to the app)."""
         if not QwenFitExtension._loaded:
             QwenFitExtension._loaded = True
+            # diffusers and transformers take seconds to import: done while the server starts, not at the
+            # first load.
+            import_libraries_in_background()
             _serve_the_browser()
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:

@@ -7,6 +7,7 @@ from comfy_api.latest import io, ui
 from ..optim import EditJob, LoadedPipeline, job_limits, run_edit
 from .comfy_glue import node_run, phase_checkpoint, progress_callback
 from .image_inputs import images_from_batches
+from .loader import held
 from .types import CATEGORY, SEED_MAX, QwenPipeline
 
 
@@ -84,6 +85,7 @@ class InstructEdit(io.ComfyNode):
             height=height,
         )
         node_id = cls.hidden.unique_id
+        pipeline = held(pipeline)  # loaded again if another model replaced it
         with node_run(node_id):
             result = run_edit(
                 pipeline, references, job, on_step=progress_callback(steps, node_id), checkpoint=phase_checkpoint

@@ -19,6 +19,7 @@ from ..optim import (
 )
 from .comfy_glue import node_run, output_directory, phase_checkpoint, progress_callback
 from .image_inputs import images_from_batches
+from .loader import held
 from .types import CATEGORY, SEED_MAX, QwenPipeline
 
 
@@ -117,6 +118,7 @@ class LayeredDecompose(io.ComfyNode):
             seed=seed,
         )
         node_id = cls.hidden.unique_id
+        pipeline = held(pipeline)  # loaded again if another model replaced it
         with node_run(node_id):
             result = run_layered(
                 pipeline, source, job, on_step=progress_callback(steps, node_id), checkpoint=phase_checkpoint

@@ -8,6 +8,7 @@ from ..optim import (
     AUTO,
     PICKLE_SUFFIXES,
     VARIANT_CHOICES,
+    LoadedPipeline,
     LoadRequest,
     OffloadSettings,
     PipelineCache,
@@ -81,8 +82,9 @@ class OptimizedLoader(io.ComfyNode):
                     options=["none", *lora_names(model_roots)],
                     default="none",
                     optional=True,
-                    tooltip="A LoRA from models/loras, merged into the weights at load. A Lightning LoRA (4/8 "
-                    "steps) also switches the scheduler to its settings and CFG off.",
+                    tooltip="A LoRA from models/loras, applied as each layer runs: changing it or its strength "
+                    "never reloads the model. A Lightning LoRA (4/8 steps) also switches the scheduler to its "
+                    "settings and CFG off. Stack more with QwenFit LoRA nodes.",
                 ),
                 io.Float.Input("lora_strength", default=1.0, min=-4.0, max=4.0, step=0.05, optional=True),
                 PrecisionConfig.Input("precision", optional=True, tooltip="From QwenFit Precision; default auto."),
@@ -130,9 +132,18 @@ class OptimizedLoader(io.ComfyNode):
             precision=precision or PrecisionSettings(),
             offload=offload or OffloadSettings(),
             device=str(compute_device()),
-            lora=lora_from_name(model_roots, lora, lora_strength),
         )
+        choice = lora_from_name(model_roots, lora, lora_strength)  # a bad strength is refused before loading
         loaded = PIPELINES.get(request, before_load=free_comfy_models, checkpoint=phase_checkpoint)
-        loaded = loaded.with_vae(vae_settings or VaeSettings())
-        plan = loaded.describe_default_plan()
+        loaded = loaded.with_vae(vae_settings or VaeSettings()).with_lora(choice)
+        plan = f"{loaded.describe_load()}\n{loaded.describe_default_plan()}"
         return io.NodeOutput(loaded, plan, ui=ui.PreviewText(plan))
+
+
+def held(pipeline: LoadedPipeline) -> LoadedPipeline:
+    """The pipeline a run node was given, loaded again when another selection replaced it since: QwenFit
+    holds one pipeline at a time, and ComfyUI hands on a loader's earlier output without running it again."""
+    if not pipeline.released:
+        return pipeline
+    current = PIPELINES.get(pipeline.request, before_load=free_comfy_models, checkpoint=phase_checkpoint)
+    return pipeline.same_view_of(current)

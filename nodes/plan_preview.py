@@ -7,6 +7,7 @@ come from the core's settings schema, so the preview reads every setting the nod
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -24,7 +25,8 @@ from ..optim import (
 )
 
 JOB_KINDS = ("auto", "edit", "layered")
-MODEL_PARAMETERS = ("model", "variant", "text_encoder", "vae", "lora")
+MODEL_PARAMETERS = ("model", "variant", "text_encoder", "vae", "lora", "lora_strength", "loras")
+MAX_LORAS = 16  # QwenFit LoRA nodes in one chain the preview reads
 JOB_PARAMETERS = (
     "job", "width", "height", "aspect", "references", "layers", "resolution", "steps", "cfg_scale", "caption",
 )  # fmt: skip
@@ -93,6 +95,26 @@ def _settings(params: Mapping[str, str], group: SettingsGroup) -> Any:
         raise BadParameter(choice.query, str(error)) from None
 
 
+def _lora_chain(params: Mapping[str, str], loras: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
+    """The QwenFit LoRA nodes' choices: ``loras`` is a JSON list of [name, strength] pairs."""
+    raw = params.get("loras")
+    if raw is None:
+        return ()
+    try:
+        pairs = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise BadParameter("loras", "is not JSON; give a list of [name, strength] pairs") from None
+    if not isinstance(pairs, list) or len(pairs) > MAX_LORAS:
+        raise BadParameter("loras", f"give a list of at most {MAX_LORAS} [name, strength] pairs")
+    chain = []
+    for pair in pairs:
+        if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)):
+            raise BadParameter("loras", "each entry is a [name, strength] pair")
+        name = _choice({"loras": pair[0]}, "loras", loras, "")
+        chain.append((name, _number({"loras": pair[1]}, "loras", float, -4.0, 4.0, 1.0)))
+    return tuple(chain)
+
+
 def parse_preview_query(params: Mapping[str, str], choices: ModelChoices) -> PreviewSettings:
     """Check every parameter of a preview request; raises ``BadParameter`` at the first wrong one."""
     limits = job_limits
@@ -121,6 +143,8 @@ def parse_preview_query(params: Mapping[str, str], choices: ModelChoices) -> Pre
         text_encoder=_choice(params, "text_encoder", ("auto", *choices.text_encoders), "auto"),
         vae=_choice(params, "vae", ("auto", *choices.vaes), "auto"),
         lora=_choice(params, "lora", ("none", *choices.loras), "none"),
+        lora_strength=_number(params, "lora_strength", float, -4.0, 4.0, 1.0),
+        loras=_lora_chain(params, choices.loras),
         precision=precision,
         offload=offload,
         vae_settings=vae_settings,
@@ -172,6 +196,10 @@ def preview_json(settings: PreviewSettings, answer: Preview, device: str) -> dic
         "predicted_peak_bytes": plan.predicted_peak_bytes,
         "pinned_bytes": plan.pinned_bytes,
         "seconds_per_step": plan.seconds_per_step,
+        "loras": [
+            {"name": line.name, "strength": line.strength, "rank": line.rank, "bytes": line.nbytes}
+            for line in plan.loras.lines
+        ],
         "plan": {
             "blocks": sizes.blocks,
             "resident_blocks": len(plan.resident_blocks),

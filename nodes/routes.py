@@ -26,6 +26,7 @@ from ..optim import (
     arena_bytes,
     last_run,
     lora_names,
+    lora_stack_from_names,
     preview,
     same_pipeline,
     schema_json,
@@ -148,9 +149,11 @@ def _preview_now(params: dict[str, str]) -> dict[str, Any]:
     # The pipeline of these very settings is loaded: its budgets were fixed at load ("auto" read once).
     loaded_gpus = held.gpus if held is not None and same_pipeline(settings, source, held.request) else None
     device = compute_device()
+    loras = lora_stack_from_names(model_roots, ((settings.lora, settings.lora_strength), *settings.loras))
     answer = preview(
-        settings, source, device, last_run(), may_measure_speed=lambda: not monitor.run_active, loaded_gpus=loaded_gpus
-    )
+        settings, source, device, last_run(), may_measure_speed=lambda: not monitor.run_active,
+        loaded_gpus=loaded_gpus, loras=loras,
+    )  # fmt: skip
     return preview_json(settings, answer, str(device))
 
 

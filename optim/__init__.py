@@ -9,11 +9,13 @@ only the ones below it (README, Developers; checked by tests/unit/test_import_co
 
 from .errors import QwenFitError
 from .execution.host_arena import arena_bytes
+from .files.lora import LoraChoice, LoraStack
 from .files.model_choices import (
     ModelRoots,
     is_weight_file,
     lora_from_name,
     lora_names,
+    lora_stack_from_names,
     model_names,
     source_from_names,
     text_encoder_names,
@@ -29,6 +31,7 @@ from .jobs.images import check_image_batch, check_one_image, tensor_to_pil, with
 from .jobs.layered import LayeredJob, LayeredResult, run_layered
 from .jobs.plan_preview import Preview, PreviewSettings, preview, same_pipeline
 from .jobs.psd_export import save_layers_psd
+from .loading.library_imports import import_libraries_in_background
 from .loading.loader import LoadedPipeline, LoadRequest, inspect_folder, load_pipeline, release_memory
 from .loading.pipeline_cache import PipelineCache
 from .monitoring.memory_chart import draw_run_chart
@@ -64,6 +67,8 @@ __all__ = [
     "LayeredJob",
     "LayeredResult",
     "LoadRequest",
+    "LoraChoice",
+    "LoraStack",
     "LoadedPipeline",
     "MemorySample",
     "MemorySampler",
@@ -102,8 +107,10 @@ __all__ = [
     "last_run_window",
     "list_pipeline_folders",
     "load_pipeline",
+    "import_libraries_in_background",
     "lora_from_name",
     "lora_names",
+    "lora_stack_from_names",
     "model_names",
     "monitor_report",
     "plan_run",

@@ -41,3 +41,70 @@ def split_files(transformer: str, variant: str, text_encoder: str = TE_BF16, vae
         MODELS / "vae" / (vae or VAE[variant]),
         TOKENIZER,
     )
+
+
+# ---- LoRA files in every key style the pack reads (random, deterministic, written on demand) -------
+
+LORA_STYLES = ("kohya", "peft", "comfy", "lightx2v")
+
+
+def layer_shapes(transformer_file: Path) -> dict[str, tuple[int, int]]:
+    """(out, in) of every 2-D weight of a transformer file, by module name (from its header)."""
+    from optim.files.safetensors_file import SafetensorsFile
+
+    file = SafetensorsFile(transformer_file)
+    return {
+        k[: -len(".weight")]: file.shape(k) for k in file.keys() if k.endswith(".weight") and len(file.shape(k)) == 2
+    }
+
+
+def lora_keys(style: str, layer: str) -> tuple[str, str, str]:
+    """(down key, up key, alpha key) of ``layer`` in ``style``."""
+    if style == "kohya":
+        stem = "lora_unet_" + layer.replace(".", "_")
+        return f"{stem}.lora_down.weight", f"{stem}.lora_up.weight", f"{stem}.alpha"
+    if style == "peft":
+        return f"transformer.{layer}.lora_A.weight", f"transformer.{layer}.lora_B.weight", f"transformer.{layer}.alpha"
+    if style == "comfy":
+        stem = f"diffusion_model.{layer}"
+        return f"{stem}.lora_A.weight", f"{stem}.lora_B.weight", f"{stem}.alpha"
+    if style == "lightx2v":  # bare module names, as lightx2v's Lightning files have them
+        return f"{layer}.lora_down.weight", f"{layer}.lora_up.weight", f"{layer}.alpha"
+    raise ValueError(f"unknown LoRA style {style!r}")
+
+
+def write_lora(
+    path: Path,
+    style: str,
+    shapes: dict[str, tuple[int, int]],
+    rank: int,
+    alpha: float | None,
+    seed: int,
+    size: float = 0.1,
+    dtype=None,
+) -> dict[str, tuple]:
+    """A random LoRA on the layers of ``shapes`` in ``style``, saved at ``path`` (PEFT style stores no alpha:
+    ``alpha`` must be None there, as PEFT keeps it in adapter_config.json). Returns {layer: (down, up,
+    alpha / rank)} in float32, for merging by hand."""
+    import torch
+    from safetensors.torch import save_file
+
+    dtype = dtype or (torch.bfloat16 if style == "lightx2v" else torch.float32)
+    generator = torch.Generator().manual_seed(seed)
+    tensors, factors = {}, {}
+    for layer, (out_features, in_features) in sorted(shapes.items()):
+        down = (torch.randn(rank, in_features, generator=generator) * size).to(dtype)
+        up = (torch.randn(out_features, rank, generator=generator) * size).to(dtype)
+        down_key, up_key, alpha_key = lora_keys(style, layer)
+        tensors[down_key], tensors[up_key] = down, up
+        if alpha is not None:
+            tensors[alpha_key] = torch.tensor(float(alpha))
+        factors[layer] = (down.float(), up.float(), (alpha if alpha is not None else rank) / rank)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return factors
+
+
+def block_layers(shapes: dict[str, tuple[int, int]], *parts: str) -> dict[str, tuple[int, int]]:
+    """The transformer-block layers of ``shapes`` whose names contain one of ``parts``."""
+    return {k: v for k, v in shapes.items() if k.startswith("transformer_blocks.") and any(p in k for p in parts)}

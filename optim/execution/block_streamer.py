@@ -6,9 +6,11 @@ run. Copies go on their own CUDA stream and run up to ``slots - 1`` blocks ahead
 streams wait on events only, so the host never synchronises per block. Compressed weights (fp8,
 int8, nf4) are streamed as stored and expanded on the GPU by their layers' forward.
 
-Blocks whose weights were left in the model files (a host short of RAM, see
-optim/files/file_tensors.py) are read from the files into a page-locked staging buffer per slot,
-then copied the same way; the read of the next block overlaps the compute of the current one.
+Weights the loader left in the model files (see optim/files/file_tensors.py) are either read into
+the arena in the background (optim/execution/arena_fill.py: a block waits only until its own slice
+is in) or, on a host short of RAM (``in_files``), read from the files at each use into a page-locked
+staging buffer per slot and copied the same way; the read of the next block overlaps the compute of
+the current one.
 
 Without CUDA the same bookkeeping runs with synchronous copies (that is how the CPU tests check
 that every block always computes with its own weights).
@@ -25,9 +27,10 @@ import torch
 from torch import nn
 
 from ..files.host_memory import TrimEvery, trim_host_heap
-from ..files.tensor_layout import ModuleLayout, bind, current_tensors, layout_of, pack, views
+from ..files.tensor_layout import ModuleLayout, bind, current_tensors, layout_of, views
+from .arena_fill import ArenaFill
 from .devices import indexed
-from .host_arena import HostArena
+from .host_arena import ALIGN, HostArena
 
 if TYPE_CHECKING:
     from ..files.file_tensors import FileFeed
@@ -56,36 +59,49 @@ class BlockStreamer:
         skip: Callable[[str], bool] = lambda name: False,
         pin: bool = True,
         feed: FileFeed | None = None,
+        in_files: bool = False,
     ) -> None:
+        """``feed`` has the recipes of the tensors the loader left in the files: they are read into the
+        arena in the background, or, with ``in_files``, from the files at each use (no arena)."""
         self.device = indexed(device)
         self._pin = pin and device.type == "cuda"
         self._layouts: list[ModuleLayout] = [layout_of(b, skip) for b in blocks]
         self.slot_bytes = max((lay.nbytes for lay in self._layouts), default=0)
-        if feed is not None and not all(map(feed.covers, self._layouts)):
+        if in_files and (feed is None or not all(map(feed.covers, self._layouts))):
             # The loader leaves either all of a stack's weights in the files or none of them.
             raise ValueError("some of these blocks' weights are neither in memory nor readable from the files")
-        self._feed = feed if self._layouts else None
+        self._feed = feed if in_files and self._layouts else None
         offsets, total = [], 0
         for lay in self._layouts:
             offsets.append(total)
-            total += lay.nbytes
+            total += -(-lay.nbytes // ALIGN) * ALIGN  # each slice page-locks on its own
         self.host_bytes = 0 if self._feed else total
         self._offsets = offsets
-        # Locked only once filled: the blocks' current tensors are freed one by one as they are copied.
+        # Locked slice by slice once filled: the blocks' current tensors are freed one by one as they are
+        # copied, and slices read from the files arrive in the background.
         self._arena = HostArena(self.host_bytes, pin=self._pin, lock_now=False)
+        self._fill = ArenaFill()
         trim = TrimEvery(256 * 2**20)
         self._staging: HostArena | None = None
         self._home: list[list[torch.Tensor]] = []
-        for lay, offset in zip(self._layouts, offsets, strict=True):
+        for block, (lay, offset) in enumerate(zip(self._layouts, offsets, strict=True)):
             if self._feed:  # placeholders: the values are read at each use
                 self._home.append(current_tensors(lay))
                 continue
             base = self._arena.view(offset, lay.nbytes)
-            pack(lay, base)
-            self._home.append(views(lay, base))
+            home = views(lay, base)
+            from_files = []
+            for place, now, view in zip(lay.places, current_tensors(lay), home, strict=True):
+                recipe = feed.recipe(place) if feed is not None else None
+                if recipe is None:
+                    view.copy_(now)  # read at load (converted or quantized): copied in now
+                else:
+                    from_files.append((recipe, view))
+            bind(lay, home)
+            self._home.append(home)
+            self._fill.queue(block, from_files, lambda o=offset, n=lay.nbytes: self._arena.lock_range(o, n))
             trim.add(lay.nbytes)
         trim_host_heap()
-        self._arena.lock()
         self._resident: dict[int, torch.Tensor] = {}  # block -> its persistent GPU copy
         self.order: list[int] = []
         self._position: dict[int, int] = {}
@@ -118,7 +134,8 @@ class BlockStreamer:
             del self._resident[block]
         for block in sorted(set(keep) - set(self._resident)):
             if keep[block].type == "cpu" and self._feed is None:
-                continue  # the host copy is already where a CPU computes
+                self._fill.wait(block)  # a CPU computes from the arena itself, without a hook per block
+                continue
             copy = self._host_copy(block).to(keep[block])
             self._resident[block] = copy
             bind(self._layouts[block], views(self._layouts[block], copy))
@@ -163,10 +180,16 @@ class BlockStreamer:
         """The block's bytes on the host: its arena slice, or a fresh buffer read from the files."""
         nbytes = self._layouts[block].nbytes
         if self._feed is None:
+            self._fill.wait(block)
             return self._arena.view(self._offsets[block], nbytes)
         buffer = torch.empty(nbytes, dtype=torch.uint8)
         self._feed.read_into(self._layouts[block], buffer)
         return buffer
+
+    def wait_until_filled(self) -> None:
+        """Return once every block's weights are in host memory (those read in the background included)."""
+        for block in range(len(self._layouts)):
+            self._fill.wait(block)
 
     def start(self) -> None:
         """Allocate the GPU ring and begin copying the first blocks."""
@@ -215,6 +238,7 @@ class BlockStreamer:
         block = self.order[p]
         nbytes = self._layouts[block].nbytes
         if self._feed is None:
+            self._fill.wait(block)
             source = self._arena.view(self._offsets[block], nbytes)
         else:
             index = sequence % self._slot_count
@@ -237,6 +261,7 @@ class BlockStreamer:
         """Before ``blocks[block]`` runs: its weights are on the GPU (the compute stream waits for them)."""
         p = self._position.get(block)
         if p is None:
+            self._fill.wait(block)  # resident: on a GPU it waited when copied; on the CPU it computes from the arena
             return
         if not self._slots:
             self.start()
@@ -268,9 +293,14 @@ class BlockStreamer:
 
     def release(self) -> None:
         """Free the GPU copies and unlock the host arena (the pipeline is being dropped)."""
+        self._fill.cancel()  # no read may land in memory that is about to be freed
         self.configure(())
         self.replicate(None)
         self._arena.release()
+        # The arena's memory goes with the last view of it: the blocks' own tensors are dropped by the
+        # caller (optim/files/file_tensors.py drop_weights), these here.
+        self._arena = HostArena(0, pin=False)
+        self._home = [[] for _ in self._layouts]
         if self._staging is not None:
             self._staging.release()
             self._staging = None

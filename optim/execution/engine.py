@@ -18,10 +18,11 @@ from typing import Any
 import torch
 
 from ..errors import QwenFitError
-from ..files.file_tensors import FileFeeds
-from ..planning.host_memory import HostMemory
+from ..files.file_tensors import FileFeeds, drop_weights
+from ..files.lora import LoraStack
+from ..planning.host_memory import FILES, HostMemory
 from ..planning.model_sizes import ModelSizes, measure
-from ..planning.plan import ComponentPlacement, Plan
+from ..planning.plan import NO_LORA_PLAN, ComponentPlacement, LoraPlan, Plan
 from ..planning.planner import Gpu, plan_run
 from ..planning.speed_ladder import EXACT, Arithmetic
 from ..qwen.anatomy import is_modulation
@@ -31,6 +32,7 @@ from .attention_choice import describe_choice, fastest_attention
 from .block_streamer import BlockStreamer
 from .cfg_pairing import TextInput
 from .devices import indexed
+from .lora_updates import LoraUpdates
 from .modulation import ModulationTable
 from .prompt_cache import PromptCache
 from .step_cache import StepCache
@@ -85,14 +87,20 @@ class PipelineEngine:
         self.sizes: ModelSizes = measure(pipeline)
         pin = device.type == "cuda"
         tr = pipeline.transformer
-        # Order matters: the modulation layers leave the blocks first, so blocks pack without them.
-        self.modulation = ModulationTable(tr, device, pin, feed=files.feed(tr))
-        self.blocks = BlockStreamer(tr.transformer_blocks, device, skip=is_modulation, pin=pin)
+        text_files = host is not None and host.text_encoder == FILES
+        modulation_files = host is not None and host.modulation == FILES
+        # Weights left in the files fill in the background in this order, the order a run needs them:
+        # the text encoder first. The modulation layers leave the blocks before those pack without them.
+        self.text = TextEncoderEngine(
+            pipeline.text_encoder, device, pin, feed=files.feed(pipeline.text_encoder), in_files=text_files
+        )
+        feed = files.feed(tr)
+        self.modulation = ModulationTable(tr, device, pin, feed=feed, in_files=modulation_files)
+        self.blocks = BlockStreamer(tr.transformer_blocks, device, skip=is_modulation, pin=pin, feed=feed)
         # The small parts outside the repeated blocks live on the GPU while the engine owns them.
         self._small_parts = [child for name, child in tr.named_children() if name != "transformer_blocks"]
         for child in self._small_parts:
             child.to(device)
-        self.text = TextEncoderEngine(pipeline.text_encoder, device, pin, feed=files.feed(pipeline.text_encoder))
         pipeline.vae.to(device)
         self.transformer = TransformerEngine(
             tr, device, self.blocks, self.modulation, pipeline.scheduler, options.attention_backend, options.offload.cfg
@@ -101,15 +109,17 @@ class PipelineEngine:
         if options.arithmetic.step_cache:
             self.transformer.step_cache = StepCache()
         self.transformer.install()
+        self.loras = LoraUpdates(tr)
         self.prompts = PromptCache(pipeline.encode_prompt, self.text.encoding, self._pair_prompts)
         pipeline.encode_prompt = self.prompts
         self.plan: Plan | None = None
         self.attention_note = ""
+        self.released = False  # release() ran: the weights are gone
         self._lean_budget: int | None = None  # set by lean_down() after an out-of-memory error
         self._lean_tiling = False
 
-    def plan_for(self, job: JobShape, vae: VaeSettings = DEFAULT_VAE) -> Plan:
-        """The plan this job would get (nothing moves)."""
+    def plan_for(self, job: JobShape, vae: VaeSettings = DEFAULT_VAE, loras: LoraPlan = NO_LORA_PLAN) -> Plan:
+        """The plan this job would get with ``loras`` applied (nothing moves)."""
         gpus = self.options.gpus
         if self._lean_budget is not None:  # after an out-of-memory error: a smaller budget
             gpus = tuple(replace(g, budget_bytes=_smaller(g.budget_bytes, self._lean_budget)) for g in gpus)
@@ -117,7 +127,7 @@ class PipelineEngine:
             vae = replace(vae, tiling="on")
         return plan_run(
             self.sizes, job, self.options.offload, vae, gpus, self.host, self.components, self.notes,
-            arithmetic=self.options.arithmetic,
+            arithmetic=self.options.arithmetic, loras=loras,
         )  # fmt: skip
 
     def lean_down(self, job: JobShape, vae: VaeSettings = DEFAULT_VAE) -> str:
@@ -158,9 +168,14 @@ class PipelineEngine:
             f"(predicted peak {plan.predicted_peak_bytes / GIB:.1f} GiB)"
         )
 
-    def prepare(self, job: JobShape, vae: VaeSettings = DEFAULT_VAE) -> Plan:
+    def prepare(self, job: JobShape, vae: VaeSettings = DEFAULT_VAE, loras: LoraPlan = NO_LORA_PLAN) -> Plan:
         """Plan ``job`` and place the weights as the plan says (cheap when the plan did not change)."""
-        plan = self.plan_for(job, vae)
+        if self.released:
+            raise QwenFitError(
+                "this pipeline was unloaded when another model was loaded (QwenFit holds one at a time): "
+                "load it again with load_pipeline (QwenFit's nodes do this by themselves)."
+            )
+        plan = self.plan_for(job, vae, loras)
         self._choose_attention(job)
         if plan != self.plan:
             placement = {
@@ -176,6 +191,24 @@ class PipelineEngine:
             self.plan = plan
             log.info("%s", plan.describe())
         return plan
+
+    def use_loras(self, stack: LoraStack, dtype: torch.dtype | None = None) -> None:
+        """Apply ``stack`` in the next runs, its factors on every GPU of the current plan (call after
+        :meth:`prepare`). Cheap when nothing changed; otherwise the modulation rows computed with the
+        previous stack are dropped (LoRAs may change the modulation layers too). ``dtype``: the factors'
+        (the transformer's compute dtype; by default the one diffusers reports)."""
+        plan = self.plan
+        devices = [self.device] if plan is None or not plan.devices else [torch.device(d) for d in plan.devices]
+        if plan is not None and plan.replica_device and torch.device(plan.replica_device) not in devices:
+            devices.append(torch.device(plan.replica_device))
+        if self.loras.use(stack, [indexed(d) for d in devices], dtype or self.pipeline.transformer.dtype):
+            self.modulation.keep_only(set())
+
+    def wait_until_filled(self) -> None:
+        """Return once every weight read in the background after the load is in host memory (runs wait per
+        block by themselves; this is for code that reads the weights directly)."""
+        for streamer in (self.text.streamer, self.modulation.streamer, self.blocks):
+            streamer.wait_until_filled()
 
     def use_arithmetic(self, arithmetic: Arithmetic, compile_blocks: bool) -> None:
         """Run later jobs on another speed rung whose weights are stored as these are (the caller set the
@@ -238,7 +271,9 @@ class PipelineEngine:
     def release(self) -> None:
         """Give back GPU copies and page-locked memory (the pipeline is being dropped)."""
         self.transformer.uninstall()
+        self.loras.clear()
         self.pipeline.encode_prompt = self.prompts._encode
+        self.prompts.clear()
         self.blocks.release()
         self.text.release()
         self.modulation.release()
@@ -246,3 +281,7 @@ class PipelineEngine:
         for child in self._small_parts:
             child.to("cpu")
         self.pipeline.vae.to("cpu")
+        # Nothing of the weights stays behind in modules someone may still hold.
+        for module in (self.pipeline.transformer, self.pipeline.text_encoder, self.pipeline.vae):
+            drop_weights(module)
+        self.released = True

@@ -13,6 +13,8 @@ import weakref
 
 import torch
 
+from ..files.host_memory import advise_huge_pages
+
 _lock = threading.Lock()
 _pinned_total = 0
 _arena_total = 0
@@ -41,43 +43,66 @@ def _count_arena(delta: int) -> None:
         _arena_total += delta
 
 
-def _unregister(pointer: int, nbytes: int) -> None:
-    torch.cuda.cudart().cudaHostUnregister(pointer)
-    _count(-nbytes)
+def _unregister(ranges: list[tuple[int, int]]) -> None:
+    for pointer, nbytes in ranges:
+        torch.cuda.cudart().cudaHostUnregister(pointer)
+        _count(-nbytes)
+    ranges.clear()
+
+
+# Slices locked on their own start on this boundary (a multiple of every page size), so no two locked
+# ranges share a page.
+ALIGN = 64 * 1024
+_PAGE = 4096
 
 
 class HostArena:
     """``nbytes`` of host memory, page-locked when ``pin`` is true and CUDA is present.
 
     Locking faults every page in: an arena about to be filled from tensors that are freed as they
-    are copied should pass ``lock_now=False`` and call :meth:`lock` once filled, or the host would
-    briefly hold both copies.
+    are copied should pass ``lock_now=False`` and lock once filled, or the host would briefly hold
+    both copies. Slices filled one after another can be locked one by one (:meth:`lock_range`, at
+    offsets that are multiples of :data:`ALIGN`), so the first are usable while the rest still fill.
     """
 
     def __init__(self, nbytes: int, pin: bool, lock_now: bool = True) -> None:
-        self.buffer = torch.empty(max(nbytes, 1), dtype=torch.uint8)
+        raw = torch.empty(max(nbytes, 1) + ALIGN, dtype=torch.uint8)
+        pad = -raw.data_ptr() % ALIGN
+        self.buffer = raw[pad : pad + max(nbytes, 1)]
+        advise_huge_pages(self.buffer)
         self.nbytes = nbytes
-        self.pinned = False
         self._pin = pin and nbytes > 0 and torch.cuda.is_available()
-        self._finalizer = None
+        self._ranges: list[tuple[int, int]] = []  # (pointer, bytes) locked, unlocked together
         _count_arena(self.nbytes)
         weakref.finalize(self, _count_arena, -self.nbytes)
+        # Unlock before the memory is freed, also when the arena is just dropped.
+        self._finalizer = weakref.finalize(self, _unregister, self._ranges)
         if lock_now:
             self.lock()
 
+    @property
+    def pinned(self) -> bool:
+        return bool(self._ranges)
+
     def lock(self) -> None:
-        """Page-lock the arena (nothing when it was not asked to pin, or is locked already)."""
-        if not self._pin or self.pinned:
+        """Page-lock the whole arena (nothing when it was not asked to pin, or is locked already)."""
+        if not self._ranges:
+            self.lock_range(0, self.nbytes)
+
+    def lock_range(self, offset: int, nbytes: int) -> None:
+        """Page-lock bytes ``offset`` .. ``offset + nbytes`` (``offset`` a multiple of :data:`ALIGN`)."""
+        if not self._pin or nbytes <= 0:
             return
-        pointer = self.buffer.data_ptr()
+        assert offset % ALIGN == 0, "locked slices start on ALIGN so they share no page"
+        pointer = self.buffer.data_ptr() + offset
+        length = min(-(-nbytes // _PAGE) * _PAGE, self.buffer.numel() - offset)
         # Flag 1 (portable): the pages count as pinned for every GPU of the process (multi-GPU plans).
-        error = int(torch.cuda.cudart().cudaHostRegister(pointer, self.buffer.numel(), 1))
+        error = int(torch.cuda.cudart().cudaHostRegister(pointer, length, 1))
         if error != 0:
-            raise RuntimeError(f"page-locking {self.nbytes / 2**30:.1f} GiB of host memory failed (CUDA error {error})")
-        self.pinned = True
-        _count(self.buffer.numel())
-        # Unregister before the memory is freed, also when the arena is just dropped.
-        self._finalizer = weakref.finalize(self, _unregister, pointer, self.buffer.numel())
+            raise RuntimeError(f"page-locking {length / 2**30:.1f} GiB of host memory failed (CUDA error {error})")
+        with _lock:
+            self._ranges.append((pointer, length))
+        _count(length)
 
     def view(self, offset: int, nbytes: int) -> torch.Tensor:
         """Bytes ``offset`` .. ``offset + nbytes`` of the arena as a uint8 tensor."""
@@ -85,7 +110,7 @@ class HostArena:
 
     def release(self) -> None:
         """Unlock the pages now (the memory itself goes when the last view is dropped)."""
-        if self._finalizer is not None:
-            self._finalizer()
-            self._finalizer = None
-            self.pinned = False
+        with _lock:
+            ranges = list(self._ranges)
+            self._ranges.clear()
+        _unregister(ranges)

@@ -48,14 +48,22 @@ class ModulationTable:
     """Modulation weights kept off the GPU (in host memory, or in the model files) and the
     per-timestep outputs computed from them, streamed block by block like the blocks themselves."""
 
-    def __init__(self, transformer: nn.Module, device: torch.device, pin: bool, feed: FileFeed | None = None) -> None:
+    def __init__(
+        self,
+        transformer: nn.Module,
+        device: torch.device,
+        pin: bool,
+        feed: FileFeed | None = None,
+        in_files: bool = False,
+    ) -> None:
+        """``feed``/``in_files``: the weights the loader left in the files (see :class:`BlockStreamer`)."""
         self.device = device
         self.transformer = transformer
         self.zero_cond_t = bool(transformer.config.zero_cond_t)
         blocks = transformer.transformer_blocks
         units = [nn.ModuleList([getattr(b, name) for name in MODULATION_LAYERS]) for b in blocks]
-        self._stream = BlockStreamer(units, device, pin=pin, feed=feed)
-        self._stream.configure((), slots=2)
+        self.streamer = BlockStreamer(units, device, pin=pin, feed=feed, in_files=in_files)
+        self.streamer.configure((), slots=2)
         # key -> per block (img rows, txt row) on the device
         self._rows: dict[Hashable, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
@@ -74,17 +82,17 @@ class ModulationTable:
         if not todo:
             return
         results: dict[Hashable, list[tuple[torch.Tensor, torch.Tensor]]] = {k: [] for k in todo}
-        self._stream.start()
+        self.streamer.start()
         try:
             for i, block in enumerate(self.transformer.transformer_blocks):
-                self._stream.enter(i)
+                self.streamer.enter(i)
                 for key, temb in todo.items():
                     img = block.img_mod(temb)
                     txt = block.txt_mod(temb.chunk(2, dim=0)[0] if self.zero_cond_t else temb)
                     results[key].append((img, txt))
-                self._stream.leave(i)
+                self.streamer.leave(i)
         finally:
-            self._stream.stop()
+            self.streamer.stop()
         self._rows.update(results)
 
     def expand(self, rows: tuple[torch.Tensor, torch.Tensor], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,12 +102,12 @@ class ModulationTable:
     @property
     def host_bytes(self) -> int:
         """Bytes of modulation weights held in host memory (0 when they are read from the files)."""
-        return self._stream.host_bytes
+        return self.streamer.host_bytes
 
     @property
     def reads_files(self) -> bool:
-        return self._stream.reads_files
+        return self.streamer.reads_files
 
     def release(self) -> None:
         self._rows.clear()
-        self._stream.release()
+        self.streamer.release()

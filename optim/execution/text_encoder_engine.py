@@ -45,12 +45,20 @@ def _rest(text_encoder: nn.Module) -> list[nn.Module]:
 class TextEncoderEngine:
     """Keeps the text encoder resident or streams it; switch with :meth:`configure`."""
 
-    def __init__(self, text_encoder: nn.Module, device: torch.device, pin: bool, feed: FileFeed | None = None) -> None:
+    def __init__(
+        self,
+        text_encoder: nn.Module,
+        device: torch.device,
+        pin: bool,
+        feed: FileFeed | None = None,
+        in_files: bool = False,
+    ) -> None:
+        """``feed``/``in_files``: the weights the loader left in the files (see :class:`BlockStreamer`);
+        with ``in_files`` the units are read from the files at each encoding."""
         self.model = text_encoder
         self.device = device
         self.units = text_units(text_encoder)
-        # With a feed the units wait in the model files and are read at each encoding.
-        self.streamer = BlockStreamer(self.units, device, pin=pin, feed=feed)
+        self.streamer = BlockStreamer(self.units, device, pin=pin, feed=feed, in_files=in_files)
         self._host_parts = text_host_modules(text_encoder)
         self._host_layouts = [layout_of(m) for m in self._host_parts]
         self._host_home = [current_tensors(lay) for lay in self._host_layouts]
@@ -115,4 +123,5 @@ class TextEncoderEngine:
         self.streamer.release()
         for module in self._rest:
             module.to("cpu")
+        self._host_home = []
         self.mode = "released"

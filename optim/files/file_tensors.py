@@ -10,12 +10,13 @@ weight quantized or merged with a LoRA on load has no copy on disk to read back.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .parallel_reads import PIECE_BYTES, run_reads
 from .safetensors_file import SafetensorsFile
 from .tensor_layout import ModuleLayout, views
 
@@ -29,29 +30,44 @@ class FileTensor:
     key: str
     constant: float | None = None
 
+    def reads_straight(self, out: torch.Tensor) -> bool:
+        """True when the stored bytes are ``out``'s bytes (no cast): they can be read straight into it."""
+        if self.file is None:
+            return False
+        stored = self.file.tensors[self.key].dtype
+        # fp8 weights may be stored as uint8 (mixed files): same bytes, another name.
+        return stored == out.dtype or (stored.itemsize == 1 and out.element_size() == 1)
+
+    def pieces(self, out: torch.Tensor) -> list[Callable[[], None]]:
+        """Reads that together write the values into ``out``: pieces of :data:`PIECE_BYTES` when the bytes
+        are read as stored, one read for a cast or a constant. They may run in parallel."""
+        if not self.reads_straight(out):
+            return [lambda: self.read_into(out)]
+        flat = out.reshape(-1).view(torch.uint8)
+        return [
+            (lambda start=start: self.file.read_bytes(self.key, start, flat[start : start + PIECE_BYTES]))
+            for start in range(0, flat.numel(), PIECE_BYTES)
+        ]
+
     def read_into(self, out: torch.Tensor) -> None:
         """Write the tensor's values into ``out`` (a CPU tensor of the module's dtype and shape)."""
         if self.file is None:
             out.fill_(self.constant)
-            return
-        stored = self.file.tensors[self.key].dtype
-        # fp8 weights may be stored as uint8 (mixed files): same bytes, another name.
-        if stored == out.dtype or (stored.itemsize == 1 and out.element_size() == 1):
+        elif self.reads_straight(out):
             # Straight from the file into the buffer: no temporary copy on the host.
-            self.file.read(self.key, out=out.view(stored))
+            self.file.read(self.key, out=out.view(self.file.tensors[self.key].dtype))
         else:
             out.copy_(self.file.read(self.key).reshape(out.shape))
 
 
-# File reads release the GIL and one thread copies from the page cache at a fraction of the memory
-# bandwidth: a few readers in parallel fill a block several times faster.
-_READERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="qwenfit-file-reader")
-
-
-def _read_job(job: tuple[FileTensor, torch.Tensor]) -> None:
-    # Inference mode is per thread: buffers made inside a run are inference tensors.
-    with torch.inference_mode():
-        job[0].read_into(job[1])
+def read_all(jobs: Iterable[tuple[FileTensor, torch.Tensor]]) -> int:
+    """Write every ``(recipe, out)`` pair's values into its ``out``, in parallel; the bytes written."""
+    reads, nbytes = [], 0
+    for recipe, out in jobs:
+        reads.extend(recipe.pieces(out))
+        nbytes += out.numel() * out.element_size()
+    run_reads(reads)
+    return nbytes
 
 
 class FileFeed:
@@ -64,18 +80,17 @@ class FileFeed:
             for name in (*owner._parameters, *owner._buffers):
                 self._names[(id(owner), name)] = f"{prefix}.{name}" if prefix else name
 
-    def _recipe(self, place) -> FileTensor | None:
+    def recipe(self, place) -> FileTensor | None:
+        """How to read one tensor place of a layout, or None when the loader read it into memory."""
         return self.tensors.get(self._names.get((id(place.owner), place.name), ""))
 
     def covers(self, layout: ModuleLayout) -> bool:
         """True when every tensor of ``layout`` can be read from the files."""
-        return bool(layout.places) and all(self._recipe(p) is not None for p in layout.places)
+        return bool(layout.places) and all(self.recipe(p) is not None for p in layout.places)
 
     def read_into(self, layout: ModuleLayout, base: torch.Tensor) -> None:
         """Fill ``base`` (uint8, at least ``layout.nbytes``) with the module's tensors from the files."""
-        jobs = [(self._recipe(p), v) for p, v in zip(layout.places, views(layout, base), strict=True)]
-        # list() waits for every read and re-raises the first error.
-        list(_READERS.map(_read_job, jobs))
+        read_all(zip(map(self.recipe, layout.places), views(layout, base), strict=True))
 
 
 def placeholder(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -86,6 +101,18 @@ def placeholder(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     if dtype.is_floating_point:
         one.fill_(float("nan"))
     return one.expand(shape)
+
+
+def drop_weights(module: nn.Module) -> None:
+    """Point every parameter and buffer of ``module`` at a placeholder, so whoever still holds the module
+    (ComfyUI keeps node outputs) holds no weight memory: the next model can load without a double peak."""
+    for owner in module.modules():
+        for name, tensor in owner._parameters.items():
+            if tensor is not None and tensor.numel() > 1:
+                owner._parameters[name] = nn.Parameter(placeholder(tuple(tensor.shape), tensor.dtype), False)
+        for name, tensor in owner._buffers.items():
+            if tensor is not None and tensor.numel() > 1:
+                owner._buffers[name] = placeholder(tuple(tensor.shape), tensor.dtype)
 
 
 def holds_no_memory(tensor: torch.Tensor) -> bool:

@@ -12,6 +12,8 @@ import ctypes.util
 import sys
 from functools import cache
 
+import torch
+
 
 @cache
 def _libc():
@@ -29,6 +31,23 @@ def trim_host_heap() -> None:
     trim = getattr(libc, "malloc_trim", None) if libc is not None else None
     if trim is not None:
         trim(0)
+
+
+_MADV_HUGEPAGE = 14
+
+
+def advise_huge_pages(tensor: torch.Tensor) -> None:
+    """Ask Linux to back a large host buffer with 2 MiB pages: filling it faults in 512x fewer pages and
+    page-locking it walks 512x fewer entries. A hint only (no effect where transparent huge pages are
+    off or on other platforms)."""
+    libc = _libc()
+    advise = getattr(libc, "madvise", None) if libc is not None else None
+    nbytes = tensor.numel() * tensor.element_size()
+    if advise is None or nbytes < 2**21:
+        return
+    start = tensor.data_ptr()
+    aligned = -(-start // 4096) * 4096
+    advise(ctypes.c_void_p(aligned), ctypes.c_size_t(nbytes - (aligned - start)), _MADV_HUGEPAGE)
 
 
 class TrimEvery:

@@ -1,7 +1,8 @@
-"""LoRA files (kohya, diffusers/PEFT and ComfyUI key styles), merged into the weights at load time.
+"""LoRA choices: a file with a strength, and the stack of them a run applies.
 
-Merging while loading costs nothing per step and works for fp8 storage too: the LoRA is added to
-the dense weight, which is then stored in the planned dtype (requantized when fp8).
+The stack is a value (immutable, hashable) that a pipeline view carries: choosing, re-weighting or
+removing a LoRA makes another view of the same loaded weights, never a new load. Reading the files
+is optim/files/lora_factors.py; applying them as each layer runs is optim/quant/low_rank.py.
 """
 
 from __future__ import annotations
@@ -11,27 +12,17 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from ..errors import QwenFitError
-from .safetensors_file import SafetensorsFile
-
-# Prefixes the formats put before the transformer's own module names.
-_PREFIXES = ("base_model.model.", "transformer.", "diffusion_model.", "model.diffusion_model.")
-_KOHYA = re.compile(r"^lora_unet_(.+)\.(lora_down|lora_up)\.weight$")
-_DOTTED = re.compile(r"^(.+)\.(lora_A|lora_B|lora_down|lora_up)(?:\.default)?\.weight$")
 
 # The scheduler the Lightning distillation was trained with, and that CFG is off.
 LIGHTNING_SHIFT = math.log(3)
-
-
-# The loader's widget range; beyond it a merged LoRA swamps the model's own weights.
+# The nodes' widget range; beyond it a LoRA swamps the model's own weights.
 MAX_STRENGTH = 4.0
 
 
 @dataclass(frozen=True)
 class LoraChoice:
-    """A LoRA file and its strength, as part of a load request (hashable)."""
+    """A LoRA file and its strength (hashable)."""
 
     path: Path
     strength: float = 1.0
@@ -39,9 +30,13 @@ class LoraChoice:
     def __post_init__(self) -> None:
         if not math.isfinite(self.strength) or abs(self.strength) > MAX_STRENGTH:
             raise QwenFitError(
-                f"lora_strength={self.strength} is not usable; use -{MAX_STRENGTH:g} to {MAX_STRENGTH:g} "
-                "(1 is the LoRA's full effect)."
+                f"lora_strength={self.strength} for {self.path.name} is not usable; use -{MAX_STRENGTH:g} to "
+                f"{MAX_STRENGTH:g} (1 is the LoRA's full effect)."
             )
+
+    @property
+    def name(self) -> str:
+        return self.path.name
 
     @property
     def is_lightning(self) -> bool:
@@ -53,55 +48,38 @@ class LoraChoice:
         return int(match.group(1)) if match else None
 
 
-def _strip(name: str) -> str:
-    for prefix in _PREFIXES:
-        if name.startswith(prefix):
-            return name[len(prefix) :]
-    return name
+@dataclass(frozen=True)
+class LoraStack:
+    """The LoRAs a run applies, in the order they were added (at most one Lightning LoRA)."""
+
+    choices: tuple[LoraChoice, ...] = ()
+
+    def __post_init__(self) -> None:
+        lightning = [c.name for c in self.choices if c.is_lightning]
+        if len(lightning) > 1:
+            raise QwenFitError(
+                f"two Lightning LoRAs in one stack ({' and '.join(lightning)}): each was distilled for its own "
+                "schedule and they do not add up. Keep one of them (remove the other QwenFit LoRA node, or set "
+                "the loader's lora to none)."
+            )
+
+    def plus(self, choice: LoraChoice) -> LoraStack:
+        """This stack with ``choice`` added on top (a strength of 0 leaves it out: it would change nothing)."""
+        return self if choice.strength == 0 else LoraStack((*self.choices, choice))
+
+    @property
+    def lightning(self) -> LoraChoice | None:
+        """The Lightning LoRA of the stack, if any (its runs use its scheduler and CFG off)."""
+        return next((c for c in self.choices if c.is_lightning), None)
+
+    def describe(self) -> str:
+        return ", ".join(f"{c.name} x{c.strength:g}" for c in self.choices) or "none"
+
+    def __bool__(self) -> bool:
+        return bool(self.choices)
 
 
-def read_lora_deltas(choice: LoraChoice, linear_names: set[str]) -> dict[str, torch.Tensor]:
-    """{Linear module name: float32 weight delta} for every layer the file touches.
-
-    kohya names (``lora_unet_transformer_blocks_0_attn_to_q``) are matched to the model's dotted
-    names; a file that touches none of them is refused (it is for another model).
-    """
-    file = SafetensorsFile(choice.path)
-    underscored = {name.replace(".", "_"): name for name in linear_names}
-    pairs: dict[str, dict[str, str]] = {}
-    for key in file.keys():
-        kohya = _KOHYA.match(key)
-        dotted = _DOTTED.match(key)
-        if kohya:
-            layer = underscored.get(kohya.group(1))
-            role = "down" if kohya.group(2) == "lora_down" else "up"
-            alpha_key = key.split(".")[0] + ".alpha"
-        elif dotted:
-            layer = _strip(dotted.group(1))
-            role = "down" if dotted.group(2) in ("lora_A", "lora_down") else "up"
-            alpha_key = dotted.group(1) + ".alpha"
-        else:
-            continue
-        if layer is None or layer not in linear_names:
-            continue
-        entry = pairs.setdefault(layer, {})
-        entry[role] = key
-        if alpha_key in file.tensors:
-            entry["alpha"] = alpha_key
-    complete = {k: v for k, v in pairs.items() if "down" in v and "up" in v}
-    if not complete:
-        raise QwenFitError(
-            f"{choice.path.name} changes no layer of this Qwen-Image transformer: it is a LoRA for another "
-            "model (or not a LoRA). Pick a Qwen-Image-Edit / Layered LoRA, or set lora to none."
-        )
-    deltas = {}
-    for layer, keys in complete.items():
-        down = file.read(keys["down"]).float()
-        up = file.read(keys["up"]).float()
-        rank = down.shape[0]
-        alpha = float(file.read(keys["alpha"]).float().item()) if "alpha" in keys else float(rank)
-        deltas[layer] = (up @ down) * (choice.strength * alpha / rank)
-    return deltas
+NO_LORAS = LoraStack()
 
 
 def lightning_scheduler_config(config: dict) -> dict:

@@ -6,11 +6,11 @@ The host (ComfyUI) names its folders per kind; everything else (which files are 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from ..errors import QwenFitError
-from .lora import LoraChoice
+from .lora import NO_LORAS, LoraChoice, LoraStack
 from .model_folders import list_pipeline_folders, resolve_pipeline_folder
 from .sources import DiffusersFolder, PipelineSource, SplitFiles, transformer_variant
 from .weight_files import (
@@ -93,3 +93,13 @@ def source_from_names(
 def lora_from_name(roots: ModelRoots, lora: str, strength: float) -> LoraChoice | None:
     """The LoRA choice ("none" or a file in the loras folders) at ``strength``."""
     return None if lora == "none" else LoraChoice(resolve_weight_file(roots("loras"), lora, "loras"), float(strength))
+
+
+def lora_stack_from_names(roots: ModelRoots, loras: Iterable[tuple[str, float]]) -> LoraStack:
+    """The stack of ``(name, strength)`` choices in order ("none" entries left out)."""
+    stack = NO_LORAS
+    for name, strength in loras:
+        choice = lora_from_name(roots, name, strength)
+        if choice is not None:
+            stack = stack.plus(choice)
+    return stack

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..errors import QwenFitError
+from .parallel_reads import PIECE_BYTES, run_reads
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -124,13 +124,29 @@ class SafetensorsFile:
         info = self.tensors[name]
         if out is None:
             out = torch.empty(info.shape, dtype=info.dtype)
-        buffer = out.reshape(-1).view(torch.uint8).numpy() if out.numel() else np.empty(0, np.uint8)
-        with open(self.path, "rb") as f:
-            f.seek(info.start)
-            got = f.readinto(memoryview(buffer))
-        if got != info.nbytes:
-            raise self._fail(f"tensor {name!r} ends early")
+        flat = out.reshape(-1).view(torch.uint8)
+        # A large tensor (an embedding table, a bf16 MLP weight) is read by every reader thread at once.
+        run_reads(
+            [
+                lambda start=start: self.read_bytes(name, start, flat[start : start + PIECE_BYTES])
+                for start in range(0, flat.numel(), PIECE_BYTES)
+            ]
+        )
         return out
+
+    def read_bytes(self, name: str, offset: int, out: torch.Tensor) -> None:
+        """Bytes ``offset`` .. ``offset + out.numel()`` of tensor ``name`` into ``out`` (contiguous CPU uint8):
+        a piece of a tensor, so several threads can fill one large tensor together."""
+        info = self.tensors[name]
+        if offset < 0 or offset + out.numel() > info.nbytes:
+            raise ValueError(f"bytes {offset}..{offset + out.numel()} are outside tensor {name!r}")
+        if not out.numel():
+            return
+        with open(self.path, "rb") as f:
+            f.seek(info.start + offset)
+            got = f.readinto(memoryview(out.numpy()))
+        if got != out.numel():
+            raise self._fail(f"tensor {name!r} ends early")
 
 
 def metadata_json(metadata: dict[str, str], key: str) -> Any:

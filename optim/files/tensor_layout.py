@@ -83,13 +83,6 @@ def views(layout: ModuleLayout, base: torch.Tensor) -> list[torch.Tensor]:
     return [base[p.offset : p.offset + p.nbytes].view(p.dtype).view(p.shape) for p in layout.places]
 
 
-def pack(layout: ModuleLayout, base: torch.Tensor) -> None:
-    """Copy the module's current tensors into ``base`` and point the module at those copies."""
-    for place, view in zip(layout.places, views(layout, base), strict=True):
-        view.copy_(_current(place))
-        _set(place, view)
-
-
 def bind(layout: ModuleLayout, tensors: list[torch.Tensor]) -> None:
     """Point the module's tensors at ``tensors`` (views made by :func:`views`)."""
     for place, tensor in zip(layout.places, tensors, strict=True):

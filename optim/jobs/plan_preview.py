@@ -21,14 +21,15 @@ import torch
 from ..errors import QwenFitError
 from ..execution.device_speed import device_speed, known_device_speed
 from ..execution.devices import check_fp8_matmul, resolve_gpus
-from ..files.lora import LoraChoice
+from ..files.lora import NO_LORAS, LoraChoice, LoraStack
 from ..files.sources import DiffusersFolder, PipelineSource, SourceDescription, SplitFiles
 from ..loading.loader import LoadRequest, arithmetic_for, describe, plan_host_memory_for
 from ..monitoring.run_record import RunRecord
 from ..planning.header_sizes import sizes_from_headers
 from ..planning.host_memory import HostMemory
+from ..planning.lora_sizes import lora_plan
 from ..planning.model_sizes import ModelSizes
-from ..planning.plan import Plan
+from ..planning.plan import NO_LORA_PLAN, LoraPlan, Plan
 from ..planning.planner import Gpu, plan_run
 from ..planning.speed_ladder import EXACT, Arithmetic
 from ..planning.step_time import DeviceSpeed, StepEstimate, estimate_step
@@ -51,6 +52,8 @@ class PreviewSettings:
     text_encoder: str = "auto"
     vae: str = "auto"
     lora: str = "none"
+    lora_strength: float = 1.0
+    loras: tuple[tuple[str, float], ...] = ()  # the QwenFit LoRA nodes after the loader: (name, strength)
     precision: PrecisionSettings = PrecisionSettings()
     offload: OffloadSettings = OffloadSettings()
     vae_settings: VaeSettings = VaeSettings()
@@ -89,14 +92,17 @@ class Preview:
     rungs: tuple[tuple[str, float], ...] = ()  # (speed rung, predicted s/step) for each rung possible here
 
 
-def job_shape(settings: PreviewSettings, variant: Variant) -> JobShape:
-    """The job the run node would give the planner (a Lightning LoRA turns CFG off, as in the run)."""
+def job_shape(settings: PreviewSettings, variant: Variant, loras: LoraStack = NO_LORAS) -> JobShape:
+    """The job the run node would give the planner (a Lightning LoRA, the loader's or one of ``loras``,
+    turns CFG off, as in the run)."""
     kind = settings.job if settings.job != "auto" else ("layered" if variant is Variant.LAYERED else "edit")
     if (kind == "layered") != (variant is Variant.LAYERED):
         node = "LayeredDecompose" if kind == "layered" else "InstructEdit"
         needs = "Qwen-Image-Layered" if kind == "layered" else "an Edit model (2509 or 2511)"
         raise QwenFitError(f"{settings.model} is {variant.value}; {node} needs {needs}. Pick another model.")
-    lightning = settings.lora != "none" and LoraChoice(Path(settings.lora)).is_lightning
+    lightning = loras.lightning is not None or (
+        settings.lora != "none" and LoraChoice(Path(settings.lora)).is_lightning
+    )
     cfg = settings.cfg_scale > 1 and not lightning
     if kind == "layered":
         steps = settings.steps or 50
@@ -131,9 +137,7 @@ _sizes_lock = threading.Lock()
 
 
 def _request(query: PreviewSettings, source: PipelineSource, device: torch.device) -> LoadRequest:
-    # The LoRA's name only matters here (a LoRA keeps the modulation weights in memory); never opened.
-    lora = None if query.lora == "none" else LoraChoice(Path(query.lora))
-    return LoadRequest(source, query.variant, query.precision, query.offload, str(device), lora)
+    return LoadRequest(source, query.variant, query.precision, query.offload, str(device))
 
 
 def same_pipeline(query: PreviewSettings, source: PipelineSource, request: LoadRequest) -> bool:
@@ -175,9 +179,13 @@ def _plan(
     host: HostMemory,
     notes: tuple,
     arithmetic: Arithmetic = EXACT,
+    loras: LoraPlan = NO_LORA_PLAN,
 ) -> Plan:
     # The engine's own call (PipelineEngine.plan_for), with the loader's settings.
-    return plan_run(sizes, job, settings.offload, settings.vae_settings, gpus, host, notes=notes, arithmetic=arithmetic)
+    return plan_run(
+        sizes, job, settings.offload, settings.vae_settings, gpus, host, notes=notes, arithmetic=arithmetic,
+        loras=loras,
+    )  # fmt: skip
 
 
 def _rungs(
@@ -209,16 +217,19 @@ def preview(
     last_run: RunRecord | None = None,
     may_measure_speed: Callable[[], bool] = lambda: True,
     loaded_gpus: tuple[Gpu, ...] | None = None,
+    loras: LoraStack = NO_LORAS,
 ) -> Preview:
     """The plan ``settings`` would get for their job. Raises QwenFitError when no plan can be made (the
     message says why and what would do); ``may_measure_speed`` is asked before the device's speed is
     first measured; ``loaded_gpus`` are the budgets this very pipeline fixed when it loaded (an "auto"
-    budget is read once, at load: the preview must not read it again while that pipeline holds memory)."""
+    budget is read once, at load: the preview must not read it again while that pipeline holds memory);
+    ``loras`` is the stack the run would apply (the loader's LoRA and the QwenFit LoRA nodes'), whose
+    bytes the plan counts (headers only)."""
     if FP8_FAST in (settings.precision.transformer, settings.precision.text_encoder):
         check_fp8_matmul(device)
     request = _request(settings, source, device)
     desc, sizes = model_sizes(request)
-    job = job_shape(settings, desc.variant)
+    job = job_shape(settings, desc.variant, loras)
     host = plan_host_memory_for(request, desc)
     gpus, notes = resolve_gpus(settings.offload, device)
     if loaded_gpus is not None:
@@ -226,7 +237,8 @@ def preview(
         if settings.offload.vram_budget == "auto" and gpus[0].budget_bytes is not None:
             notes += (f"VRAM budget auto: {gpus[0].budget_bytes / GIB:.1f} GiB, fixed when this model loaded",)
     arithmetic = arithmetic_for(request, desc, gpus)
-    plan = _plan(sizes, job, settings, gpus, host, notes, arithmetic)
+    itemsize = compute_dtype(settings.precision.transformer, device).itemsize
+    plan = _plan(sizes, job, settings, gpus, host, notes, arithmetic, lora_plan(loras, itemsize))
     if not plan.places_weights:
         return Preview(desc.variant, job, sizes, plan, None, None, ())
     step = _step_estimate(settings, sizes, job, plan, device, may_measure_speed)

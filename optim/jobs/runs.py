@@ -35,7 +35,7 @@ def check_steps(steps: int, loaded: LoadedPipeline | None = None) -> None:
         raise QwenFitError(
             f"steps={steps} is out of range; use 1 to {MAX_STEPS} (40-50 is typical, 4-8 with Lightning)."
         )
-    terminal = loaded is not None and loaded.pipeline.scheduler.config.get("shift_terminal")
+    terminal = loaded is not None and loaded.run_scheduler_config.get("shift_terminal")
     if steps == 1 and terminal:
         # One sigma stretched to a terminal shift divides zero by zero: the image would be NaN.
         raise QwenFitError(
@@ -84,6 +84,7 @@ def prepared(loaded: LoadedPipeline, job: JobShape, checkpoint: Checkpoint | Non
     if checkpoint is not None:
         checkpoint("encode")
     plan = loaded.prepare(job)
+    loaded.apply_loras()  # this view's LoRA stack and the scheduler it needs (nothing reloads)
     if loaded.engine is not None:
         running = loaded.engine.running()
     else:
@@ -118,7 +119,8 @@ class Stopwatch:
 def cfg_for(
     loaded: LoadedPipeline, true_cfg_scale: float, negative_prompt: str | None
 ) -> tuple[float, str | None, str]:
-    """(scale, negative prompt, note): a Lightning LoRA turns CFG off, as it was distilled without it."""
+    """(scale, negative prompt, note): a Lightning LoRA anywhere in the stack turns CFG off, as it was
+    distilled without it."""
     if not math.isfinite(true_cfg_scale) or true_cfg_scale < 0:
         raise QwenFitError(f"true_cfg_scale={true_cfg_scale} is not usable; use 1 (CFG off) to 10 (4 is typical).")
     lightning = loaded.lightning

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from ..files.file_tensors import FileFeeds
-from ..files.lora import LoraChoice, read_lora_deltas
 from ..files.weight_source import WeightSource
 from ..quant.fp8_scope import fp8_filter
 from ..qwen.architectures import Architecture, empty_text_encoder, empty_transformer, empty_vae
@@ -26,7 +25,6 @@ def build_transformer(
     dtype: torch.dtype,
     device: torch.device,
     fp8: str,
-    lora: LoraChoice | None = None,
     keep_in_files: KeepInFiles | None = None,
     feeds: FileFeeds | None = None,
 ) -> nn.Module:
@@ -39,17 +37,12 @@ def build_transformer(
             module = QwenImageTransformer2DModel.from_config(config).eval()
     else:
         module = empty_transformer(arch, variant)
-    deltas = None
-    if lora is not None:
-        linears = {name for name, m in module.named_modules() if isinstance(m, nn.Linear)}
-        deltas = read_lora_deltas(lora, linears)
     fill_module(
         module,
         source,
         dtype,
         device,
         fp8_linears=fp8_filter(fp8, "transformer", source),
-        deltas=deltas,
         keep_in_files=keep_in_files,
         feeds=feeds,
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from accelerate.utils import set_module_tensor_to_device
 from torch import nn
 
 from ..errors import QwenFitError
@@ -37,6 +36,16 @@ def _set_placeholder(module: nn.Module, key: str, shape: tuple[int, ...], dtype:
         owner._buffers[leaf] = empty
 
 
+def _assign(module: nn.Module, key: str, value: torch.Tensor) -> None:
+    """Put ``value`` in place of the (meta) tensor ``key``: a Parameter stays a Parameter."""
+    layer, _, leaf = key.rpartition(".")
+    owner = module.get_submodule(layer) if layer else module
+    if leaf in owner._parameters:
+        owner._parameters[leaf] = nn.Parameter(value, requires_grad=False)
+    else:
+        owner._buffers[leaf] = value
+
+
 def _keep_in_fp32(module: nn.Module) -> tuple[str, ...]:
     return tuple(getattr(module, "_keep_in_fp32_modules", None) or ())
 
@@ -56,14 +65,12 @@ def fill_module(
     device: torch.device,
     fp8_linears: Fp8Filter | None = None,
     optional: tuple[str, ...] = (),
-    deltas: dict[str, torch.Tensor] | None = None,
     keep_in_files: KeepInFiles | None = None,
     feeds: FileFeeds | None = None,
 ) -> list[str]:
     """Load every parameter and persistent buffer of ``module`` from ``source``.
 
-    Linear layers accepted by ``fp8_linears`` become Fp8Linear (fp8 data + scale). ``deltas`` (LoRA) are
-    added to the dense weight of the named Linear layers before it is stored. Keys in
+    Linear layers accepted by ``fp8_linears`` become Fp8Linear (fp8 data + scale). Keys in
     ``optional`` may be missing from the files; they are returned so the caller can deal with
     them. Any other missing key is an error naming the file.
 
@@ -75,11 +82,11 @@ def fill_module(
     linears = {name for name, m in module.named_modules() if isinstance(m, nn.Linear)}
     fp8_layers = {name for name in linears if fp8_linears is not None and fp8_linears(name)}
     missing: list[str] = []
-    trim = TrimEvery()
+    trim = TrimEvery(256 * 2**20)  # often enough to keep the heap small, rare enough to cost nothing
     in_files: dict[str, FileTensor] = {}
 
-    def stays_in_files(key: str, delta: torch.Tensor | None) -> bool:
-        return keep_in_files is not None and delta is None and keep_in_files(key)
+    def stays_in_files(key: str) -> bool:
+        return keep_in_files is not None and keep_in_files(key)
 
     keys = list(module.state_dict(keep_vars=True).keys())
     for key in keys:
@@ -89,41 +96,28 @@ def fill_module(
         if not source.has(key):
             missing.append(key)
             continue
-        delta = deltas.get(layer) if deltas and leaf == "weight" else None
-        if stays_in_files(key, delta) and not source.is_fp8(key):
+        if stays_in_files(key) and not source.is_fp8(key):
             file, file_key = source.locate(key)
             stored = file.tensors[file_key].dtype
             _set_placeholder(module, key, file.shape(file_key), _target_dtype(key, stored, compute_dtype, fp32_modules))
             in_files[key] = FileTensor(file, file_key)
             continue
-        if delta is not None:  # LoRA: add in float32, then store in the planned dtype
-            dense = source.read_fp8(key).dequantize(torch.float32) if source.is_fp8(key) else source.read(key).float()
-            value = (dense + delta).to(_target_dtype(key, torch.float32, compute_dtype, fp32_modules))
-        elif source.is_fp8(key):
+        if source.is_fp8(key):
             value = source.read_fp8(key).dequantize(compute_dtype)
         else:
             value = source.read(key)
             value = value.to(_target_dtype(key, value.dtype, compute_dtype, fp32_modules))
-        set_module_tensor_to_device(module, key, device, value=value, dtype=value.dtype)
+        _assign(module, key, value.to(device))
         trim.add(value.numel() * value.element_size())
     for layer in sorted(fp8_layers):
         weight_key = f"{layer}.weight"
         if not source.has(weight_key):
             missing.append(weight_key)
             continue
-        delta = deltas.get(layer) if deltas else None
-        if stays_in_files(weight_key, delta) and source.is_fp8(weight_key):
+        if stays_in_files(weight_key) and source.is_fp8(weight_key):
             in_files.update(_fp8_layer_in_files(module, layer, source, compute_dtype))
             continue
-        if delta is not None:  # LoRA on an fp8 layer: merge densely, then quantize again
-            stored = (
-                source.read_fp8(weight_key).dequantize(torch.float32)
-                if source.is_fp8(weight_key)
-                else source.read(weight_key).float()
-            )
-            data, scale = quantize_absmax(stored + delta)
-            weight = Fp8Weight(data=data, scale=scale, layout=Fp8Layout.SCALED)
-        elif source.is_fp8(weight_key):
+        if source.is_fp8(weight_key):
             weight = source.read_fp8(weight_key)
         else:  # a bf16/fp32 file planned for fp8 storage: quantize this one tensor now
             data, scale = quantize_absmax(source.read(weight_key))

@@ -7,24 +7,28 @@ import json
 import logging
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import QwenFitError
+from ..execution.arena_fill import begin_load
+from ..execution.arena_fill import current_stats as fill_stats
 from ..execution.devices import can_compile, check_fp8_matmul, resolve_gpus
 from ..execution.engine import EngineOptions, PipelineEngine
+from ..execution.lora_updates import LoraUpdates, check_stack, lora_layer_shapes
 from ..execution.whole_model_offload import place_whole_model
 from ..files.file_tensors import FileFeeds
-from ..files.lora import LoraChoice, lightning_scheduler_config
+from ..files.lora import NO_LORAS, LoraChoice, LoraStack, lightning_scheduler_config
 from ..files.safetensors_file import PICKLE_SUFFIXES
 from ..files.sources import DiffusersFolder, PipelineSource, SourceDescription, describe_folder, describe_split_files
 from ..planning.components import describe_components
-from ..planning.host_memory import FILES, HostMemory, HostWeights, estimate_component, host_budget_bytes, plan_host
+from ..planning.host_memory import HostMemory, HostWeights, estimate_component, host_budget_bytes, plan_host
+from ..planning.lora_sizes import lora_plan
 from ..planning.model_sizes import ModelSizes, measure
-from ..planning.plan import ComponentPlacement, Plan
+from ..planning.plan import ComponentPlacement, LoraPlan, Plan
 from ..planning.planner import Gpu, plan_run
 from ..planning.speed_ladder import EXACT, Arithmetic, choose_arithmetic
 from ..quant.compressed_linear import enable_fast_blocks, reset_fast_arithmetic
@@ -43,25 +47,28 @@ from ..qwen.job_shape import JobShape, default_job
 from ..qwen.variants import Variant, detect_variant
 from ..settings import FP8, FP8_FAST, OffloadSettings, PrecisionSettings, VaeSettings
 from .assemble import build_text_encoder, build_transformer, build_vae
+from .load_times import LoadTimes
 
 log = logging.getLogger("qwenfit")
 
 _REQUIRED_PARTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler", "processor")
 _WEIGHT_PARTS = ("transformer", "vae", "text_encoder")
+# The scheduler settings a Lightning LoRA changes for its runs (and a run without one restores).
+_LIGHTNING_KEYS = ("base_shift", "max_shift", "shift_terminal")
 # VAE input channels per variant: the Layered VAE works on RGBA.
 _VAE_CHANNELS = {Variant.EDIT_2509: 3, Variant.EDIT_2511: 3, Variant.LAYERED: 4}
 
 
 @dataclass(frozen=True)
 class LoadRequest:
-    """Everything that decides which weights are loaded and how; equal requests share a pipeline."""
+    """Everything that decides which weights are loaded and how; equal requests share a pipeline.
+    LoRAs are not part of it: they apply at run time (``LoadedPipeline.with_lora``), never reload."""
 
     source: PipelineSource
     variant: str = "auto"
     precision: PrecisionSettings = PrecisionSettings()
     offload: OffloadSettings = OffloadSettings()
     device: str = "cpu"
-    lora: LoraChoice | None = None
 
 
 @dataclass
@@ -80,6 +87,10 @@ class LoadedPipeline:
     host: HostMemory | None = None
     notes: tuple[str, ...] = ()
     arithmetic: Arithmetic = EXACT
+    load_times: LoadTimes | None = None  # where the load's seconds went
+    loras: LoraStack = NO_LORAS  # applied as each layer runs (optim/quant/low_rank.py); no weight copy
+    scheduler_config: dict[str, Any] = field(default_factory=dict)  # as loaded, before any Lightning LoRA
+    lora_updates: LoraUpdates | None = None  # whole-model offload's (else the engine's)
 
     @property
     def name(self) -> str:
@@ -91,23 +102,77 @@ class LoadedPipeline:
 
     @property
     def lightning(self) -> LoraChoice | None:
-        """The Lightning LoRA merged into this pipeline, if any (runs then use CFG off)."""
-        lora = self.request.lora
-        return lora if lora is not None and lora.is_lightning else None
+        """The Lightning LoRA of this view's stack, if any (runs then use its scheduler and CFG off)."""
+        return self.loras.lightning
 
     def with_vae(self, vae: VaeSettings) -> LoadedPipeline:
         """A view of the same pipeline whose runs use these VAE settings (no copy of weights)."""
         return replace(self, vae=vae)
 
+    def with_loras(self, stack: LoraStack) -> LoadedPipeline:
+        """A view of the same pipeline whose runs apply ``stack`` (no copy of weights, nothing loaded).
+        Each LoRA is checked against this transformer's layers now: a file for another model, or with
+        ranks or widths that do not match, raises QwenFitError naming the file and the fix."""
+        check_stack(stack, lora_layer_shapes(self.pipeline.transformer))
+        return replace(self, loras=stack)
+
+    def with_lora(self, choice: LoraChoice | None) -> LoadedPipeline:
+        """This view with ``choice`` added on top of its LoRA stack (None: unchanged)."""
+        return self if choice is None else self.with_loras(self.loras.plus(choice))
+
+    @property
+    def lora_plan(self) -> LoraPlan:
+        """The bytes this view's LoRAs add on each GPU, as plans count them."""
+        return lora_plan(self.loras, _compute_dtypes(self.request)["transformer"].itemsize)
+
+    @property
+    def run_scheduler_config(self) -> dict[str, Any]:
+        """The scheduler settings this view's runs use: a Lightning LoRA's, or the model's own."""
+        return lightning_scheduler_config(self.scheduler_config) if self.lightning else self.scheduler_config
+
+    def apply_loras(self) -> None:
+        """Make the transformer apply this view's LoRA stack (cheap when it already does; after
+        ``prepare``, whose plan says which GPUs hold the factors) and set the scheduler it needs."""
+        dtype = _compute_dtypes(self.request)["transformer"]
+        if self.engine is not None:
+            self.engine.use_loras(self.loras, dtype)
+        elif self.lora_updates is not None:
+            self.lora_updates.use(self.loras, (self.device,), dtype)
+        config = self.run_scheduler_config
+        if config:
+            self.pipeline.scheduler.register_to_config(**{k: config.get(k) for k in _LIGHTNING_KEYS})
+
     def plan_for(self, job: JobShape) -> Plan:
         """The plan ``job`` would get (nothing moves)."""
         if self.engine is not None:
-            return self.engine.plan_for(job, self.vae)
+            return self.engine.plan_for(job, self.vae, self.lora_plan)
         offload = self.request.offload
         return plan_run(
             self.sizes, job, offload, self.vae, self.gpus, self.host, self.components, self.notes,
-            arithmetic=self.arithmetic,
+            arithmetic=self.arithmetic, loras=self.lora_plan,
         )  # fmt: skip
+
+    @property
+    def released(self) -> bool:
+        """True once the pipeline cache unloaded it for another selection (its weights are gone)."""
+        return self.engine is not None and self.engine.released
+
+    def same_view_of(self, other: LoadedPipeline) -> LoadedPipeline:
+        """``other`` (a fresh load of the same request) with this view's VAE settings and LoRAs."""
+        return replace(other, vae=self.vae, loras=self.loras)
+
+    def wait_until_filled(self) -> LoadedPipeline:
+        """Return (this pipeline) once every weight the load left to background reads is in host memory.
+        Runs never need this; code that reads the module weights directly does."""
+        if self.engine is not None:
+            self.engine.wait_until_filled()
+        return self
+
+    def describe_load(self) -> str:
+        """How long the load took, phase by phase, and the weights still arriving in the background."""
+        lines = [self.load_times.describe()] if self.load_times is not None else []
+        filling = fill_stats().describe()
+        return "\n".join([*lines, filling] if filling else lines)
 
     def describe_default_plan(self) -> str:
         """The plan of the reference job (Edit 1024 with one reference, Layered 640 with 4 layers), as
@@ -120,7 +185,7 @@ class LoadedPipeline:
 
     def prepare(self, job: JobShape) -> Plan:
         """Plan ``job`` and place the weights as the plan says."""
-        return self.engine.prepare(job, self.vae) if self.engine is not None else self.plan_for(job)
+        return self.engine.prepare(job, self.vae, self.lora_plan) if self.engine is not None else self.plan_for(job)
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -206,6 +271,19 @@ def _stays_in_files(kind: str, fp8: str) -> bool:
     return kind not in QUANTIZED and fp8 in (FP8_NONE, FP8_AS_STORED)
 
 
+def _deferred_parts(request: LoadRequest, arithmetic: Arithmetic) -> dict[str, bool]:
+    """Per component: may its streamed weights (transformer blocks, text-encoder units) stay in the files
+    at load? The engine then reads them into host memory in the background, or at each use when the host
+    plan says so. Not for diffusers' whole-model offload (it moves modules the engine never sees), nor
+    for weights quantized on load (there is nothing on disk to read back)."""
+    engine_places = request.offload.mode != "model"
+    transformer = request.precision.transformer if arithmetic.store_as is None else arithmetic.store_as
+    return {
+        "transformer": engine_places and transformer not in QUANTIZED,
+        "text_encoder": engine_places and request.precision.text_encoder not in QUANTIZED,
+    }
+
+
 def plan_host_memory_for(request: LoadRequest, desc: SourceDescription) -> HostMemory:
     """Which once-per-run weights wait in host memory, estimated from the files' headers (the loader and
     the plan preview both ask here)."""
@@ -235,9 +313,7 @@ def plan_host_memory_for(request: LoadRequest, desc: SourceDescription) -> HostM
         text_units=text["units"],
         vae=desc.vae.nbytes,
         text_encoder_can_stay_in_files=engine_places and _stays_in_files(precision.text_encoder, fp8["text_encoder"]),
-        modulation_can_stay_in_files=engine_places
-        and request.lora is None
-        and _stays_in_files(precision.transformer, fp8["transformer"]),
+        modulation_can_stay_in_files=engine_places and _stays_in_files(precision.transformer, fp8["transformer"]),
     )
     return plan_host(weights, host_budget_bytes(request.offload.host_budget))
 
@@ -245,10 +321,10 @@ def plan_host_memory_for(request: LoadRequest, desc: SourceDescription) -> HostM
 def _build(
     request: LoadRequest,
     desc: SourceDescription,
-    host: HostMemory,
     feeds: FileFeeds,
     checkpoint: Callable[[str], None],
     arithmetic: Arithmetic,
+    times: LoadTimes,
 ) -> Any:
     from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline, QwenImageLayeredPipeline
     from transformers import Qwen2_5_VLConfig, Qwen2Tokenizer, Qwen2VLProcessor
@@ -264,6 +340,7 @@ def _build(
     )
     fp8 = _fp8_modes(request, desc)
     transformer_fp8, text_encoder_fp8 = fp8["transformer"], fp8["text_encoder"]
+    defer = _deferred_parts(request, arithmetic)
     transformer = build_transformer(
         desc.transformer,
         desc.architecture,
@@ -272,10 +349,10 @@ def _build(
         dtypes["transformer"],
         home,
         fp8=transformer_fp8,
-        lora=request.lora,
-        keep_in_files=is_modulation_key if host.modulation == FILES else None,
+        keep_in_files=is_transformer_block_key if defer["transformer"] else None,
         feeds=feeds,
     )
+    times.mark("transformer")
     checkpoint("load")
     text_encoder = build_text_encoder(
         desc.text_encoder,
@@ -284,7 +361,7 @@ def _build(
         dtypes["text_encoder"],
         home,
         fp8=text_encoder_fp8,
-        keep_in_files=is_text_unit_key if host.text_encoder == FILES else None,
+        keep_in_files=is_text_unit_key if defer["text_encoder"] else None,
         feeds=feeds,
     )
     if FP8_FAST in (precision.transformer, precision.text_encoder):
@@ -297,16 +374,16 @@ def _build(
             quantize_linears(module, kind, FP8_SCOPES[part])
     if arithmetic.kind != "expanded":
         enable_fast_blocks(transformer.transformer_blocks, arithmetic.kind)
+    times.mark("text encoder")
     checkpoint("load")
     vae = build_vae(desc.vae, desc.architecture, desc.folder_config("vae"), desc.vae_channels, dtypes["vae"], home)
+    times.mark("VAE")
     tokenizer = Qwen2Tokenizer.from_pretrained(str(desc.tokenizer_dir), local_files_only=True)
     if folder is not None:
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(str(folder / "scheduler"), local_files_only=True)
         proc = Qwen2VLProcessor.from_pretrained(str(folder / "processor"), local_files_only=True)
     else:
         scheduler, proc = arch_scheduler(desc.architecture), arch_processor(desc.architecture, tokenizer)
-    if request.lora is not None and request.lora.is_lightning:
-        scheduler = FlowMatchEulerDiscreteScheduler.from_config(lightning_scheduler_config(dict(scheduler.config)))
     pipeline_cls = QwenImageLayeredPipeline if desc.variant is Variant.LAYERED else QwenImageEditPlusPipeline
     return pipeline_cls(
         scheduler=scheduler,
@@ -325,7 +402,10 @@ def load_pipeline(request: LoadRequest, checkpoint: Callable[[str], None] | None
     ``checkpoint("load")`` is called between components; raising from it (ComfyUI's Cancel) stops
     the load. On failure or cancel everything partly loaded is released before the error propagates.
     """
+    times = LoadTimes()
+    begin_load()
     desc = describe(request)
+    times.mark("file headers")
     device = torch.device(request.device)
     pipeline = None
     cancels: list[BaseException] = []
@@ -347,7 +427,7 @@ def load_pipeline(request: LoadRequest, checkpoint: Callable[[str], None] | None
         arithmetic = arithmetic_for(request, desc, gpus)
         check("load")
         feeds = FileFeeds()
-        pipeline = _build(request, desc, host, feeds, check, arithmetic)
+        pipeline = _build(request, desc, feeds, check, arithmetic, times)
         pipeline.set_progress_bar_config(disable=True)
         whole_model = offload.mode == "model"
         components = describe_components(pipeline, str(device), whole_model)
@@ -360,6 +440,7 @@ def load_pipeline(request: LoadRequest, checkpoint: Callable[[str], None] | None
             options = EngineOptions(offload, gpus, compile_blocks=compiled, arithmetic=arithmetic)
             engine = PipelineEngine(pipeline, device, options, host, components, notes, feeds)
             sizes = engine.sizes
+        times.mark("placing")
     except QwenFitError:
         pipeline = None
         release_memory()
@@ -388,6 +469,9 @@ def load_pipeline(request: LoadRequest, checkpoint: Callable[[str], None] | None
         host=host,
         notes=notes,
         arithmetic=arithmetic,
+        load_times=times,
+        scheduler_config=dict(pipeline.scheduler.config),
+        lora_updates=LoraUpdates(pipeline.transformer) if engine is None else None,
     )
     log.info("QwenFit loaded %s:\n%s", request.source.name, loaded.describe_default_plan())
     return loaded

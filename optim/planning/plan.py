@@ -35,6 +35,39 @@ class ComponentPlacement:
 
 
 @dataclass(frozen=True)
+class LoraLine:
+    """One LoRA of the run's stack, as the plan shows it."""
+
+    name: str
+    strength: float
+    rank: int
+    nbytes: int  # its factors on each GPU, in the compute dtype
+
+
+@dataclass(frozen=True)
+class LoraPlan:
+    """The run's LoRAs: their factors stay on every GPU the plan uses, next to one merged copy of the
+    largest layer they change (optim/quant/low_rank.py merges into a dense weight when that is cheaper)."""
+
+    lines: tuple[LoraLine, ...] = ()
+    workspace_bytes: int = 0
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes the LoRAs add on each GPU the plan uses."""
+        return sum(line.nbytes for line in self.lines) + self.workspace_bytes if self.lines else 0
+
+    def describe(self) -> str:
+        loras = ", ".join(
+            f"{line.name} x{line.strength:g} (rank {line.rank}, {line.nbytes / MIB:.0f} MiB)" for line in self.lines
+        )
+        return f"LoRAs: {loras}; applied as each layer runs, {self.resident_bytes / MIB:.0f} MiB on each GPU"
+
+
+NO_LORA_PLAN = LoraPlan()
+
+
+@dataclass(frozen=True)
 class Plan:
     """Everything decided for one run of one job.
 
@@ -69,6 +102,7 @@ class Plan:
     seconds_per_step: float | None = None  # set where a device speed is known (the plan preview)
     notes: tuple[str, ...] = ()
     arithmetic: Arithmetic = EXACT  # the speed rung: what the blocks multiply in, and the step cache
+    loras: LoraPlan = NO_LORA_PLAN  # the LoRA stack applied at run time (its bytes are in every peak)
 
     @property
     def places_weights(self) -> bool:
@@ -110,6 +144,8 @@ class Plan:
             if len(self.devices) > 1:
                 lines += [f"  {self._device_line(i)}" for i in range(len(self.devices))]
         lines.append(f"  {self.arithmetic.describe()}")
+        if self.loras.lines:
+            lines.append(f"  {self.loras.describe()}")
         if self.seconds_per_step is not None:
             lines.append(f"  predicted step: {self.seconds_per_step:.2f} s")
         if self.host is not None:

@@ -36,7 +36,7 @@ from ..qwen.job_shape import JobShape
 from ..settings import GIB, OffloadSettings, VaeSettings
 from .host_memory import FILES, HostMemory
 from .model_sizes import ModelSizes
-from .plan import CFG_PARALLEL, ONE_GPU, SPLIT, WHOLE_MODEL_OFFLOAD, ComponentPlacement, Plan
+from .plan import CFG_PARALLEL, NO_LORA_PLAN, ONE_GPU, SPLIT, WHOLE_MODEL_OFFLOAD, ComponentPlacement, LoraPlan, Plan
 from .speed_ladder import EXACT, Arithmetic
 
 MIB = 1024**2
@@ -197,6 +197,7 @@ def plan_run(
     notes: tuple[str, ...] = (),
     coefficients: Coefficients = COEFFICIENTS,
     arithmetic: Arithmetic = EXACT,
+    loras: LoraPlan = NO_LORA_PLAN,
 ) -> Plan:
     """The plan of ``job`` under the user's ``offload`` and ``vae`` settings over ``gpus`` (the
     pipeline's own device first, each with its budget; one entry for one GPU or the CPU).
@@ -204,14 +205,17 @@ def plan_run(
     ``host`` says which weights are read from the model files at each use (only their staging
     buffers are then page-locked); ``components`` and ``notes`` (load-time facts) are carried into
     the plan, and so is ``arithmetic`` (the speed rung, chosen at load by
-    optim/planning/speed_ladder.py). Raises QwenFitError naming the fix when nothing fits, or when
+    optim/planning/speed_ladder.py). The factors of ``loras`` (the run's LoRA stack) stay on every GPU
+    the plan uses, so they count there like the fixed bytes. Raises QwenFitError naming the fix when nothing fits, or when
     CFG-parallel was asked for and cannot run.
     """
     if not gpus:
         raise ValueError("plan_run needs at least one device")
+    if loras.lines:
+        coefficients = replace(coefficients, fixed=coefficients.fixed + loras.resident_bytes)
     search = _Search(sizes, job, offload, vae, tuple(gpus), host, components, notes, coefficients)
     plan = search.whole_model_offload() if offload.mode == "model" else search.best()
-    return replace(plan, arithmetic=arithmetic)
+    return replace(plan, arithmetic=arithmetic, loras=loras)
 
 
 class _Search:

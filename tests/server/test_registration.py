@@ -1,4 +1,4 @@
-"""The pack registers with a real ComfyUI: seven nodes, web extension, workflow templates."""
+"""The pack registers with a real ComfyUI: eight nodes, web extension, workflow templates."""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ EXPECTED = {
         ["IMAGE", "MASK", "IMAGE", "STRING"],
     ),
     "QwenFitVRAMMonitor": (set(), ["*", "STRING", "IMAGE"]),
+    "QwenFitLora": ({"pipeline", "lora", "strength"}, ["QWENFIT_PIPELINE"]),
 }
 
 
-def test_all_seven_nodes_listed_with_inputs_and_outputs(comfy):
+def test_all_eight_nodes_listed_with_inputs_and_outputs(comfy):
     info = comfy.object_info()
     ours = {name for name in info if name.startswith("QwenFit")}
     assert ours == set(EXPECTED)

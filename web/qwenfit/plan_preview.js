@@ -8,6 +8,8 @@ import { api } from "../../../scripts/api.js";
 export const LOADER = "QwenFitOptimizedLoader";
 export const EDIT = "QwenFitInstructEdit";
 export const LAYERED = "QwenFitLayeredDecompose";
+export const LORA = "QwenFitLora";
+const MAX_LORAS = 16; // as the route reads them
 export const PREVIEW_NODES = [LOADER, EDIT, LAYERED];
 
 function widget(node, name) {
@@ -30,9 +32,21 @@ function downstream(graph, node, outputName) {
   return (output?.links ?? []).map((id) => linkById(graph, id)).filter(Boolean).map((l) => graph.getNodeById(l.target_id));
 }
 
-/** The loader feeding ``node`` (itself when it is one). */
+/** The QwenFit LoRA nodes between the loader and ``node``, loader side first: [[name, strength], ...]. */
+export function loraChain(graph, node) {
+  const chain = [];
+  let current = node.type === LOADER ? null : upstream(graph, node, "pipeline");
+  while (current?.type === LORA && chain.length < MAX_LORAS) {
+    chain.unshift([widget(current, "lora"), widget(current, "strength")]);
+    current = upstream(graph, current, "pipeline");
+  }
+  return chain;
+}
+
+/** The loader feeding ``node`` (itself when it is one), through any QwenFit LoRA nodes. */
 export function loaderOf(graph, node) {
-  const loader = node.type === LOADER ? node : upstream(graph, node, "pipeline");
+  let loader = node.type === LOADER ? node : upstream(graph, node, "pipeline");
+  for (let hops = 0; loader?.type === LORA && hops < MAX_LORAS; hops++) loader = upstream(graph, loader, "pipeline");
   return loader?.type === LOADER ? loader : null;
 }
 
@@ -71,7 +85,11 @@ export function previewQuery(graph, node, schema) {
     ? downstream(graph, loader, "pipeline").find((n) => n && (n.type === EDIT || n.type === LAYERED))
     : node;
   const params = new URLSearchParams();
-  for (const name of ["model", "variant", "text_encoder", "vae", "lora"]) put(params, name, widget(loader, name));
+  for (const name of ["model", "variant", "text_encoder", "vae", "lora", "lora_strength"]) {
+    put(params, name, widget(loader, name));
+  }
+  const chain = loraChain(graph, node);
+  if (chain.length) params.set("loras", JSON.stringify(chain));
   for (const group of schema) {
     const settings = upstream(graph, loader, group.loader_input);
     for (const choice of group.choices) put(params, choice.query, widget(settings, choice.field));

@@ -130,6 +130,32 @@ def test_lightning_lora_turns_cfg_off_in_the_preview():
     assert math.isfinite(lightning.plan.seconds_per_step)
 
 
+def test_the_preview_counts_and_lists_the_lora_stack(tmp_path):
+    """The stack's factors stay on the GPU: the plan lists each LoRA with strength, rank and MiB, and its
+    predicted peak grows by their bytes."""
+    from tiny_files import block_layers, layer_shapes, write_lora
+
+    from optim import LoraChoice, LoraStack
+
+    shapes = layer_shapes(MODELS / "diffusion_models" / EDIT_BF16)
+    write_lora(tmp_path / "a.safetensors", "kohya", block_layers(shapes, "attn"), 16, 8.0, 1)
+    write_lora(tmp_path / "Lightning-4steps.safetensors", "lightx2v", block_layers(shapes, "mlp"), 8, 8.0, 2)
+    stack = LoraStack(
+        (LoraChoice(tmp_path / "a.safetensors", 0.5), LoraChoice(tmp_path / "Lightning-4steps.safetensors"))
+    )
+    source = split_files(EDIT_BF16, "edit-2509")
+    without = preview(settings(width=256, height=256, cfg_scale=1.0), source, CPU)
+    answer = preview(settings(width=256, height=256), source, CPU, loras=stack)
+    assert answer.job.cfg is False  # the Lightning LoRA of the stack
+    lines = answer.plan.loras.lines
+    assert [(line.name, line.strength, line.rank) for line in lines] == [
+        ("a.safetensors", 0.5, 16),
+        ("Lightning-4steps.safetensors", 1.0, 8),
+    ]
+    assert answer.plan.predicted_peak_bytes == without.plan.predicted_peak_bytes + answer.plan.loras.resident_bytes
+    assert "LoRAs: a.safetensors x0.5 (rank 16" in answer.plan.describe()
+
+
 def test_a_loaded_pipeline_keeps_the_budget_it_was_planned_with():
     source = split_files(EDIT_BF16, "edit-2509")
     wanted = settings(offload=OffloadSettings(vram_budget="auto"))

@@ -37,7 +37,7 @@ def test_truncated_file_is_refused_and_nothing_stays_loaded(tmp_path):
 
 def test_fp8_files_keep_fp8_storage_with_comfyui_scales():
     files = split_files("qwenfit_tiny_edit_2509_fp8_e4m3fn.safetensors", "edit-2509", text_encoder=TE_BF16)
-    loaded = load_pipeline(LoadRequest(source=files))
+    loaded = load_pipeline(LoadRequest(source=files)).wait_until_filled()
     layer = loaded.pipeline.transformer.transformer_blocks[1].attn.to_q
     assert isinstance(layer, Fp8Linear) and layer.weight_fp8.dtype == torch.float8_e4m3fn
     assert layer.layout == Fp8Layout.SCALED

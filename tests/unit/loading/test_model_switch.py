@@ -1,0 +1,56 @@
+"""Switching models frees the first completely before the second allocates: no double peak on the host,
+also while someone (ComfyUI's output cache) still holds the first pipeline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from tiny_files import LAYOUTS, split_files
+
+import optim.loading.pipeline_cache as pipeline_cache
+from optim import EditJob, LoadRequest, PipelineCache, QwenFitError, run_edit
+from optim.execution.host_arena import arena_bytes
+from optim.files.file_tensors import holds_no_memory
+
+EDIT, LAYERED = LAYOUTS[0][0], LAYOUTS[4][0]
+IMAGE = Image.new("RGB", (64, 64), (200, 40, 90))
+JOB = EditJob(prompt="winter", steps=2, seed=1, width=64, height=64)
+
+
+def _weight_bytes(loaded) -> int:
+    """Host bytes the pipeline's modules still own (placeholders own none)."""
+    total = 0
+    for part in (loaded.pipeline.transformer, loaded.pipeline.text_encoder, loaded.pipeline.vae):
+        for tensor in [*part.parameters(), *part.buffers()]:
+            if tensor.numel() > 1 and not holds_no_memory(tensor):
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def test_edit_layered_edit_frees_each_before_the_next_loads(monkeypatch):
+    seen = []
+    load = pipeline_cache.load_pipeline
+
+    def watched(request, checkpoint=None):
+        # What is still held when the next load starts: the arenas, and the modules of every pipeline so far.
+        seen.append((arena_bytes(), [_weight_bytes(p) for p in held]))
+        return load(request, checkpoint)
+
+    monkeypatch.setattr(pipeline_cache, "load_pipeline", watched)
+    cache, held = PipelineCache(), []  # ``held`` stands for ComfyUI's cache of node outputs
+    edit = LoadRequest(split_files(EDIT, "edit-2509"))
+    for request in (edit, LoadRequest(split_files(LAYERED, "layered")), edit):
+        held.append(cache.get(request))
+        assert arena_bytes() > 0 and _weight_bytes(held[-1]) > 0  # the check can fail: weights were held
+    assert cache.loads == 3
+    assert seen[0][0] == 0
+    for arenas, weights in seen[1:]:
+        assert arenas == 0 and all(w == 0 for w in weights), (arenas, weights)
+    # The first Edit pipeline, still held, refuses to run instead of computing with no weights.
+    with pytest.raises(QwenFitError, match="unloaded when another model was loaded"):
+        run_edit(held[0], [IMAGE], JOB)
+    image = run_edit(held[-1], [IMAGE], JOB).image
+    assert torch.isfinite(image).all()
+    cache.clear()
+    assert arena_bytes() == 0 and _weight_bytes(held[-1]) == 0

@@ -296,11 +296,10 @@ class BlockStreamer:
         self._fill.cancel()  # no read may land in memory that is about to be freed
         self.configure(())
         self.replicate(None)
-        self._arena.release()
-        # The arena's memory goes with the last view of it: the blocks' own tensors are dropped by the
-        # caller (optim/files/file_tensors.py drop_weights), these here.
-        self._arena = HostArena(0, pin=False)
+        # Freed now, not when the last view goes: a view held anywhere (a module someone keeps) must not
+        # keep tens of GB while the next model loads.
+        self._arena.free()
         self._home = [[] for _ in self._layouts]
         if self._staging is not None:
-            self._staging.release()
+            self._staging.free()
             self._staging = None

@@ -74,7 +74,7 @@ class HostArena:
         self._pin = pin and nbytes > 0 and torch.cuda.is_available()
         self._ranges: list[tuple[int, int]] = []  # (pointer, bytes) locked, unlocked together
         _count_arena(self.nbytes)
-        weakref.finalize(self, _count_arena, -self.nbytes)
+        self._uncount = weakref.finalize(self, _count_arena, -self.nbytes)
         # Unlock before the memory is freed, also when the arena is just dropped.
         self._finalizer = weakref.finalize(self, _unregister, self._ranges)
         if lock_now:
@@ -114,3 +114,11 @@ class HostArena:
             ranges = list(self._ranges)
             self._ranges.clear()
         _unregister(ranges)
+
+    def free(self) -> None:
+        """Unlock and give the memory back now, whoever still holds a view of it: the views are left
+        with no bytes, so a stray use fails loudly instead of reading freed memory. For an arena being
+        dropped for good (the pipeline is being replaced)."""
+        self.release()
+        self.buffer.untyped_storage().resize_(0)
+        self._uncount()

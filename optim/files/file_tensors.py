@@ -107,12 +107,20 @@ def drop_weights(module: nn.Module) -> None:
     """Point every parameter and buffer of ``module`` at a placeholder, so whoever still holds the module
     (ComfyUI keeps node outputs) holds no weight memory: the next model can load without a double peak."""
     for owner in module.modules():
-        for name, tensor in owner._parameters.items():
-            if tensor is not None and tensor.numel() > 1:
-                owner._parameters[name] = nn.Parameter(placeholder(tuple(tensor.shape), tensor.dtype), False)
-        for name, tensor in owner._buffers.items():
-            if tensor is not None and tensor.numel() > 1:
-                owner._buffers[name] = placeholder(tuple(tensor.shape), tensor.dtype)
+        for tensors, wrap in ((owner._parameters, lambda t: nn.Parameter(t, False)), (owner._buffers, lambda t: t)):
+            for name, tensor in tensors.items():
+                if tensor is None or tensor.numel() <= 1 or holds_no_memory(tensor):
+                    continue
+                tensors[name] = wrap(placeholder(tuple(tensor.shape), tensor.dtype))
+                _give_back(tensor)
+
+
+def _give_back(tensor: torch.Tensor) -> None:
+    """Free a dropped weight's memory now, even if a reference to it survives somewhere."""
+    try:
+        tensor.untyped_storage().resize_(0)
+    except RuntimeError:  # memory torch does not own (a memory map, numpy): it goes with its last reference
+        pass
 
 
 def holds_no_memory(tensor: torch.Tensor) -> bool:

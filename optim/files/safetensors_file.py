@@ -8,6 +8,7 @@ plan keeps plus one tensor. The format is JSON + raw bytes: nothing is ever unpi
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import struct
@@ -138,13 +139,17 @@ class SafetensorsFile:
         """Bytes ``offset`` .. ``offset + out.numel()`` of tensor ``name`` into ``out`` (contiguous CPU uint8):
         a piece of a tensor, so several threads can fill one large tensor together."""
         info = self.tensors[name]
+        if out.dtype != torch.uint8 or not out.is_contiguous() or out.device.type != "cpu":
+            raise ValueError("read_bytes writes into a contiguous CPU uint8 tensor")
         if offset < 0 or offset + out.numel() > info.nbytes:
             raise ValueError(f"bytes {offset}..{offset + out.numel()} are outside tensor {name!r}")
         if not out.numel():
             return
         with open(self.path, "rb") as f:
             f.seek(info.start + offset)
-            got = f.readinto(memoryview(out.numpy()))
+            # A ctypes view of the bytes, not .numpy(): numpy would pin the storage's size for good, and a
+            # dropped pipeline's arena must be able to give its memory back (HostArena.free).
+            got = f.readinto(memoryview((ctypes.c_ubyte * out.numel()).from_address(out.data_ptr())))
         if got != out.numel():
             raise self._fail(f"tensor {name!r} ends early")
 

@@ -40,13 +40,19 @@ def test_edit_layered_edit_frees_each_before_the_next_loads(monkeypatch):
     monkeypatch.setattr(pipeline_cache, "load_pipeline", watched)
     cache, held = PipelineCache(), []  # ``held`` stands for ComfyUI's cache of node outputs
     edit = LoadRequest(split_files(EDIT, "edit-2509"))
+    hidden = []  # references to weights that something else (a hook, a cache) might keep
     for request in (edit, LoadRequest(split_files(LAYERED, "layered")), edit):
         held.append(cache.get(request))
         assert arena_bytes() > 0 and _weight_bytes(held[-1]) > 0  # the check can fail: weights were held
+        pipe = held[-1].wait_until_filled().pipeline
+        hidden.append([pipe.transformer.transformer_blocks[0].attn.to_q.weight, pipe.text_encoder.lm_head.weight])
+        assert all(t.untyped_storage().nbytes() > 0 for t in hidden[-1])
     assert cache.loads == 3
     assert seen[0][0] == 0
     for arenas, weights in seen[1:]:
         assert arenas == 0 and all(w == 0 for w in weights), (arenas, weights)
+    # Even a weight referenced elsewhere gave its memory back (a streamed block's and a host-resident one's).
+    assert all(t.untyped_storage().nbytes() == 0 for t in hidden[0] + hidden[1])
     # The first Edit pipeline, still held, refuses to run instead of computing with no weights.
     with pytest.raises(QwenFitError, match="unloaded when another model was loaded"):
         run_edit(held[0], [IMAGE], JOB)

@@ -90,9 +90,14 @@ def prepared(loaded: LoadedPipeline, job: JobShape, checkpoint: Checkpoint | Non
     else:
         apply_vae_switches(loaded.pipeline, plan)
         running = nullcontext()
+    def after_the_run() -> str:
+        """What the run did beyond its plan, and how the load went (its background reads included)."""
+        notes = loaded.engine.run_notes() if loaded.engine is not None else ""
+        return "\n  ".join(line for line in (notes, *loaded.describe_load().splitlines()) if line)
+
     tracker = PhaseTracker(
         loaded.device, job.steps, loaded.name, plan.describe(), job, plan.phase_peaks, checkpoint,
-        afterwards=None if loaded.engine is None else loaded.engine.run_notes,
+        afterwards=after_the_run,
     )  # fmt: skip
     hook = loaded.pipeline.transformer.register_forward_pre_hook(tracker.denoising_starts)
     try:

@@ -39,8 +39,11 @@ def test_a_run_started_mid_fill_gives_the_image_of_a_filled_pipeline(monkeypatch
     _slow_reads(monkeypatch, 0.02)
     loaded = load_pipeline(request)
     assert arena_fill.current_stats().pending > 0  # the run below starts before the weights are all in
-    image = run_edit(loaded, [IMAGE], JOB).image
-    assert torch.equal(image, expected)
+    result = run_edit(loaded, [IMAGE], JOB)
+    assert torch.equal(result.image, expected)
+    # The report says how the load went, the background reads included (all done by the run's end).
+    assert "loaded in " in result.record.plan and "in the background: " in result.record.plan
+    assert "still filling" not in result.record.plan
     loaded.engine.release()
 
 

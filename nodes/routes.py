@@ -154,7 +154,11 @@ def _preview_now(params: dict[str, str]) -> dict[str, Any]:
         settings, source, device, last_run(), may_measure_speed=lambda: not monitor.run_active,
         loaded_gpus=loaded_gpus, loras=loras,
     )  # fmt: skip
-    return preview_json(settings, answer, str(device))
+    data = preview_json(settings, answer, str(device))
+    # How long these very settings took to load, when they are what is loaded now.
+    if loaded_gpus is not None:
+        data["notes"] = [*data["notes"], *held.describe_load().splitlines()]
+    return data
 
 
 async def plan_preview(request: web.Request) -> web.Response:

@@ -172,6 +172,12 @@ def test_last_run_and_monitor_node_after_a_run(comfy):
     marks = [m["label"] for m in comfy.get("/qwenfit/memory/history", seconds=120).json()["marks"]]
     assert marks[-4:] == ["encode", "denoise", "decode", "end"]
     json.dumps(result.outputs)  # plain data all the way
+    # How long the load took: in the loader's plan text, the run report, and the preview of what is loaded.
+    assert any("loaded in " in line for line in result.outputs["1"]["text"])
+    assert "loaded in " in record["plan"]
+    model = TINY_STAND_INS[next(iter(TINY_STAND_INS))]
+    notes = comfy.get("/qwenfit/plan_preview", model=model).json()["notes"]
+    assert any(note.startswith("loaded in ") for note in notes), notes
 
 
 def test_the_server_switch_keeps_the_sampler_off(tmp_path, monkeypatch):

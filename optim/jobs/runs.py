@@ -90,6 +90,7 @@ def prepared(loaded: LoadedPipeline, job: JobShape, checkpoint: Checkpoint | Non
     else:
         apply_vae_switches(loaded.pipeline, plan)
         running = nullcontext()
+
     def after_the_run() -> str:
         """What the run did beyond its plan, and how the load went (its background reads included)."""
         notes = loaded.engine.run_notes() if loaded.engine is not None else ""

@@ -16,6 +16,7 @@ from torch import nn
 from ..files.lora import NO_LORAS, LoraStack
 from ..files.lora_factors import LayerShapes, LoraFile, file_stamp, match_layers, read_factors
 from ..quant.low_rank import LowRankFactors, attach_low_rank, detach_low_rank, is_lora_target
+from ..qwen.anatomy import is_modulation_layer
 
 
 def lora_layer_shapes(transformer: nn.Module) -> dict[str, tuple[int, int]]:
@@ -95,16 +96,23 @@ class LoraUpdates:
         self._row_lora = torch.tensor(row_lora, dtype=torch.long)
         self._row_scale = torch.tensor(row_scale, dtype=torch.float32)
         flat = self._row_scale * self._strengths(stack)[self._row_lora]
-        self._scales = [flat.to(d) for d in devices]
-        for layer, downs, ups, start in plan:
+        host = torch.device("cpu")
+        scale_devices = devices if host in devices else (*devices, host)
+        self._scales = [flat.to(d) for d in scale_devices]
+        on_host = self._scales[scale_devices.index(host)]
+        self.nbytes = total * 4
+        for (layer, downs, ups, start), name in zip(plan, names, strict=True):
             down = torch.cat(downs).to(dtype)
             up = torch.cat(ups, dim=1).to(dtype)
             rows = slice(start, start + down.shape[0])
-            per_device = tuple(
-                LowRankFactors(down.to(d), up.to(d), scales[rows])
-                for d, scales in zip(devices, self._scales, strict=True)
-            )
+            if is_modulation_layer(name):
+                # Run once per schedule into the modulation table: kept on the host, copied in for the call.
+                per_device = (LowRankFactors(down, up, on_host[rows]),)
+            else:
+                per_device = tuple(
+                    LowRankFactors(down.to(d), up.to(d), scales[rows])
+                    for d, scales in zip(devices, self._scales, strict=False)
+                )
+                self.nbytes += down.nbytes + up.nbytes
             attach_low_rank(layer, per_device)
             self._layers.append(layer)
-        self.nbytes = sum(layer.low_rank[0].down.nbytes + layer.low_rank[0].up.nbytes for layer in self._layers)
-        self.nbytes += total * 4

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from ..errors import QwenFitError
+from ..qwen.anatomy import is_modulation_layer
 from .safetensors_file import SafetensorsFile
 
 # Prefixes the formats put before the transformer's own module names.
@@ -69,6 +70,16 @@ class LoraFile:
     def factor_count(self) -> int:
         """Numbers in all factors (down and up) of the file."""
         return sum(layer.rank * (layer.in_features + layer.out_features) for layer in self.layers.values())
+
+    @property
+    def factor_count_on_gpu(self) -> int:
+        """Numbers in the factors kept on the GPU: the modulation layers' stay on the host (they run once per
+        schedule, into the modulation table, and are copied over for that)."""
+        return sum(
+            layer.rank * (layer.in_features + layer.out_features)
+            for name, layer in self.layers.items()
+            if not is_modulation_layer(name)
+        )
 
     @property
     def largest_layer(self) -> int:

@@ -18,7 +18,7 @@ def lora_plan(stack: LoraStack, itemsize: int) -> LoraPlan:
     for choice in stack.choices:
         lora = read_lora(choice.path)
         rows = sum(layer.rank for layer in lora.layers.values())
-        nbytes = lora.factor_count * itemsize + rows * SCALE_BYTES
+        nbytes = lora.factor_count_on_gpu * itemsize + rows * SCALE_BYTES
         lines.append(LoraLine(choice.name, choice.strength, lora.rank, nbytes))
         largest = max(largest, lora.largest_layer)
     return LoraPlan(tuple(lines), largest * itemsize)

@@ -56,7 +56,9 @@ class WithLowRank:
         for candidate in self.low_rank[1:]:  # the copy on the device this call computes on
             if candidate.down.device == x.device:
                 factors = candidate
-        down, up, scale = factors.down.to(x.dtype), factors.up.to(x.dtype), factors.scale
+        # Factors kept on the host (the modulation layers') come over for the call; elsewhere a no-op.
+        down, up = factors.down.to(x.device, x.dtype), factors.up.to(x.device, x.dtype)
+        scale = factors.scale.to(x.device)
         dense = _dense_weight_source(self)
         if dense is not None and merge_is_cheaper(x.numel() // x.shape[-1], self.in_features, self.out_features):
             # The scales multiply in float32 (a strength like 0.35 is not a bf16 number).

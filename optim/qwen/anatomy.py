@@ -10,6 +10,8 @@ asks here.
 
 from __future__ import annotations
 
+import re
+
 from torch import nn
 
 # A block's timestep modulation: Linear(3072, 18432) per stream, a third of the transformer's weights.
@@ -25,6 +27,12 @@ def is_modulation(name: str) -> bool:
 def is_modulation_key(key: str) -> bool:
     """A transformer key (``[prefix.]transformer_blocks.N.img_mod.1.weight``) of a block's modulation."""
     return is_transformer_block_key(key) and any(f".{layer}." in key for layer in MODULATION_LAYERS)
+
+
+def is_modulation_layer(name: str) -> bool:
+    """A transformer block's modulation Linear, by dotted (``transformer_blocks.3.img_mod.1``) or kohya
+    underscored (``transformer_blocks_3_img_mod_1``) name."""
+    return any(re.search(rf"(^|[._]){layer}([._]|$)", name) for layer in MODULATION_LAYERS)
 
 
 def is_transformer_block_key(name: str) -> bool:

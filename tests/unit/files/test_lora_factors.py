@@ -5,6 +5,7 @@ the layer and the fix."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,3 +120,23 @@ def test_two_lightning_loras_in_one_stack_are_refused(tmp_path):
     assert stack.lightning.name == "Qwen-Lightning-4steps.safetensors"
     with pytest.raises(QwenFitError, match="two Lightning LoRAs.*Keep one of them"):
         stack.plus(LoraChoice(tmp_path / "other-lightning-8steps.safetensors"))
+
+
+def test_modulation_factors_are_not_counted_on_the_gpu():
+    """They stay on the host (run once per schedule); every other layer's factors are on the GPU."""
+    from optim.files.lora_factors import LoraFile, LoraLayer
+    from optim.qwen.anatomy import is_modulation_layer
+
+    def pair(n_in: int, n_out: int) -> LoraLayer:
+        return LoraLayer("d", "u", rank=4, in_features=n_in, out_features=n_out, alpha=4.0)
+
+    layers = {
+        "transformer_blocks.0.attn.to_q": pair(8, 8),
+        "transformer_blocks.0.img_mod.1": pair(8, 48),
+        "transformer_blocks_0_txt_mod_1": pair(8, 48),  # kohya's name before matching
+    }
+    lora = LoraFile(Path("x.safetensors"), layers, kohya=False)
+    assert lora.factor_count == 4 * (16 + 56 + 56)
+    assert lora.factor_count_on_gpu == 4 * 16
+    assert [is_modulation_layer(n) for n in layers] == [False, True, True]
+    assert not is_modulation_layer("transformer_blocks.0.img_mlp.net.2")

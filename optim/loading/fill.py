@@ -82,7 +82,7 @@ def fill_module(
     linears = {name for name, m in module.named_modules() if isinstance(m, nn.Linear)}
     fp8_layers = {name for name in linears if fp8_linears is not None and fp8_linears(name)}
     missing: list[str] = []
-    trim = TrimEvery(256 * 2**20)  # often enough to keep the heap small, rare enough to cost nothing
+    trim = TrimEvery()  # keeps the heap near what the plan keeps (weights quantized on load make temporaries)
     in_files: dict[str, FileTensor] = {}
 
     def stays_in_files(key: str) -> bool:

@@ -51,7 +51,6 @@ class FillStats:
 
 
 _stats = FillStats()
-_queued: list[Future] = []
 
 
 def begin_load() -> None:
@@ -59,17 +58,11 @@ def begin_load() -> None:
     global _stats
     with _stats_lock:
         _stats = FillStats()
-        _queued[:] = [f for f in _queued if not f.done()]
 
 
 def current_stats() -> FillStats:
     """The fills of the latest load."""
     return _stats
-
-
-def wait_for_all() -> None:
-    """Block until every queued fill is in (benchmarks time the whole load with this)."""
-    wait_all(list(_queued))
 
 
 class ArenaFill:
@@ -133,7 +126,6 @@ class ArenaFill:
             counted.finished = 0.0
             counted.pending += 1
         self._done[block] = done
-        _queued.append(done)
         self._stages.append(_filler.submit(reading))
 
     def wait(self, block: int) -> None:

@@ -576,6 +576,8 @@ def run_qwenfit(a: argparse.Namespace) -> dict:
     tokenizer = REPO / ".cache" / "comfyui" / "comfy" / "text_encoders" / "qwen25_tokenizer"
     source = SplitFiles(a.models / transformer, a.models / TEXT_ENCODER, a.models / VAE, tokenizer)
     record: dict = {"runner": f"QwenFit {card} preset, speed {a.speed}", "card": a.card, "layout": layout}
+    if a.host_budget != "auto":
+        record["runner"] += f", host budget {a.host_budget}"
     from optim.loading.library_imports import import_libraries
 
     # In ComfyUI the pack imports these while the server starts (nodes/__init__.py); a fresh process pays here.
@@ -585,7 +587,9 @@ def run_qwenfit(a: argparse.Namespace) -> dict:
         request = LoadRequest(
             source,
             precision=PrecisionSettings(speed=a.speed),
-            offload=OffloadSettings(vram_budget=card, mode="none" if a.card == "none" else "auto"),
+            offload=OffloadSettings(
+                vram_budget=card, mode="none" if a.card == "none" else "auto", host_budget=a.host_budget
+            ),
             device=a.device,
         )
         loaded = load_pipeline(request)
@@ -612,7 +616,12 @@ def run_qwenfit(a: argparse.Namespace) -> dict:
                 }
             denoise = next(p for p in result.record.phases if p.name == "denoise")
             runs.append(
-                {"seconds": result.seconds, "denoise_seconds": denoise.seconds, "peak": result.record.peak_reserved}
+                {
+                    "seconds": result.seconds,
+                    "denoise_seconds": denoise.seconds,
+                    "peak": result.record.peak_reserved,
+                    "phases": {p.name: p.seconds for p in result.record.phases},  # where a first run's time went
+                }
             )
             record["plan"] = result.record.plan
         record["runs"] = runs
@@ -749,6 +758,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("write", "run-native", "run-qwenfit", "table"))
     parser.add_argument("--loras", type=int, default=0, help="run-qwenfit: then a stack of N random rank-64 LoRAs")
+    parser.add_argument("--host-budget", default="auto", help="run-qwenfit: the host budget (e.g. 24 GB)")
     parser.add_argument("--speed", default="fast", help="run-qwenfit: the speed rung (exact, fast, fastest)")
     parser.add_argument("--tokenizer", type=Path, help="write: ComfyUI's comfy/text_encoders/qwen25_tokenizer")
     parser.add_argument("--models", type=Path)

@@ -25,6 +25,7 @@ def main() -> int:
     parser.add_argument("--tokenizer", type=Path, required=True)
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--only-fill-check", action="store_true", help="only the mid-fill whole-GPU checks")
     args = parser.parse_args()
 
     import torch
@@ -69,8 +70,11 @@ def main() -> int:
             models / "diffusion_models" / "qwenfit_tiny_layered_bf16.safetensors", te, lvae, args.tokenizer
         ),
     }
-    rows = []
-    for name, source in sources.items():
+    rows: list[dict] | None = None if args.only_fill_check else []
+    fill_rows = _mid_fill_checks(sources, image)
+    for row in fill_rows:
+        print(json.dumps(row), flush=True)
+    for name, source in sources.items() if rows is not None else ():
         for mode in ("none", "model", "blocks"):
             for precision in ("auto", "fp8_e4m3fn"):
                 row = {"source": name, "offload": mode, "precision": precision}
@@ -113,10 +117,51 @@ def main() -> int:
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k not in ("plan", "trace")}), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
+    rows = rows or []
     (args.out / "cuda_smoke.json").write_text(
-        json.dumps({"gpu": torch.cuda.get_device_name(0), "rows": rows}, indent=1)
+        json.dumps({"gpu": torch.cuda.get_device_name(0), "rows": rows, "mid_fill": fill_rows}, indent=1)
     )
-    return 0 if all(r["ok"] for r in rows) else 1
+    return 0 if all(r["ok"] for r in rows + fill_rows) else 1
+
+
+def _mid_fill_checks(sources: dict, image) -> list[dict]:
+    """A whole-GPU run that starts while the weights are still being read (reads slowed) gives the image
+    of a pipeline whose weights were all in first: resident blocks and text-encoder units are copied to
+    the GPU as their slices arrive (BlockStreamer._place_when_filled), and each waits only for its own."""
+    import torch
+
+    import optim.execution.arena_fill as arena_fill
+    from optim import EditJob, LoadRequest, OffloadSettings, load_pipeline, release_memory, run_edit
+
+    job = EditJob(prompt="snow", steps=2, width=256, height=256)
+    read_all = arena_fill.read_all
+    rows = []
+    for name in ("folder edit-2509", "split 2509 fp8 scaled"):
+        row = {"check": "mid-fill whole GPU", "source": name}
+        try:
+            request = LoadRequest(source=sources[name], offload=OffloadSettings(mode="none"), device="cuda:0")
+            filled = load_pipeline(request).wait_until_filled()
+            expected = run_edit(filled, [image], job).image
+            filled.engine.release()
+            del filled
+            arena_fill.read_all = lambda jobs: (time.sleep(0.02), read_all(jobs))[1]
+            try:
+                loaded = load_pipeline(request)
+                row["pending_at_run_start"] = arena_fill.current_stats().pending
+                got = run_edit(loaded, [image], job).image
+            finally:
+                arena_fill.read_all = read_all
+            row["equal"] = bool(torch.equal(got, expected))
+            row["ok"] = row["equal"] and row["pending_at_run_start"] > 0
+            loaded.engine.release()
+            del loaded
+        except Exception as exc:
+            row["ok"] = False
+            row["error"] = f"{type(exc).__name__}: {exc}"
+            row["trace"] = traceback.format_exc()[-2000:]
+        release_memory()
+        rows.append(row)
+    return rows
 
 
 if __name__ == "__main__":

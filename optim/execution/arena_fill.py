@@ -128,6 +128,15 @@ class ArenaFill:
         self._done[block] = done
         self._stages.append(_filler.submit(reading))
 
+    def when_filled(self, block: int, then: Callable[[Future | None], None]) -> None:
+        """Call ``then(future)`` once ``block`` is filled and locked: at once, on this thread, when it already
+        is (``future`` None or done), else on the thread that finishes it (its ``result()`` re-raises a failure)."""
+        done = self._done.get(block)
+        if done is None:
+            then(None)
+        else:
+            done.add_done_callback(then)  # calls at once when already done
+
     def wait(self, block: int) -> None:
         """Return once ``block`` is filled and locked; re-raises what its fill raised."""
         done = self._done.get(block)

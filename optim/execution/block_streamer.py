@@ -19,6 +19,7 @@ that every block always computes with its own weights).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -103,6 +104,10 @@ class BlockStreamer:
             trim.add(lay.nbytes)
         trim_host_heap()
         self._resident: dict[int, torch.Tensor] = {}  # block -> its persistent GPU copy
+        # Resident blocks whose host slice was still filling when placed: their GPU copy is made as soon as
+        # the slice is in (on the filling thread, on _place_stream); a run waits in enter() for this event.
+        self._arriving: dict[int, Future] = {}
+        self._place_stream: torch.cuda.Stream | None = None
         self.order: list[int] = []
         self._position: dict[int, int] = {}
         self._slot_count = 2
@@ -129,6 +134,7 @@ class BlockStreamer:
         self.replicate(None)  # a replica is made for one placement; the engine asks again after this
         placement = placement or {}
         keep = {block: indexed(placement.get(block, self.device)) for block in resident}
+        self._settle()  # no copy may still be landing in memory about to be dropped
         for block in [b for b, copy in self._resident.items() if keep.get(b) != copy.device]:
             bind(self._layouts[block], self._home[block])
             del self._resident[block]
@@ -136,13 +142,51 @@ class BlockStreamer:
             if keep[block].type == "cpu" and self._feed is None:
                 self._fill.wait(block)  # a CPU computes from the arena itself, without a hook per block
                 continue
-            copy = self._host_copy(block).to(keep[block])
+            if keep[block] == self.device and self._pin and self._feed is None:
+                copy = self._place_when_filled(block)
+            else:
+                copy = self._host_copy(block).to(keep[block])
             self._resident[block] = copy
             bind(self._layouts[block], views(self._layouts[block], copy))
         self.order = [b for b in range(len(self._layouts)) if b not in keep]
         self._position = {block: p for p, block in enumerate(self.order)}
         self._slot_count = slots
         self.slot_bytes = max((self._layouts[b].nbytes for b in self.order), default=0)
+
+    def _place_when_filled(self, block: int) -> torch.Tensor:
+        """A GPU buffer for ``block`` that receives its bytes as soon as its host slice is filled, so a run
+        (prompt encoding, the first step) starts while later blocks still arrive; :meth:`enter` waits."""
+        nbytes = self._layouts[block].nbytes
+        copy = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+        source = self._arena.view(self._offsets[block], nbytes)
+        if self._place_stream is None:
+            self._place_stream = torch.cuda.Stream(self.device)
+        stream, arrived = self._place_stream, Future()
+        self._arriving[block] = arrived
+
+        def place(filled: Future | None) -> None:
+            try:
+                if filled is not None:
+                    filled.result()  # a failed or cancelled fill fails the run that needs this block
+                with torch.cuda.stream(stream):  # the slice is page-locked: the copy is queued, not waited for
+                    copy.copy_(source, non_blocking=True)
+                    event = torch.cuda.Event()
+                    event.record(stream)
+                arrived.set_result(event)
+            except BaseException as error:  # noqa: BLE001 - handed to the run that waits for this block
+                arrived.set_exception(error)
+
+        self._fill.when_filled(block, place)
+        return copy
+
+    def _settle(self) -> None:
+        """Wait until every GPU copy queued by :meth:`_place_when_filled` has landed (errors are the run's)."""
+        for arrived in self._arriving.values():
+            try:
+                arrived.result().synchronize()
+            except BaseException:  # noqa: BLE001 - a failed fill: nothing was copied
+                pass
+        self._arriving.clear()
 
     def replicate(self, device: torch.device | None) -> None:
         """Keep a second copy of every block on ``device`` (CFG-parallel; None drops it). The blocks
@@ -187,9 +231,11 @@ class BlockStreamer:
         return buffer
 
     def wait_until_filled(self) -> None:
-        """Return once every block's weights are in host memory (those read in the background included)."""
+        """Return once every block's weights are in host memory (those read in the background included)
+        and every resident block's GPU copy is made."""
         for block in range(len(self._layouts)):
             self._fill.wait(block)
+        self._settle()
 
     def start(self) -> None:
         """Allocate the GPU ring and begin copying the first blocks."""
@@ -260,8 +306,11 @@ class BlockStreamer:
     def enter(self, block: int) -> None:
         """Before ``blocks[block]`` runs: its weights are on the GPU (the compute stream waits for them)."""
         p = self._position.get(block)
-        if p is None:
-            self._fill.wait(block)  # resident: on a GPU it waited when copied; on the CPU it computes from the arena
+        if p is None:  # resident: on the CPU it computes from the arena; on a GPU its copy may still be landing
+            arrived = self._arriving.pop(block, None)
+            if arrived is not None:
+                torch.cuda.current_stream(self.device).wait_event(arrived.result())
+            self._fill.wait(block)
             return
         if not self._slots:
             self.start()
@@ -294,6 +343,7 @@ class BlockStreamer:
     def release(self) -> None:
         """Free the GPU copies and unlock the host arena (the pipeline is being dropped)."""
         self._fill.cancel()  # no read may land in memory that is about to be freed
+        self._settle()
         self.configure(())
         self.replicate(None)
         # Freed now, not when the last view goes: a view held anywhere (a module someone keeps) must not

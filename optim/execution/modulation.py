@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ..quant.low_rank import low_rank_on
 from ..qwen.anatomy import MODULATION_LAYERS
 from .block_streamer import BlockStreamer
 
@@ -86,10 +87,12 @@ class ModulationTable:
         try:
             for i, block in enumerate(self.transformer.transformer_blocks):
                 self.streamer.enter(i)
-                for key, temb in todo.items():
-                    img = block.img_mod(temb)
-                    txt = block.txt_mod(temb.chunk(2, dim=0)[0] if self.zero_cond_t else temb)
-                    results[key].append((img, txt))
+                # LoRA factors of these layers live on the host: one copy per block, not one per timestep.
+                with low_rank_on([*block.img_mod.modules(), *block.txt_mod.modules()], self.device):
+                    for key, temb in todo.items():
+                        img = block.img_mod(temb)
+                        txt = block.txt_mod(temb.chunk(2, dim=0)[0] if self.zero_cond_t else temb)
+                        results[key].append((img, txt))
                 self.streamer.leave(i)
         finally:
             self.streamer.stop()

@@ -85,6 +85,8 @@ class TextEncoderEngine:
             self.streamer.configure(range(len(self.units)))
             for lay, home in zip(self._host_layouts, self._host_home, strict=True):
                 bind(lay, [t.to(self.device) for t in home])
+            for i, unit in enumerate(self.units):  # a unit's GPU copy may still be landing after the load
+                self._hooks.append(unit.register_forward_pre_hook(lambda _m, _a, i=i: self.streamer.enter(i)))
         else:
             self.streamer.configure((), slots=2)
             for lay, home in zip(self._host_layouts, self._host_home, strict=True):

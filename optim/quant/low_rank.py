@@ -18,6 +18,8 @@ and shape-based branches keep a compiled block function valid for every block.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +69,23 @@ class WithLowRank:
             return nn.functional.linear(x, weight, bias)
         out = super().forward(x)
         return out + nn.functional.linear((nn.functional.linear(x, down) * scale).to(x.dtype), up)
+
+
+@contextmanager
+def low_rank_on(layers: Iterable[nn.Module], device: torch.device) -> Iterator[None]:
+    """Within: the LoRA factors of ``layers`` that are kept on another device (the modulation layers', on
+    the host) are copied to ``device`` once, for every call inside, instead of at each call."""
+    saved = []
+    for layer in layers:
+        if isinstance(layer, WithLowRank) and all(f.down.device != device for f in layer.low_rank):
+            f = layer.low_rank[0]
+            saved.append((layer, layer.low_rank))
+            layer.low_rank = (LowRankFactors(f.down.to(device), f.up.to(device), f.scale.to(device)),)
+    try:
+        yield
+    finally:
+        for layer, factors in saved:
+            layer.low_rank = factors
 
 
 def _dense_weight_source(layer: nn.Module):

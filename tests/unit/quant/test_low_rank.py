@@ -12,7 +12,14 @@ from optim.files.fp8_layouts import Fp8Layout, Fp8Weight
 from optim.quant.fp8 import Fp8Linear
 from optim.quant.fp8_matmul import Fp8MatmulLinear
 from optim.quant.int8 import Int8Linear
-from optim.quant.low_rank import LowRankFactors, WithLowRank, attach_low_rank, detach_low_rank, merge_is_cheaper
+from optim.quant.low_rank import (
+    LowRankFactors,
+    WithLowRank,
+    attach_low_rank,
+    detach_low_rank,
+    low_rank_on,
+    merge_is_cheaper,
+)
 from optim.quant.nf4 import Nf4Linear
 
 IN, OUT, RANK = 64, 128, 6
@@ -110,3 +117,17 @@ def test_one_compiled_function_serves_layers_with_different_factors():
     for layer in layers[1:]:
         torch.testing.assert_close(compiled(layer, x), layer(x) * 2)
     assert torch._dynamo.utils.counters["frames"]["total"] == first, "a recompile per layer"
+
+
+def test_factors_kept_elsewhere_are_copied_once_for_a_block_of_calls():
+    # The modulation layers' factors live on the host; inside low_rank_on they sit on the compute device
+    # for every call (one copy per block, not one per timestep), and the host copy is back afterwards.
+    layer = _layer("linear")
+    host = _factors()
+    attach_low_rank(layer, (host,))
+    with low_rank_on([layer, nn.Identity()], torch.device("meta")):
+        inside = layer.low_rank[0]
+        assert {inside.down.device.type, inside.up.device.type, inside.scale.device.type} == {"meta"}
+    assert layer.low_rank == (host,)
+    with low_rank_on([layer], torch.device("cpu")):  # already there: nothing is copied
+        assert layer.low_rank[0] is host

@@ -582,6 +582,16 @@ def run_qwenfit(a: argparse.Namespace) -> dict:
 
     # In ComfyUI the pack imports these while the server starts (nodes/__init__.py); a fresh process pays here.
     record["import_seconds"] = import_libraries()
+    if a.readers:  # an experiment: fewer file-reader threads than optim.files.parallel_reads.READERS
+        from concurrent.futures import ThreadPoolExecutor
+
+        import optim.files.parallel_reads as parallel_reads
+
+        parallel_reads._pool = ThreadPoolExecutor(max_workers=a.readers, thread_name_prefix="qwenfit-file-reader")
+        record["runner"] += f", {a.readers} readers"
+    if a.torch_threads:
+        torch.set_num_threads(a.torch_threads)
+        record["runner"] += f", {a.torch_threads} torch threads"
     try:
         start = start_clock = time.perf_counter()
         request = LoadRequest(
@@ -758,6 +768,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("write", "run-native", "run-qwenfit", "table"))
     parser.add_argument("--loras", type=int, default=0, help="run-qwenfit: then a stack of N random rank-64 LoRAs")
+    parser.add_argument("--readers", type=int, default=0, help="run-qwenfit: file-reader threads (experiment)")
+    parser.add_argument("--torch-threads", type=int, default=0, help="run-qwenfit: torch.set_num_threads (experiment)")
     parser.add_argument("--host-budget", default="auto", help="run-qwenfit: the host budget (e.g. 24 GB)")
     parser.add_argument("--speed", default="fast", help="run-qwenfit: the speed rung (exact, fast, fastest)")
     parser.add_argument("--tokenizer", type=Path, help="write: ComfyUI's comfy/text_encoders/qwen25_tokenizer")

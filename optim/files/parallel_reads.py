@@ -14,7 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-READERS = max(2, min(16, os.cpu_count() or 4))
+# Half the cores: on a 16-core H200 host 8 readers filled 28 GB as fast as 16 (3.2 s), and the run that starts
+# meanwhile (prompt encoding is launch-bound Python) encoded in 2.4 s instead of 4.2-5.6 s (bench/results/
+# load_h200_2026-11-30/7_reader_threads.json).
+READERS = max(2, min(8, (os.cpu_count() or 4) // 2))
 PIECE_BYTES = 16 * 2**20  # large enough that a read is all copying, small enough to share a block out
 _pool = ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="qwenfit-file-reader")
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..optim import (
+    PICKLE_SUFFIXES,
     SETTINGS_SCHEMA,
     SETTINGS_TYPES,
     VARIANT_CHOICES,
@@ -40,6 +42,40 @@ class BadParameter(ValueError):
     def __init__(self, name: str, reason: str) -> None:
         super().__init__(f"{name}: {reason}")
         self.name, self.reason = name, reason
+
+
+class MissingFile(BadParameter):
+    """A file name the loader does not list: the user has not put that file in place yet. A normal state
+    (a shared preset names files the user may not have), so the route answers it, not refuses it."""
+
+
+# Where each file parameter's names come from (the message says where to put the file).
+_FOLDERS = {
+    "model": "models/diffusion_models (or a diffusers folder in models/diffusers)",
+    "text_encoder": "models/text_encoders",
+    "vae": "models/vae",
+    "lora": "models/loras",
+    "loras": "models/loras",
+}
+
+
+_NOT_A_NAME = re.compile(r"[\x00-\x1f\\]|://|(^|/)\.\.(/|$)|^/|^[A-Za-z]:")
+_MAX_NAME = 512
+
+
+def _file(params: Mapping[str, str], name: str, allowed: tuple[str, ...], default: str) -> str:
+    value = params.get(name, default)
+    if value in allowed:
+        return value
+    if len(value) > _MAX_NAME or _NOT_A_NAME.search(value):  # no loader lists such a name: a bad request
+        raise BadParameter(name, "is not a file name the loader could list; pick one from the loader's list")
+    if value.lower().endswith(PICKLE_SUFFIXES):
+        raise BadParameter(name, f"{value!r} is not offered: QwenFit never loads pickle files; use a .safetensors file")
+    raise MissingFile(
+        name,
+        f"{value!r} is not among the files the loader lists ({_FOLDERS[name]}; .safetensors files and diffusers "
+        "folders): put the file there and refresh, or pick one the loader lists",
+    )
 
 
 @dataclass(frozen=True)
@@ -110,7 +146,7 @@ def _lora_chain(params: Mapping[str, str], loras: tuple[str, ...]) -> tuple[tupl
     for pair in pairs:
         if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)):
             raise BadParameter("loras", "each entry is a [name, strength] pair")
-        name = _choice({"loras": pair[0]}, "loras", loras, "")
+        name = _file({"loras": pair[0]}, "loras", loras, "")
         chain.append((name, _number({"loras": pair[1]}, "loras", float, -4.0, 4.0, 1.0)))
     return tuple(chain)
 
@@ -123,7 +159,7 @@ def parse_preview_query(params: Mapping[str, str], choices: ModelChoices) -> Pre
         raise BadParameter(unknown[0], f"unknown parameter; the parameters are {', '.join(QUERY_NAMES)}")
     if "model" not in params:
         raise BadParameter("model", "missing; give a model as the loader lists it")
-    model = _choice(params, "model", choices.models, "")
+    model = _file(params, "model", choices.models, "")
     width = _number(params, "width", int, 0, limits.MAX_SIZE, 0)
     height = _number(params, "height", int, 0, limits.MAX_SIZE, 0)
     for name, value in (("width", width), ("height", height)):
@@ -140,9 +176,9 @@ def parse_preview_query(params: Mapping[str, str], choices: ModelChoices) -> Pre
     return PreviewSettings(
         model=model,
         variant=_choice(params, "variant", VARIANT_CHOICES, "auto"),
-        text_encoder=_choice(params, "text_encoder", ("auto", *choices.text_encoders), "auto"),
-        vae=_choice(params, "vae", ("auto", *choices.vaes), "auto"),
-        lora=_choice(params, "lora", ("none", *choices.loras), "none"),
+        text_encoder=_file(params, "text_encoder", ("auto", *choices.text_encoders), "auto"),
+        vae=_file(params, "vae", ("auto", *choices.vaes), "auto"),
+        lora=_file(params, "lora", ("none", *choices.loras), "none"),
         lora_strength=_number(params, "lora_strength", float, -4.0, 4.0, 1.0),
         loras=_lora_chain(params, choices.loras),
         precision=precision,

@@ -6,7 +6,9 @@
 - GET /qwenfit/plan_preview?model=...&...: the plan a workflow will get (nodes/plan_preview.py, optim/jobs/plan_preview.py).
 - GET /qwenfit/settings_schema: the settings nodes' choices and their preview parameter names (optim/settings.py).
 
-Every parameter is checked: a wrong one gets HTTP 400 with ``{"error", "parameter"}``. Answers carry
+Every parameter is checked: a wrong one gets HTTP 400 with ``{"error", "parameter"}``; a model file the
+loader does not list (a preset naming a file not in place yet) is a normal state: 200 with
+``{"ok": false, "status": "missing_file", "parameter", "error"}``. Answers carry
 model names as the loader lists them and never a file path (messages are scrubbed of paths).
 """
 
@@ -36,7 +38,7 @@ from ..optim import (
 from .comfy_glue import compute_device, model_roots
 from .live_monitor import INTERVAL_S, live_monitor, mark_json, monitor_enabled, record_json, sample_json
 from .loader import PIPELINES, build_source, model_choices
-from .plan_preview import BadParameter, ModelChoices, parse_preview_query, preview_json
+from .plan_preview import BadParameter, MissingFile, ModelChoices, parse_preview_query, preview_json
 
 log = logging.getLogger("qwenfit")
 PREFIX = "/qwenfit"
@@ -166,6 +168,10 @@ async def plan_preview(request: web.Request) -> web.Response:
         params = _single_values(request)
         # Headers and meta modules take up to a second or two: off the event loop.
         answer = await asyncio.get_running_loop().run_in_executor(None, _preview_now, params)
+    except MissingFile as error:  # a preset naming a file the user has not put in place yet: a normal state
+        return web.json_response(
+            {"ok": False, "status": "missing_file", "parameter": error.name, "error": scrub_paths(error.reason)}
+        )
     except BadParameter as error:
         return _bad(error)
     except QwenFitError as error:  # the settings are valid but no plan can be made: say why

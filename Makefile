@@ -22,7 +22,7 @@ test-unit test-server test-browser: setup
 setup:
 	bash tools/provision.sh
 
-## Rewrite workflows/*.json and their API twins from tools/presets.py.
+## Rewrite example_workflows/*.json and their API twins from tools/presets.py.
 workflows: setup
 	$(PY) -m tools.presets
 

@@ -49,7 +49,7 @@ def main() -> int:
 
     build_tiny(["--tokenizer", str(args.tokenizer), "--out", str(args.work / "diffusers")])
     models = args.work
-    image = Image.open(REPO / "workflows" / "inputs" / "qwenfit_sample.png").convert("RGB")
+    image = Image.open(REPO / "example_workflows" / "inputs" / "qwenfit_sample.png").convert("RGB")
     te, vae, lvae = (
         models / "text_encoders" / "qwenfit_tiny_qwen_2.5_vl.safetensors",
         models / "vae" / "qwenfit_tiny_qwen_image_vae.safetensors",

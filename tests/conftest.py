@@ -28,7 +28,7 @@ PACK_LINK_NAME = "QwenFit-renamed.clone"
 # Where ComfyUI serves the pack's JS (its folder name, URL-quoted): stacks and script URLs under it
 # are the pack's; the word "qwenfit" in a message says nothing (a TypeError's message never has it).
 PACK_SCRIPTS = f"/extensions/{quote(PACK_LINK_NAME)}/"
-SAMPLE = REPO / "workflows" / "inputs" / SAMPLE_IMAGE
+SAMPLE = REPO / "example_workflows" / "inputs" / SAMPLE_IMAGE
 BROKEN_MODEL = "broken-no-transformer"
 ARTIFACTS = REPO / ".cache" / "test-artifacts"
 CHROMIUM = os.environ.get("QWENFIT_CHROMIUM", "/usr/bin/chromium")

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     host.prepare()
     if real:
         _link_user_models(args.models, base)
-    host.add_input(REPO / "workflows" / "inputs" / SAMPLE_IMAGE)
+    host.add_input(REPO / "example_workflows" / "inputs" / SAMPLE_IMAGE)
     started = time.perf_counter()
     with host:
         print(f"[demo] ComfyUI {host.url} running {args.preset} ...", flush=True)

@@ -1,4 +1,4 @@
-"""The bundled preset workflows, described once, written as UI format (workflows/) and API twins.
+"""The bundled preset workflows, described once, written as UI format (example_workflows/) and API twins.
 
 Run ``make workflows`` after changing a preset or a node's inputs: it starts the real
 ComfyUI test host (for /object_info) and rewrites both files. The tests check that each
@@ -18,7 +18,7 @@ from typing import Any
 from .workflow_format import VIRTUAL_NODES, ui_to_api, widget_names
 
 REPO = Path(__file__).resolve().parent.parent
-UI_DIR = REPO / "workflows"
+UI_DIR = REPO / "example_workflows"
 API_DIR = REPO / "tests" / "workflows"
 SAMPLE_IMAGE = "qwenfit_sample.png"
 

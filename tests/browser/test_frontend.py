@@ -8,7 +8,7 @@ from conftest import ARTIFACTS, REPO, load_json, pack_errors
 
 from tools.workflow_format import VIRTUAL_NODES, widget_names
 
-UI_WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+UI_WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))
 
 
 def test_our_extension_runs_in_the_browser(page):

@@ -9,7 +9,7 @@ from conftest import ARTIFACTS, REPO, load_json, pack_errors
 
 from tools.presets import TINY_STAND_INS
 
-UI_WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+UI_WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))
 LOADER, RUN_NODES = "QwenFitOptimizedLoader", ("QwenFitInstructEdit", "QwenFitLayeredDecompose")
 GIB = 1024**3
 
@@ -92,7 +92,7 @@ def test_preset_shows_a_sane_plan_preview(page, ui_path):
 
 
 def test_a_setting_change_updates_the_preview(page):
-    workflow = load_json(REPO / "workflows" / "qwenfit_edit_auto.json")
+    workflow = load_json(REPO / "example_workflows" / "qwenfit_edit_auto.json")
     load_on_tiny_models(page, workflow, width=512, height=512)
     small = {n["type"]: n for n in settled_previews(page)}["QwenFitInstructEdit"]["preview"]
     load_on_tiny_models(page, workflow, width=1024, height=1024)
@@ -106,7 +106,7 @@ def test_a_setting_change_updates_the_preview(page):
 def test_queued_tiny_run_shows_the_measured_peak(page):
     # The minimap would cover the monitor's chart in the screenshot the README uses.
     page.evaluate("async () => await window.app.extensionManager.setting.set('Comfy.Minimap.Visible', false)")
-    workflow = load_json(REPO / "workflows" / "qwenfit_edit_auto.json")
+    workflow = load_json(REPO / "example_workflows" / "qwenfit_edit_auto.json")
     load_on_tiny_models(page, workflow, steps=2, width=256, height=256)
     settled_previews(page)
     page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")

@@ -15,6 +15,29 @@ def test_pyproject_has_registry_fields():
     comfy = data["tool"]["comfy"]
     for key in ("PublisherId", "DisplayName", "Icon"):
         assert comfy.get(key), key
+    # The oldest server the tests run on (tests/comfy_host.py pins it); Manager hides the pack on older ones.
+    assert comfy["requires-comfyui"] == ">=0.3.75"
+
+
+def test_the_registry_archive_carries_what_comfyui_loads_and_nothing_for_developers():
+    """What comfy-cli packs: the tracked files minus the .comfyignore patterns (gitignore syntax, so git
+    itself applies them here)."""
+    import subprocess
+
+    def tracked(*extra: str) -> set[str]:
+        out = subprocess.run(["git", "ls-files", "--cached", *extra], cwd=REPO, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return set(out.stdout.splitlines())
+
+    left_out = tracked("--ignored", "--exclude-from=.comfyignore")
+    archive = tracked() - left_out
+    tops = {path.split("/")[0] for path in archive}
+    assert tops == {
+        "__init__.py", "nodes", "optim", "web", "example_workflows", "pyproject.toml", "requirements.txt",
+        "README.md", ".comfyignore",
+    }, tops  # fmt: skip
+    assert {"tests", "bench", "docs", "tools", ".ci"} <= {path.split("/")[0] for path in left_out}
+    assert any(path.endswith(".jpg") for path in archive if path.startswith("example_workflows/"))
 
 
 def test_requirements_never_touch_torch_and_need_a_new_enough_diffusers():

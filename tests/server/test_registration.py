@@ -67,7 +67,7 @@ def test_web_extension_is_served(comfy):
 
 def test_presets_appear_in_template_browser(comfy):
     templates = comfy.get("/workflow_templates").json()
-    presets = {p.stem for p in (REPO / "workflows").glob("*.json")}
+    presets = {p.stem for p in (REPO / "example_workflows").glob("*.json")}
     # Edit and Layered for 8 GB, 24 GB, multi-GPU rigs and the auto plan.
     assert {f"qwenfit_{kind}_{rig}" for kind in ("edit", "layered") for rig in ("8gb", "24gb", "multigpu")} <= presets
     assert presets <= set(templates[PACK_LINK_NAME])

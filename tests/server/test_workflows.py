@@ -11,7 +11,7 @@ from PIL import Image
 from tools.presets import TINY_STEPS, on_tiny_models
 from tools.workflow_format import ui_to_api
 
-UI_WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+UI_WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))
 API_DIR = REPO / "tests" / "workflows"
 
 

@@ -62,10 +62,12 @@ def node_run(node_id: str | None) -> Iterator[None]:
 
 
 def progress_callback(total: int, node_id: str | None):
-    """One ComfyUI progress update per denoising step; ComfyUI's Cancel raises from it."""
+    """One ComfyUI progress update per denoising step, and a Cancel check at every step: newer servers
+    throttle the bar's updates (and the check inside them) to one per 0.1 s."""
     bar = comfy.utils.ProgressBar(total, node_id=node_id)
 
     def on_step(done: int, steps: int) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
         bar.update_absolute(done, steps)
 
     return on_step

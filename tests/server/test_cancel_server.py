@@ -29,3 +29,42 @@ def test_cancel_while_a_node_runs_then_the_next_prompt_is_unaffected(comfy, node
     again = comfy.run(wanted)
     assert again.status == "success", again.error_text()
     assert server.memory_info().rss - baseline < 300 * 2**20
+
+
+CANCEL_AT_A_STEP = """
+import importlib.util, sys
+import comfy.cli_args
+comfy.cli_args.args.cpu = True  # as the test server runs
+import comfy.model_management as mm
+import comfy.utils
+spec = importlib.util.spec_from_file_location("qwenfit_comfy_glue", sys.argv[1])
+glue = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(glue)
+comfy.utils.PROGRESS_BAR_HOOK = None  # a bar that checks nothing, as a throttled update on newer servers
+on_step = glue.progress_callback(3, None)
+on_step(1, 3)
+mm.interrupt_current_processing(True)
+try:
+    on_step(2, 3)
+except mm.InterruptProcessingException:
+    print("cancelled at the step")
+"""
+
+
+def test_cancel_is_checked_at_every_step_not_only_through_the_progress_bar():
+    # Newer servers throttle ProgressBar updates, and the Cancel check inside them, to one per 0.1 s: a fast
+    # step must still see a Cancel. Run in its own process with the host's ComfyUI modules.
+    import subprocess
+
+    from comfy_host import read_env
+    from conftest import REPO
+
+    env = read_env()
+    out = subprocess.run(
+        [env["QWENFIT_PYTHON"], "-c", CANCEL_AT_A_STEP, str(REPO / "nodes" / "comfy_glue.py")],
+        cwd=env["QWENFIT_COMFYUI"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "cancelled at the step" in out.stdout, out.stdout + out.stderr[-2000:]

@@ -12,6 +12,8 @@ import comfy.utils
 import folder_paths
 import torch
 
+from ..optim import LoadedPipeline
+
 log = logging.getLogger("qwenfit")
 
 
@@ -50,10 +52,14 @@ def after_run() -> None:
 
 
 @contextmanager
-def node_run(node_id: str | None) -> Iterator[None]:
-    """Around a run node's work: the live monitor names this node, the GPU cache is handed back after."""
+def node_run(node_id: str | None, pipeline: LoadedPipeline | None = None) -> Iterator[None]:
+    """Around a run node's work: ComfyUI's memory manager learns what ``pipeline`` holds (and may take it
+    back after the run), the live monitor names this node, the GPU cache is handed back after."""
     from .live_monitor import live_monitor
+    from .memory_manager import register_run
 
+    if pipeline is not None:
+        register_run(pipeline, compute_device())
     try:
         with live_monitor().node_running(node_id):
             yield

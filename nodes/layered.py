@@ -119,7 +119,7 @@ class LayeredDecompose(io.ComfyNode):
         )
         node_id = cls.hidden.unique_id
         pipeline = held(pipeline)  # loaded again if another model replaced it
-        with node_run(node_id):
+        with node_run(node_id, pipeline):
             result = run_layered(
                 pipeline, source, job, on_step=progress_callback(steps, node_id), checkpoint=phase_checkpoint
             )

@@ -1,6 +1,7 @@
 """The pack's read-only web routes, under /qwenfit/ (also /api/qwenfit/, as ComfyUI mirrors routes).
 
-- GET /qwenfit/memory: per-GPU used/total, host RAM, this process's RSS, pinned bytes, the sampler state.
+- GET /qwenfit/memory: per-GPU used/total, host RAM, this process's RSS, pinned bytes, the sampler state, and
+  what the held pipeline keeps on the GPU as ComfyUI's memory manager sees it (and when it took it back).
 - GET /qwenfit/memory/history?seconds=60: the sampled history and the runs' phase marks.
 - GET /qwenfit/last_run: the last run's record (phases, peaks, s/step, the plan's prediction).
 - GET /qwenfit/plan_preview?model=...&...: the plan a workflow will get (nodes/plan_preview.py, optim/jobs/plan_preview.py).
@@ -38,6 +39,7 @@ from ..optim import (
 from .comfy_glue import compute_device, model_roots
 from .live_monitor import INTERVAL_S, live_monitor, mark_json, monitor_enabled, record_json, sample_json
 from .loader import PIPELINES, build_source, model_choices
+from .memory_manager import holdings_json
 from .plan_preview import BadParameter, MissingFile, ModelChoices, parse_preview_query, preview_json
 
 log = logging.getLogger("qwenfit")
@@ -97,6 +99,7 @@ async def memory(request: web.Request) -> web.Response:
             "interval_s": INTERVAL_S,
             "phase": monitor.phase,
             "arena_bytes": arena_bytes(),
+            "comfy_memory_manager": holdings_json(),
         }
     )
 

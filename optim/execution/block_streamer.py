@@ -212,6 +212,13 @@ class BlockStreamer:
             bind(self._layouts[block], self._primary[block])
 
     @property
+    def gpu_bytes(self) -> int:
+        """Bytes of block weights this streamer keeps on GPUs between runs (resident copies, the replica)."""
+        copies = [c for c in self._resident.values() if c.device.type != "cpu"]
+        replica = sum(self._layouts[b].nbytes for b in range(len(self._replica))) if self._replica else 0
+        return sum(c.numel() for c in copies) + replica
+
+    @property
     def streamed(self) -> tuple[int, ...]:
         return tuple(self.order)
 

@@ -115,6 +115,9 @@ class PipelineEngine:
         self.plan: Plan | None = None
         self.attention_note = ""
         self.released = False  # release() ran: the weights are gone
+        self.parked = False  # release_gpu() ran: nothing on the GPU until the next prepare()
+        self.gpu_releases = 0  # how often release_gpu() gave memory back (the report shows it)
+        self.replaced_note = ""  # set by a prepare() that placed the weights again after release_gpu()
         self._lean_budget: int | None = None  # set by lean_down() after an out-of-memory error
         self._lean_tiling = False
 
@@ -177,6 +180,18 @@ class PipelineEngine:
             )
         plan = self.plan_for(job, vae, loras)
         self._choose_attention(job)
+        if self.parked:  # ComfyUI took the GPU memory back after the last run: place everything again
+            for child in self._small_parts:
+                child.to(self.device)
+            self.pipeline.vae.to(self.device)
+            self.text.unpark()
+            self.parked = False
+            self.replaced_note = (
+                "weights placed again from host memory: ComfyUI's memory manager had taken the GPU memory back "
+                f"({self.gpu_releases} time{'s' if self.gpu_releases != 1 else ''} since the load)"
+            )
+        else:
+            self.replaced_note = ""
         if plan != self.plan:
             placement = {
                 block: torch.device(plan.devices[d])
@@ -235,7 +250,7 @@ class PipelineEngine:
 
     def run_notes(self) -> str:
         """What the last run did beyond its plan: the attention kernel and the step cache."""
-        lines = [self.attention_note] if self.attention_note else []
+        lines = [note for note in (self.attention_note, self.replaced_note) if note]
         if self.transformer.step_cache is not None:
             lines.append(self.transformer.step_cache.summary())
         return "\n  ".join(lines)
@@ -267,6 +282,40 @@ class PipelineEngine:
         if len(encoded) == 2 and self.options.offload.cfg != "two_calls":
             (cond, cond_mask), (uncond, uncond_mask) = encoded
             self.transformer.pairing.pair(TextInput(cond, cond_mask), TextInput(uncond, uncond_mask))
+
+    def gpu_bytes_held(self) -> int:
+        """Bytes this engine keeps on its GPUs between runs: resident blocks and text-encoder units, the small
+        parts, the VAE and the LoRA factors (what ComfyUI's memory manager may ask back)."""
+        if self.released or self.parked or self.device.type == "cpu":
+            return 0
+        modules = [*self._small_parts, self.pipeline.vae, *self.text.gpu_parts]
+        small = sum(t.numel() * t.element_size() for m in modules for t in (*m.parameters(), *m.buffers()))
+        return self.blocks.gpu_bytes + self.text.streamer.gpu_bytes + small + self.loras.nbytes
+
+    def release_gpu(self) -> int:
+        """Give back everything this engine keeps on its GPUs between runs and keep the host memory: the
+        next :meth:`prepare` places the weights again from the arenas, without reading a file. Called when
+        ComfyUI asks for the memory (another node needs it). Returns the bytes given back."""
+        if self.released or self.parked:
+            return 0
+        held = self.gpu_bytes_held()
+        self.blocks.configure((), 2)
+        self.blocks.replicate(None)
+        self.transformer.place({}, None)
+        self.text.park()
+        self.modulation.keep_only(set())  # rows computed on the GPU
+        self.prompts.clear()  # embeddings on the GPU
+        self.loras.clear()  # the next run's use_loras() builds the factors again
+        for child in self._small_parts:
+            child.to("cpu")
+        self.pipeline.vae.to("cpu")
+        self.plan = None
+        self.parked = True
+        self.gpu_releases += 1
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        log.info("QwenFit gave %.2f GiB of GPU memory back to ComfyUI", held / GIB)
+        return held
 
     def release(self) -> None:
         """Give back GPU copies and page-locked memory (the pipeline is being dropped)."""

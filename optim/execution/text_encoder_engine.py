@@ -115,6 +115,22 @@ class TextEncoderEngine:
                 # Hand the ring back now: the VAE encodes the references next and needs the room.
                 torch.cuda.empty_cache()
 
+    @property
+    def gpu_parts(self) -> list[nn.Module]:
+        """The small modules that live on the GPU while the engine owns the text encoder."""
+        return list(self._rest)
+
+    def park(self) -> None:
+        """Nothing on the GPU: the units stream at the next encoding and the small parts wait on the host
+        (ComfyUI asked for the memory back); :meth:`unpark` before the next plan places it again."""
+        self.configure("streamed")
+        for module in self._rest:
+            module.to("cpu")
+
+    def unpark(self) -> None:
+        for module in self._rest:
+            module.to(self.device)
+
     def release(self) -> None:
         """Everything back in host memory; page-locked memory unlocked."""
         for hook in self._hooks:

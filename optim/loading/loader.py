@@ -161,6 +161,25 @@ class LoadedPipeline:
         """``other`` (a fresh load of the same request) with this view's VAE settings and LoRAs."""
         return replace(other, vae=self.vae, loras=self.loras)
 
+    def gpu_bytes_held(self) -> int:
+        """Bytes this pipeline keeps on its GPUs between runs (0 under diffusers' whole-model offload)."""
+        return 0 if self.engine is None else self.engine.gpu_bytes_held()
+
+    def release_gpu(self) -> int:
+        """Give back what this pipeline keeps on its GPUs between runs, keeping its host memory; the next
+        run places the weights again without reading a file. Returns the bytes given back."""
+        return 0 if self.engine is None else self.engine.release_gpu()
+
+    @property
+    def placed(self) -> bool:
+        """Whether the weights are placed for a plan now (False after release_gpu until the next run)."""
+        return self.engine is not None and self.engine.plan is not None and not self.engine.parked
+
+    def last_plan_peak(self) -> int:
+        """The predicted peak of the last run's plan (0 before the first run)."""
+        plan = None if self.engine is None else self.engine.plan
+        return 0 if plan is None else plan.predicted_peak_bytes
+
     def wait_until_filled(self) -> LoadedPipeline:
         """Return (this pipeline) once every weight the load left to background reads is in host memory.
         Runs never need this; code that reads the module weights directly does."""

@@ -1,11 +1,13 @@
 // QwenFit in the browser: the live memory panel, and the plan preview (predicted peak VRAM and
-// s/step) under the loader and the run nodes, with the measured figures after a run.
-// The pieces live in ./qwenfit/; this file wires them to ComfyUI.
+// s/step) at the bottom of the loader and the run nodes, with the measured figures after a run.
+// The pieces live in ./qwenfit/; this file wires them to ComfyUI. It works in both node renderers
+// (the classic canvas and Nodes 2.0) and inside subgraphs, through the frontend's public API only.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { getSetting } from "./qwenfit/format.js";
+import { allNodes, typeOf } from "./qwenfit/graph_nodes.js";
 import { MemoryPanel } from "./qwenfit/memory_panel.js";
-import { attachRecord, badgeLines, drawBadge } from "./qwenfit/node_badges.js";
+import { addBadge, attachRecord, showBadge } from "./qwenfit/node_badges.js";
 import { PREVIEW_NODES, loaderOf, refreshPreviews } from "./qwenfit/plan_preview.js";
 
 const PANEL_SETTING = "QwenFit.Monitor.LivePanel";
@@ -13,9 +15,26 @@ const PREVIEW_SETTING = "QwenFit.Monitor.PlanPreview";
 const REFRESH_MS = 1000;
 
 const panel = new MemoryPanel();
+let graphReady = false; // the workflow exists only after setup (settings' onChange fires before)
 
-function redraw() {
-  app.graph?.setDirtyCanvas?.(true, false);
+function rootGraph() {
+  return app.rootGraph ?? app.graph;
+}
+
+function previewsShown() {
+  return getSetting(app, PREVIEW_SETTING, true) !== false;
+}
+
+function previewNodes() {
+  return graphReady ? allNodes(rootGraph()).filter(([node]) => PREVIEW_NODES.includes(typeOf(node))) : [];
+}
+
+function showBadges() {
+  for (const [node] of previewNodes()) showBadge(node, previewsShown());
+}
+
+function addBadges() {
+  for (const [node] of previewNodes()) addBadge(node, previewsShown()); // once per node, when it is in the workflow
 }
 
 async function loadRecentHistory() {
@@ -31,10 +50,12 @@ async function loadRecentHistory() {
 function watchPreviews() {
   let busy = false;
   setInterval(async () => {
-    if (busy || !getSetting(app, PREVIEW_SETTING, true)) return;
+    if (busy) return;
     busy = true;
     try {
-      await refreshPreviews(app.graph, redraw);
+      addBadges();
+      if (!previewsShown()) return;
+      await refreshPreviews(rootGraph(), (node) => showBadge(node, previewsShown()));
     } finally {
       busy = false;
     }
@@ -42,7 +63,7 @@ function watchPreviews() {
 }
 
 app.registerExtension({
-  name: "QwenFit.core",
+  name: "qwenfit.core",
   settings: [
     {
       id: PANEL_SETTING,
@@ -55,32 +76,26 @@ app.registerExtension({
     {
       id: PREVIEW_SETTING,
       category: ["QwenFit", "Monitor", "Plan preview"],
-      name: "Show the plan preview (predicted peak VRAM and s/step) under QwenFit nodes",
+      name: "Show the plan preview (predicted peak VRAM and s/step) at the bottom of QwenFit nodes",
       type: "boolean",
       defaultValue: true,
-      onChange: redraw,
+      onChange: showBadges,
     },
   ],
-  async setup() {
-    panel.attach(getSetting(app, PANEL_SETTING, true) !== false);
+  init() {
+    // Here, before anything awaits: the server's first events arrive as soon as the socket is open.
     api.addEventListener("qwenfit.memory", ({ detail }) => panel.update(detail));
     api.addEventListener("qwenfit.run", ({ detail }) => {
-      attachRecord(app.graph, detail, (node) => loaderOf(app.graph, node));
-      // Ask again: the step time is now calibrated by this run.
-      for (const node of app.graph?._nodes ?? []) if (node.qwenfit) node.qwenfit.query = undefined;
-      redraw();
+      const touched = attachRecord(rootGraph(), detail, loaderOf);
+      // Ask again everywhere: the step time is now calibrated by this run.
+      for (const [node] of allNodes(rootGraph())) if (node.qwenfit) node.qwenfit.query = undefined;
+      for (const node of touched) showBadge(node, previewsShown());
     });
-    loadRecentHistory().catch((error) => console.warn("[QwenFit] memory history unavailable", error));
-    watchPreviews();
-    window.qwenfit = { panel, badgeLines, refresh: () => refreshPreviews(app.graph, redraw) };
   },
-  async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (!PREVIEW_NODES.includes(nodeData.name)) return;
-    const draw = nodeType.prototype.onDrawForeground;
-    nodeType.prototype.onDrawForeground = function (ctx, ...rest) {
-      const result = draw?.call(this, ctx, ...rest);
-      if (getSetting(app, PREVIEW_SETTING, true)) drawBadge(this, ctx);
-      return result;
-    };
+  async setup() {
+    graphReady = true;
+    panel.attach(getSetting(app, PANEL_SETTING, true) !== false);
+    loadRecentHistory().catch((error) => console.info("[QwenFit] memory history unavailable", error));
+    watchPreviews();
   },
 });

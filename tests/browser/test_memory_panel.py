@@ -13,10 +13,27 @@ UI_WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))
 LOADER, RUN_NODES = "QwenFitOptimizedLoader", ("QwenFitInstructEdit", "QwenFitLayeredDecompose")
 GIB = 1024**3
 
-STATE = """() => window.app.graph._nodes
-    .filter(n => n.qwenfit)
-    .map(n => ({id: n.id, type: n.type, preview: n.qwenfit.preview || null, record: n.qwenfit.record || null,
-                pending: !!n.qwenfit.pending, lines: window.qwenfit.badgeLines(n).map(l => l[1])}))"""
+# Every QwenFit node with a preview, subgraphs included, and what its badge element shows (and whether the
+# renderer in use actually shows it: connected, laid out, not hidden).
+STATE = """() => {
+    const out = [];
+    const walk = (graph, prefix) => {
+        for (const n of graph?.nodes ?? []) {
+            if (n.qwenfit) {
+                const badge = n.widgets?.find(w => w.name === 'qwenfit_plan')?.element;
+                out.push({id: prefix + n.id, type: n.comfyClass ?? n.type, preview: n.qwenfit.preview || null,
+                          record: n.qwenfit.record || null, pending: !!n.qwenfit.pending,
+                          lines: [...(badge?.children ?? [])].map(e => e.textContent),
+                          shown: !!badge && badge.isConnected && badge.getClientRects().length > 0
+                                 && getComputedStyle(badge).visibility !== 'hidden'});
+            }
+            if (n.isSubgraphNode?.() && n.subgraph) walk(n.subgraph, prefix + n.id + ':');
+        }
+    };
+    walk(window.app.rootGraph ?? window.app.graph, '');
+    return out;
+}"""
+PANEL = "document.getElementById('qwenfit-memory-panel').qwenfitPanel"
 
 
 def load_on_tiny_models(page, workflow: dict, **run_widgets) -> None:
@@ -24,7 +41,7 @@ def load_on_tiny_models(page, workflow: dict, **run_widgets) -> None:
     page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
     page.evaluate(
         """([standIns, runTypes, runWidgets]) => {
-            for (const node of window.app.graph._nodes) {
+            for (const node of window.app.graph.nodes) {
                 const model = node.widgets?.find(w => w.name === 'model');
                 if (node.type === 'QwenFitOptimizedLoader' && standIns[model.value]) model.value = standIns[model.value];
                 if (runTypes.includes(node.type))
@@ -48,14 +65,14 @@ def settled_previews(page, timeout_ms: int = 60_000) -> list[dict]:
 def test_panel_shows_memory_live(page):
     panel = page.locator("#qwenfit-memory-panel")
     panel.wait_for(state="visible", timeout=30_000)
-    page.wait_for_function("() => window.qwenfit.panel.lastSample !== null", timeout=30_000)
+    page.wait_for_function(f"() => {PANEL}.lastSample !== null", timeout=30_000)
     text = panel.inner_text()
     assert "no GPU" in text and "RAM" in text and "this process" in text
-    sample = page.evaluate("() => window.qwenfit.panel.lastSample")
+    sample = page.evaluate(f"() => {PANEL}.lastSample")
     assert 0 < sample["host_used_bytes"] <= sample["host_total_bytes"] and sample["gpus"] == []
     # Events keep coming (two a second).
     first = sample["t"]
-    page.wait_for_function(f"() => window.qwenfit.panel.lastSample.t > {first} + 0.4", timeout=10_000)
+    page.wait_for_function(f"() => {PANEL}.lastSample.t > {first} + 0.4", timeout=10_000)
 
 
 def test_the_setting_turns_the_panel_off_and_on(page):
@@ -71,7 +88,8 @@ def test_preset_shows_a_sane_plan_preview(page, ui_path):
     # As shipped, the preset names Comfy-Org's file, which the test host lacks: the badge says so.
     page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
     missing = settled_previews(page)
-    assert all(not n["preview"]["ok"] and "model" in n["preview"]["error"] for n in missing), missing
+    assert all(n["preview"]["status"] == "missing_file" and n["preview"]["parameter"] == "model" for n in missing)
+    assert all(n["shown"] and "put the file there" in n["lines"][0] for n in missing), missing
     load_on_tiny_models(page, workflow)
     nodes = settled_previews(page)
     assert {n["type"] for n in nodes} == {LOADER, "QwenFitLayeredDecompose" if "layered" in ui_path.stem else
@@ -83,6 +101,7 @@ def test_preset_shows_a_sane_plan_preview(page, ui_path):
         assert weights < preview["predicted_peak_bytes"] < 16 * GIB
         assert 0 < preview["seconds_per_step"] < 60
         assert node["lines"][0].startswith("plan: peak ") and "s/step" in node["lines"][0]
+        assert node["shown"], node  # the renderer in use (classic canvas or Nodes 2.0) shows the badge
     loader, run = sorted(nodes, key=lambda n: n["type"] != LOADER)
     assert loader["preview"]["job"] == run["preview"]["job"]  # the loader previews its run node's job
     kind = "layered" if "layered" in ui_path.stem else "edit"
@@ -97,7 +116,7 @@ def test_a_setting_change_updates_the_preview(page):
     small = {n["type"]: n for n in settled_previews(page)}["QwenFitInstructEdit"]["preview"]
     load_on_tiny_models(page, workflow, width=1024, height=1024)
     page.wait_for_function(
-        "() => window.app.graph._nodes.some(n => n.qwenfit?.preview?.job?.width === 1024 && !n.qwenfit.pending)"
+        "() => window.app.graph.nodes.some(n => n.qwenfit?.preview?.job?.width === 1024 && !n.qwenfit.pending)"
     )
     large = {n["type"]: n for n in settled_previews(page)}["QwenFitInstructEdit"]["preview"]
     assert large["predicted_peak_bytes"] > small["predicted_peak_bytes"]
@@ -111,7 +130,7 @@ def test_queued_tiny_run_shows_the_measured_peak(page):
     settled_previews(page)
     page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
     page.wait_for_function(
-        "() => window.app.graph._nodes.some(n => n.type === 'QwenFitInstructEdit' && n.qwenfit?.record)",
+        "() => window.app.graph.nodes.some(n => n.type === 'QwenFitInstructEdit' && n.qwenfit?.record)",
         timeout=180_000,
     )
     nodes = {n["type"]: n for n in page.evaluate(STATE)}
@@ -122,7 +141,7 @@ def test_queued_tiny_run_shows_the_measured_peak(page):
     assert any(line.startswith("last run: ") and "s/step" in line for line in run["lines"])
     assert loader["record"] == record
     # The panel marked the run's phases as they came.
-    phases = page.evaluate("() => [...new Set(window.qwenfit.panel.history.map(p => p.phase).filter(Boolean))]")
+    phases = page.evaluate(f"() => [...new Set({PANEL}.history.map(p => p.phase).filter(Boolean))]")
     assert "denoise" in phases
     # The preview is asked again: its step time is now calibrated by this run (same job and plan, so
     # the calibrated prediction is the measured figure).
@@ -130,7 +149,7 @@ def test_queued_tiny_run_shows_the_measured_peak(page):
     # for another preview right after).
     calibrated = page.wait_for_function(
         """(measured) => {
-            const nodes = window.app.graph._nodes.filter(n => n.qwenfit);
+            const nodes = window.app.graph.nodes.filter(n => n.qwenfit);
             const settled = nodes.every(n => !n.qwenfit.pending
                 && Math.abs(n.qwenfit.preview?.seconds_per_step / measured - 1) < 0.01);
             const edit = nodes.find(n => n.type === "QwenFitInstructEdit")?.qwenfit.preview;

@@ -34,6 +34,7 @@ export class MemoryPanel {
       font: "11px sans-serif", boxShadow: "0 2px 8px rgba(0,0,0,0.4)", userSelect: "none",
     });
     this.root.id = "qwenfit-memory-panel";
+    this.root.qwenfitPanel = this; // what the browser tests read (no global)
     const title = element("div", { fontWeight: "bold", cursor: "pointer", marginBottom: "2px" }, "QwenFit memory");
     title.title = "Click to fold. Turn the panel off in Settings > QwenFit.";
     this.body = element("div");

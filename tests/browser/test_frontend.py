@@ -17,6 +17,16 @@ def test_our_extension_runs_in_the_browser(page):
     assert page.evaluate("() => window.app.extensions.some(e => e.name === 'qwenfit.core')")
 
 
+def test_the_renderer_is_the_one_asked_for(page):
+    # Nodes 2.0 draws each node as an element carrying its id; the classic canvas draws none.
+    page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", load_json(UI_WORKFLOWS[0]))
+    if page.vue_nodes:
+        page.wait_for_selector("[data-node-id]", timeout=15_000)
+    else:
+        page.wait_for_timeout(500)
+        assert page.locator("[data-node-id]").count() == 0
+
+
 @pytest.mark.parametrize("ui_path", UI_WORKFLOWS, ids=lambda p: p.stem)
 def test_preset_loads_with_all_nodes_and_widgets(page, ui_path):
     workflow = load_json(ui_path)

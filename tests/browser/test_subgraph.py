@@ -5,14 +5,14 @@ execution ids ("10:7": node 7 inside subgraph instance 10)."""
 from __future__ import annotations
 
 from conftest import REPO, load_json, pack_errors
-from test_memory_panel import LOADER, STATE, load_on_tiny_models, settled_previews
+from test_memory_panel import LOADER, STATE, fresh_seed, load_on_tiny_models, settled_previews
 
 EDIT = "QwenFitInstructEdit"
 
 
 def test_qwenfit_nodes_inside_a_subgraph_preview_and_show_the_run(page):
     workflow = load_json(REPO / "example_workflows" / "qwenfit_edit_auto.json")
-    load_on_tiny_models(page, workflow, steps=2, width=128, height=128)
+    load_on_tiny_models(page, workflow, steps=2, width=128, height=128, seed=fresh_seed())
     # Everything but the picture's loader goes into one subgraph, as a user selects and converts it.
     instance = page.evaluate(
         """() => {

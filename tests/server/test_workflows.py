@@ -8,8 +8,8 @@ import pytest
 from conftest import REPO, load_json
 from PIL import Image
 
-from tools.presets import TINY_STEPS, on_tiny_models
-from tools.workflow_format import ui_to_api
+from tools.presets import PRESET_FILES, TINY_STEPS, on_tiny_models
+from tools.workflow_format import ui_to_api, widget_names
 
 UI_WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))
 API_DIR = REPO / "tests" / "workflows"
@@ -49,3 +49,26 @@ def test_twin_runs_to_success_on_tiny_models(comfy, ui_path):
     if offload["inputs"].get("gpus") == "all":  # a multi-GPU preset on this GPU-less machine says so
         report = "\n".join(t for out in result.outputs.values() for t in out.get("text", []))
         assert "multi-GPU preset: no GPU is visible, so everything runs on the CPU" in report
+
+
+# The folders the frontend's missing-models dialog accepts a download into, and the hosts it downloads from.
+MODEL_FOLDERS = {"diffusion_models", "text_encoders", "vae", "loras"}
+
+
+@pytest.mark.parametrize("ui_path", UI_WORKFLOWS, ids=lambda p: p.stem)
+def test_preset_names_where_its_files_come_from(comfy, ui_path):
+    """A new user without the files gets the frontend's offer to download them (the pack never downloads):
+    the loader's model carries its metadata (the name must equal the widget's value), and the workflow lists
+    every file the loader will pick, each from Comfy-Org's repository into its ComfyUI folder."""
+    workflow = load_json(ui_path)
+    loader = next(n for n in workflow["nodes"] if n["type"] == "QwenFitOptimizedLoader")
+    names = [n for n, _ in widget_names(comfy.object_info()["QwenFitOptimizedLoader"])]
+    model = loader["widgets_values"][names.index("model")]
+    assert loader["properties"]["models"] == [next(m for m in workflow["models"] if m["name"] == model)]
+    kind = "layered" if "layered" in ui_path.stem else "edit"
+    assert [m["name"] for m in workflow["models"]] == list(PRESET_FILES[kind])
+    for entry in workflow["models"]:
+        assert entry["directory"] in MODEL_FOLDERS, entry
+        assert entry["url"].startswith("https://huggingface.co/Comfy-Org/"), entry
+        assert entry["url"].endswith(f"/split_files/{entry['directory']}/{entry['name']}"), entry
+        assert entry["name"].endswith(".safetensors"), entry

@@ -49,3 +49,42 @@ def test_comfyui_unloading_its_models_releases_the_pipeline_and_the_next_run_pla
     assert "weights placed again from host memory" in _report(again), _report(again)
     holdings = _holdings(comfy)
     assert holdings["registered"] and holdings["placed"], holdings
+
+
+def _tiny_upscaler(path) -> None:
+    """A 4x upscale model of spandrel's Compact architecture (2k parameters), random weights."""
+    import torch
+    from safetensors.torch import save_file
+    from spandrel.architectures.Compact import Compact
+
+    torch.manual_seed(0)
+    save_file(Compact(num_feat=4, num_conv=1, upscale=4).state_dict(), str(path))
+
+
+def test_a_native_node_that_needs_memory_releases_the_pipeline(tmp_path_factory):
+    """ComfyUI's own upscale node asks its memory manager for room (free_memory); with smart memory off
+    (ComfyUI's --disable-smart-memory, so that the test's machine need not be short of memory) that unloads
+    every model it manages, QwenFit's included, while that node runs."""
+    from comfy_host import ComfyHost
+    from conftest import PACK_LINK_NAME, SAMPLE
+
+    base = tmp_path_factory.mktemp("comfy-smart-memory-off")
+    host = ComfyHost(base, pack_link_name=PACK_LINK_NAME, extra_args=("--disable-smart-memory",))
+    host.prepare()
+    host.add_input(SAMPLE)
+    (base / "models" / "upscale_models").mkdir(parents=True, exist_ok=True)
+    _tiny_upscaler(base / "models" / "upscale_models" / "qwenfit_tiny_x4.safetensors")
+    graph = edit_graph(seed=31, width=64, height=64)
+    graph["20"] = {"class_type": "UpscaleModelLoader", "inputs": {"model_name": "qwenfit_tiny_x4.safetensors"}}
+    graph["21"] = {"class_type": "ImageUpscaleWithModel", "inputs": {"upscale_model": ["20", 0], "image": ["3", 0]}}
+    graph["22"] = {"class_type": "SaveImage", "inputs": {"images": ["21", 0], "filename_prefix": "upscaled"}}
+    with host:
+        first = host.run(graph)
+        assert first.status == "success", first.error_text()
+        holdings = _holdings(host)
+        assert holdings["release_count"] >= 1 and not holdings["placed"], holdings
+        assert "21" in [release["node"] for release in holdings["releases"]], holdings  # the upscale node asked
+        graph["3"]["inputs"]["seed"] = 32
+        again = host.run(graph)  # QwenFit places its weights again, the upscaler takes them back again
+        assert again.status == "success", again.error_text()
+        assert "weights placed again from host memory" in _report(again), _report(again)

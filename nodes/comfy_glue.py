@@ -6,13 +6,15 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import comfy.model_management
 import comfy.utils
 import folder_paths
 import torch
 
-from ..optim import LoadedPipeline
+if TYPE_CHECKING:  # only for the type hint: this module also loads on its own (the Cancel test does)
+    from ..optim import LoadedPipeline
 
 log = logging.getLogger("qwenfit")
 

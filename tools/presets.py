@@ -208,7 +208,7 @@ def _settings_links(start_id: int, loader_id: int) -> list[tuple[int, str, int, 
 
 
 # Room under the loader and the run node for the plan preview the browser extension draws there.
-IMAGE_Y = 330
+IMAGE_Y = 400  # below the loader and its plan badge
 
 
 def _monitor(node_id: int, pos: tuple[int, int]) -> Node:

@@ -249,7 +249,8 @@ class PipelineEngine:
         self.attention_note = describe_choice(backend, timings)
 
     def run_notes(self) -> str:
-        """What the last run did beyond its plan: the attention kernel and the step cache."""
+        """What the last run did beyond its plan: the attention kernel, a placement made again after ComfyUI
+        took the GPU memory back, and the step cache."""
         lines = [note for note in (self.attention_note, self.replaced_note) if note]
         if self.transformer.step_cache is not None:
             lines.append(self.transformer.step_cache.summary())

@@ -231,7 +231,10 @@ def fingerprint(components: dict[str, Any]) -> str:
         for part in MODULES:
             for name, tensor in list(components[part].named_parameters()) + list(components[part].named_buffers()):
                 digest.update(f"{part}.{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-                if not tensor.is_meta and tensor.numel():
+                if tensor.numel() and not tensor.is_meta and tensor.untyped_storage().nbytes() == 0:
+                    # A released QwenFit engine frees the weights it took over (drop_weights): changed.
+                    digest.update(b"dropped")
+                elif not tensor.is_meta and tensor.numel():
                     # take() copies without making a view: torch 2.11 refuses views of inference tensors.
                     picks = torch.arange(min(16, tensor.numel()), device=tensor.device)
                     head = torch.take(tensor.data, picks).to("cpu", torch.float64)

@@ -10,6 +10,12 @@ from graphs import EDIT, LAYERED, edit_graph, loader
 from test_lora import _image
 
 
+def edit_node(pipeline: list, image: list, seed: int) -> dict:
+    node = edit_graph(seed=seed)["3"]
+    node["inputs"].update(pipeline=pipeline, image=image)
+    return node
+
+
 def test_two_models_in_one_prompt_each_run_with_their_own_weights(comfy):
     graph = {
         "1": loader(LAYERED),
@@ -18,20 +24,8 @@ def test_two_models_in_one_prompt_each_run_with_their_own_weights(comfy):
         # Layered node's picture: both loaders run before the Edit, the Edit before the Layered node.
         "5": {"class_type": "QwenFitVRAMMonitor", "inputs": {"anything": ["1", 0]}},
         "10": loader(EDIT),
-        "11": {
-            "class_type": "QwenFitInstructEdit",
-            "inputs": {
-                "pipeline": ["10", 0],
-                "image": ["5", 2],
-                "prompt": "make it winter",
-                "negative_prompt": " ",
-                "true_cfg_scale": 4.0,
-                "steps": 2,
-                "seed": 3,
-                "width": 128,
-                "height": 128,
-            },
-        },
+        # The Edit node of the usual test graph, fed by this prompt's Edit loader and the monitor's chart.
+        "11": edit_node(pipeline=["10", 0], image=["5", 2], seed=3),
         "12": {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": "switch_edit"}},
         "3": {
             "class_type": "QwenFitLayeredDecompose",

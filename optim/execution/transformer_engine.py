@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import QwenFitError
+from .attention_choice import Kernel, attention_kernel
 from .block_streamer import BlockStreamer
 from .cfg_pairing import CfgPairing, TextInput
 from .devices import indexed
@@ -83,14 +84,12 @@ class TransformerEngine:
         self.modulation = modulation
         self.scheduler = scheduler
         # Looked up once here: the forward calls them 60 times per pass.
-        from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
         from diffusers.models.modeling_outputs import Transformer2DModelOutput
         from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
 
-        self._dispatch_attention = dispatch_attention_fn
         self._rotary = apply_rotary_emb_qwen
         self._output_class = Transformer2DModelOutput
-        self.attention_backend = None if attention_backend is None else AttentionBackendName(attention_backend)
+        self.attention_backend = attention_backend
         self.pairing = CfgPairing()
         self._schedule_keys: set[Hashable] = set()
         # Several GPUs: resident blocks on another GPU than ``device``, and the CFG-parallel replica's GPU.
@@ -98,6 +97,17 @@ class TransformerEngine:
         self.replica: torch.device | None = None
         self._mirrors: dict[tuple[Hashable, torch.device], list] = {}  # modulation rows on other GPUs
         self.step_cache: StepCache | None = None  # the fastest rung's (optim/execution/step_cache.py)
+
+    @property
+    def attention_backend(self) -> str | None:
+        """The attention kernel's name (optim/execution/attention_choice.py); None: diffusers' default."""
+        return self._attention_backend
+
+    @attention_backend.setter
+    def attention_backend(self, name: str | None) -> None:
+        # Looked up once here: the forward calls it 60 times per pass.
+        self._attend: Kernel = attention_kernel(name, self.device)
+        self._attention_backend = name
 
     def compile_blocks(self, on: bool = True) -> None:
         """Compile the per-block computation once; every block reuses it (same shapes, weights as inputs).
@@ -417,9 +427,7 @@ class TransformerEngine:
             q = torch.cat([tq[:, span], iq[b : b + 1]], dim=1)
             k = torch.cat([tk[:, span], ik[b : b + 1]], dim=1)
             v = torch.cat([tv[:, span], iv[b : b + 1]], dim=1)
-            joint = self._dispatch_attention(
-                q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, backend=self.attention_backend
-            )
+            joint = self._attend(q, k, v)
             joint = joint.flatten(2, 3).to(q.dtype)
             txt_out.append(joint[:, :n])
             img_out.append(joint[:, n:])

@@ -176,6 +176,7 @@ def write(
 def _stub_av() -> bool:
     """An empty ``av`` (PyAV) when it is not installed: ComfyUI's ``comfy_api.latest`` imports it at the top
     for its video types, which this workflow never uses. Any use of it fails with AttributeError."""
+    import importlib.machinery
     import importlib.util
     import types
 
@@ -189,6 +190,9 @@ def _stub_av() -> bool:
     }
     for name, attrs in names.items():
         module = types.ModuleType(name, "stand-in for PyAV (not installed): bench/comfy_native.py")
+        # A spec, so that libraries asking importlib.util.find_spec("av") get an answer instead of a
+        # ValueError; with no distribution metadata they still find PyAV unavailable.
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None)
         module.__dict__.update(attrs)
         sys.modules[name] = module
     sys.modules["av"].container = sys.modules["av.container"]

@@ -146,9 +146,12 @@ def _mid_fill_checks(sources: dict, image) -> list[dict]:
             del filled
             arena_fill.read_all = lambda jobs: (time.sleep(0.02), read_all(jobs))[1]
             try:
-                loaded = load_pipeline(request)
-                row["pending_at_run_start"] = arena_fill.current_stats().pending
-                got = run_edit(loaded, [image], job).image
+                # Loaded inside inference mode, as ComfyUI runs its nodes: the buffers the filling thread
+                # copies into are then inference tensors (a ComfyUI server on the GPU failed so, 2026-11-30).
+                with torch.inference_mode():
+                    loaded = load_pipeline(request)
+                    row["pending_at_run_start"] = arena_fill.current_stats().pending
+                    got = run_edit(loaded, [image], job).image
             finally:
                 arena_fill.read_all = read_all
             row["equal"] = bool(torch.equal(got, expected))
@@ -159,7 +162,8 @@ def _mid_fill_checks(sources: dict, image) -> list[dict]:
             row["released_bytes"] = loaded.release_gpu()
             row["allocated_before_release"] = held_before
             row["allocated_after_release"] = torch.cuda.memory_allocated()
-            again = run_edit(loaded, [image], job).image
+            with torch.inference_mode():  # the next ComfyUI node's run
+                again = run_edit(loaded, [image], job).image
             row["equal_after_release"] = bool(torch.equal(again, expected))
             row["ok"] = (
                 row["equal"]
@@ -172,7 +176,7 @@ def _mid_fill_checks(sources: dict, image) -> list[dict]:
         except Exception as exc:
             row["ok"] = False
             row["error"] = f"{type(exc).__name__}: {exc}"
-            row["trace"] = traceback.format_exc()[-2000:]
+            row["trace"] = traceback.format_exc()[-8000:]
         release_memory()
         rows.append(row)
     return rows

@@ -168,7 +168,9 @@ class BlockStreamer:
             try:
                 if filled is not None:
                     filled.result()  # a failed or cancelled fill fails the run that needs this block
-                with torch.cuda.stream(stream):  # the slice is page-locked: the copy is queued, not waited for
+                # This runs on the filling thread, outside the caller's inference mode (thread-local), and
+                # ``copy`` is an inference tensor when the load ran inside one (ComfyUI runs every node so).
+                with torch.inference_mode(), torch.cuda.stream(stream):  # queued, not waited for: page-locked
                     copy.copy_(source, non_blocking=True)
                     event = torch.cuda.Event()
                     event.record(stream)

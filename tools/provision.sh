@@ -90,6 +90,17 @@ PY
   rm -rf "$tmp"
 fi
 
+# comfy-cli, the Registry's own tool, in a venv of its own (its pins are not ComfyUI's): the packaging test
+# runs `comfy node validate` with it, as publishing does.
+cli_version="1.23.0"
+cli="$cache/comfy-cli"
+if [ "$(cat "$cli/.version" 2>/dev/null)" != "$cli_version" ]; then
+  say "comfy-cli $cli_version"
+  rm -rf "$cli" && python3 -m venv "$cli"
+  "$cli/bin/python" -m pip install -q --disable-pip-version-check "comfy-cli==$cli_version"
+  echo "$cli_version" > "$cli/.version"
+fi
+
 say "tiny models"
 HF_HUB_OFFLINE=1 TQDM_DISABLE=1 "$py" -m tools.tiny_models \
   --tokenizer "$comfy/comfy/text_encoders/qwen25_tokenizer" --out "$cache/models/diffusers" > /dev/null
@@ -100,5 +111,6 @@ QWENFIT_PYTHON="$py"
 QWENFIT_COMFYUI="$comfy"
 QWENFIT_MODELS="$cache/models"
 QWENFIT_FRONTEND_NEWEST="$front/comfyui_frontend_package/static"
+QWENFIT_COMFY_CLI="$cli/bin/comfy"
 ENV
 say "ready: python $py, ComfyUI $comfy"

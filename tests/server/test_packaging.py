@@ -58,3 +58,23 @@ def test_code_passes_ruff_including_no_eval_exec_or_pickle():
     ruff = Path(sys.executable).with_name("ruff")
     out = subprocess.run([str(ruff), "check", "."], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_comfy_cli_validates_the_node_pack(tmp_path):
+    """`comfy node validate` (comfy-cli, what publishing to the Registry runs first): the pyproject and its
+    security checks (no eval/exec and the like in the pack's code) pass."""
+    import os
+    import subprocess
+
+    from comfy_host import read_env
+
+    cli = read_env()["QWENFIT_COMFY_CLI"]
+    env = dict(os.environ, HOME=str(tmp_path))  # its config and telemetry choice stay out of the real home
+    out = subprocess.run(
+        [cli, "--skip-prompt", "--no-enable-telemetry", "node", "validate"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    said = out.stdout + out.stderr
+    # comfy-cli 1.23 still exits 0 on its security findings (eval/exec: "will be an error soon"): read them.
+    assert "Security warnings" not in said and "All validation checks passed" in said, said

@@ -20,6 +20,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -202,7 +203,26 @@ ROUTES: dict[str, Callable[[web.Request], Awaitable[web.Response]]] = {
 }
 
 
+# The presets' thumbnails. ComfyUI 0.3.75 serves the whole example_workflows folder; newer servers serve
+# only its .json files there while the template browser still asks for <name>.jpg (app/custom_node_manager.py).
+# The pack's folder name is the module name ComfyUI uses in that URL (not resolved: it may be a link).
+PACK_FOLDER = Path(__file__).parent.parent
+THUMBNAILS = PACK_FOLDER / "example_workflows"
+
+
+async def thumbnail(request: web.Request) -> web.Response:
+    """A preset's .jpg, by the preset's name only: anything else is not found."""
+    names = {path.stem for path in THUMBNAILS.glob("*.jpg")}
+    name = request.match_info["name"]
+    if name not in names:
+        raise web.HTTPNotFound()
+    return web.FileResponse(THUMBNAILS / f"{name}.jpg", headers={"Content-Type": "image/jpeg"})
+
+
 def register_routes(routes: web.RouteTableDef) -> None:
-    """Add the pack's GET routes to ComfyUI's route table (before the server adds them to its app)."""
+    """Add the pack's GET routes to ComfyUI's route table (before the server adds them to its app; the
+    server also adds each under /api). The thumbnail route is registered before the server's own template
+    routes, so it answers where a newer server would refuse the .jpg."""
     for path, handler in ROUTES.items():
         routes.get(path)(handler)
+    routes.get(f"/workflow_templates/{PACK_FOLDER.name}/{{name}}.jpg")(thumbnail)

@@ -74,3 +74,16 @@ def test_presets_appear_in_template_browser(comfy):
     for name in presets:
         served = comfy.get(f"/api/workflow_templates/{PACK_LINK_NAME}/{name}.json")
         assert served.ok and served.json()["nodes"]
+
+
+def test_preset_thumbnails_are_served_by_the_pack_too(comfy):
+    """The template browser's thumbnails: 0.3.75 serves them from its static mount of example_workflows
+    (the /api path); newer servers serve only .json there, so the pack answers the .jpg itself. Without the
+    /api prefix the pinned server has no static mount: that answer can only come from the pack's route."""
+    for jpg in sorted((REPO / "example_workflows").glob("*.jpg")):
+        for prefix in ("", "/api"):
+            served = comfy.get(f"{prefix}/workflow_templates/{PACK_LINK_NAME}/{jpg.name}")
+            assert served.status_code == 200, (prefix, jpg.name, served.status_code)
+            assert served.content == jpg.read_bytes() and served.headers["Content-Type"] == "image/jpeg"
+    for name in ("not_a_preset.jpg", "..%2Fpyproject.jpg", "qwenfit_edit_8gb.json.jpg"):
+        assert comfy.get(f"/workflow_templates/{PACK_LINK_NAME}/{name}").status_code == 404, name

@@ -104,7 +104,21 @@ def attention_8bit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
     out = torch.empty_like(q)
     grid = (triton.cdiv(n, BLOCK_M), b * h)
     _attention_kernel[grid](
-        q8, qs, k8, ks, v8, vs, out, n, h, D=d, BM=BLOCK_M, BN=BLOCK_N, PSCALE=P_SCALE, num_warps=WARPS, num_stages=STAGES
+        q8,
+        qs,
+        k8,
+        ks,
+        v8,
+        vs,
+        out,
+        n,
+        h,
+        D=d,
+        BM=BLOCK_M,
+        BN=BLOCK_N,
+        PSCALE=P_SCALE,
+        num_warps=WARPS,
+        num_stages=STAGES,
     )
     return out
 

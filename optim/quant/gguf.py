@@ -1,0 +1,81 @@
+"""GGUF weights as the file keeps them (ComfyUI-GGUF's Qwen-Image files): raw GGML blocks, expanded where used.
+
+Each GGML type is its own format class (``gguf_format("Q4_K")``): block size and bytes per block come from the
+``gguf`` library's table, the expansion from diffusers' torch dequantizers (the ones its GGUF loader uses; they
+equal the ``gguf`` library's numpy reference exactly, tests/unit/quant/test_gguf.py). The blocks stay uint8
+buffers, so the block streamer copies them compressed and the GPU expands one weight at a time.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import torch
+
+from ..files.gguf_file import QUANTIZED_TYPES, GgufTensor
+from .compressed_linear import CompressedLinear
+
+
+class GgufLinear(CompressedLinear):
+    """``y = x @ dequantize(blocks).T + bias`` with the weight kept as GGML blocks of one type."""
+
+    type_name: str  # the GGML type, e.g. "Q4_K" (set on each type's class)
+    block_size: int  # weights per block
+    type_size: int  # bytes per block
+    # The expansion's temporaries per weight (diffusers' K-quant dequantizers go through int32 and float32
+    # intermediates, then the expanded copy): not yet fitted on a GPU run.
+    workspace_per_weight = 16
+
+    def __init__(self, blocks: torch.Tensor, out_features: int, in_features: int, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        expected = self.buffer_specs(out_features, in_features, torch.bfloat16)["weight_gguf"][0]
+        if tuple(blocks.shape) != expected or blocks.dtype != torch.uint8:
+            raise ValueError(f"{self.type_name} blocks of a {out_features}x{in_features} weight are {expected} uint8")
+        self.out_features, self.in_features = out_features, in_features
+        self.register_buffer("weight_gguf", blocks)
+        self._keep_bias(bias)
+
+    @classmethod
+    def buffer_specs(cls, out_features: int, in_features: int, dense: torch.dtype):
+        if in_features % cls.block_size:
+            raise ValueError(f"{cls.type_name} needs rows of a multiple of {cls.block_size} weights, not {in_features}")
+        return {"weight_gguf": ((out_features, in_features // cls.block_size * cls.type_size), torch.uint8)}
+
+    def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        from diffusers.quantizers.gguf.utils import dequantize_functions
+        from gguf import GGMLQuantizationType
+
+        blocks = self.weight_gguf.reshape(-1, self.type_size)
+        expand = dequantize_functions[GGMLQuantizationType[self.type_name]]
+        return expand(blocks, self.block_size, self.type_size, dtype=dtype).reshape(self.out_features, self.in_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, gguf {self.type_name}"
+
+
+@cache
+def gguf_format(type_name: str) -> type[GgufLinear]:
+    """The format class of one GGML type (one class per type, so plans name and size each exactly)."""
+    if type_name not in QUANTIZED_TYPES:
+        raise ValueError(f"{type_name} is not a quantized GGUF type QwenFit reads ({', '.join(QUANTIZED_TYPES)})")
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    block_size, type_size = GGML_QUANT_SIZES[GGMLQuantizationType[type_name]]
+    return type(
+        f"Gguf{type_name}Linear",
+        (GgufLinear,),
+        {
+            "format_name": f"gguf {type_name}",
+            "type_name": type_name,
+            "block_size": block_size,
+            "type_size": type_size,
+            "host_bytes_per_weight": type_size / block_size,
+            "__module__": __name__,
+        },
+    )
+
+
+def gguf_linear(tensor: GgufTensor, blocks: torch.Tensor, bias: torch.Tensor | None) -> GgufLinear:
+    """The layer for a quantized GGUF weight whose raw ``blocks`` were read from the file."""
+    out_features, in_features = tensor.shape
+    return gguf_format(tensor.type_name)(blocks, out_features, in_features, bias)

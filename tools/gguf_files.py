@@ -1,0 +1,65 @@
+"""Write GGUF files as ComfyUI-GGUF's tools do (arch ``qwen_image``, the model's own tensor names), offline.
+
+The ``gguf`` library writes the file and quantizes the types it has numpy quantizers for (Q8_0, Q5_0/1,
+Q4_0/1, BF16). It has none for the K-quants (Q6_K, Q5_K, Q4_K, Q3_K, Q2_K): their blocks are random bytes
+with every scale set to a small finite float16, so they decode to finite weights of a plausible size;
+what the tests compare is the pack's expansion against the library's own numpy dequantization of the very
+same bytes, and that comparison does not care how the bytes were chosen.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+# Where each K-quant block keeps its float16 scales (GGML's block layouts; gguf's quants.py splits them so).
+KQUANT_SCALE_OFFSETS = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+
+
+def kquant_blocks(rows: int, columns: int, type_name: str, rng: np.random.Generator) -> np.ndarray:
+    """Blocks of a ``rows`` x ``columns`` weight in a K-quant type, as the uint8 array the file stores."""
+    import gguf
+
+    block_size, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[type_name]]
+    blocks = rng.integers(0, 256, size=(rows * columns // block_size, type_size), dtype=np.uint8)
+    scale = rng.uniform(0.5, 1.5, size=(blocks.shape[0],)).astype(np.float16) * np.float16(0.001)
+    for offset in KQUANT_SCALE_OFFSETS[type_name]:
+        blocks[:, offset : offset + 2] = scale.view(np.uint8).reshape(-1, 2)
+    return blocks.reshape(rows, columns // block_size * type_size)
+
+
+def stored_form(values: np.ndarray, type_name: str, rng: np.random.Generator) -> np.ndarray:
+    """What a GGUF file stores for float32 ``values`` in ``type_name``."""
+    import gguf
+    from gguf import quants
+
+    if type_name == "F32":
+        return values.astype(np.float32)
+    if type_name == "F16":
+        return values.astype(np.float16)
+    if type_name in KQUANT_SCALE_OFFSETS:
+        return kquant_blocks(*values.shape, type_name, rng)
+    return quants.quantize(values, gguf.GGMLQuantizationType[type_name])
+
+
+def write_gguf(path: Path, tensors: dict[str, tuple[str, np.ndarray]], arch: str = "qwen_image", seed: int = 0):
+    """Write ``name -> (GGML type name, float32 values)`` to ``path``; returns ``name -> stored array``."""
+    import gguf
+
+    rng = np.random.default_rng(seed)
+    writer = gguf.GGUFWriter(str(path), arch=arch)
+    stored = {}
+    for name, (type_name, values) in tensors.items():
+        data = stored_form(values, type_name, rng)
+        kind = gguf.GGMLQuantizationType[type_name]
+        if type_name in ("F32", "F16"):
+            writer.add_tensor(name, data)
+        else:
+            writer.add_tensor(name, data, raw_dtype=kind)
+        stored[name] = data
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return stored

@@ -31,6 +31,14 @@ LAYOUTS = [
     ("qwenfit_tiny_layered_fp8mixed.safetensors", "layered", TE_BF16, True),
 ]
 
+# ComfyUI-GGUF's transformer files, as tools/gguf_files.py writes them: (file, variant).
+GGUF_FILES = [
+    *((f"qwenfit_tiny_edit_2509_{t}.gguf", "edit-2509") for t in (
+        "Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0", "Q3_K", "Q2_K")),
+    ("qwenfit_tiny_edit_2511_Q4_K_M.gguf", "edit-2511"),
+    ("qwenfit_tiny_layered_Q8_0.gguf", "layered"),
+]  # fmt: skip
+
 
 def split_files(transformer: str, variant: str, text_encoder: str = TE_BF16, vae: str | None = None):
     from optim import SplitFiles

@@ -23,7 +23,7 @@ def kquant_blocks(rows: int, columns: int, type_name: str, rng: np.random.Genera
 
     block_size, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[type_name]]
     blocks = rng.integers(0, 256, size=(rows * columns // block_size, type_size), dtype=np.uint8)
-    scale = rng.uniform(0.5, 1.5, size=(blocks.shape[0],)).astype(np.float16) * np.float16(0.001)
+    scale = rng.uniform(0.5, 1.5, size=(blocks.shape[0],)).astype(np.float16) * np.float16(0.0001)
     for offset in KQUANT_SCALE_OFFSETS[type_name]:
         blocks[:, offset : offset + 2] = scale.view(np.uint8).reshape(-1, 2)
     return blocks.reshape(rows, columns // block_size * type_size)
@@ -63,3 +63,45 @@ def write_gguf(path: Path, tensors: dict[str, tuple[str, np.ndarray]], arch: str
     writer.write_tensors_to_file()
     writer.close()
     return stored
+
+
+# The tiny models' GGUF files: every quantized type on Edit-2509, a mix of types (as a Q4_K_M file mixes
+# them) on Edit-2511, Q8_0 on Layered. Tensors the type cannot hold (rows not a multiple of its block) stay
+# float16, 1-D ones float32, as ComfyUI-GGUF's converter leaves them.
+TINY_GGUF = {
+    "edit-2509": [(t, (t,)) for t in ("Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0", "Q3_K", "Q2_K")],
+    "edit-2511": [("Q4_K_M", ("Q4_K", "Q8_0"))],
+    "layered": [("Q8_0", ("Q8_0",))],
+}
+
+
+def gguf_type_for(shape: tuple[int, ...], preferred: tuple[str, ...]) -> str:
+    """The first of ``preferred`` that can hold a tensor of ``shape`` (float16 / float32 otherwise)."""
+    import gguf
+
+    if len(shape) < 2:
+        return "F32"
+    for type_name in preferred:
+        block_size, _ = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[type_name]]
+        if shape[-1] % block_size == 0:
+            return type_name
+    return "F16"
+
+
+def write_tiny_transformer_ggufs(tensors: dict, variant: str, out_dir: Path) -> list[Path]:
+    """The GGUF files of one tiny transformer (``name -> torch tensor``, original key names) in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for label, preferred in TINY_GGUF[variant]:
+        path = out_dir / f"qwenfit_tiny_{variant.replace('-', '_')}_{label}.gguf"
+        plan = {}
+        for name, tensor in tensors.items():
+            if tensor.numel() == 0:  # a marker tensor (the 2511 one): the file name says 2511
+                continue
+            values = tensor.float().numpy()
+            plan[name] = (gguf_type_for(tuple(values.shape), preferred), values)
+        tmp = path.with_suffix(".tmp")
+        write_gguf(tmp, plan)
+        tmp.replace(path)
+        written.append(path)
+    return written

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import QwenFitError
+from .parallel_reads import PIECE_BYTES, run_reads
 
 # The GGML types ComfyUI-GGUF's Qwen-Image files use, by the name llama.cpp gives them (the names users see
 # in file names: Q4_K_M mixes Q4_K and Q6_K, Q5_K_S is Q5_K, ...); values are gguf.GGMLQuantizationType's.
@@ -41,6 +42,16 @@ class GgufTensor:
         return self.type_name in QUANTIZED_TYPES
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The stored elements' dtype as torch reads them: uint8 bytes for quantized blocks."""
+        return torch.uint8 if self.quantized else PLAIN_TYPES[self.type_name]
+
+    @property
+    def stored_shape(self) -> tuple[int, ...]:
+        """The shape of what is stored: the blocks' for quantized types, the logical one otherwise."""
+        return self.block_shape if self.quantized else self.shape
+
+    @property
     def block_shape(self) -> tuple[int, ...]:
         """The stored bytes' shape as uint8: one row of blocks per logical row (quantized types)."""
         rows = math.prod(self.shape[:-1])
@@ -63,6 +74,7 @@ class GgufFile:
         self.path = Path(path)
         self.size = self.path.stat().st_size
         self.architecture, self.tensors = self._read_header()
+        self.metadata: dict[str, str] = {}  # no safetensors-style metadata (no fp8 layout markers)
 
     def _fail(self, why: str) -> QwenFitError:
         return QwenFitError(
@@ -128,18 +140,33 @@ class GgufFile:
         dtype and shape; into ``out`` (contiguous CPU, same bytes) or a new tensor."""
         info = self.tensors[name]
         if out is None:
-            out = (
-                torch.empty(info.block_shape, dtype=torch.uint8)
-                if info.quantized
-                else torch.empty(info.shape, dtype=PLAIN_TYPES[info.type_name])
-            )
+            out = torch.empty(info.stored_shape, dtype=info.dtype)
         flat = out.reshape(-1).view(torch.uint8)
         if flat.numel() != info.nbytes or not out.is_contiguous() or out.device.type != "cpu":
             raise ValueError(f"read_raw({name!r}) needs a contiguous CPU buffer of {info.nbytes} bytes")
-        with open(self.path, "rb") as f:
-            f.seek(info.start)
-            # A ctypes view, not .numpy(): a dropped pipeline's arena must be able to give its memory back.
-            got = f.readinto(memoryview((ctypes.c_ubyte * info.nbytes).from_address(flat.data_ptr())))
-        if got != info.nbytes:
-            raise self._fail(f"tensor {name!r} ends early")
+        run_reads(
+            [
+                lambda start=start: self.read_bytes(name, start, flat[start : start + PIECE_BYTES])
+                for start in range(0, flat.numel(), PIECE_BYTES)
+            ]
+        )
         return out
+
+    read = read_raw  # the name SafetensorsFile gives it (weight sources, tensors left in the files)
+
+    def read_bytes(self, name: str, offset: int, out: torch.Tensor) -> None:
+        """Bytes ``offset`` .. ``offset + out.numel()`` of tensor ``name`` into ``out`` (contiguous CPU uint8),
+        so several threads can fill one large tensor together."""
+        info = self.tensors[name]
+        if out.dtype != torch.uint8 or not out.is_contiguous() or out.device.type != "cpu":
+            raise ValueError("read_bytes writes into a contiguous CPU uint8 tensor")
+        if offset < 0 or offset + out.numel() > info.nbytes:
+            raise ValueError(f"bytes {offset}..{offset + out.numel()} are outside tensor {name!r}")
+        if not out.numel():
+            return
+        with open(self.path, "rb") as f:
+            f.seek(info.start + offset)
+            # A ctypes view, not .numpy(): a dropped pipeline's arena must be able to give its memory back.
+            got = f.readinto(memoryview((ctypes.c_ubyte * out.numel()).from_address(out.data_ptr())))
+        if got != out.numel():
+            raise self._fail(f"tensor {name!r} ends early")

@@ -19,6 +19,7 @@ from .weight_files import (
     STANDARD_TRANSFORMERS,
     STANDARD_VAES,
     TEXT_ENCODER_HINTS,
+    TRANSFORMER_SUFFIXES,
     VAE_HINTS,
     list_weight_files,
     pick_default,
@@ -32,9 +33,8 @@ ModelRoots = Callable[[str], Sequence[str]]
 def model_names(roots: ModelRoots) -> list[str]:
     """Transformer files from diffusion_models (Comfy-Org's names first: the default is the first one
     present), then diffusers folders."""
-    return list_weight_files(roots("diffusion_models"), STANDARD_TRANSFORMERS) + list_pipeline_folders(
-        roots("diffusers")
-    )
+    transformers = list_weight_files(roots("diffusion_models"), STANDARD_TRANSFORMERS, TRANSFORMER_SUFFIXES)
+    return transformers + list_pipeline_folders(roots("diffusers"))
 
 
 def text_encoder_names(roots: ModelRoots) -> list[str]:
@@ -54,7 +54,7 @@ def lora_names(roots: ModelRoots) -> list[str]:
 
 def is_weight_file(model: str) -> bool:
     """A model choice naming a weight file (the others are diffusers folders)."""
-    return model.lower().endswith(".safetensors")
+    return model.lower().endswith(TRANSFORMER_SUFFIXES)
 
 
 def source_from_names(
@@ -68,7 +68,7 @@ def source_from_names(
                 "vae to auto, or pick a transformer file from diffusion_models to combine with separate files."
             )
         return DiffusersFolder(resolve_pipeline_folder(roots("diffusers"), model))
-    transformer = resolve_weight_file(roots("diffusion_models"), model, "diffusion_models")
+    transformer = resolve_weight_file(roots("diffusion_models"), model, "diffusion_models", TRANSFORMER_SUFFIXES)
     if text_encoder == AUTO:
         text_encoder = pick_default(
             list_weight_files(roots("text_encoders")),

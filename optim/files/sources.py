@@ -16,6 +16,7 @@ from ..qwen.architectures import Architecture, all_architectures
 from ..qwen.variants import Variant, detect_variant, resolve_variant
 from .families import describe_family, find_prefix
 from .fp8_layouts import is_scale_key
+from .gguf_file import GgufFile
 from .key_maps import TRANSFORMER_PREFIXES, text_encoder_to_comfy, vae_to_diffusers
 from .weight_source import WeightSource
 
@@ -81,6 +82,9 @@ def _shards(folder: Path) -> list[Path]:
 def _transformer_source(path: Path) -> tuple[WeightSource, Variant | None]:
     """Open a transformer file; returns the source and the variant its keys prove (None: no proof)."""
     source = WeightSource([path])
+    for file in source.files:
+        if isinstance(file, GgufFile):
+            file.check_architecture()
     keys = source.file_keys()
     prefix = find_prefix(keys, "txt_norm.weight", ("",) + TRANSFORMER_PREFIXES)
     if prefix is None:

@@ -11,6 +11,7 @@ from ..qwen.variants import Variant
 from .safetensors_file import PICKLE_SUFFIXES
 
 WEIGHT_SUFFIXES = (".safetensors",)
+TRANSFORMER_SUFFIXES = (".safetensors", ".gguf")  # ComfyUI-GGUF's transformer files too
 AUTO = "auto"
 
 # Comfy-Org's file names, best first; "auto" picks the first one present.
@@ -38,8 +39,10 @@ VAE_HINTS = {
 }
 
 
-def list_weight_files(roots: Iterable[str | os.PathLike], preferred: tuple[str, ...] = ()) -> list[str]:
-    """Relative names ('/'-separated) of every safetensors file under ``roots``: ``preferred`` names
+def list_weight_files(
+    roots: Iterable[str | os.PathLike], preferred: tuple[str, ...] = (), suffixes: tuple[str, ...] = WEIGHT_SUFFIXES
+) -> list[str]:
+    """Relative names ('/'-separated) of every weight file (``suffixes``) under ``roots``: ``preferred`` names
     first (in their order), then other Qwen files, then the rest."""
     names: set[str] = set()
     for root in roots:
@@ -49,13 +52,15 @@ def list_weight_files(roots: Iterable[str | os.PathLike], preferred: tuple[str, 
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for filename in filenames:
-                if filename.lower().endswith(WEIGHT_SUFFIXES):
+                if filename.lower().endswith(suffixes):
                     names.add((Path(dirpath) / filename).relative_to(root).as_posix())
     rank = {name: i for i, name in enumerate(preferred)}
     return sorted(names, key=lambda n: (rank.get(Path(n).name, len(rank)), "qwen" not in n.lower(), n.lower()))
 
 
-def resolve_weight_file(roots: Iterable[str | os.PathLike], name: str, folder_kind: str) -> Path:
+def resolve_weight_file(
+    roots: Iterable[str | os.PathLike], name: str, folder_kind: str, suffixes: tuple[str, ...] = WEIGHT_SUFFIXES
+) -> Path:
     """The file listed under ``name``; pickles and anything outside the roots are refused."""
     roots = [Path(r) for r in roots]
     if name.lower().endswith(PICKLE_SUFFIXES):
@@ -63,13 +68,13 @@ def resolve_weight_file(roots: Iterable[str | os.PathLike], name: str, folder_ki
             f"{name} is a pickle file; QwenFit never loads pickles because they can run code. "
             "Use the .safetensors release of this model."
         )
-    if name in list_weight_files(roots):
+    if name in list_weight_files(roots, suffixes=suffixes):
         for root in roots:
             candidate = root / name
             if candidate.is_file():
                 return candidate
     raise QwenFitError(
-        f"{name!r} is not a .safetensors file in models/{folder_kind}. Put the file there, refresh the page "
+        f"{name!r} is not a {' or '.join(suffixes)} file in models/{folder_kind}. Put the file there, refresh the page "
         "(press R) and pick it."
     )
 

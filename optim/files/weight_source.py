@@ -9,17 +9,23 @@ import torch
 
 from ..errors import QwenFitError
 from .fp8_layouts import FP8_DTYPES, Fp8Layout, Fp8Weight, detect_layout, mixed_quantized_layers, scale_key_for
+from .gguf_file import GgufFile, GgufTensor, is_gguf
 from .safetensors_file import SafetensorsFile
 
 
+def open_weight_file(path: Path) -> SafetensorsFile | GgufFile:
+    """A safetensors or GGUF file, told apart by its first bytes (not its name)."""
+    return GgufFile(path) if is_gguf(path) else SafetensorsFile(path)
+
+
 class WeightSource:
-    """Module key -> tensor, read on demand from safetensors files (single file or shards).
+    """Module key -> tensor, read on demand from safetensors or GGUF files (single file or shards).
 
     ``to_file_key`` maps a module's state-dict key to the name stored in the files.
     """
 
     def __init__(self, paths: list[Path], to_file_key: Callable[[str], str] = lambda k: k) -> None:
-        self.files = [SafetensorsFile(p) for p in paths]
+        self.files = [open_weight_file(p) for p in paths]
         self.to_file_key = to_file_key
         self._where: dict[str, SafetensorsFile] = {}
         for f in self.files:
@@ -45,6 +51,19 @@ class WeightSource:
     def shape(self, key: str) -> tuple[int, ...]:
         file_key = self.to_file_key(key)
         return self._where[file_key].shape(file_key)
+
+    def gguf_blocks(self, key: str) -> GgufTensor | None:
+        """The GGUF tensor when ``key`` is stored as quantized GGML blocks (None otherwise)."""
+        file_key = self.to_file_key(key)
+        f = self._where.get(file_key)
+        if not isinstance(f, GgufFile):
+            return None
+        info = f.tensors[file_key]
+        return info if info.quantized else None
+
+    def holds_gguf(self) -> bool:
+        """True when the files are GGUF (ComfyUI-GGUF's)."""
+        return any(isinstance(f, GgufFile) for f in self.files)
 
     def layout(self) -> Fp8Layout:
         """The fp8 layout of the files (the first non-trivial one)."""

@@ -17,7 +17,9 @@ from ..files.file_tensors import FileFeeds, FileTensor, placeholder
 from ..files.fp8_layouts import Fp8Layout, Fp8Weight, quantize_absmax
 from ..files.host_memory import TrimEvery, trim_host_heap
 from ..files.weight_source import WeightSource
+from ..quant.compressed_linear import replace_module
 from ..quant.fp8 import replace_linear
+from ..quant.gguf import dequantize_blocks, gguf_linear
 
 # Decides which Linear layers (by dotted module name) are stored in fp8.
 Fp8Filter = Callable[[str], bool]
@@ -70,7 +72,8 @@ def fill_module(
 ) -> list[str]:
     """Load every parameter and persistent buffer of ``module`` from ``source``.
 
-    Linear layers accepted by ``fp8_linears`` become Fp8Linear (fp8 data + scale). Keys in
+    Linear layers accepted by ``fp8_linears`` become Fp8Linear (fp8 data + scale); Linear layers a GGUF file
+    stores as quantized blocks become that type's GgufLinear (the blocks as stored). Keys in
     ``optional`` may be missing from the files; they are returned so the caller can deal with
     them. Any other missing key is an error naming the file.
 
@@ -80,7 +83,8 @@ def fill_module(
     """
     fp32_modules = _keep_in_fp32(module)
     linears = {name for name, m in module.named_modules() if isinstance(m, nn.Linear)}
-    fp8_layers = {name for name in linears if fp8_linears is not None and fp8_linears(name)}
+    gguf_layers = {name for name in linears if source.gguf_blocks(f"{name}.weight") is not None}
+    fp8_layers = {name for name in linears - gguf_layers if fp8_linears is not None and fp8_linears(name)}
     missing: list[str] = []
     trim = TrimEvery()  # keeps the heap near what the plan keeps (weights quantized on load make temporaries)
     in_files: dict[str, FileTensor] = {}
@@ -91,8 +95,15 @@ def fill_module(
     keys = list(module.state_dict(keep_vars=True).keys())
     for key in keys:
         layer, _, leaf = key.rpartition(".")
-        if layer in fp8_layers:
+        if layer in fp8_layers or layer in gguf_layers:
             continue  # handled below, weight and bias together
+        if (blocks := source.gguf_blocks(key)) is not None:  # not a Linear's (an embedding table): expand now
+            file, file_key = source.locate(key)
+            value = dequantize_blocks(
+                blocks, file.read(file_key), _target_dtype(key, torch.float32, compute_dtype, fp32_modules)
+            )
+            _assign(module, key, value.to(device))
+            continue
         if not source.has(key):
             missing.append(key)
             continue
@@ -127,6 +138,9 @@ def fill_module(
         bias = source.read(bias_key).to(device=device, dtype=compute_dtype) if source.has(bias_key) else None
         replace_linear(module, layer, weight, bias)
         trim.add(weight.data.numel() * 4)
+    for layer in sorted(gguf_layers):
+        recipes = _gguf_layer(module, layer, source, compute_dtype, device, stays_in_files(f"{layer}.weight"))
+        in_files.update(recipes)
     trim_host_heap()
     if in_files:
         assert feeds is not None, "keep_in_files needs feeds to hand the recipes to the engine"
@@ -165,4 +179,35 @@ def _fp8_layer_in_files(
         bias = placeholder(bias_file.shape(bias_file_key), compute_dtype)
         recipes[f"{layer}.bias"] = FileTensor(bias_file, bias_file_key)
     replace_linear(module, layer, empty, bias)
+    return recipes
+
+
+def _gguf_layer(
+    module: nn.Module,
+    layer: str,
+    source: WeightSource,
+    compute_dtype: torch.dtype,
+    device: torch.device,
+    in_files: bool,
+) -> dict[str, FileTensor]:
+    """Put the GgufLinear for ``layer`` in place: its blocks read now, or left in the files (placeholders, and
+    the recipes returned by state-dict key)."""
+    weight_key, bias_key = f"{layer}.weight", f"{layer}.bias"
+    tensor = source.gguf_blocks(weight_key)
+    file, file_key = source.locate(weight_key)
+    recipes: dict[str, FileTensor] = {}
+    bias = None
+    if source.has(bias_key):
+        bias_file, bias_file_key = source.locate(bias_key)
+        if in_files:
+            bias = placeholder(bias_file.shape(bias_file_key), compute_dtype)
+            recipes[bias_key] = FileTensor(bias_file, bias_file_key)
+        else:
+            bias = source.read(bias_key).to(device=device, dtype=compute_dtype)
+    if in_files:
+        blocks = placeholder(tensor.block_shape, torch.uint8)
+        recipes[f"{layer}.weight_gguf"] = FileTensor(file, file_key)
+    else:
+        blocks = file.read(file_key).to(device)
+    replace_module(module, layer, gguf_linear(tensor, blocks, bias))
     return recipes

@@ -278,10 +278,31 @@ def arithmetic_for(request: LoadRequest, desc: SourceDescription, gpus: tuple[Gp
     """The speed rung of the transformer's arithmetic for these files on these GPUs (fixed at load: it
     decides how the blocks are stored)."""
     storage = request.precision.transformer
+    if desc.transformer.holds_gguf():
+        _check_gguf_request(request, desc)
+        return GGUF_EXACT
     if storage == "auto":
         as_stored = _fp8_modes(request, desc)["transformer"] == FP8_AS_STORED
         storage = FP8 if as_stored else dtype_name(_compute_dtypes(request)["transformer"])
     return choose_arithmetic(request.precision.speed, storage, [g.capability for g in gpus])
+
+
+GGUF_EXACT = Arithmetic("exact", "expanded", None, False, "GGUF blocks expanded one weight at a time where used")
+
+
+def _check_gguf_request(request: LoadRequest, desc: SourceDescription) -> None:
+    """GGUF blocks compute as stored, expanded where used: no other storage, no 8-bit products (yet)."""
+    name = desc.transformer.names
+    if request.precision.transformer != "auto":
+        raise QwenFitError(
+            f"{name} is a GGUF file: its weights stay in their GGUF types. Set the transformer precision to auto "
+            f"(it is {request.precision.transformer}), or load a safetensors release to store them otherwise."
+        )
+    if request.precision.speed in ("fast", "fastest"):
+        raise QwenFitError(
+            f"speed {request.precision.speed} needs fp8 or int8 weights; {name} is a GGUF file, which computes "
+            "exactly as stored. Pick speed exact (or auto), or load the fp8 safetensors release for the fast rungs."
+        )
 
 
 def _stays_in_files(kind: str, fp8: str) -> bool:

@@ -21,6 +21,7 @@ from ..quant.dtypes import compute_dtype
 from ..quant.formats import QUANTIZED, size_as_quantized
 from ..quant.fp8 import Fp8Linear
 from ..quant.fp8_scope import FP8_SCOPES, fp8_filter, fp8_mode
+from ..quant.gguf import gguf_format
 from ..qwen.architectures import empty_text_encoder, empty_transformer, empty_vae
 from ..settings import PrecisionSettings
 from .model_sizes import ModelSizes, measure
@@ -46,9 +47,12 @@ def _fill_meta(module: nn.Module, source: WeightSource, dtype: torch.dtype, fp8_
     state-dict keys the file lacks."""
     fp32_modules = tuple(getattr(module, "_keep_in_fp32_modules", None) or ())
     missing: set[str] = set()
+    linears = {name for name, m in module.named_modules() if isinstance(m, nn.Linear)}
+    gguf_layers = {name: source.gguf_blocks(f"{name}.weight") for name in linears}
+    gguf_layers = {name: tensor for name, tensor in gguf_layers.items() if tensor is not None}
     for key, tensor in module.state_dict(keep_vars=True).items():
         layer, _, leaf = key.rpartition(".")
-        if layer in fp8_layers:
+        if layer in fp8_layers or layer in gguf_layers:
             continue
         if not source.has(key):
             missing.add(key)
@@ -70,6 +74,10 @@ def _fill_meta(module: nn.Module, source: WeightSource, dtype: torch.dtype, fp8_
         out_features, in_features = source.shape(weight_key)
         bias = nn.Parameter(_meta(source.shape(bias_key), dtype), False) if source.has(bias_key) else None
         replace_module(module, layer, Fp8Linear.empty(out_features, in_features, bias, dtype))
+    for layer, stored in gguf_layers.items():  # GGUF blocks as stored
+        bias_key = f"{layer}.bias"
+        bias = nn.Parameter(_meta(source.shape(bias_key), dtype), False) if source.has(bias_key) else None
+        replace_module(module, layer, gguf_format(stored.type_name).empty(*stored.shape, bias, dtype))
     return missing
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import psutil
 
 from ..errors import QwenFitError
+from ..files.gguf_file import GgufTensor
 from ..files.safetensors_file import TensorInfo
 from ..files.weight_source import WeightSource
 from ..quant.formats import QUANTIZED
@@ -124,7 +125,10 @@ def estimate_component(
         for key, info in file.tensors.items():
             numel = info.nbytes // info.dtype.itemsize
             linear = key.endswith(".weight") and linear_scope(key)
-            size = int(numel * _planned_bytes(info, source.stores_fp8(key), fp8_mode, kind, linear, compute_bytes))
+            if isinstance(info, GgufTensor) and info.quantized:  # GGUF blocks stay as stored
+                size = info.nbytes
+            else:
+                size = int(numel * _planned_bytes(info, source.stores_fp8(key), fp8_mode, kind, linear, compute_bytes))
             totals["all"] += size
             for name, belongs in parts.items():
                 if belongs(key):

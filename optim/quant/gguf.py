@@ -42,12 +42,7 @@ class GgufLinear(CompressedLinear):
         return {"weight_gguf": ((out_features, in_features // cls.block_size * cls.type_size), torch.uint8)}
 
     def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
-        from diffusers.quantizers.gguf.utils import dequantize_functions
-        from gguf import GGMLQuantizationType
-
-        blocks = self.weight_gguf.reshape(-1, self.type_size)
-        expand = dequantize_functions[GGMLQuantizationType[self.type_name]]
-        return expand(blocks, self.block_size, self.type_size, dtype=dtype).reshape(self.out_features, self.in_features)
+        return _expand(self.type_name, self.weight_gguf, dtype).reshape(self.out_features, self.in_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, gguf {self.type_name}"
@@ -73,6 +68,21 @@ def gguf_format(type_name: str) -> type[GgufLinear]:
             "__module__": __name__,
         },
     )
+
+
+def _expand(type_name: str, blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The weights of ``blocks`` (uint8, any shape) of one GGML type, flat, in ``dtype``."""
+    from diffusers.quantizers.gguf.utils import dequantize_functions
+    from gguf import GGMLQuantizationType
+
+    cls = gguf_format(type_name)
+    expand = dequantize_functions[GGMLQuantizationType[type_name]]
+    return expand(blocks.reshape(-1, cls.type_size), cls.block_size, cls.type_size, dtype=dtype).reshape(-1)
+
+
+def dequantize_blocks(tensor: GgufTensor, blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The values of a quantized GGUF tensor that is no Linear weight (an embedding table), in ``dtype``."""
+    return _expand(tensor.type_name, blocks, dtype).reshape(tensor.shape)
 
 
 def gguf_linear(tensor: GgufTensor, blocks: torch.Tensor, bias: torch.Tensor | None) -> GgufLinear:

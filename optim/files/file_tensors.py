@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .parallel_reads import PIECE_BYTES, run_reads
+from .gguf_file import GgufFile
+from .parallel_reads import byte_pieces, run_reads
 from .safetensors_file import SafetensorsFile
 from .tensor_layout import ModuleLayout, views
 
@@ -26,7 +27,7 @@ class FileTensor:
     """One module tensor as the files hold it: ``key`` in ``file``, or a constant (an fp8 file
     without scales has an implied scale of 1)."""
 
-    file: SafetensorsFile | None
+    file: SafetensorsFile | GgufFile | None
     key: str
     constant: float | None = None
 
@@ -43,11 +44,9 @@ class FileTensor:
         are read as stored, one read for a cast or a constant. They may run in parallel."""
         if not self.reads_straight(out):
             return [lambda: self.read_into(out)]
-        flat = out.reshape(-1).view(torch.uint8)
-        return [
-            (lambda start=start: self.file.read_bytes(self.key, start, flat[start : start + PIECE_BYTES]))
-            for start in range(0, flat.numel(), PIECE_BYTES)
-        ]
+        return byte_pieces(
+            lambda offset, piece: self.file.read_bytes(self.key, offset, piece), out.reshape(-1).view(torch.uint8)
+        )
 
     def read_into(self, out: torch.Tensor) -> None:
         """Write the tensor's values into ``out`` (a CPU tensor of the module's dtype and shape)."""

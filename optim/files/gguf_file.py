@@ -9,7 +9,6 @@ weight format ``optim/quant/gguf.py`` expands it where it is used. Nothing is ev
 
 from __future__ import annotations
 
-import ctypes
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import QwenFitError
-from .parallel_reads import PIECE_BYTES, run_reads
+from .parallel_reads import byte_pieces, read_tensor_bytes, run_reads
 
 # The GGML types ComfyUI-GGUF's Qwen-Image files use, by the name llama.cpp gives them (the names users see
 # in file names: Q4_K_M mixes Q4_K and Q6_K, Q5_K_S is Q5_K, ...); values are gguf.GGMLQuantizationType's.
@@ -144,29 +143,13 @@ class GgufFile:
         flat = out.reshape(-1).view(torch.uint8)
         if flat.numel() != info.nbytes or not out.is_contiguous() or out.device.type != "cpu":
             raise ValueError(f"read_raw({name!r}) needs a contiguous CPU buffer of {info.nbytes} bytes")
-        run_reads(
-            [
-                lambda start=start: self.read_bytes(name, start, flat[start : start + PIECE_BYTES])
-                for start in range(0, flat.numel(), PIECE_BYTES)
-            ]
-        )
+        run_reads(byte_pieces(lambda offset, piece: self.read_bytes(name, offset, piece), flat))
         return out
 
     read = read_raw  # the name SafetensorsFile gives it (weight sources, tensors left in the files)
 
     def read_bytes(self, name: str, offset: int, out: torch.Tensor) -> None:
-        """Bytes ``offset`` .. ``offset + out.numel()`` of tensor ``name`` into ``out`` (contiguous CPU uint8),
-        so several threads can fill one large tensor together."""
+        """Bytes ``offset`` .. ``offset + out.numel()`` of tensor ``name`` into ``out`` (contiguous CPU uint8)."""
         info = self.tensors[name]
-        if out.dtype != torch.uint8 or not out.is_contiguous() or out.device.type != "cpu":
-            raise ValueError("read_bytes writes into a contiguous CPU uint8 tensor")
-        if offset < 0 or offset + out.numel() > info.nbytes:
-            raise ValueError(f"bytes {offset}..{offset + out.numel()} are outside tensor {name!r}")
-        if not out.numel():
-            return
-        with open(self.path, "rb") as f:
-            f.seek(info.start + offset)
-            # A ctypes view, not .numpy(): a dropped pipeline's arena must be able to give its memory back.
-            got = f.readinto(memoryview((ctypes.c_ubyte * out.numel()).from_address(out.data_ptr())))
-        if got != out.numel():
+        if read_tensor_bytes(self.path, info.start, info.nbytes, name, offset, out) != out.numel():
             raise self._fail(f"tensor {name!r} ends early")

@@ -7,10 +7,12 @@ tensors are cut into pieces so that every thread stays busy until the last tenso
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import torch
 
@@ -41,3 +43,28 @@ def run_reads(reads: Sequence[Callable[[], None]]) -> None:
             read()
         return
     list(_pool.map(_run, reads))  # list() waits for every read
+
+
+def byte_pieces(read_piece: Callable[[int, torch.Tensor], None], flat: torch.Tensor) -> list[Callable[[], None]]:
+    """Reads that together fill ``flat`` (uint8): ``read_piece(offset, piece)`` for each :data:`PIECE_BYTES`."""
+    return [
+        (lambda start=start: read_piece(start, flat[start : start + PIECE_BYTES]))
+        for start in range(0, flat.numel(), PIECE_BYTES)
+    ]
+
+
+def read_tensor_bytes(path: Path, start: int, nbytes: int, name: str, offset: int, out: torch.Tensor) -> int:
+    """Bytes ``offset`` .. ``offset + out.numel()`` of the tensor ``name`` stored at ``start`` .. ``start +
+    nbytes`` of ``path``, into ``out`` (contiguous CPU uint8); returns how many arrived (fewer: the file ends
+    early). A piece of a tensor, so several threads can fill one large tensor together."""
+    if out.dtype != torch.uint8 or not out.is_contiguous() or out.device.type != "cpu":
+        raise ValueError("read_bytes writes into a contiguous CPU uint8 tensor")
+    if offset < 0 or offset + out.numel() > nbytes:
+        raise ValueError(f"bytes {offset}..{offset + out.numel()} are outside tensor {name!r}")
+    if not out.numel():
+        return 0
+    with open(path, "rb") as f:
+        f.seek(start + offset)
+        # A ctypes view of the bytes, not .numpy(): numpy would pin the storage's size for good, and a
+        # dropped pipeline's arena must be able to give its memory back (HostArena.free).
+        return f.readinto(memoryview((ctypes.c_ubyte * out.numel()).from_address(out.data_ptr())))

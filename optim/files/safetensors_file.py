@@ -8,7 +8,6 @@ plan keeps plus one tensor. The format is JSON + raw bytes: nothing is ever unpi
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 import struct
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import QwenFitError
-from .parallel_reads import PIECE_BYTES, run_reads
+from .parallel_reads import byte_pieces, read_tensor_bytes, run_reads
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -127,30 +126,13 @@ class SafetensorsFile:
             out = torch.empty(info.shape, dtype=info.dtype)
         flat = out.reshape(-1).view(torch.uint8)
         # A large tensor (an embedding table, a bf16 MLP weight) is read by every reader thread at once.
-        run_reads(
-            [
-                lambda start=start: self.read_bytes(name, start, flat[start : start + PIECE_BYTES])
-                for start in range(0, flat.numel(), PIECE_BYTES)
-            ]
-        )
+        run_reads(byte_pieces(lambda offset, piece: self.read_bytes(name, offset, piece), flat))
         return out
 
     def read_bytes(self, name: str, offset: int, out: torch.Tensor) -> None:
-        """Bytes ``offset`` .. ``offset + out.numel()`` of tensor ``name`` into ``out`` (contiguous CPU uint8):
-        a piece of a tensor, so several threads can fill one large tensor together."""
+        """Bytes ``offset`` .. ``offset + out.numel()`` of tensor ``name`` into ``out`` (contiguous CPU uint8)."""
         info = self.tensors[name]
-        if out.dtype != torch.uint8 or not out.is_contiguous() or out.device.type != "cpu":
-            raise ValueError("read_bytes writes into a contiguous CPU uint8 tensor")
-        if offset < 0 or offset + out.numel() > info.nbytes:
-            raise ValueError(f"bytes {offset}..{offset + out.numel()} are outside tensor {name!r}")
-        if not out.numel():
-            return
-        with open(self.path, "rb") as f:
-            f.seek(info.start + offset)
-            # A ctypes view of the bytes, not .numpy(): numpy would pin the storage's size for good, and a
-            # dropped pipeline's arena must be able to give its memory back (HostArena.free).
-            got = f.readinto(memoryview((ctypes.c_ubyte * out.numel()).from_address(out.data_ptr())))
-        if got != out.numel():
+        if read_tensor_bytes(self.path, info.start, info.nbytes, name, offset, out) != out.numel():
             raise self._fail(f"tensor {name!r} ends early")
 
 

@@ -29,12 +29,12 @@ _REPEATS = 5
 _chosen: dict[tuple[str, int, bool], tuple[str, dict[str, float]]] = {}
 
 
-def _diffusers_kernel(name: str) -> Kernel:
+def _diffusers_kernel(name: str | None) -> Kernel:
+    """One of diffusers' SDPA backends; None: whichever diffusers would use itself (the reference's)."""
     from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
 
-    return partial(
-        dispatch_attention_fn, attn_mask=None, dropout_p=0.0, is_causal=False, backend=AttentionBackendName(name)
-    )
+    backend = None if name is None else AttentionBackendName(name)
+    return partial(dispatch_attention_fn, attn_mask=None, dropout_p=0.0, is_causal=False, backend=backend)
 
 
 def _int8_kernel(device: torch.device) -> Kernel | None:
@@ -64,7 +64,7 @@ def attention_kernel(name: str | None, device: torch.device) -> Kernel:
         if kernel is None:
             raise RuntimeError(f"{INT8_KERNEL} needs comfy-kitchen's CUDA extension on a GPU it supports")
         return kernel
-    return _diffusers_kernel(name or "native")
+    return _diffusers_kernel(name)
 
 
 def attention_kernels(device: torch.device, lossy: bool) -> dict[str, Kernel]:

@@ -134,9 +134,7 @@ def fill_module(
             data, scale = quantize_absmax(source.read(weight_key))
             weight = Fp8Weight(data=data, scale=scale, layout=Fp8Layout.SCALED)
         weight = Fp8Weight(weight.data.to(device), weight.scale.to(device), weight.layout)
-        bias_key = f"{layer}.bias"
-        bias = source.read(bias_key).to(device=device, dtype=compute_dtype) if source.has(bias_key) else None
-        replace_linear(module, layer, weight, bias)
+        replace_linear(module, layer, weight, _layer_bias(source, layer, compute_dtype, device))
         trim.add(weight.data.numel() * 4)
     for layer in sorted(gguf_layers):
         recipes = _gguf_layer(module, layer, source, compute_dtype, device, stays_in_files(f"{layer}.weight"))
@@ -159,7 +157,7 @@ def _fp8_layer_in_files(
     module: nn.Module, layer: str, source: WeightSource, compute_dtype: torch.dtype
 ) -> dict[str, FileTensor]:
     """An Fp8Linear whose data, scale and bias stay in the files; its recipes by state-dict key."""
-    weight_key, bias_key = f"{layer}.weight", f"{layer}.bias"
+    weight_key = f"{layer}.weight"
     file, file_key = source.locate(weight_key)
     scale = source.locate_scale(weight_key)
     stored = file.tensors[file_key].dtype
@@ -169,16 +167,11 @@ def _fp8_layer_in_files(
         scale=placeholder((), torch.float32),
         layout=source.layout_of_key(weight_key) if scale is not None else Fp8Layout.PLAIN,
     )
-    bias = None
     recipes = {
         f"{layer}.weight_fp8": FileTensor(file, file_key),
         f"{layer}.weight_scale": FileTensor(*scale) if scale is not None else FileTensor(None, "", constant=1.0),
     }
-    if source.has(bias_key):
-        bias_file, bias_file_key = source.locate(bias_key)
-        bias = placeholder(bias_file.shape(bias_file_key), compute_dtype)
-        recipes[f"{layer}.bias"] = FileTensor(bias_file, bias_file_key)
-    replace_linear(module, layer, empty, bias)
+    replace_linear(module, layer, empty, _layer_bias(source, layer, compute_dtype, None, recipes))
     return recipes
 
 
@@ -192,18 +185,11 @@ def _gguf_layer(
 ) -> dict[str, FileTensor]:
     """Put the GgufLinear for ``layer`` in place: its blocks read now, or left in the files (placeholders, and
     the recipes returned by state-dict key)."""
-    weight_key, bias_key = f"{layer}.weight", f"{layer}.bias"
+    weight_key = f"{layer}.weight"
     tensor = source.gguf_blocks(weight_key)
     file, file_key = source.locate(weight_key)
     recipes: dict[str, FileTensor] = {}
-    bias = None
-    if source.has(bias_key):
-        bias_file, bias_file_key = source.locate(bias_key)
-        if in_files:
-            bias = placeholder(bias_file.shape(bias_file_key), compute_dtype)
-            recipes[bias_key] = FileTensor(bias_file, bias_file_key)
-        else:
-            bias = source.read(bias_key).to(device=device, dtype=compute_dtype)
+    bias = _layer_bias(source, layer, compute_dtype, device, recipes if in_files else None)
     if in_files:
         blocks = placeholder(tensor.block_shape, torch.uint8)
         recipes[f"{layer}.weight_gguf"] = FileTensor(file, file_key)
@@ -211,3 +197,22 @@ def _gguf_layer(
         blocks = file.read(file_key).to(device)
     replace_module(module, layer, gguf_linear(tensor, blocks, bias))
     return recipes
+
+
+def _layer_bias(
+    source: WeightSource,
+    layer: str,
+    compute_dtype: torch.dtype,
+    device: torch.device | None,
+    recipes: dict[str, FileTensor] | None = None,
+) -> torch.Tensor | None:
+    """The bias of a Linear being replaced: read now onto ``device``, or, given ``recipes``, a placeholder whose
+    recipe is added there (it stays in the files). None when the layer has none."""
+    bias_key = f"{layer}.bias"
+    if not source.has(bias_key):
+        return None
+    if recipes is None:
+        return source.read(bias_key).to(device=device, dtype=compute_dtype)
+    bias_file, bias_file_key = source.locate(bias_key)
+    recipes[bias_key] = FileTensor(bias_file, bias_file_key)
+    return placeholder(bias_file.shape(bias_file_key), compute_dtype)

@@ -210,6 +210,7 @@ def preview_json(settings: PreviewSettings, answer: Preview, device: str) -> dic
         "ok": True,
         "model": settings.model,
         "variant": answer.variant.value,
+        "model_name": answer.model or answer.variant.title,
         "device": "no GPU: runs on the CPU" if device == "cpu" else device,
         "job": {**asdict(job), "text": job.describe()},
         "weights": {

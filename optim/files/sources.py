@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import QwenFitError
 from ..qwen.architectures import Architecture, all_architectures
-from ..qwen.variants import Variant, detect_variant, resolve_variant
+from ..qwen.variants import ModelIdentity, Variant, detect_variant, is_firered_name, resolve_model
 from .families import describe_family, find_prefix
 from .fp8_layouts import is_scale_key
 from .gguf_file import GgufFile
@@ -65,6 +65,11 @@ class SourceDescription:
     vae_channels: int
     tokenizer_dir: Path
     folder: Path | None = None
+    model: ModelIdentity | None = None  # what the reports call it (None: the variant's own name)
+
+    @property
+    def identity(self) -> ModelIdentity:
+        return self.model or ModelIdentity(self.variant)
 
     def folder_config(self, part: str) -> dict[str, Any] | None:
         if self.folder is None:
@@ -209,9 +214,9 @@ def describe_split_files(files: SplitFiles, requested_variant: str = "auto") -> 
                 f"the {label} file {path.name} does not exist any more; refresh (press R) and pick again."
             )
     transformer, proven = _transformer_source(files.transformer)
-    variant = resolve_variant(
-        proven, variant_from_name(files.transformer.name), requested_variant, files.transformer.name
-    )
+    name = files.transformer.name
+    model = resolve_model(proven, variant_from_name(name), is_firered_name(name), requested_variant, name)
+    variant = model.variant
     arch = _match_transformer(transformer, files.transformer.name)
     text_encoder = _text_encoder_source(files.text_encoder)
     te_arch = _match_text_encoder(text_encoder, files.text_encoder.name)
@@ -230,14 +235,18 @@ def describe_split_files(files: SplitFiles, requested_variant: str = "auto") -> 
         vae=vae,
         vae_channels=channels,
         tokenizer_dir=files.tokenizer,
+        model=model,
     )
 
 
 def describe_folder(folder: Path, model_index: dict[str, Any], requested_variant: str) -> SourceDescription:
     """Weight sources of a diffusers folder whose structure was already checked."""
     transformer_config = json.loads((folder / "transformer" / "config.json").read_text())
-    detected = detect_variant(model_index, transformer_config, f"model folder '{folder.name}'")
-    variant = resolve_variant(detected, detected, requested_variant, f"model folder '{folder.name}'")
+    source = f"model folder '{folder.name}'"
+    detected = detect_variant(model_index, transformer_config, source)
+    named = is_firered_name(folder.name) or is_firered_name(str(transformer_config.get("_name_or_path", "")))
+    model = resolve_model(detected, detected, named, requested_variant, source)
+    variant = model.variant
     text_encoder = WeightSource(_shards(folder / "text_encoder"))
     keys = text_encoder.file_keys()
     if "model.layers.0.self_attn.k_proj.bias" in keys:
@@ -252,6 +261,7 @@ def describe_folder(folder: Path, model_index: dict[str, Any], requested_variant
         vae_channels=vae_config.get("input_channels", 3),
         tokenizer_dir=folder / "tokenizer",
         folder=folder,
+        model=model,
     )
 
 

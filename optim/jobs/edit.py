@@ -94,7 +94,7 @@ def run_edit(
     cancel. Out of GPU memory, the run is re-planned one step leaner and tried once more."""
     if not loaded.variant.is_edit:
         raise QwenFitError(
-            f"'{loaded.name}' is a {loaded.variant.value} model; InstructEdit needs Qwen-Image-Edit-2509 or 2511. "
+            f"'{loaded.name}' is a {loaded.variant.value} model; InstructEdit needs Qwen-Image-Edit-2509/2511 or FireRed-Image-Edit. "
             "Load an Edit model, or use LayeredDecompose with this one."
         )
     if not 1 <= len(references) <= MAX_REFERENCES:
@@ -127,7 +127,7 @@ def run_edit(
     image = numpy_to_tensor(output.images)
     check_finite(image, loaded)
     report = (
-        f"{loaded.name} ({loaded.variant.value}): {len(references)} reference(s) -> "
+        f"{loaded.name} ({loaded.identity.describe()}): {len(references)} reference(s) -> "
         f"{image.shape[2]}x{image.shape[1]}, {job.steps} steps, CFG {'on' if cfg_on else 'off'} "
         f"({true_cfg_scale:g}), seed {job.seed}, {clock.seconds:.1f} s\n{describe_resizes(references)}\n"
         + (f"{lightning_note}\n" if lightning_note else "")

@@ -62,7 +62,7 @@ def run_layered(
     ``on_step`` and ``checkpoint`` as for :func:`optim.jobs.edit.run_edit`; out-of-memory is retried once leaner."""
     if loaded.variant is not Variant.LAYERED:
         raise QwenFitError(
-            f"'{loaded.name}' is a {loaded.variant.value} model; LayeredDecompose needs Qwen-Image-Layered. "
+            f"'{loaded.name}' is {loaded.identity.describe()}; LayeredDecompose needs Qwen-Image-Layered. "
             "Load a Layered model, or use InstructEdit with this one."
         )
     if not MIN_LAYERS <= job.layers <= MAX_LAYERS:

@@ -90,6 +90,7 @@ class Preview:
     calibration: Calibration | None
     notes: tuple[str, ...]
     rungs: tuple[tuple[str, float], ...] = ()  # (speed rung, predicted s/step) for each rung possible here
+    model: str = ""  # what the weights are ("FireRed-Image-Edit (runs as Qwen-Image-Edit-2509...)")
 
 
 def job_shape(settings: PreviewSettings, variant: Variant, loras: LoraStack = NO_LORAS) -> JobShape:
@@ -240,11 +241,11 @@ def preview(
     itemsize = compute_dtype(settings.precision.transformer, device).itemsize
     plan = _plan(sizes, job, settings, gpus, host, notes, arithmetic, lora_plan(loras, itemsize))
     if not plan.places_weights:
-        return Preview(desc.variant, job, sizes, plan, None, None, ())
+        return Preview(desc.variant, job, sizes, plan, None, None, (), model=desc.identity.describe())
     step = _step_estimate(settings, sizes, job, plan, device, may_measure_speed)
     if step is None:
         note = "s/step: the device's speed is measured once no run holds it; ask again after the run"
-        return Preview(desc.variant, job, sizes, plan, None, None, (note,))
+        return Preview(desc.variant, job, sizes, plan, None, None, (note,), model=desc.identity.describe())
     estimate, speed = step
     calibration = _calibration(last_run, settings, sizes, gpus, host, speed, str(device), arithmetic)
     factor = calibration.factor if calibration else 1.0
@@ -258,7 +259,8 @@ def preview(
             * estimate_step(sizes, job, replace(plan, arithmetic=a), speed, settings.precision.transformer).seconds
         ),
     )
-    return Preview(desc.variant, job, sizes, replace(plan, seconds_per_step=seconds), estimate, calibration, (), rungs)
+    seconds_plan = replace(plan, seconds_per_step=seconds)
+    return Preview(desc.variant, job, sizes, seconds_plan, estimate, calibration, (), rungs, desc.identity.describe())
 
 
 def _calibration(

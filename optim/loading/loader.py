@@ -44,7 +44,7 @@ from ..qwen.anatomy import (
 from ..qwen.architectures import processor as arch_processor
 from ..qwen.architectures import scheduler as arch_scheduler
 from ..qwen.job_shape import JobShape, default_job
-from ..qwen.variants import Variant, detect_variant
+from ..qwen.variants import ModelIdentity, Variant, detect_variant
 from ..settings import FP8, FP8_FAST, OffloadSettings, PrecisionSettings, VaeSettings
 from .assemble import build_text_encoder, build_transformer, build_vae
 from .load_times import LoadTimes
@@ -91,10 +91,16 @@ class LoadedPipeline:
     loras: LoraStack = NO_LORAS  # applied as each layer runs (optim/quant/low_rank.py); no weight copy
     scheduler_config: dict[str, Any] = field(default_factory=dict)  # as loaded, before any Lightning LoRA
     lora_updates: LoraUpdates | None = None  # whole-model offload's (else the engine's)
+    model: ModelIdentity | None = None  # what the weights are called (None: the variant's own name)
 
     @property
     def name(self) -> str:
         return self.request.source.name
+
+    @property
+    def identity(self) -> ModelIdentity:
+        """What the weights are, for reports: FireRed-Image-Edit (runs as Edit-2509), or the variant."""
+        return self.model or ModelIdentity(self.variant)
 
     @property
     def device(self) -> torch.device:
@@ -197,10 +203,11 @@ class LoadedPipeline:
         """The plan of the reference job (Edit 1024 with one reference, Layered 640 with 4 layers), as
         the loader reports it before any run; a job that does not fit says so instead."""
         job = default_job("layered" if self.variant is Variant.LAYERED else "edit")
+        model = f"Model: {self.identity.describe()}"
         try:
-            return self.plan_for(job).describe()
+            return f"{model}\n{self.plan_for(job).describe()}"
         except QwenFitError as error:
-            return f"QwenFit plan for {job.describe()}: none fits ({error})"
+            return f"{model}\nQwenFit plan for {job.describe()}: none fits ({error})"
 
     def prepare(self, job: JobShape) -> Plan:
         """Plan ``job`` and place the weights as the plan says."""
@@ -501,6 +508,7 @@ def load_pipeline(request: LoadRequest, checkpoint: Callable[[str], None] | None
     loaded = LoadedPipeline(
         pipeline=pipeline,
         variant=desc.variant,
+        model=desc.identity,
         request=request,
         sizes=sizes,
         components=components,

@@ -45,8 +45,8 @@ class OptimizedLoader(io.ComfyNode):
             node_id="QwenFitOptimizedLoader",
             display_name="QwenFit Optimized Loader",
             category=CATEGORY,
-            description="Load Qwen-Image-Edit (2509/2511) or Qwen-Image-Layered from ComfyUI's split files "
-            "(diffusion_models + text_encoders + vae) or a diffusers folder, planned for your GPU. "
+            description="Load Qwen-Image-Edit (2509/2511), FireRed-Image-Edit or Qwen-Image-Layered from ComfyUI's "
+            "split files (diffusion_models + text_encoders + vae) or a diffusers folder, planned for your GPU. "
             "Loads once; re-runs reuse it.",
             inputs=[
                 io.Combo.Input(
@@ -59,8 +59,9 @@ class OptimizedLoader(io.ComfyNode):
                     "variant",
                     options=list(VARIANT_CHOICES),
                     default="auto",
-                    tooltip="auto reads it from the weights (2511 and Layered files carry markers); an explicit "
-                    "choice the weights contradict is refused.",
+                    tooltip="auto reads it from the weights (2511 and Layered files carry markers; FireRed-Image-Edit "
+                    "is told by its name and runs as 2509); firered-edit names a FireRed file renamed otherwise; an "
+                    "explicit choice the weights contradict is refused.",
                 ),
                 io.Combo.Input(
                     "text_encoder",

@@ -39,6 +39,20 @@ GGUF_FILES = [
     ("qwenfit_tiny_layered_Q8_0.gguf", "layered"),
 ]  # fmt: skip
 
+# Comfy-Org's quantized safetensors files, as tools/comfy_quant_files.py writes them: (file, variant, format).
+COMFY_QUANT_FILES = [
+    ("qwenfit_tiny_edit_2509_int8_convrot.safetensors", "edit-2509", "int8 convrot"),
+    ("qwenfit_tiny_edit_2509_int8.safetensors", "edit-2509", "int8 tensorwise"),
+    ("qwenfit_tiny_edit_2509_mxfp8.safetensors", "edit-2509", "mxfp8"),
+    ("qwenfit_tiny_edit_2509_nvfp4.safetensors", "edit-2509", "nvfp4"),
+    ("qwenfit_tiny_edit_2511_int8_convrot.safetensors", "edit-2511", "int8 convrot"),
+    ("qwenfit_tiny_edit_2511_mxfp8.safetensors", "edit-2511", "mxfp8"),
+    ("qwenfit_tiny_edit_2511_nvfp4.safetensors", "edit-2511", "nvfp4"),
+    ("qwenfit_tiny_layered_int8_convrot.safetensors", "layered", "int8 convrot"),
+    ("qwenfit_tiny_layered_mxfp8.safetensors", "layered", "mxfp8"),
+    ("qwenfit_tiny_layered_nvfp4.safetensors", "layered", "nvfp4"),
+]
+
 
 def split_files(transformer: str, variant: str, text_encoder: str = TE_BF16, vae: str | None = None):
     from optim import SplitFiles

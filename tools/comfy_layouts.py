@@ -4,7 +4,8 @@ From a tiny diffusers folder this writes, with ComfyUI's real key names and enco
 - ``diffusion_models/``: bf16 (no prefix), fp8 "scaled" (``scaled_fp8`` marker, ``scale_weight`` per
   Linear, ``model.diffusion_model.`` prefix), fp8 "mixed" (``weight_scale`` + ``comfy_quant`` per Linear,
   or the ``_quantization_metadata`` header entry), with the 2511 marker ``__index_timestep_zero__``;
-- ``diffusion_models/`` also GGUF files as ComfyUI-GGUF writes them (``tools/gguf_files.py``);
+- ``diffusion_models/`` also GGUF files as ComfyUI-GGUF writes them (``tools/gguf_files.py``) and Comfy-Org's
+  int8 (ConvRot), mxfp8 and nvfp4 files (``tools/comfy_quant_files.py``);
 - ``text_encoders/``: Qwen2.5-VL in the original names, bf16 and fp8 scaled;
 - ``vae/``: the Wan-VAE original names, RGB (Edit) and RGBA (Layered).
 """
@@ -21,10 +22,11 @@ from safetensors.torch import load_file, save_file
 from optim.files.fp8_layouts import comfy_quant_tensor, quantize_absmax
 from optim.files.key_maps import text_encoder_to_comfy, vae_to_diffusers
 
+from .comfy_quant_files import write_tiny_comfy_quant_files
 from .gguf_files import write_tiny_transformer_ggufs
 
 STAMP = "qwenfit-tiny-layouts.json"
-LAYOUT_VERSION = 4
+LAYOUT_VERSION = 5
 
 
 def _load_folder_part(folder: Path, part: str) -> dict[str, torch.Tensor]:
@@ -152,6 +154,7 @@ def write_layouts(folders: dict[str, Path], models_dir: Path) -> list[Path]:
             transformer["__index_timestep_zero__"] = torch.empty(0)
         save(transformer, "diffusion_models", f"{stem}_bf16.safetensors")
         written += write_tiny_transformer_ggufs(transformer, variant, models_dir / "diffusion_models")
+        written += write_tiny_comfy_quant_files(transformer, variant, models_dir / "diffusion_models")
         if variant == "edit-2509":
             save(
                 _prefixed(scaled_fp8(transformer, blocks), "model.diffusion_model."),

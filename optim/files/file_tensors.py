@@ -35,9 +35,11 @@ class FileTensor:
         """True when the stored bytes are ``out``'s bytes (no cast): they can be read straight into it."""
         if self.file is None:
             return False
-        stored = self.file.tensors[self.key].dtype
+        info = self.file.tensors[self.key]
+        if info.nbytes != out.numel() * out.element_size():  # one scale stored for a whole tensor, kept per row
+            return False
         # fp8 weights may be stored as uint8 (mixed files): same bytes, another name.
-        return stored == out.dtype or (stored.itemsize == 1 and out.element_size() == 1)
+        return info.dtype == out.dtype or (info.dtype.itemsize == 1 and out.element_size() == 1)
 
     def pieces(self, out: torch.Tensor) -> list[Callable[[], None]]:
         """Reads that together write the values into ``out``: pieces of :data:`PIECE_BYTES` when the bytes
@@ -56,7 +58,8 @@ class FileTensor:
             # Straight from the file into the buffer: no temporary copy on the host.
             self.file.read(self.key, out=out.view(self.file.tensors[self.key].dtype))
         else:
-            out.copy_(self.file.read(self.key).reshape(out.shape))
+            value = self.file.read(self.key)
+            out.copy_(value.reshape(out.shape) if value.numel() == out.numel() else value.reshape(()))
 
 
 def read_all(jobs: Iterable[tuple[FileTensor, torch.Tensor]]) -> int:

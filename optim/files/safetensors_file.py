@@ -27,6 +27,7 @@ DTYPES: dict[str, torch.dtype] = {
     "BF16": torch.bfloat16,
     "F8_E4M3": torch.float8_e4m3fn,
     "F8_E5M2": torch.float8_e5m2,
+    "F8_E8M0": torch.float8_e8m0fnu,  # mxfp8 block scales (Comfy-Org's mxfp8 files)
     "I64": torch.int64,
     "I32": torch.int32,
     "I16": torch.int16,

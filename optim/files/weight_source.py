@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..errors import QwenFitError
+from .comfy_quant import ComfyQuantLayer, comfy_quant_layers
 from .fp8_layouts import FP8_DTYPES, Fp8Layout, Fp8Weight, detect_layout, mixed_quantized_layers, scale_key_for
 from .gguf_file import GgufFile, GgufTensor, is_gguf
 from .safetensors_file import SafetensorsFile
@@ -33,6 +34,15 @@ class WeightSource:
                 self._where.setdefault(key, f)
         self._layouts = {id(f): detect_layout(f) for f in self.files}
         self._mixed_layers = {id(f): mixed_quantized_layers(f) for f in self.files}
+        # Comfy-Org's int8 / mxfp8 / nvfp4 layers (by file layer name): never fp8 layers, whatever their dtype.
+        self._comfy_layers: dict[str, ComfyQuantLayer] = {}
+        for f in self.files:
+            if isinstance(f, SafetensorsFile):
+                layers = comfy_quant_layers(f)
+                self._comfy_layers.update(layers)
+                self._mixed_layers[id(f)] -= set(layers)
+                if layers and not self._mixed_layers[id(f)] and not self._fp8_weights_outside(f, layers):
+                    self._layouts[id(f)] = Fp8Layout.NONE
 
     @property
     def names(self) -> str:
@@ -61,6 +71,30 @@ class WeightSource:
         info = f.tensors[file_key]
         return info if info.quantized else None
 
+    @staticmethod
+    def _fp8_weights_outside(file: SafetensorsFile, layers: dict[str, ComfyQuantLayer]) -> bool:
+        stored = {key for spec in layers.values() for key in spec.stored_keys}
+        return any(info.dtype in FP8_DTYPES for key, info in file.tensors.items() if key not in stored)
+
+    def comfy_quant(self, key: str) -> ComfyQuantLayer | None:
+        """The Comfy-Org quantized layer whose weight ``key`` (``<layer>.weight``) is (None otherwise)."""
+        file_key = self.to_file_key(key)
+        return self._comfy_layers.get(file_key.removesuffix(".weight")) if file_key.endswith(".weight") else None
+
+    def holds_comfy_quant(self) -> bool:
+        """True when the files store layers in Comfy-Org's int8 / mxfp8 / nvfp4 formats."""
+        return bool(self._comfy_layers)
+
+    def comfy_quant_formats(self) -> list[str]:
+        """The formats of those layers, as plans name them (sorted, each once)."""
+        return sorted({spec.format_name for spec in self._comfy_layers.values()})
+
+    def comfy_quant_key(self, file_key: str) -> bool:
+        """True for a tensor (as the files name it) that belongs to a Comfy-Org quantized layer's weight."""
+        layer, _, _ = file_key.rpartition(".")
+        spec = self._comfy_layers.get(layer)
+        return spec is not None and file_key in spec.stored_keys
+
     def holds_gguf(self) -> bool:
         """True when the files are GGUF (ComfyUI-GGUF's)."""
         return any(isinstance(f, GgufFile) for f in self.files)
@@ -84,6 +118,8 @@ class WeightSource:
         """``is_fp8`` for a name as the files spell it."""
         f = self._where[file_key]
         dtype = f.tensors[file_key].dtype
+        if self.comfy_quant_key(file_key):
+            return False
         if dtype in FP8_DTYPES:
             return True
         layer = file_key.removesuffix(".weight")

@@ -13,10 +13,12 @@ import torch
 from torch import nn
 
 from ..errors import QwenFitError
+from ..files.comfy_quant import ComfyQuantLayer
 from ..files.file_tensors import FileFeeds, FileTensor, placeholder
 from ..files.fp8_layouts import Fp8Layout, Fp8Weight, quantize_absmax
 from ..files.host_memory import TrimEvery, trim_host_heap
 from ..files.weight_source import WeightSource
+from ..quant.comfy_quant import comfy_quant_format, comfy_quant_linear
 from ..quant.compressed_linear import replace_module
 from ..quant.fp8 import replace_linear
 from ..quant.gguf import dequantize_blocks, gguf_linear
@@ -84,7 +86,9 @@ def fill_module(
     fp32_modules = _keep_in_fp32(module)
     linears = {name for name, m in module.named_modules() if isinstance(m, nn.Linear)}
     gguf_layers = {name for name in linears if source.gguf_blocks(f"{name}.weight") is not None}
-    fp8_layers = {name for name in linears - gguf_layers if fp8_linears is not None and fp8_linears(name)}
+    comfy_layers = {name: spec for name in linears if (spec := source.comfy_quant(f"{name}.weight")) is not None}
+    stored_quantized = gguf_layers | set(comfy_layers)
+    fp8_layers = {name for name in linears - stored_quantized if fp8_linears is not None and fp8_linears(name)}
     missing: list[str] = []
     trim = TrimEvery()  # keeps the heap near what the plan keeps (weights quantized on load make temporaries)
     in_files: dict[str, FileTensor] = {}
@@ -95,7 +99,7 @@ def fill_module(
     keys = list(module.state_dict(keep_vars=True).keys())
     for key in keys:
         layer, _, leaf = key.rpartition(".")
-        if layer in fp8_layers or layer in gguf_layers:
+        if layer in fp8_layers or layer in stored_quantized:
             continue  # handled below, weight and bias together
         if (blocks := source.gguf_blocks(key)) is not None:  # not a Linear's (an embedding table): expand now
             file, file_key = source.locate(key)
@@ -139,6 +143,10 @@ def fill_module(
     for layer in sorted(gguf_layers):
         recipes = _gguf_layer(module, layer, source, compute_dtype, device, stays_in_files(f"{layer}.weight"))
         in_files.update(recipes)
+    for layer, spec in sorted(comfy_layers.items()):
+        in_files.update(
+            _comfy_quant_layer(module, layer, spec, source, compute_dtype, device, stays_in_files(f"{layer}.weight"))
+        )
     trim_host_heap()
     if in_files:
         assert feeds is not None, "keep_in_files needs feeds to hand the recipes to the engine"
@@ -196,6 +204,43 @@ def _gguf_layer(
     else:
         blocks = file.read(file_key).to(device)
     replace_module(module, layer, gguf_linear(tensor, blocks, bias))
+    return recipes
+
+
+def _comfy_quant_layer(
+    module: nn.Module,
+    layer: str,
+    spec: ComfyQuantLayer,
+    source: WeightSource,
+    compute_dtype: torch.dtype,
+    device: torch.device,
+    in_files: bool,
+) -> dict[str, FileTensor]:
+    """Put the format class of a Comfy-Org quantized layer in place: its tensors read now (as stored), or left
+    in the files (placeholders, and the recipes returned by state-dict key)."""
+    linear = module.get_submodule(layer)
+    out_features, in_features = linear.out_features, linear.in_features
+    cls = comfy_quant_format(spec)
+    file, _ = source.locate(f"{layer}.weight")
+    file_keys = {"weight": spec.weight_key, "weight_scale": spec.scale_key, "weight_scale_2": spec.global_scale_key}
+    recipes: dict[str, FileTensor] = {}
+    bias = _layer_bias(source, layer, compute_dtype, device, recipes if in_files else None)
+    if in_files:
+        specs = cls.buffer_specs(out_features, in_features, compute_dtype)
+        stored = {}
+        for name, suffix in cls.stored_as.items():
+            stored[suffix] = placeholder(*specs[name])
+            recipes[f"{layer}.{name}"] = FileTensor(file, file_keys[suffix])
+    else:
+        stored = {suffix: file.read(file_keys[suffix]).to(device) for suffix in cls.stored_as.values()}
+    try:
+        new = comfy_quant_linear(spec, stored, out_features, in_features, bias)
+    except ValueError as exc:
+        raise QwenFitError(
+            f"{source.names}: {spec.layer} ({spec.format_name}) does not fit the model's {out_features}x{in_features} "
+            f"layer ({exc}): the file is corrupt or belongs to another model. Pick the matching file."
+        ) from None
+    replace_module(module, layer, new)
     return recipes
 
 

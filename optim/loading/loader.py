@@ -288,6 +288,8 @@ def arithmetic_for(request: LoadRequest, desc: SourceDescription, gpus: tuple[Gp
     if desc.transformer.holds_gguf():
         _check_gguf_request(request, desc)
         return GGUF_EXACT
+    if desc.transformer.holds_comfy_quant():
+        return _comfy_quant_arithmetic(request, desc)
     if storage == "auto":
         as_stored = _fp8_modes(request, desc)["transformer"] == FP8_AS_STORED
         storage = FP8 if as_stored else dtype_name(_compute_dtypes(request)["transformer"])
@@ -310,6 +312,32 @@ def _check_gguf_request(request: LoadRequest, desc: SourceDescription) -> None:
             f"speed {request.precision.speed} needs fp8 or int8 weights; {name} is a GGUF file, which computes "
             "exactly as stored. Pick speed exact (or auto), or load the fp8 safetensors release for the fast rungs."
         )
+
+
+def _comfy_quant_arithmetic(request: LoadRequest, desc: SourceDescription) -> Arithmetic:
+    """Comfy-Org's int8 / mxfp8 / nvfp4 layers compute as stored, expanded where used (optim/quant/comfy_int8.py,
+    mxfp8.py, nvfp4.py): no other storage, no 8-bit products (yet)."""
+    name, formats = desc.transformer.names, desc.transformer.comfy_quant_formats()
+    if request.precision.transformer != "auto":
+        raise QwenFitError(
+            f"{name} stores its weights quantized ({', '.join(formats)}): they stay so. Set the transformer "
+            f"precision to auto (it is {request.precision.transformer}), or load the bf16 release to store them "
+            "otherwise."
+        )
+    if request.precision.speed in ("fast", "fastest"):
+        raise QwenFitError(
+            f"speed {request.precision.speed} is not offered for {name} ({', '.join(formats)}): its weights are "
+            "expanded where used and compute exactly as stored. Pick speed exact (or auto), or load the fp8 "
+            "release for the fast rungs."
+        )
+    blackwell = [f for f in formats if f in ("mxfp8", "nvfp4")]
+    native = (
+        f"; native {'/'.join(blackwell)} products need Blackwell tensor cores (compute capability 10), not used"
+        if blackwell
+        else ""
+    )
+    why = f"Comfy-Org {', '.join(formats)} weights expanded to the compute dtype one weight at a time where used"
+    return Arithmetic("exact", "expanded", None, False, why + native)
 
 
 def _stays_in_files(kind: str, fp8: str) -> bool:

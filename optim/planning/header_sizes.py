@@ -16,6 +16,7 @@ from torch import nn
 
 from ..files.sources import SourceDescription
 from ..files.weight_source import WeightSource
+from ..quant.comfy_quant import empty_comfy_quant
 from ..quant.compressed_linear import replace_module
 from ..quant.dtypes import compute_dtype
 from ..quant.formats import QUANTIZED, size_as_quantized
@@ -50,9 +51,10 @@ def _fill_meta(module: nn.Module, source: WeightSource, dtype: torch.dtype, fp8_
     linears = {name for name, m in module.named_modules() if isinstance(m, nn.Linear)}
     gguf_layers = {name: source.gguf_blocks(f"{name}.weight") for name in linears}
     gguf_layers = {name: tensor for name, tensor in gguf_layers.items() if tensor is not None}
+    comfy_layers = {name: spec for name in linears if (spec := source.comfy_quant(f"{name}.weight")) is not None}
     for key, tensor in module.state_dict(keep_vars=True).items():
         layer, _, leaf = key.rpartition(".")
-        if layer in fp8_layers or layer in gguf_layers:
+        if layer in fp8_layers or layer in gguf_layers or layer in comfy_layers:
             continue
         if not source.has(key):
             missing.add(key)
@@ -78,6 +80,10 @@ def _fill_meta(module: nn.Module, source: WeightSource, dtype: torch.dtype, fp8_
         bias_key = f"{layer}.bias"
         bias = nn.Parameter(_meta(source.shape(bias_key), dtype), False) if source.has(bias_key) else None
         replace_module(module, layer, gguf_format(stored.type_name).empty(*stored.shape, bias, dtype))
+    for layer, spec in comfy_layers.items():  # Comfy-Org's int8 / mxfp8 / nvfp4 layers as stored
+        bias_key, linear = f"{layer}.bias", module.get_submodule(layer)
+        bias = nn.Parameter(_meta(source.shape(bias_key), dtype), False) if source.has(bias_key) else None
+        replace_module(module, layer, empty_comfy_quant(spec, linear.out_features, linear.in_features, bias))
     return missing
 
 

@@ -125,7 +125,8 @@ def estimate_component(
         for key, info in file.tensors.items():
             numel = info.nbytes // info.dtype.itemsize
             linear = key.endswith(".weight") and linear_scope(key)
-            if isinstance(info, GgufTensor) and info.quantized:  # GGUF blocks stay as stored
+            # GGUF blocks and Comfy-Org's int8 / mxfp8 / nvfp4 layers stay as stored.
+            if (isinstance(info, GgufTensor) and info.quantized) or source.comfy_quant_key(key):
                 size = info.nbytes
             else:
                 size = int(numel * _planned_bytes(info, source.stores_fp8(key), fp8_mode, kind, linear, compute_bytes))

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from ..errors import QwenFitError
+from .gguf_text_encoder import is_mmproj
 from .lora import NO_LORAS, LoraChoice, LoraStack
 from .model_folders import list_pipeline_folders, resolve_pipeline_folder
 from .sources import DiffusersFolder, PipelineSource, SplitFiles, transformer_variant
@@ -19,6 +20,7 @@ from .weight_files import (
     STANDARD_TRANSFORMERS,
     STANDARD_VAES,
     TEXT_ENCODER_HINTS,
+    TEXT_ENCODER_SUFFIXES,
     TRANSFORMER_SUFFIXES,
     VAE_HINTS,
     list_weight_files,
@@ -38,8 +40,10 @@ def model_names(roots: ModelRoots) -> list[str]:
 
 
 def text_encoder_names(roots: ModelRoots) -> list[str]:
-    """Text-encoder files in the host's text_encoders folders, Comfy-Org's names first."""
-    return list_weight_files(roots("text_encoders"), STANDARD_TEXT_ENCODERS)
+    """Text-encoder files in the host's text_encoders folders, Comfy-Org's names first; GGUF ones too (refused
+    with the fix when chosen), but not their vision projectors (mmproj), which are no text encoder alone."""
+    names = list_weight_files(roots("text_encoders"), STANDARD_TEXT_ENCODERS, TEXT_ENCODER_SUFFIXES)
+    return [name for name in names if not is_mmproj(name)]
 
 
 def vae_names(roots: ModelRoots) -> list[str]:
@@ -84,7 +88,7 @@ def source_from_names(
         )
     return SplitFiles(
         transformer=transformer,
-        text_encoder=resolve_weight_file(roots("text_encoders"), text_encoder, "text_encoders"),
+        text_encoder=resolve_weight_file(roots("text_encoders"), text_encoder, "text_encoders", TEXT_ENCODER_SUFFIXES),
         vae=resolve_weight_file(roots("vae"), vae, "vae"),
         tokenizer=tokenizer_dir,
     )

@@ -17,6 +17,7 @@ from ..qwen.variants import ModelIdentity, Variant, detect_variant, is_firered_n
 from .families import describe_family, find_prefix
 from .fp8_layouts import is_scale_key
 from .gguf_file import GgufFile
+from .gguf_text_encoder import is_gguf, refuse_gguf_text_encoder
 from .key_maps import TRANSFORMER_PREFIXES, text_encoder_to_comfy, vae_to_diffusers
 from .weight_source import WeightSource
 
@@ -138,6 +139,8 @@ def _match_transformer(source: WeightSource, name: str) -> Architecture:
 
 
 def _text_encoder_source(path: Path) -> WeightSource:
+    if is_gguf(path.name):
+        refuse_gguf_text_encoder(path)
     source = WeightSource([path])
     keys = source.file_keys()
     if "model.language_model.layers.0.self_attn.k_proj.bias" in keys:

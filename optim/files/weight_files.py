@@ -12,6 +12,8 @@ from .safetensors_file import PICKLE_SUFFIXES
 
 WEIGHT_SUFFIXES = (".safetensors",)
 TRANSFORMER_SUFFIXES = (".safetensors", ".gguf")  # ComfyUI-GGUF's transformer files too
+# ComfyUI-GGUF's text encoders are listed so that choosing one says what to use instead (gguf_text_encoder.py).
+TEXT_ENCODER_SUFFIXES = (".safetensors", ".gguf")
 AUTO = "auto"
 
 # Comfy-Org's file names, best first; "auto" picks the first one present.
@@ -23,6 +25,7 @@ STANDARD_TRANSFORMERS = (
     "qwen_image_edit_2509_bf16.safetensors",
     "qwen_image_layered_fp8mixed.safetensors",
     "qwen_image_layered_bf16.safetensors",
+    "firered_image_edit_1.0_bf16.safetensors",
 )
 STANDARD_TEXT_ENCODERS = ("qwen_2.5_vl_7b_fp8_scaled.safetensors", "qwen_2.5_vl_7b.safetensors")
 STANDARD_VAES = {

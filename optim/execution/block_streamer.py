@@ -8,9 +8,10 @@ int8, nf4) are streamed as stored and expanded on the GPU by their layers' forwa
 
 Weights the loader left in the model files (see optim/files/file_tensors.py) are either read into
 the arena in the background (optim/execution/arena_fill.py: a block waits only until its own slice
-is in) or, on a host short of RAM (``in_files``), read from the files at each use into a page-locked
-staging buffer per slot and copied the same way; the read of the next block overlaps the compute of
-the current one.
+is in) or, on a host short of RAM (``in_files``, or the first ``first_in_files`` blocks), read from
+the files at each use into a ring of ``read_ahead`` page-locked staging buffers and copied the same
+way. The reads run on their own thread, up to ``read_ahead`` blocks ahead of the copies, and a copy
+whose read is not in yet is left for later instead of holding up the compute queued before it.
 
 Without CUDA the same bookkeeping runs with synchronous copies (that is how the CPU tests check
 that every block always computes with its own weights).
@@ -19,7 +20,7 @@ that every block always computes with its own weights).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -61,22 +62,33 @@ class BlockStreamer:
         pin: bool = True,
         feed: FileFeed | None = None,
         in_files: bool = False,
+        first_in_files: int = 0,
+        read_ahead: int = 2,
     ) -> None:
         """``feed`` has the recipes of the tensors the loader left in the files: they are read into the
-        arena in the background, or, with ``in_files``, from the files at each use (no arena)."""
+        arena in the background, or, for every block with ``in_files`` (for the first ``first_in_files``
+        blocks otherwise), from the files at each use, ``read_ahead`` blocks ahead (no arena)."""
         self.device = indexed(device)
         self._pin = pin and device.type == "cuda"
         self._layouts: list[ModuleLayout] = [layout_of(b, skip) for b in blocks]
         self.slot_bytes = max((lay.nbytes for lay in self._layouts), default=0)
-        if in_files and (feed is None or not all(map(feed.covers, self._layouts))):
-            # The loader leaves either all of a stack's weights in the files or none of them.
+        self._in_files = frozenset(range(len(self._layouts) if in_files else min(first_in_files, len(self._layouts))))
+        if any(feed is None or not feed.covers(self._layouts[b]) for b in self._in_files):
+            # The loader leaves either all of a block's weights in the files or none of them.
             raise ValueError("some of these blocks' weights are neither in memory nor readable from the files")
-        self._feed = feed if in_files and self._layouts else None
+        self._feed = feed if self._in_files else None
+        if read_ahead < 2:
+            raise ValueError("reading blocks from the files needs at least 2 staging buffers")
+        self._read_ahead = read_ahead
+        self._reader: ThreadPoolExecutor | None = None
+        self._reads: dict[int, Future] = {}  # sequence -> the read of its block into staging[sequence % read_ahead]
+        self._staging_copied: list[torch.cuda.Event | None] = [None] * read_ahead  # last copy out of each buffer
         offsets, total = [], 0
-        for lay in self._layouts:
+        for block, lay in enumerate(self._layouts):
             offsets.append(total)
-            total += -(-lay.nbytes // ALIGN) * ALIGN  # each slice page-locks on its own
-        self.host_bytes = 0 if self._feed else total
+            if block not in self._in_files:
+                total += -(-lay.nbytes // ALIGN) * ALIGN  # each slice page-locks on its own
+        self.host_bytes = total
         self._offsets = offsets
         # Locked slice by slice once filled: the blocks' current tensors are freed one by one as they are
         # copied, and slices read from the files arrive in the background.
@@ -86,7 +98,7 @@ class BlockStreamer:
         self._staging: HostArena | None = None
         self._home: list[list[torch.Tensor]] = []
         for block, (lay, offset) in enumerate(zip(self._layouts, offsets, strict=True)):
-            if self._feed:  # placeholders: the values are read at each use
+            if block in self._in_files:  # placeholders: the values are read at each use
                 self._home.append(current_tensors(lay))
                 continue
             base = self._arena.view(offset, lay.nbytes)
@@ -139,10 +151,11 @@ class BlockStreamer:
             bind(self._layouts[block], self._home[block])
             del self._resident[block]
         for block in sorted(set(keep) - set(self._resident)):
-            if keep[block].type == "cpu" and self._feed is None:
+            from_arena = block not in self._in_files
+            if keep[block].type == "cpu" and from_arena:
                 self._fill.wait(block)  # a CPU computes from the arena itself, without a hook per block
                 continue
-            if keep[block] == self.device and self._pin and self._feed is None:
+            if keep[block] == self.device and self._pin and from_arena:
                 copy = self._place_when_filled(block)
             else:
                 copy = self._host_copy(block).to(keep[block])
@@ -226,13 +239,18 @@ class BlockStreamer:
 
     @property
     def reads_files(self) -> bool:
-        """True when the blocks' weights are read from the model files at each use."""
+        """True when blocks' weights are read from the model files at each use."""
         return self._feed is not None
+
+    @property
+    def blocks_in_files(self) -> int:
+        """How many blocks are read from the model files at each use."""
+        return len(self._in_files)
 
     def _host_copy(self, block: int) -> torch.Tensor:
         """The block's bytes on the host: its arena slice, or a fresh buffer read from the files."""
         nbytes = self._layouts[block].nbytes
-        if self._feed is None:
+        if block not in self._in_files:
             self._fill.wait(block)
             return self._arena.view(self._offsets[block], nbytes)
         buffer = torch.empty(nbytes, dtype=torch.uint8)
@@ -253,13 +271,15 @@ class BlockStreamer:
         cuda = self.device.type == "cuda"
         if cuda:
             self._copy_stream = torch.cuda.Stream(self.device)
-        if self._feed is not None and (
-            self._staging is None or self._staging.nbytes < self._slot_count * self.slot_bytes
+        staging_bytes = self._read_ahead * self.slot_bytes
+        if any(b in self._in_files for b in self.order) and (
+            self._staging is None or self._staging.nbytes < staging_bytes
         ):
             if self._staging is not None:
                 self._staging.release()
             # Kept until release(): locking pages costs more than the reads it would save to redo it.
-            self._staging = HostArena(self._slot_count * self.slot_bytes, pin=self._pin)
+            self._staging = HostArena(staging_bytes, pin=self._pin)
+            self._staging_copied = [None] * self._read_ahead
         for _ in range(self._slot_count):
             buffer = torch.empty(self.slot_bytes, dtype=torch.uint8, device=self.device)
             events = (torch.cuda.Event(), torch.cuda.Event()) if cuda else (None, None)
@@ -270,11 +290,14 @@ class BlockStreamer:
         if self._copy_stream is not None:
             # Fresh slots may reuse memory that queued compute still reads: copy only after that work.
             self._copy_stream.wait_stream(torch.cuda.current_stream(self.device))
+        self._schedule_reads(0)
         for ahead in range(self._slot_count - 1):
-            self._fetch(ahead)
+            if self._fetch(ahead, wait=False) is None:
+                break
 
     def stop(self) -> None:
         """Wait for outstanding copies, point every block back at host memory and free the ring."""
+        self._drop_reads(lambda sequence: True)
         if self._copy_stream is not None:
             self._copy_stream.synchronize()
         for block in list(self._active):
@@ -284,23 +307,66 @@ class BlockStreamer:
         self._slot_views = []
         self._copy_stream = None
 
-    def _fetch(self, sequence: int) -> _Slot:
-        """Make sure the block that runs at ``sequence`` is in (or on its way to) its slot."""
+    def _block_at(self, sequence: int) -> int:
+        return self.order[sequence % len(self.order)]
+
+    def _staging_view(self, sequence: int) -> torch.Tensor:
+        nbytes = self._layouts[self._block_at(sequence)].nbytes
+        return self._staging.view((sequence % self._read_ahead) * self.slot_bytes, nbytes)
+
+    def _schedule_reads(self, sequence: int) -> None:
+        """Queue the file reads of the blocks that run from ``sequence`` on, as far as staging buffers are free."""
+        if self._feed is None or self._staging is None:
+            return
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qwenfit-block-reader")
+        for ahead in range(sequence, sequence + self._read_ahead):
+            if ahead in self._reads or self._block_at(ahead) not in self._in_files:
+                continue
+            if ahead - self._read_ahead in self._reads:
+                break  # its staging buffer still waits to be copied out: the reads go in order
+            # The read may only overwrite the buffer once the last copy out of it has finished.
+            copied = self._staging_copied[ahead % self._read_ahead]
+            layout, out = self._layouts[self._block_at(ahead)], self._staging_view(ahead)
+            self._reads[ahead] = self._reader.submit(self._read_block, layout, out, copied)
+
+    def _read_block(self, layout: ModuleLayout, out: torch.Tensor, copied: torch.cuda.Event | None) -> None:
+        if copied is not None:
+            copied.synchronize()
+        # Inference mode is per thread: the staging buffer is an inference tensor when a run made it.
+        with torch.inference_mode():
+            self._feed.read_into(layout, out)
+
+    def _drop_reads(self, stale: Callable[[int], bool]) -> None:
+        """Forget the queued reads of the sequences ``stale`` accepts, once they have finished (a read may
+        not land in a buffer handed to another block)."""
+        for sequence in [s for s in self._reads if stale(s)]:
+            try:
+                self._reads.pop(sequence).result()
+            except BaseException:  # noqa: BLE001 - nobody uses what it read; the next read reports the files' state
+                pass
+
+    def _fetch(self, sequence: int, wait: bool = True) -> _Slot | None:
+        """Make sure the block that runs at ``sequence`` is in (or on its way to) its slot. Without ``wait``,
+        a block whose file read is not in yet is left for later (None)."""
         slot = self._slots[sequence % self._slot_count]
         if slot.holds == sequence:
             return slot
-        p = sequence % len(self.order)
-        block = self.order[p]
+        block = self._block_at(sequence)
         nbytes = self._layouts[block].nbytes
-        if self._feed is None:
+        from_files = block in self._in_files
+        if not from_files:
             self._fill.wait(block)
             source = self._arena.view(self._offsets[block], nbytes)
         else:
-            index = sequence % self._slot_count
-            source = self._staging.view(index * self.slot_bytes, nbytes)
-            if slot.ready is not None:
-                slot.ready.synchronize()  # the last copy out of this staging buffer has finished
-            self._feed.read_into(self._layouts[block], source)
+            self._drop_reads(lambda s: s < sequence)  # a jump out of the usual order skipped them
+            self._schedule_reads(sequence)
+            read = self._reads[sequence]
+            if not wait and not read.done():
+                return None
+            del self._reads[sequence]
+            read.result()
+            source = self._staging_view(sequence)
         target = slot.buffer[:nbytes]
         if self._copy_stream is None:
             target.copy_(source)
@@ -309,7 +375,13 @@ class BlockStreamer:
                 self._copy_stream.wait_event(slot.free)
                 target.copy_(source, non_blocking=True)
                 slot.ready.record(self._copy_stream)
+                if from_files:
+                    copied = torch.cuda.Event()
+                    copied.record(self._copy_stream)
+                    self._staging_copied[sequence % self._read_ahead] = copied
         slot.holds = sequence
+        if from_files:
+            self._schedule_reads(sequence + 1)
         return slot
 
     def enter(self, block: int) -> None:
@@ -334,7 +406,8 @@ class BlockStreamer:
         bind(self._layouts[block], self._slot_views[p][index])
         self._active[block] = index
         for ahead in range(1, self._slot_count):
-            self._fetch(sequence + ahead)
+            if self._fetch(sequence + ahead, wait=False) is None:
+                break  # the copies go in order; the next enter() or leave() tries again
 
     def leave(self, block: int) -> None:
         """After ``blocks[block]`` was queued: its slot may be refilled once that compute is done."""
@@ -347,7 +420,9 @@ class BlockStreamer:
         bind(self._layouts[block], self._home[block])
         self._sequence += 1
         # The slot just left is the next one to refill: queue it now so copies stay ahead.
-        self._fetch(self._sequence + self._slot_count - 1)
+        for ahead in range(self._slot_count):
+            if self._fetch(self._sequence + ahead, wait=False) is None:
+                break
 
     def release(self) -> None:
         """Free the GPU copies and unlock the host arena (the pipeline is being dropped)."""
@@ -362,3 +437,6 @@ class BlockStreamer:
         if self._staging is not None:
             self._staging.free()
             self._staging = None
+        if self._reader is not None:
+            self._reader.shutdown(wait=True)
+            self._reader = None

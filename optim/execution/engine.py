@@ -96,7 +96,15 @@ class PipelineEngine:
         )
         feed = files.feed(tr)
         self.modulation = ModulationTable(tr, device, pin, feed=feed, in_files=modulation_files)
-        self.blocks = BlockStreamer(tr.transformer_blocks, device, skip=is_modulation, pin=pin, feed=feed)
+        self.blocks = BlockStreamer(
+            tr.transformer_blocks,
+            device,
+            skip=is_modulation,
+            pin=pin,
+            feed=feed,
+            first_in_files=host.blocks_in_files if host is not None else 0,
+            read_ahead=max(2, host.read_ahead) if host is not None else 2,
+        )
         # The small parts outside the repeated blocks live on the GPU while the engine owns them.
         self._small_parts = [child for name, child in tr.named_children() if name != "transformer_blocks"]
         for child in self._small_parts:

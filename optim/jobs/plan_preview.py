@@ -231,13 +231,13 @@ def preview(
     request = _request(settings, source, device)
     desc, sizes = model_sizes(request)
     job = job_shape(settings, desc.variant, loras)
-    host = plan_host_memory_for(request, desc)
     gpus, notes = resolve_gpus(settings.offload, device)
     if loaded_gpus is not None:
         gpus = loaded_gpus
         if settings.offload.vram_budget == "auto" and gpus[0].budget_bytes is not None:
             notes += (f"VRAM budget auto: {gpus[0].budget_bytes / GIB:.1f} GiB, fixed when this model loaded",)
     arithmetic = arithmetic_for(request, desc, gpus)
+    host = plan_host_memory_for(request, desc, arithmetic)
     itemsize = compute_dtype(settings.precision.transformer, device).itemsize
     plan = _plan(sizes, job, settings, gpus, host, notes, arithmetic, lora_plan(loras, itemsize))
     if not plan.places_weights:

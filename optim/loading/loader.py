@@ -24,6 +24,7 @@ from ..files.file_tensors import FileFeeds
 from ..files.lora import NO_LORAS, LoraChoice, LoraStack, lightning_scheduler_config
 from ..files.safetensors_file import PICKLE_SUFFIXES
 from ..files.sources import DiffusersFolder, PipelineSource, SourceDescription, describe_folder, describe_split_files
+from ..files.weight_source import WeightSource
 from ..planning.components import describe_components
 from ..planning.host_memory import HostMemory, HostWeights, estimate_component, host_budget_bytes, plan_host
 from ..planning.lora_sizes import lora_plan
@@ -36,6 +37,7 @@ from ..quant.dtypes import compute_dtype, dtype_name
 from ..quant.formats import QUANTIZED, quantize_linears
 from ..quant.fp8_scope import FP8_AS_STORED, FP8_NONE, FP8_SCOPES, fp8_mode
 from ..qwen.anatomy import (
+    TRANSFORMER_BLOCKS,
     is_language_block_linear,
     is_modulation_key,
     is_text_unit_key,
@@ -359,9 +361,9 @@ def _deferred_parts(request: LoadRequest, arithmetic: Arithmetic) -> dict[str, b
     }
 
 
-def plan_host_memory_for(request: LoadRequest, desc: SourceDescription) -> HostMemory:
-    """Which once-per-run weights wait in host memory, estimated from the files' headers (the loader and
-    the plan preview both ask here)."""
+def plan_host_memory_for(request: LoadRequest, desc: SourceDescription, arithmetic: Arithmetic) -> HostMemory:
+    """Which weights wait in host memory and which are read from the files when used, estimated from the
+    files' headers (the loader and the plan preview both ask here)."""
     precision = request.precision
     dtypes, fp8 = _compute_dtypes(request), _fp8_modes(request, desc)
     transformer = estimate_component(
@@ -370,7 +372,7 @@ def plan_host_memory_for(request: LoadRequest, desc: SourceDescription) -> HostM
         precision.transformer,
         is_transformer_block_key,
         dtypes["transformer"].itemsize,
-        {"modulation": is_modulation_key},
+        {"modulation": is_modulation_key, "blocks": _streamed_block_key},
     )
     text = estimate_component(
         desc.text_encoder,
@@ -389,8 +391,29 @@ def plan_host_memory_for(request: LoadRequest, desc: SourceDescription) -> HostM
         vae=desc.vae.nbytes,
         text_encoder_can_stay_in_files=engine_places and _stays_in_files(precision.text_encoder, fp8["text_encoder"]),
         modulation_can_stay_in_files=engine_places and _stays_in_files(precision.transformer, fp8["transformer"]),
+        blocks=transformer["blocks"],
+        block_count=_block_count(desc.transformer),
+        # Read at every step: only where the whole stack is read as stored (never quantized on load).
+        blocks_can_stay_in_files=_deferred_parts(request, arithmetic)["transformer"]
+        and _stays_in_files(precision.transformer, fp8["transformer"]),
     )
     return plan_host(weights, host_budget_bytes(request.offload.host_budget))
+
+
+def _block_count(source: WeightSource) -> int:
+    """How many transformer blocks the files hold, from their keys (``...transformer_blocks.N.…``)."""
+    numbers = {
+        key.split(TRANSFORMER_BLOCKS, 1)[1].split(".", 1)[0]
+        for file in source.files
+        for key in file.tensors
+        if is_transformer_block_key(key)
+    }
+    return max(1, len(numbers))
+
+
+def _streamed_block_key(key: str) -> bool:
+    """A key of what streams every step: a transformer block's tensor other than its modulation layers."""
+    return is_transformer_block_key(key) and not is_modulation_key(key)
 
 
 def _build(
@@ -496,10 +519,10 @@ def load_pipeline(request: LoadRequest, checkpoint: Callable[[str], None] | None
             raise
 
     try:
-        host = plan_host_memory_for(request, desc)
         offload = request.offload
         gpus, notes = resolve_gpus(offload, device)
         arithmetic = arithmetic_for(request, desc, gpus)
+        host = plan_host_memory_for(request, desc, arithmetic)
         check("load")
         feeds = FileFeeds()
         pipeline = _build(request, desc, feeds, check, arithmetic, times)

@@ -1,10 +1,13 @@
 """Host RAM: which weights wait in memory between uses, and which are read again from the files.
 
-The transformer's blocks run every step and must wait in (page-locked) host memory. The text
-encoder runs once per new prompt and the modulation layers once per new schedule: when the host
-budget cannot hold everything, they stay in the model files and are read at each use (prompt
-embeddings and modulation rows are cached, so a new seed reads nothing). Decided before loading,
-from the files' headers, so a short host never holds them even while loading.
+The text encoder runs once per new prompt and the modulation layers once per new schedule: when the
+host budget cannot hold everything, they stay in the model files first and are read at each use
+(prompt embeddings and modulation rows are cached, so a new seed reads nothing). The transformer's
+blocks run every step; when even they do not fit (a 16 GB machine), the first blocks stay in the files
+and are read at every step through a ring of page-locked staging buffers that reads ahead of the GPU.
+The first ones, because the GPU keeps the first blocks resident (optim/planning/planner.py): those are
+read once when placed, and only the blocks between the GPU's and the host's share are read per step.
+Decided before loading, from the files' headers, so a short host never holds them even while loading.
 """
 
 from __future__ import annotations
@@ -25,8 +28,12 @@ from ..settings import GIB, HOST_BUDGETS, HOST_SIZES
 
 # Python, torch, the CUDA context, ComfyUI itself and image buffers.
 RUNTIME_BYTES = 3 * GIB
-# "auto" leaves a quarter of the machine's RAM to the OS, the browser and everything else.
-AUTO_SHARE = 0.75
+# The share of a machine's RAM the plan may keep: the rest is the OS's, the browser's and the page cache's
+# (which the blocks read from the files come through). A 16 GB machine (about 15.5 GiB visible) gets 9.7 GiB.
+RAM_SHARE = 0.625
+# Page-locked staging buffers, each one block, for blocks read from the files at every step: the reads run
+# this many blocks ahead of the GPU's copies, so a slow read is absorbed by the ones already in.
+READ_AHEAD = 4
 MEMORY, FILES = "memory", "files"
 
 
@@ -41,6 +48,9 @@ class HostWeights:
     vae: int
     text_encoder_can_stay_in_files: bool  # stored form = planned form (no quantizing or LoRA on load)
     modulation_can_stay_in_files: bool
+    blocks: int = 0  # the transformer blocks without their modulation layers (what streams every step)
+    block_count: int = 60
+    blocks_can_stay_in_files: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,8 @@ class HostMemory:
     modulation: str
     predicted_bytes: int  # RSS + page-locked after loading
     notes: tuple[str, ...] = ()
+    blocks_in_files: int = 0  # the first this many transformer blocks are read from the files at every step
+    read_ahead: int = 0  # page-locked staging buffers for them
 
     def describe_lines(self) -> list[str]:
         budget = "no limit" if self.budget_bytes is None else f"{self.budget_bytes / GIB:.1f} GiB"
@@ -60,6 +72,11 @@ class HostMemory:
             f"  host RAM: budget {budget}, predicted {self.predicted_bytes / GIB:.1f} GiB",
             f"  text encoder units: {where[self.text_encoder]}; modulation weights: {where[self.modulation]}",
         ]
+        if self.blocks_in_files:
+            lines.append(
+                f"  transformer blocks 0-{self.blocks_in_files - 1}: read from the model files when used "
+                f"({self.read_ahead} blocks ahead; those the GPU keeps are read once), the rest kept in host memory"
+            )
         return [*lines, *(f"  note: {n}" for n in self.notes)]
 
 
@@ -72,28 +89,41 @@ def host_budget_bytes(choice: str) -> int | None:
     if choice == "minimal":
         return 0
     if choice == "auto":
-        return int(psutil.virtual_memory().total * AUTO_SHARE)
-    return HOST_SIZES[choice] * GIB
+        return int(psutil.virtual_memory().total * RAM_SHARE)
+    # A named size is the machine's RAM (what users know of their PC), planned as "auto" would there.
+    return int(HOST_SIZES[choice] * GIB * RAM_SHARE)
 
 
 def plan_host(weights: HostWeights, budget_bytes: int | None) -> HostMemory:
     """Keep everything in memory if it fits ``budget_bytes``; otherwise leave the text encoder's
-    units, then the modulation layers, in the files (when their stored form is the planned form)."""
+    units, then the modulation layers, then as many of the first transformer blocks as needed in the
+    files (each when its stored form is the planned form)."""
     need = RUNTIME_BYTES + weights.transformer + weights.text_encoder + weights.vae
-    text, modulation = MEMORY, MEMORY
+    text, modulation, in_files, read_ahead = MEMORY, MEMORY, 0, 0
     notes: list[str] = []
     if budget_bytes is not None and need > budget_bytes and weights.text_encoder_can_stay_in_files:
         text, need = FILES, need - weights.text_units
     if budget_bytes is not None and need > budget_bytes and weights.modulation_can_stay_in_files:
         modulation, need = FILES, need - weights.modulation
+    if budget_bytes is not None and need > budget_bytes and weights.blocks_can_stay_in_files and weights.blocks:
+        block = -(-weights.blocks // weights.block_count)
+        read_ahead = READ_AHEAD
+        need += read_ahead * block
+        in_files = min(weights.block_count, -(-(need - budget_bytes) // block))
+        need -= in_files * block
     if text == FILES:
         notes.append("a new prompt reads the text encoder from disk (the same prompt again reads nothing)")
+    if in_files:
+        notes.append(
+            f"{in_files} of {weights.block_count} transformer blocks are read from the model files: each step "
+            "reads those the GPU does not keep, fast while the files sit in the page cache, at disk speed otherwise"
+        )
     if budget_bytes and need > budget_bytes:
         notes.append(
             f"the weights need about {need / GIB:.1f} GiB of host RAM, more than the budget of "
             f"{budget_bytes / GIB:.1f} GiB: the system may swap. fp8 files or a int8/nf4 precision need less."
         )
-    return HostMemory(budget_bytes, text, modulation, need, tuple(notes))
+    return HostMemory(budget_bytes, text, modulation, need, tuple(notes), in_files, read_ahead)
 
 
 def _planned_bytes(

@@ -149,14 +149,18 @@ def _peak(phases: Phases) -> int:
     return max(p for _, p in phases)
 
 
-def pinned_host_bytes(sizes: ModelSizes, text_mode: str, text_in_files: bool, modulation_in_files: bool) -> int:
+def pinned_host_bytes(sizes: ModelSizes, text_mode: str, host: HostMemory | None) -> int:
     """Page-locked host memory: the engine keeps every block and text unit in its arenas (a re-plan
-    only copies); weights read from the files need only one staging buffer per slot."""
+    only copies); weights read from the files need only their staging buffers."""
     text_pinned = sizes.text_units_bytes
-    if text_in_files:
+    if host is not None and host.text_encoder == FILES:
         text_pinned = 2 * sizes.text_unit_bytes if text_mode == "streamed" else 0
-    modulation_pinned = 2 * sizes.modulation_bytes // sizes.blocks if modulation_in_files else sizes.modulation_bytes
-    return sizes.blocks * sizes.block_bytes + text_pinned + modulation_pinned
+    modulation_pinned = sizes.modulation_bytes
+    if host is not None and host.modulation == FILES:
+        modulation_pinned = 2 * sizes.modulation_bytes // sizes.blocks
+    in_files = 0 if host is None else min(host.blocks_in_files, sizes.blocks)
+    staging = host.read_ahead if host is not None and in_files else 0
+    return (sizes.blocks - in_files + staging) * sizes.block_bytes + text_pinned + modulation_pinned
 
 
 def _split_counts(rooms: list[int], blocks: int) -> list[int]:
@@ -237,8 +241,6 @@ class _Search:
         self.components, self.notes = components, notes
         self.decode_choices, self.encode_choices, self.slicing = vae_choices(vae, job)
         self.text_choices = ("resident",) if job.caption else ("resident", "streamed")
-        self.text_in_files = host is not None and host.text_encoder == FILES
-        self.modulation_in_files = host is not None and host.modulation == FILES
         self.table = modulation_table_bytes(sizes, job) + sizes.dequant_workspace_bytes
         # "none" keeps every block resident: on one GPU the budget is not checked (the user asked for it).
         self.unchecked = offload.mode == "none" and len(gpus) == 1
@@ -290,7 +292,7 @@ class _Search:
             cfg=cfg if self.job.cfg else "off",
             phase_peaks=peaks[0],
             predicted_peak_bytes=_peak(peaks[0]),
-            pinned_bytes=pinned_host_bytes(sizes, text_mode, self.text_in_files, self.modulation_in_files),
+            pinned_bytes=pinned_host_bytes(sizes, text_mode, self.host),
             devices=tuple(gpus[i].device for i in used) if several else (),
             block_devices=tuple(block_devices) if several else (),
             replica_device=gpus[replica].device if replica is not None else None,

@@ -7,7 +7,9 @@ One step runs every transformer block over all tokens of the batched CFG pass. I
 That gives ~345 TFLOP for Edit 1024x1024 with one reference and CFG (field notes: ~335).
 
 Streamed blocks cross PCIe once per step, on a copy stream that runs ahead of the compute, so a step
-takes the longer of the two. The device's speed is measured by optim/execution/device_speed.py.
+takes the longer of the two; blocks the host plan leaves in the files are also read at every step, on
+reader threads ahead of the copies (the longest of the three). The device's speed is measured by
+optim/execution/device_speed.py.
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ EXPANSION_COST = {"fp8_e4m3fn": 1.08, "int8": 1.075, "nf4": 1.135}
 FAST_EFFICIENCY = {"fp8": 0.87, "int8": 0.8}
 
 
+# Blocks read from the files at every step, while the files sit in the page cache: 8 reader threads filled
+# 28 GB in 3.2 s on the H200 host (bench/results/load_h200_2026-11-30). An NVMe drive reads 3.5 GB/s at best.
+PAGE_CACHE_READ_BYTES = 8.7e9
+
+
 @dataclass(frozen=True)
 class DeviceSpeed:
     """What one device does per second: matmul FLOP in the compute dtype, pinned host-to-device bytes."""
@@ -71,6 +78,8 @@ class StepEstimate:
     flops: float
     streamed_bytes: int
     basis: str
+    read_seconds: float = 0.0  # blocks read from the files (page cache rate)
+    read_bytes: int = 0
 
 
 def step_flops(sizes: ModelSizes, job: JobShape) -> float:
@@ -89,6 +98,12 @@ def _flops(sizes: ModelSizes, job: JobShape) -> tuple[float, float]:
 def streamed_bytes_per_step(sizes: ModelSizes, plan: Plan) -> int:
     """Weights that cross from host to GPU in one step (one pass with batched CFG)."""
     return len(plan.streamed_blocks) * sizes.block_bytes
+
+
+def file_bytes_per_step(sizes: ModelSizes, plan: Plan) -> int:
+    """Weights read from the model files in one step: the streamed blocks the host plan left there."""
+    in_files = plan.host.blocks_in_files if plan.host is not None else 0
+    return sum(1 for block in plan.streamed_blocks if block < in_files) * sizes.block_bytes
 
 
 def estimate_step(
@@ -116,7 +131,11 @@ def estimate_step(
     compute += sizes.blocks * BLOCK_OVERHEAD_S
     streamed = streamed_bytes_per_step(sizes, plan)
     transfer = streamed / speed.host_to_device_bytes if streamed and speed.host_to_device_bytes else 0.0
+    read = file_bytes_per_step(sizes, plan)
+    read_seconds = read / PAGE_CACHE_READ_BYTES
     bound = "copy-bound" if transfer > compute else "compute-bound"
+    if read_seconds > max(compute, transfer):
+        bound = "read-bound"
     share = computed_fraction(job.steps, steady) if arithmetic.step_cache else 1.0
     basis = (
         f"{flops / 1e12:.3g} TFLOP per step at {speed.matmul_flops / 1e12:.3g} TFLOP/s measured on {speed.device}"
@@ -126,7 +145,15 @@ def estimate_step(
             if streamed and speed.host_to_device_bytes
             else ""
         )
+        + (
+            f"; {read / 2**30:.2f} GiB read from the model files per step at "
+            f"{PAGE_CACHE_READ_BYTES / 1e9:.1f} GB/s (page cache; a 3.5 GB/s drive: "
+            f"{read / 3.5e9:.2f} s){'' if bound != 'read-bound' else ' (read-bound)'}"
+            if read
+            else ""
+        )
         + (f"; {arithmetic.kind} products at {fast_rate / 1e12:.3g} TFLOP/s measured" if fast_rate else "")
         + (f"; step cache: the transformer runs on {share:.0%} of the steps" if share < 1 else "")
     )
-    return StepEstimate(max(compute, transfer) * share, compute, transfer, flops, streamed, basis)
+    seconds = max(compute, transfer, read_seconds) * share
+    return StepEstimate(seconds, compute, transfer, flops, streamed, basis, read_seconds, read)

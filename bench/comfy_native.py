@@ -596,6 +596,9 @@ def run_qwenfit(a: argparse.Namespace) -> dict:
     if a.torch_threads:
         torch.set_num_threads(a.torch_threads)
         record["runner"] += f", {a.torch_threads} torch threads"
+    from bench.host_ram import AvailableLow
+
+    available = AvailableLow()  # the system's MemAvailable drop, loading included
     try:
         start = start_clock = time.perf_counter()
         request = LoadRequest(
@@ -608,6 +611,20 @@ def run_qwenfit(a: argparse.Namespace) -> dict:
         )
         loaded = load_pipeline(request)
         record["load_seconds"] = time.perf_counter() - start
+        if a.gguf_eager:  # an experiment: GGUF blocks expanded without torch.compile
+            from optim.quant.gguf import compile_expansions
+
+            compile_expansions(loaded.pipeline.transformer, compiled=False)
+            record["runner"] += ", GGUF expansion eager"
+        host = loaded.host
+        record["host_plan"] = {
+            "budget_bytes": host.budget_bytes,
+            "predicted_bytes": host.predicted_bytes,
+            "text_encoder": host.text_encoder,
+            "modulation": host.modulation,
+            "blocks_in_files": host.blocks_in_files,
+            "read_ahead": host.read_ahead,
+        }
         record["load_phases"] = loaded.load_times.phases if loaded.load_times is not None else None
         image = synthetic_image(1024, "RGB")
         runs = []
@@ -645,6 +662,7 @@ def run_qwenfit(a: argparse.Namespace) -> dict:
         record["peak_reserved_bytes"] = max(r["peak"] for r in runs)
         record["peak_allocated_bytes"] = torch.cuda.max_memory_allocated() if cuda else None
         record["host_rss_peak_bytes"] = _host_rss_peak()
+        record["available_drop_bytes"] = available.stop()
     except Exception as error:
         record["error"] = f"{type(error).__name__}: {error}"[:2000]
         record["traceback"] = traceback.format_exc()[-4000:]
@@ -774,6 +792,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loras", type=int, default=0, help="run-qwenfit: then a stack of N random rank-64 LoRAs")
     parser.add_argument("--readers", type=int, default=0, help="run-qwenfit: file-reader threads (experiment)")
     parser.add_argument("--torch-threads", type=int, default=0, help="run-qwenfit: torch.set_num_threads (experiment)")
+    parser.add_argument("--gguf-eager", action="store_true", help="run-qwenfit: GGUF expansion without torch.compile")
     parser.add_argument("--host-budget", default="auto", help="run-qwenfit: the host budget (e.g. 24 GB)")
     parser.add_argument("--speed", default="fast", help="run-qwenfit: the speed rung (exact, fast, fastest)")
     parser.add_argument("--tokenizer", type=Path, help="write: ComfyUI's comfy/text_encoders/qwen25_tokenizer")

@@ -5,7 +5,7 @@
 Reads ``diffusion_models/qwen_image_edit_2509_fp8_e4m3fn.safetensors`` (``bench/comfy_native.py write``) and
 writes ``diffusion_models/qwen_image_edit_2509_<type>.gguf`` beside it: every 2-D weight whose rows are a whole
 number of the type's blocks as that type, other 2-D weights float16, 1-D ones float32 (the converter's rules).
-The quantized weights are random blocks with small float16 scales (``tools/gguf_files.py``), not a
+The quantized weights (K-quants, Q8_0) are random blocks with small float16 scales (``tools/gguf_files.py``), not a
 quantization of the fp8 weights: the gguf library has no K-quant quantizer, and these rows measure speed and
 memory, not fidelity. Deviation against bf16 is therefore not measured here.
 """
@@ -31,10 +31,10 @@ def convert(models: Path, type_name: str) -> Path:
     import torch
 
     from optim.files.weight_source import WeightSource
-    from tools.gguf_files import KQUANT_SCALE_OFFSETS, gguf_type_for, kquant_blocks
+    from tools.gguf_files import RANDOM_BLOCK_SCALE_OFFSETS, gguf_type_for, kquant_blocks
 
-    if type_name not in KQUANT_SCALE_OFFSETS:
-        raise SystemExit(f"--type: one of {', '.join(KQUANT_SCALE_OFFSETS)} (random blocks; no numpy quantizing)")
+    if type_name not in RANDOM_BLOCK_SCALE_OFFSETS:
+        raise SystemExit(f"--type: one of {', '.join(RANDOM_BLOCK_SCALE_OFFSETS)} (random blocks; no numpy quantizing)")
 
     start = time.perf_counter()
     source = WeightSource([models / SOURCE])

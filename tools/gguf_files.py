@@ -17,14 +17,20 @@ import numpy as np
 KQUANT_SCALE_OFFSETS = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
 
 
+# Where a Q8_0 block keeps its one float16 scale: random blocks of it too (bench/gguf_real.py), never for the
+# tests' files, which quantize Q8_0 with the gguf library.
+RANDOM_BLOCK_SCALE_OFFSETS = {**KQUANT_SCALE_OFFSETS, "Q8_0": (0,)}
+
+
 def kquant_blocks(rows: int, columns: int, type_name: str, rng: np.random.Generator) -> np.ndarray:
-    """Blocks of a ``rows`` x ``columns`` weight in a K-quant type, as the uint8 array the file stores."""
+    """Random blocks of a ``rows`` x ``columns`` weight in a K-quant type (or Q8_0), small float16 scales, as
+    the uint8 array the file stores."""
     import gguf
 
     block_size, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[type_name]]
     blocks = rng.integers(0, 256, size=(rows * columns // block_size, type_size), dtype=np.uint8)
     scale = rng.uniform(0.5, 1.5, size=(blocks.shape[0],)).astype(np.float16) * np.float16(0.0001)
-    for offset in KQUANT_SCALE_OFFSETS[type_name]:
+    for offset in RANDOM_BLOCK_SCALE_OFFSETS[type_name]:
         blocks[:, offset : offset + 2] = scale.view(np.uint8).reshape(-1, 2)
     return blocks.reshape(rows, columns // block_size * type_size)
 

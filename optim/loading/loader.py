@@ -36,6 +36,7 @@ from ..quant.compressed_linear import enable_fast_blocks, reset_fast_arithmetic
 from ..quant.dtypes import compute_dtype, dtype_name
 from ..quant.formats import QUANTIZED, quantize_linears
 from ..quant.fp8_scope import FP8_AS_STORED, FP8_NONE, FP8_SCOPES, fp8_mode
+from ..quant.gguf import compile_expansions
 from ..qwen.anatomy import (
     TRANSFORMER_BLOCKS,
     is_language_block_linear,
@@ -472,6 +473,8 @@ def _build(
             quantize_linears(module, kind, FP8_SCOPES[part])
     if arithmetic.kind != "expanded":
         enable_fast_blocks(transformer.transformer_blocks, arithmetic.kind)
+    if desc.transformer.holds_gguf() and can_compile(device):
+        compile_expansions(transformer)
     times.mark("text encoder")
     checkpoint("load")
     vae = build_vae(desc.vae, desc.architecture, desc.folder_config("vae"), desc.vae_channels, dtypes["vae"], home)

@@ -25,6 +25,9 @@ class GgufLinear(CompressedLinear):
     # The expansion's temporaries per weight (diffusers' K-quant dequantizers go through int32 and float32
     # intermediates, then the expanded copy): not yet fitted on a GPU run.
     workspace_per_weight = 16
+    # Set by the loader where torch.compile runs (CUDA): the dozen elementwise passes of a K-quant expansion
+    # become one or two kernels.
+    compiled_expansion = False
 
     def __init__(self, blocks: torch.Tensor, out_features: int, in_features: int, bias: torch.Tensor | None) -> None:
         super().__init__()
@@ -42,7 +45,8 @@ class GgufLinear(CompressedLinear):
         return {"weight_gguf": ((out_features, in_features // cls.block_size * cls.type_size), torch.uint8)}
 
     def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
-        return _expand(self.type_name, self.weight_gguf, dtype).reshape(self.out_features, self.in_features)
+        expanded = _expand(self.type_name, self.weight_gguf, dtype, self.compiled_expansion)
+        return expanded.reshape(self.out_features, self.in_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, gguf {self.type_name}"
@@ -70,14 +74,32 @@ def gguf_format(type_name: str) -> type[GgufLinear]:
     )
 
 
-def _expand(type_name: str, blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The weights of ``blocks`` (uint8, any shape) of one GGML type, flat, in ``dtype``."""
+def _expander(type_name: str):
     from diffusers.quantizers.gguf.utils import dequantize_functions
     from gguf import GGMLQuantizationType
 
+    return dequantize_functions[GGMLQuantizationType[type_name]]
+
+
+@cache
+def _compiled_expander(type_name: str):
+    # dynamic: one graph for every weight shape of the model (the block count is the only size that varies).
+    return torch.compile(_expander(type_name), dynamic=True)
+
+
+def _expand(type_name: str, blocks: torch.Tensor, dtype: torch.dtype, compiled: bool = False) -> torch.Tensor:
+    """The weights of ``blocks`` (uint8, any shape) of one GGML type, flat, in ``dtype``."""
     cls = gguf_format(type_name)
-    expand = dequantize_functions[GGMLQuantizationType[type_name]]
+    expand = _compiled_expander(type_name) if compiled else _expander(type_name)
     return expand(blocks.reshape(-1, cls.type_size), cls.block_size, cls.type_size, dtype=dtype).reshape(-1)
+
+
+def compile_expansions(module: torch.nn.Module, compiled: bool = True) -> int:
+    """Expand every GGUF layer of ``module`` with (or without) the compiled expansion; how many there are."""
+    layers = [m for m in module.modules() if isinstance(m, GgufLinear)]
+    for layer in layers:
+        layer.compiled_expansion = compiled
+    return len(layers)
 
 
 def dequantize_blocks(tensor: GgufTensor, blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

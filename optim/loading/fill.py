@@ -224,6 +224,11 @@ def _comfy_quant_layer(
     file, _ = source.locate(f"{layer}.weight")
     file_keys = {"weight": spec.weight_key, "weight_scale": spec.scale_key, "weight_scale_2": spec.global_scale_key}
     recipes: dict[str, FileTensor] = {}
+    # Sizes checked from the header first: a layer left in the files is read only when used.
+    header = {
+        s: torch.empty(file.shape(k), dtype=file.tensors[k].dtype, device="meta") for s, k in file_keys.items() if k
+    }
+    _fitting_comfy_quant_layer(source, spec, header, out_features, in_features)
     bias = _layer_bias(source, layer, compute_dtype, device, recipes if in_files else None)
     if in_files:
         specs = cls.buffer_specs(out_features, in_features, compute_dtype)
@@ -233,15 +238,26 @@ def _comfy_quant_layer(
             recipes[f"{layer}.{name}"] = FileTensor(file, file_keys[suffix])
     else:
         stored = {suffix: file.read(file_keys[suffix]).to(device) for suffix in cls.stored_as.values()}
+    replace_module(module, layer, _fitting_comfy_quant_layer(source, spec, stored, out_features, in_features, bias))
+    return recipes
+
+
+def _fitting_comfy_quant_layer(
+    source: WeightSource,
+    spec: ComfyQuantLayer,
+    stored: dict[str, torch.Tensor],
+    out_features: int,
+    in_features: int,
+    bias: torch.Tensor | None = None,
+) -> nn.Module:
+    """The layer of ``spec`` holding ``stored``, or the fix when its tensors do not fit the model's layer."""
     try:
-        new = comfy_quant_linear(spec, stored, out_features, in_features, bias)
+        return comfy_quant_linear(spec, stored, out_features, in_features, bias)
     except ValueError as exc:
         raise QwenFitError(
             f"{source.names}: {spec.layer} ({spec.format_name}) does not fit the model's {out_features}x{in_features} "
             f"layer ({exc}): the file is corrupt or belongs to another model. Pick the matching file."
         ) from None
-    replace_module(module, layer, new)
-    return recipes
 
 
 def _layer_bias(

@@ -26,6 +26,7 @@ from .files.safetensors_file import PICKLE_SUFFIXES
 from .files.sources import DiffusersFolder, PipelineSource, SplitFiles
 from .files.weight_files import AUTO
 from .jobs.compositing import checkerboard_composite
+from .jobs.crop_and_stitch import MASK_MODES, MaskedPicture, MaskSettings
 from .jobs.edit import EditJob, EditResult, run_edit
 from .jobs.images import check_image_batch, check_one_image, tensor_to_pil, with_alpha_from_mask
 from .jobs.layered import LayeredJob, LayeredResult, run_layered
@@ -70,6 +71,9 @@ __all__ = [
     "LoraChoice",
     "LoraStack",
     "LoadedPipeline",
+    "MASK_MODES",
+    "MaskSettings",
+    "MaskedPicture",
     "MemorySample",
     "MemorySampler",
     "ModelRoots",

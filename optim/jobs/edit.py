@@ -13,6 +13,7 @@ from ..loading.loader import LoadedPipeline
 from ..monitoring.run_record import PhaseTracker, RunRecord
 from ..qwen.job_limits import MAX_REFERENCES, MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, edit_output_size
 from ..qwen.job_shape import JobShape
+from .crop_and_stitch import CropPlan, MaskedPicture, describe_crop, plan_crop, stitch
 from .images import numpy_to_tensor
 from .runs import (
     Checkpoint,
@@ -81,17 +82,33 @@ def describe_resizes(references: list[Image.Image]) -> str:
     return "\n".join(lines)
 
 
+def _crop_for(masked: MaskedPicture, references: list[Image.Image], job: EditJob) -> CropPlan:
+    picture = masked.picture
+    if picture.ndim != 3 or (picture.shape[1], picture.shape[0]) != references[0].size:
+        raise QwenFitError(
+            f"the masked picture ({list(picture.shape)}) is not reference 1 ({references[0].size}); "
+            "pass reference 1's own IMAGE values."
+        )
+    aspect = job.width / job.height if job.width else None
+    return plan_crop(masked.mask, references[0].width, references[0].height, masked.settings, aspect)
+
+
 def run_edit(
     loaded: LoadedPipeline,
     references: list[Image.Image],
     job: EditJob,
     on_step: StepCallback | None = None,
     checkpoint: Checkpoint | None = None,
+    masked: MaskedPicture | None = None,
 ) -> EditResult:
     """Edit ``references`` (1 to 3 RGB images) as ``job.prompt`` says; returns one image.
 
     ``on_step`` hears every denoising step and ``checkpoint`` every phase start; either may raise to
-    cancel. Out of GPU memory, the run is re-planned one step leaner and tried once more."""
+    cancel. Out of GPU memory, the run is re-planned one step leaner and tried once more.
+
+    With ``masked`` (reference 1's IMAGE values and a MASK, mode crop_and_stitch) only a crop around the
+    mask is edited, at the job's size (0: ~1 MP at the crop's aspect), and pasted back feathered: the
+    result has the picture's size and its exact values wherever the blend weight is 0."""
     if not loaded.variant.is_edit:
         raise QwenFitError(
             f"'{loaded.name}' is a {loaded.variant.value} model; InstructEdit needs Qwen-Image-Edit-2509/2511 or FireRed-Image-Edit. "
@@ -103,6 +120,14 @@ def run_edit(
         raise QwenFitError("the edit prompt is empty; say what to change.")
     check_steps(job.steps, loaded)
     _check_size(job)
+    crop = None
+    mask_note = ""
+    if masked is not None and masked.settings.mode == "off":
+        mask_note = "mask connected but mask_mode is off: the whole picture was edited\n"
+    elif masked is not None:
+        crop = _crop_for(masked, references, job)
+        box = crop.crop
+        references = [references[0].crop((box.left, box.top, box.right, box.bottom)), *references[1:]]
     width, height = output_size(references[0], job)
     true_cfg_scale, negative_prompt, lightning_note = cfg_for(loaded, job.true_cfg_scale, job.negative_prompt)
     clock = Stopwatch()
@@ -126,10 +151,16 @@ def run_edit(
     output, record, recovery = run_with_recovery(loaded, shape, call, checkpoint)
     image = numpy_to_tensor(output.images)
     check_finite(image, loaded)
+    if crop is not None:
+        assert masked is not None
+        picture_h, picture_w = masked.picture.shape[:2]
+        image = stitch(masked.picture, image[0], crop)[None]
+        mask_note = describe_crop(crop, masked.settings, picture_w, picture_h, (width, height)) + "\n"
     report = (
         f"{loaded.name} ({loaded.identity.describe()}): {len(references)} reference(s) -> "
         f"{image.shape[2]}x{image.shape[1]}, {job.steps} steps, CFG {'on' if cfg_on else 'off'} "
         f"({true_cfg_scale:g}), seed {job.seed}, {clock.seconds:.1f} s\n{describe_resizes(references)}\n"
+        + mask_note
         + (f"{lightning_note}\n" if lightning_note else "")
         + (f"{recovery}\n" if recovery else "")
         + f"{record.describe()}\n"

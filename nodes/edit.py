@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from ..optim import EditJob, LoadedPipeline, job_limits, run_edit
+from ..optim import (
+    MASK_MODES,
+    MAX_CONTEXT_MARGIN,
+    MAX_FEATHER,
+    EditJob,
+    LoadedPipeline,
+    MaskedPicture,
+    MaskSettings,
+    job_limits,
+    run_edit,
+)
 from .comfy_glue import node_run, phase_checkpoint, progress_callback
 from .image_inputs import images_from_batches
 from .loader import held
@@ -52,6 +62,38 @@ class InstructEdit(io.ComfyNode):
                 io.Int.Input("height", default=0, min=0, max=job_limits.MAX_SIZE, step=job_limits.SIZE_MULTIPLE),
                 io.Image.Input("image2", optional=True, tooltip="Optional reference 2."),
                 io.Image.Input("image3", optional=True, tooltip="Optional reference 3."),
+                # After the existing widgets, so workflows saved before keep their widget values in place.
+                io.Mask.Input(
+                    "mask",
+                    optional=True,
+                    tooltip="Optional: edit only here. ComfyUI's MASK, 1 = edit: what the mask editor paints, "
+                    "the transparent pixels of Load Image's picture. The output keeps the picture's size and "
+                    "its exact pixels outside the feathered mask.",
+                ),
+                io.Combo.Input(
+                    "mask_mode",
+                    options=list(MASK_MODES),
+                    default=MaskSettings.mode,
+                    optional=True,
+                    tooltip="crop_and_stitch: edit a crop around the mask at ~1 MP (width/height 0) or at "
+                    "width x height, paste it back feathered. off: ignore the mask. No mask: the whole picture.",
+                ),
+                io.Int.Input(
+                    "context_margin",
+                    default=MaskSettings.context_margin,
+                    min=0,
+                    max=MAX_CONTEXT_MARGIN,
+                    optional=True,
+                    tooltip="Pixels of the picture around the mask's box that the model sees (at least the feather).",
+                ),
+                io.Int.Input(
+                    "feather",
+                    default=MaskSettings.feather,
+                    min=0,
+                    max=MAX_FEATHER,
+                    optional=True,
+                    tooltip="The paste fades from the mask's edge to 0 this many pixels outside it; 0: a hard edge.",
+                ),
             ],
             outputs=[
                 io.Image.Output("edited", display_name="edited"),
@@ -73,8 +115,14 @@ class InstructEdit(io.ComfyNode):
         height: int,
         image2=None,
         image3=None,
+        mask=None,
+        mask_mode: str = MaskSettings.mode,
+        context_margin: int = MaskSettings.context_margin,
+        feather: int = MaskSettings.feather,
     ) -> io.NodeOutput:
         references = images_from_batches([("image", image), ("image2", image2), ("image3", image3)])
+        settings = MaskSettings(mask_mode, context_margin, feather)
+        masked = None if mask is None else MaskedPicture(image[0], mask, settings)
         job = EditJob(
             prompt=prompt,
             negative_prompt=negative_prompt,
@@ -88,6 +136,11 @@ class InstructEdit(io.ComfyNode):
         pipeline = held(pipeline)  # loaded again if another model replaced it
         with node_run(node_id, pipeline):
             result = run_edit(
-                pipeline, references, job, on_step=progress_callback(steps, node_id), checkpoint=phase_checkpoint
+                pipeline,
+                references,
+                job,
+                on_step=progress_callback(steps, node_id),
+                checkpoint=phase_checkpoint,
+                masked=masked,
             )
         return io.NodeOutput(result.image, result.report, ui=ui.PreviewText(result.report))

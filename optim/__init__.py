@@ -26,7 +26,7 @@ from .files.safetensors_file import PICKLE_SUFFIXES
 from .files.sources import DiffusersFolder, PipelineSource, SplitFiles
 from .files.weight_files import AUTO
 from .jobs.compositing import checkerboard_composite
-from .jobs.crop_and_stitch import MASK_MODES, MaskedPicture, MaskSettings
+from .jobs.crop_and_stitch import MASK_MODES, MAX_CONTEXT_MARGIN, MAX_FEATHER, MaskedPicture, MaskSettings
 from .jobs.edit import EditJob, EditResult, run_edit
 from .jobs.images import check_image_batch, check_one_image, tensor_to_pil, with_alpha_from_mask
 from .jobs.layered import LayeredJob, LayeredResult, run_layered
@@ -72,6 +72,8 @@ __all__ = [
     "LoraStack",
     "LoadedPipeline",
     "MASK_MODES",
+    "MAX_CONTEXT_MARGIN",
+    "MAX_FEATHER",
     "MaskSettings",
     "MaskedPicture",
     "MemorySample",

@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from comfy_host import ComfyHost, read_env  # noqa: E402
 
-from tools.presets import SAMPLE_IMAGE  # noqa: E402
+from tools.presets import INPUT_IMAGES, SAMPLE_IMAGE  # noqa: E402
 
 # A checkout under another name than the usual ComfyUI-QwenFit, with a dot and a dash:
 # nothing in the pack may depend on its folder's name.
@@ -139,7 +139,8 @@ def comfy(tmp_path_factory: pytest.TempPathFactory) -> ComfyHost:
     host = ComfyHost(base, pack_link_name=PACK_LINK_NAME)
     host.prepare()
     _add_broken_model(base, host.models)
-    host.add_input(SAMPLE)
+    for name in INPUT_IMAGES:  # the presets' pictures
+        host.add_input(SAMPLE.with_name(name))
     with host:
         yield host
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -161,7 +162,8 @@ def newest_frontend_comfy(tmp_path_factory: pytest.TempPathFactory) -> ComfyHost
     base = tmp_path_factory.mktemp("comfy-newest-frontend")
     host = ComfyHost(base, pack_link_name=PACK_LINK_NAME, front_end=static)
     host.prepare()
-    host.add_input(SAMPLE)
+    for name in INPUT_IMAGES:  # the presets' pictures
+        host.add_input(SAMPLE.with_name(name))
     with host:
         yield host
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from comfy_host import MODEL_KINDS, ComfyHost  # noqa: E402
 
-from .presets import API_DIR, PRESETS, SAMPLE_IMAGE, TINY_STAND_INS, on_tiny_models  # noqa: E402
+from .presets import API_DIR, INPUT_IMAGES, PRESETS, TINY_STAND_INS, on_tiny_models  # noqa: E402
 
 
 def _has_real_models(models_dir: Path | None, api: dict) -> bool:
@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     host.prepare()
     if real:
         _link_user_models(args.models, base)
-    host.add_input(REPO / "example_workflows" / "inputs" / SAMPLE_IMAGE)
+    for name in INPUT_IMAGES:
+        host.add_input(REPO / "example_workflows" / "inputs" / name)
     started = time.perf_counter()
     with host:
         print(f"[demo] ComfyUI {host.url} running {args.preset} ...", flush=True)

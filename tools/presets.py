@@ -21,6 +21,9 @@ REPO = Path(__file__).resolve().parent.parent
 UI_DIR = REPO / "example_workflows"
 API_DIR = REPO / "tests" / "workflows"
 SAMPLE_IMAGE = "qwenfit_sample.png"
+# The sample with the sun transparent: Load Image's MASK is 1 there (mask = 1 - alpha), the region to edit.
+MASKED_SAMPLE_IMAGE = "qwenfit_sample_masked.png"
+INPUT_IMAGES = (SAMPLE_IMAGE, MASKED_SAMPLE_IMAGE)
 
 # Comfy-Org's file names, as users have them; the tests and the demo swap in the tiny models.
 EDIT_MODEL = "qwen_image_edit_2509_fp8_e4m3fn.safetensors"
@@ -254,6 +257,38 @@ def edit_preset(profile: Profile) -> Preset:
     )
 
 
+MASKED_NOTE = """**Masked edit**: Load Image's MASK (its picture's transparent pixels, or what you paint in the
+mask editor: right-click the image > Open in MaskEditor) marks what to change; 1 = edit. Instruct Edit
+edits a crop around the mask (context_margin px around its box) at about 1 megapixel, then pastes it back
+with a feathered edge (feather px): every pixel outside the feathered mask is the input's own, and the
+output keeps the input's size. Here the sun is transparent in the input, so only the sun changes.
+mask_mode off ignores the mask; an empty mask is refused (nothing to edit)."""
+
+
+def masked_edit_preset(profile: Profile) -> Preset:
+    """Instruct Edit with a mask: one object of the sample changes, nothing else moves."""
+    preset = edit_preset(profile)
+    note = f"**QwenFit - Instruct Edit, masked ({profile.title})**\n\n{EDIT_FILES}\n\n{MASKED_NOTE}"
+    nodes = [
+        _note(1, (40, -300), note) if n.id == 1 else Node(n.id, n.type, n.pos, dict(n.widgets), n.title, n.size)
+        for n in preset.nodes
+    ]
+    for node in nodes:
+        if node.type == "LoadImage":
+            node.widgets["image"] = MASKED_SAMPLE_IMAGE
+        if node.type == "QwenFitInstructEdit":
+            node.widgets["prompt"] = "Replace the sun with a crescent moon."
+            node.widgets.update(mask_mode="crop_and_stitch", context_margin=64, feather=16)
+        if node.type == "SaveImage":
+            node.widgets["filename_prefix"] = "QwenFit/edit_masked"
+    return Preset(
+        name="qwenfit_edit_masked",
+        title=f"QwenFit Edit, masked ({profile.title})",
+        nodes=nodes,
+        links=[*preset.links, (6, "MASK", 7, "mask")],
+    )
+
+
 def layered_preset(profile: Profile) -> Preset:
     note = f"**QwenFit - Layered Decompose ({profile.title})**\n\n{LAYERED_FILES}\n\n{profile.note}"
     return Preset(
@@ -298,17 +333,37 @@ def layered_preset(profile: Profile) -> Preset:
 
 
 PRESETS = [make(profile) for make in (edit_preset, layered_preset) for profile in PROFILES]
+PRESETS.append(masked_edit_preset(PROFILES[0]))
+
+
+def write_masked_sample(path: Path) -> None:
+    """The sample with the sun (a disc of radius 50 at 640, 100) transparent, a few pixels wider."""
+    from PIL import Image, ImageDraw
+
+    image = Image.open(UI_DIR / "inputs" / SAMPLE_IMAGE).convert("RGBA")
+    alpha = Image.new("L", image.size, 255)
+    ImageDraw.Draw(alpha).ellipse([640 - 56, 100 - 56, 640 + 56, 100 + 56], fill=0)
+    image.putalpha(alpha)
+    image.save(path)
 
 
 def write_thumbnail(preset: Preset, path: Path) -> None:
-    """A small picture for the template browser: the sample with the preset's name on a band."""
+    """A small picture for the template browser: the sample with the preset's name on a band (the masked
+    preset's shows its mask as a magenta veil)."""
     from PIL import Image, ImageDraw
 
-    image = Image.open(UI_DIR / "inputs" / SAMPLE_IMAGE).convert("RGB").resize((384, 256))
+    masked = "masked" in preset.name
+    source = Image.open(UI_DIR / "inputs" / (MASKED_SAMPLE_IMAGE if masked else SAMPLE_IMAGE))
+    image = source.convert("RGB")
+    if masked:
+        veil = Image.new("RGB", image.size, (255, 0, 200))
+        image = Image.composite(Image.blend(image, veil, 0.6), image, source.getchannel("A").point(lambda a: 255 - a))
+    image = image.resize((384, 256))
     draw = ImageDraw.Draw(image)
     draw.rectangle([0, 196, 384, 256], fill=(40, 30, 90))
     draw.text((12, 204), preset.title, fill=(255, 255, 255))
-    draw.text((12, 226), "layers" if "layered" in preset.name else "instruction edit", fill=(200, 200, 255))
+    kind = "layers" if "layered" in preset.name else "masked instruction edit" if masked else "instruction edit"
+    draw.text((12, 226), kind, fill=(200, 200, 255))
     image.save(path, quality=85)
 
 
@@ -397,6 +452,8 @@ def write_all(object_info: dict[str, Any]) -> list[Path]:
     """Write every preset's UI workflow and API twin; returns the paths written."""
     API_DIR.mkdir(parents=True, exist_ok=True)
     written = []
+    write_masked_sample(UI_DIR / "inputs" / MASKED_SAMPLE_IMAGE)
+    written.append(UI_DIR / "inputs" / MASKED_SAMPLE_IMAGE)
     for preset in PRESETS:
         ui = to_ui(preset, object_info)
         api = ui_to_api(ui, object_info)

@@ -143,3 +143,21 @@ def test_full_mask_is_the_unmasked_edit_and_an_empty_mask_says_nothing_to_edit(c
     assert "mask is empty" in message and "nothing to edit" in message and "mask_mode to off" in message
     empty["3"]["inputs"]["mask_mode"] = "off"  # the fix it names; the server keeps serving
     assert comfy.run(empty).status == "success"
+
+
+def test_masked_preset_changes_the_sun_only(comfy):
+    """The bundled masked preset: Load Image's alpha (the sun transparent) is the mask; the rest is untouched."""
+    from conftest import REPO, load_json
+
+    from tools.presets import MASKED_SAMPLE_IMAGE, on_tiny_models
+
+    result = comfy.run(on_tiny_models(load_json(REPO / "tests" / "workflows" / "qwenfit_edit_masked.api.json")))
+    assert result.status == "success", result.error_text()
+    source = Image.open(comfy.input_dir / MASKED_SAMPLE_IMAGE)
+    out = np.asarray(Image.open(result.files[0]).convert("RGB")).astype(np.int16)
+    rgb = np.asarray(source.convert("RGB")).astype(np.int16)
+    transparent = np.asarray(source.getchannel("A")) == 0
+    assert out.shape == rgb.shape
+    ys, xs = np.nonzero(transparent)
+    keep = _outside(rgb.shape[:2], [(xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)])
+    assert np.array_equal(out[keep], rgb[keep]) and np.abs(out[transparent] - rgb[transparent]).mean() > 2

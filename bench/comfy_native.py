@@ -611,6 +611,9 @@ def run_qwenfit(a: argparse.Namespace) -> dict:
         )
         loaded = load_pipeline(request)
         record["load_seconds"] = time.perf_counter() - start
+        if a.drop_cache_every:  # a machine whose page cache cannot hold the files: every read comes from the disk
+            record["runner"] += f", file pages dropped every {a.drop_cache_every} s"
+            _drop_pages_every(a.drop_cache_every, [a.models / transformer])
         if a.gguf_eager:  # an experiment: GGUF blocks expanded without torch.compile
             from optim.quant.gguf import compile_expansions
 
@@ -667,6 +670,24 @@ def run_qwenfit(a: argparse.Namespace) -> dict:
         record["error"] = f"{type(error).__name__}: {error}"[:2000]
         record["traceback"] = traceback.format_exc()[-4000:]
     return record
+
+
+def _drop_pages_every(seconds: float, paths: list[Path]) -> None:
+    """Drop ``paths``' pages from the page cache every ``seconds`` on a daemon thread (posix_fadvise, no root)."""
+    import os
+    import threading
+
+    def drop() -> None:
+        while True:
+            for path in paths:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
+            time.sleep(seconds)
+
+    threading.Thread(target=drop, daemon=True).start()
 
 
 def _lora_stack_rows(a: argparse.Namespace, loaded, image, cuda: bool) -> dict:
@@ -793,6 +814,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readers", type=int, default=0, help="run-qwenfit: file-reader threads (experiment)")
     parser.add_argument("--torch-threads", type=int, default=0, help="run-qwenfit: torch.set_num_threads (experiment)")
     parser.add_argument("--gguf-eager", action="store_true", help="run-qwenfit: GGUF expansion without torch.compile")
+    parser.add_argument(
+        "--drop-cache-every", type=float, default=0, help="run-qwenfit: drop the file's pages every S s"
+    )
     parser.add_argument("--host-budget", default="auto", help="run-qwenfit: the host budget (e.g. 24 GB)")
     parser.add_argument("--speed", default="fast", help="run-qwenfit: the speed rung (exact, fast, fastest)")
     parser.add_argument("--tokenizer", type=Path, help="write: ComfyUI's comfy/text_encoders/qwen25_tokenizer")

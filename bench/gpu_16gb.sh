@@ -4,7 +4,8 @@
 # Usage: WRITE=1 GGUF_TYPES="Q4_K Q8_0" ROWS="" bash bench/gpu_16gb.sh
 #        ROWS="scaled:unlimited,scaled:16_GB,Q4_K:16_GB" bash bench/gpu_16gb.sh
 #   row = FILE:HOST, FILE scaled (fp8 split file) or a GGUF type written by WRITE, HOST a host budget with _ for
-#   spaces; FILE:HOST:eager runs the GGUF expansion without torch.compile. READ_RATE=1 measures the file reads.
+#   spaces; FILE:HOST:eager runs the GGUF expansion without torch.compile; FILE:HOST:cold drops the transformer
+#   file's pages from the page cache every 0.2 s (a machine whose cache cannot hold it). READ_RATE=1: file reads.
 # Results: $OUT/ram16/<file>_<host>[_eager].json, $OUT/ram16/read_rate.json
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:.
@@ -34,6 +35,7 @@ for row in "${rows[@]}"; do
   [ "$file" != scaled ] && transformer=diffusion_models/qwen_image_edit_2509_$file.gguf
   flags=""
   [ "$mode" = eager ] && flags=--gguf-eager
+  [ "$mode" = cold ] && flags="--drop-cache-every 0.2"
   out="$RESULTS/${file}_${host}${mode:+_$mode}.json"
   timeout "${ROW_TIMEOUT:-300}" python3 bench/comfy_native.py run-qwenfit --models "$MODELS" --transformer "$transformer" \
     --card 8 --steps "${STEPS:-6}" --speed exact --host-budget "${host//_/ }" $flags --out "$out" 2>&1 \

@@ -53,9 +53,10 @@ EXPANSION_COST = {"fp8_e4m3fn": 1.08, "int8": 1.075, "nf4": 1.135}
 FAST_EFFICIENCY = {"fp8": 0.87, "int8": 0.8}
 
 
-# Blocks read from the files at every step, while the files sit in the page cache: 8 reader threads filled
-# 28 GB in 3.2 s on the H200 host (bench/results/load_h200_2026-11-30). An NVMe drive reads 3.5 GB/s at best.
-PAGE_CACHE_READ_BYTES = 8.7e9
+# Blocks read from the files at every step, while the files sit in the page cache: 8 reader threads read 8 GiB
+# of the fp8 file into page-locked memory at 36 GB/s on the H200 host, 2.1 GB/s from its disk with the pages
+# dropped (bench/results/ram16_h200_2026-11-30/read_rate.json). An NVMe drive reads 3.5 GB/s at best.
+PAGE_CACHE_READ_BYTES = 36e9
 
 
 @dataclass(frozen=True)

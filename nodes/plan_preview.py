@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..optim import (
+    MASKED_PREVIEW_NOTE,
     PICKLE_SUFFIXES,
     SETTINGS_SCHEMA,
     SETTINGS_TYPES,
@@ -31,6 +32,7 @@ MODEL_PARAMETERS = ("model", "variant", "text_encoder", "vae", "lora", "lora_str
 MAX_LORAS = 16  # QwenFit LoRA nodes in one chain the preview reads
 JOB_PARAMETERS = (
     "job", "width", "height", "aspect", "references", "layers", "resolution", "steps", "cfg_scale", "caption",
+    "masked",
 )  # fmt: skip
 SETTING_PARAMETERS = tuple(c.query for group in SETTINGS_SCHEMA for c in group.choices)
 QUERY_NAMES = (*MODEL_PARAMETERS, *SETTING_PARAMETERS, *JOB_PARAMETERS)
@@ -194,6 +196,7 @@ def parse_preview_query(params: Mapping[str, str], choices: ModelChoices) -> Pre
         steps=_number(params, "steps", int, 0, limits.MAX_STEPS, 0),
         cfg_scale=_number(params, "cfg_scale", float, 1.0, 20.0, 4.0),
         caption=_flag(params, "caption", False),
+        masked=_flag(params, "masked", False),
     )
 
 
@@ -227,7 +230,13 @@ def preview_json(settings: PreviewSettings, answer: Preview, device: str) -> dic
             "modulation": host.modulation,
             "text": "\n".join(host.describe_lines()),
         },
-        "notes": [*(host.notes if host else ()), *plan.notes, *answer.notes, *_rung_note(answer)],
+        "notes": [
+            *(host.notes if host else ()),
+            *plan.notes,
+            *answer.notes,
+            *_rung_note(answer),
+            *([MASKED_PREVIEW_NOTE] if settings.masked and job.kind == "edit" else []),
+        ],
         "budget_bytes": plan.budget_bytes,
         "phases": [{"name": name, "peak_bytes": peak} for name, peak in plan.phase_peaks],
         "predicted_peak_bytes": plan.predicted_peak_bytes,

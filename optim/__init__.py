@@ -30,7 +30,7 @@ from .jobs.crop_and_stitch import MASK_MODES, MAX_CONTEXT_MARGIN, MAX_FEATHER, M
 from .jobs.edit import EditJob, EditResult, run_edit
 from .jobs.images import check_image_batch, check_one_image, tensor_to_pil, with_alpha_from_mask
 from .jobs.layered import LayeredJob, LayeredResult, run_layered
-from .jobs.plan_preview import Preview, PreviewSettings, preview, same_pipeline
+from .jobs.plan_preview import MASKED_PREVIEW_NOTE, Preview, PreviewSettings, preview, same_pipeline
 from .jobs.psd_export import save_layers_psd
 from .loading.library_imports import import_libraries_in_background
 from .loading.loader import LoadedPipeline, LoadRequest, inspect_folder, load_pipeline, release_memory
@@ -71,6 +71,7 @@ __all__ = [
     "LoraChoice",
     "LoraStack",
     "LoadedPipeline",
+    "MASKED_PREVIEW_NOTE",
     "MASK_MODES",
     "MAX_CONTEXT_MARGIN",
     "MAX_FEATHER",

@@ -67,6 +67,13 @@ class PreviewSettings:
     steps: int = 0  # 0: the node's default (40 for Edit, 50 for Layered)
     cfg_scale: float = 4.0
     caption: bool = False
+    masked: bool = False  # Edit with a MASK (crop_and_stitch): the run edits a crop, not the picture
+
+
+MASKED_PREVIEW_NOTE = (
+    "masked edit: planned for the crop around the mask, at width x height or ~1 MP (the crop's aspect is "
+    "known when the run reads the mask; the run's report names the crop, its size and the plan made for it)"
+)
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,9 @@ def job_shape(settings: PreviewSettings, variant: Variant, loras: LoraStack = NO
         steps = settings.steps or 50
         res = settings.resolution
         return JobShape("layered", res, res, 0, settings.layers, cfg, steps, settings.caption)
-    width, height = edit_output_size(settings.width, settings.height, settings.aspect)
+    # A masked edit runs on the crop: the picture's aspect says nothing about it (~1 MP either way).
+    aspect = 1.0 if settings.masked else settings.aspect
+    width, height = edit_output_size(settings.width, settings.height, aspect)
     return JobShape("edit", width, height, settings.references, cfg=cfg, steps=settings.steps or 40)
 
 

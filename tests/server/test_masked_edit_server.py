@@ -161,3 +161,14 @@ def test_masked_preset_changes_the_sun_only(comfy):
     ys, xs = np.nonzero(transparent)
     keep = _outside(rgb.shape[:2], [(xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)])
     assert np.array_equal(out[keep], rgb[keep]) and np.abs(out[transparent] - rgb[transparent]).mean() > 2
+
+
+def test_plan_preview_route_plans_the_crop_for_a_masked_edit(comfy):
+    query = {"model": EDIT, "job": "edit", "aspect": "3.0"}
+    plain = comfy.get("/qwenfit/plan_preview", **query).json()
+    masked = comfy.get("/qwenfit/plan_preview", **query, masked="1").json()
+    assert plain["ok"] and masked["ok"], (plain, masked)
+    assert (plain["job"]["width"], plain["job"]["height"]) != (1024, 1024)
+    assert (masked["job"]["width"], masked["job"]["height"]) == (1024, 1024)
+    assert any(note.startswith("masked edit: planned for the crop") for note in masked["notes"])
+    assert not any(note.startswith("masked edit") for note in plain["notes"])

@@ -91,6 +91,8 @@ export function previewQuery(where, node, schema) {
     params.set("references", String(Math.max(1, linked.length)));
     const aspect = referenceAspect(runPlace, run);
     if (aspect) params.set("aspect", aspect.toFixed(4));
+    // With a mask the run edits a crop around it: the route plans the crop's size, not the picture's.
+    if (connected(run, "mask") && widget(run, "mask_mode") !== "off") params.set("masked", "1");
   } else if (typeOf(run) === LAYERED) {
     params.set("job", "layered");
     for (const name of ["layers", "resolution", "steps"]) put(params, name, widget(run, name));

@@ -147,3 +147,15 @@ def test_masked_run_keeps_outside_bytes_and_a_full_mask_is_the_unmasked_edit(tin
         tiny_edit, [reference], sized, masked=MaskedPicture(picture, torch.zeros(96, 128), MaskSettings("off"))
     )
     assert torch.equal(off.image, plain) and "mask_mode is off" in off.report
+
+
+def test_the_plan_preview_plans_the_crop_not_the_picture():
+    from optim import PreviewSettings, Variant
+    from optim.jobs.plan_preview import job_shape
+
+    wide = PreviewSettings(model="m", aspect=3.0)
+    assert (job_shape(wide, Variant.EDIT_2509).width, job_shape(wide, Variant.EDIT_2509).height) != (1024, 1024)
+    masked = job_shape(PreviewSettings(model="m", aspect=3.0, masked=True), Variant.EDIT_2509)
+    assert (masked.width, masked.height) == (1024, 1024)  # ~1 MP for the crop, whatever the picture's aspect
+    sized = job_shape(PreviewSettings(model="m", width=512, height=256, masked=True), Variant.EDIT_2509)
+    assert (sized.width, sized.height) == (512, 256)  # the crop is edited at the size asked

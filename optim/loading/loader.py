@@ -48,7 +48,7 @@ from ..qwen.architectures import processor as arch_processor
 from ..qwen.architectures import scheduler as arch_scheduler
 from ..qwen.job_shape import JobShape, default_job
 from ..qwen.variants import ModelIdentity, Variant, detect_variant
-from ..settings import FP8, FP8_FAST, OffloadSettings, PrecisionSettings, VaeSettings
+from ..settings import FP8, FP8_FAST, INT8, OffloadSettings, PrecisionSettings, VaeSettings
 from .assemble import build_text_encoder, build_transformer, build_vae
 from .load_times import LoadTimes
 
@@ -292,7 +292,7 @@ def arithmetic_for(request: LoadRequest, desc: SourceDescription, gpus: tuple[Gp
         _check_gguf_request(request, desc)
         return GGUF_EXACT
     if desc.transformer.holds_comfy_quant():
-        return _comfy_quant_arithmetic(request, desc)
+        return _comfy_quant_arithmetic(request, desc, gpus)
     if storage == "auto":
         as_stored = _fp8_modes(request, desc)["transformer"] == FP8_AS_STORED
         storage = FP8 if as_stored else dtype_name(_compute_dtypes(request)["transformer"])
@@ -317,9 +317,10 @@ def _check_gguf_request(request: LoadRequest, desc: SourceDescription) -> None:
         )
 
 
-def _comfy_quant_arithmetic(request: LoadRequest, desc: SourceDescription) -> Arithmetic:
-    """Comfy-Org's int8 / mxfp8 / nvfp4 layers compute as stored, expanded where used (optim/quant/comfy_int8.py,
-    mxfp8.py, nvfp4.py): no other storage, no 8-bit products (yet)."""
+def _comfy_quant_arithmetic(request: LoadRequest, desc: SourceDescription, gpus: tuple[Gpu, ...]) -> Arithmetic:
+    """Comfy-Org's int8 / mxfp8 / nvfp4 layers stay as stored (optim/quant/comfy_int8.py, mxfp8.py, nvfp4.py):
+    exact expands them where used; int8 files (with or without ConvRot) also take the fast rungs, multiplying
+    the stored int8 weights as ComfyUI does (nothing re-quantized, so exact, fast and fastest switch in place)."""
     name, formats = desc.transformer.names, desc.transformer.comfy_quant_formats()
     if request.precision.transformer != "auto":
         raise QwenFitError(
@@ -327,17 +328,22 @@ def _comfy_quant_arithmetic(request: LoadRequest, desc: SourceDescription) -> Ar
             f"precision to auto (it is {request.precision.transformer}), or load the bf16 release to store them "
             "otherwise."
         )
-    if request.precision.speed in ("fast", "fastest"):
-        raise QwenFitError(
-            f"speed {request.precision.speed} is not offered for {name} ({', '.join(formats)}): its weights are "
-            "expanded where used and compute exactly as stored. Pick speed exact (or auto), or load the fp8 "
-            "release for the fast rungs."
-        )
     blackwell = [f for f in formats if f in ("mxfp8", "nvfp4")]
+    speed = request.precision.speed
+    if speed in ("fast", "fastest") and blackwell:
+        raise QwenFitError(
+            f"speed {speed} is not offered for {name} ({', '.join(formats)}): native {'/'.join(blackwell)} "
+            "products need Blackwell tensor cores (compute capability 10), which QwenFit does not use, so its "
+            "weights are expanded where used and compute exactly as stored. Pick speed exact (or auto), or load "
+            "the int8 (ConvRot) or fp8 release for the fast rungs."
+        )
+    if speed in ("fast", "fastest"):  # int8 only: ComfyUI's W8A8 product on the stored weights
+        rung = choose_arithmetic(speed, INT8, [g.capability for g in gpus])
+        return replace(rung, reason=f"Comfy-Org {', '.join(formats)} file: {rung.reason}")
     native = (
         f"; native {'/'.join(blackwell)} products need Blackwell tensor cores (compute capability 10), not used"
         if blackwell
-        else ""
+        else "; speed fast multiplies them in int8"
     )
     why = f"Comfy-Org {', '.join(formats)} weights expanded to the compute dtype one weight at a time where used"
     return Arithmetic("exact", "expanded", None, False, why + native)

@@ -8,6 +8,8 @@ CPU tests check the very arithmetic the GPU runs. Shapes the kernels cannot take
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
@@ -56,15 +58,20 @@ def fp8_linear(
 
 
 def int8_linear(
-    x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    quantize: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = quantize_rows_int8,
 ) -> torch.Tensor:
     """``x @ (weight * weight_scale).T + bias`` with ``weight`` int8 [N, K] and ``weight_scale`` float32
-    [1, N], multiplied in int8 with int32 accumulation (exact), then rescaled in float32."""
+    [1, N], multiplied in int8 with int32 accumulation (exact), then rescaled in float32. ``quantize``
+    turns the activation rows into (int8 values, float32 scale [M, 1])."""
     rows = x.reshape(-1, x.shape[-1])
     m = rows.shape[0]
     if m < _INT_MM_MIN_ROWS:
         rows = torch.cat([rows, rows.new_zeros(_INT_MM_MIN_ROWS - m, rows.shape[1])])
-    x_int8, x_scale = quantize_rows_int8(rows)
+    x_int8, x_scale = quantize(rows)
     acc = torch._int_mm(x_int8, weight.t())
     out = (acc.float() * x_scale * weight_scale)[:m].to(x.dtype)
     if bias is not None:

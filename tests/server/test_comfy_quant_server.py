@@ -76,15 +76,15 @@ def test_a_bad_quantized_file_is_refused_with_the_fix(comfy, bad_files, name, wo
 
 
 @pytest.mark.parametrize(
-    ("precision", "words"),
+    ("index", "precision", "words"),
     [
-        ({"transformer": "bf16"}, ("int8_convrot.safetensors stores its weights", "Set the transformer precision")),
-        ({"speed": "fast"}, ("speed fast is not offered", "Pick speed exact")),
+        (0, {"transformer": "bf16"}, ("int8_convrot.safetensors stores its weights", "Set the transformer precision")),
+        (2, {"speed": "fast"}, ("speed fast is not offered", "need Blackwell", "Pick speed exact")),
     ],
-    ids=["precision-bf16", "speed-fast"],
+    ids=["precision-bf16", "mxfp8-speed-fast"],
 )
-def test_choices_a_quantized_file_cannot_take_name_the_fix(comfy, precision, words):
-    graph = loader_graph(COMFY_QUANT_FILES[0][0], precision=["5", 0])
+def test_choices_a_quantized_file_cannot_take_name_the_fix(comfy, index, precision, words):
+    graph = loader_graph(COMFY_QUANT_FILES[index][0], precision=["5", 0])
     settings = {"transformer": "auto", "text_encoder": "auto", "vae": "auto", "speed": "auto", **precision}
     graph["5"] = {"class_type": "QwenFitPrecisionSelector", "inputs": settings}
     assert_refused(queue(comfy, graph), words)

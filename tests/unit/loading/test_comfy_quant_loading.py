@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tiny_files import COMFY_QUANT_FILES, MODELS, split_files
 
-from optim import EditJob, LayeredJob, LoadRequest, load_pipeline, run_edit, run_layered
+from optim import EditJob, LayeredJob, LoadRequest, PipelineCache, load_pipeline, run_edit, run_layered
 from optim.errors import QwenFitError
 from optim.files.comfy_quant import comfy_quant_layers
 from optim.files.safetensors_file import SafetensorsFile
@@ -95,13 +95,49 @@ def test_sizes_from_comfy_quant_headers_equal_what_the_engine_measures(name, var
     [
         (PrecisionSettings(transformer="bf16"), "Set the transformer precision to auto"),
         (PrecisionSettings(transformer="nf4"), "Set the transformer precision to auto"),
-        (PrecisionSettings(speed="fast"), "Pick speed exact"),
     ],
-    ids=["bf16", "nf4", "fast"],
+    ids=["bf16", "nf4"],
 )
 def test_quantized_weights_compute_as_stored_and_other_choices_name_the_fix(precision, words) -> None:
     with pytest.raises(QwenFitError, match=words):
         load_pipeline(LoadRequest(split_files(*COMFY_QUANT_FILES[0][:2]), precision=precision))
+
+
+@pytest.mark.parametrize("speed", ["fast", "fastest"])
+@pytest.mark.parametrize("index", [2, 3], ids=["mxfp8", "nvfp4"])
+def test_the_fast_rungs_on_mxfp8_and_nvfp4_are_refused_with_the_fix(index: int, speed: str) -> None:
+    request = LoadRequest(split_files(*COMFY_QUANT_FILES[index][:2]), precision=PrecisionSettings(speed=speed))
+    words = f"speed {speed} is not offered.*need Blackwell.*Pick speed exact.*int8 \\(ConvRot\\) or fp8 release"
+    with pytest.raises(QwenFitError, match=words):
+        load_pipeline(request)
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["int8-convrot", "int8"])
+def test_an_int8_file_takes_the_fast_rung_in_place_as_stored(index: int) -> None:
+    """Fast multiplies the stored int8 weights (ComfyUI's product, tests/unit/quant/test_comfy_quant_formats.py):
+    nothing is re-quantized, so exact and fast switch without loading again and give the images of fresh loads;
+    fast stays within 1e-2 of exact per pixel (0..1) on the tiny model (measured 1.0e-3 ConvRot, 8.4e-4 plain)."""
+    name, variant, _ = COMFY_QUANT_FILES[index]
+    source = split_files(name, variant)
+    cache = PipelineCache()
+    images = {}
+    for speed in ("exact", "fast", "exact"):
+        loaded = cache.get(LoadRequest(source, precision=PrecisionSettings(speed=speed)))
+        result = run_edit(loaded, [IMAGE], EDIT_JOB)
+        assert f"speed {speed}: {'int8 W8A8' if speed == 'fast' else 'weights expanded'}" in result.record.plan
+        if speed in images:  # the second exact, after switching back
+            assert torch.equal(result.image, images[speed])
+        images[speed] = result.image
+    assert cache.loads == 1
+    blocks = loaded.pipeline.transformer.transformer_blocks
+    assert not any(m.fast for m in blocks.modules() if isinstance(m, ComfyQuantLinear))  # back to exact
+    cache.clear()
+    alone = load_pipeline(LoadRequest(source, precision=PrecisionSettings(speed="fast")))
+    assert torch.equal(run_edit(alone, [IMAGE], EDIT_JOB).image, images["fast"])
+    alone.engine.release()
+    fast, exact = images["fast"].float(), images["exact"].float()
+    assert torch.isfinite(fast).all() and not torch.equal(fast, exact)
+    assert (fast - exact).abs().max() <= 1e-2
 
 
 def _bad_copy(tmp_path, name: str, change) -> object:

@@ -34,9 +34,13 @@ LAYOUTS = [
 # ComfyUI-GGUF's transformer files, as tools/gguf_files.py writes them: (file, variant).
 GGUF_FILES = [
     *((f"qwenfit_tiny_edit_2509_{t}.gguf", "edit-2509") for t in (
-        "Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0", "Q3_K", "Q2_K")),
+        "Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0", "Q3_K", "Q2_K", "BF16", "F16")),
     ("qwenfit_tiny_edit_2511_Q4_K_M.gguf", "edit-2511"),
+    ("qwenfit_tiny_edit_2511_every_type.gguf", "edit-2511"),
     ("qwenfit_tiny_layered_Q8_0.gguf", "layered"),
+    ("qwenfit_tiny_layered_every_type.gguf", "layered"),
+    *((f"qwenfit_tiny_{v}_{t}.gguf", v.replace("_", "-")) for v in ("edit_2511", "layered") for t in (
+        "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K")),
 ]  # fmt: skip
 
 # Comfy-Org's quantized safetensors files, as tools/comfy_quant_files.py writes them: (file, variant, format).

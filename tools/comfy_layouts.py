@@ -26,7 +26,7 @@ from .comfy_quant_files import write_tiny_comfy_quant_files
 from .gguf_files import write_tiny_transformer_ggufs
 
 STAMP = "qwenfit-tiny-layouts.json"
-LAYOUT_VERSION = 5
+LAYOUT_VERSION = 8
 
 
 def _load_folder_part(folder: Path, part: str) -> dict[str, torch.Tensor]:

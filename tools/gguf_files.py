@@ -60,7 +60,7 @@ def write_gguf(path: Path, tensors: dict[str, tuple[str, np.ndarray]], arch: str
         data = stored_form(values, type_name, rng)
         kind = gguf.GGMLQuantizationType[type_name]
         if type_name in ("F32", "F16"):
-            writer.add_tensor(name, data)
+            writer.add_tensor(name, data)  # BF16 below: the library writes it from raw bytes
         else:
             writer.add_tensor(name, data, raw_dtype=kind)
         stored[name] = data
@@ -71,13 +71,18 @@ def write_gguf(path: Path, tensors: dict[str, tuple[str, np.ndarray]], arch: str
     return stored
 
 
-# The tiny models' GGUF files: every quantized type on Edit-2509, a mix of types (as a Q4_K_M file mixes
-# them) on Edit-2511, Q8_0 on Layered. Tensors the type cannot hold (rows not a multiple of its block) stay
-# float16, 1-D ones float32, as ComfyUI-GGUF's converter leaves them.
+# The tiny models' GGUF files: every quantized type on Edit-2509, one file each, and whole BF16 / F16 files
+# (as unsloth ships them); on Edit-2511 a Q4_K_M-like mix, on Layered a Q8_0 file, and on both one file holding
+# every type (the least used type that fits, tensor by tensor) and one file per K type. Tensors the type cannot hold (rows not a
+# multiple of its block) stay float16, 1-D ones float32, as ComfyUI-GGUF's converter leaves them.
+ALL_TYPES = ("Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0", "Q3_K", "Q2_K", "BF16", "F16")
+EVERY_TYPE = "every_type"  # one type after another, over the 2-D tensors in order
+# The tiny transformers have one weight whose rows hold a K-quant's 256-weight blocks: one file per K type.
+K_TYPES = ("Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K")
 TINY_GGUF = {
-    "edit-2509": [(t, (t,)) for t in ("Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0", "Q3_K", "Q2_K")],
-    "edit-2511": [("Q4_K_M", ("Q4_K", "Q8_0"))],
-    "layered": [("Q8_0", ("Q8_0",))],
+    "edit-2509": [(t, (t,)) for t in ALL_TYPES],
+    "edit-2511": [("Q4_K_M", ("Q4_K", "Q8_0")), (EVERY_TYPE, ALL_TYPES), *((t, (t, "Q8_0")) for t in K_TYPES)],
+    "layered": [("Q8_0", ("Q8_0",)), (EVERY_TYPE, ALL_TYPES), *((t, (t, "Q8_0")) for t in K_TYPES)],
 }
 
 
@@ -101,11 +106,18 @@ def write_tiny_transformer_ggufs(tensors: dict, variant: str, out_dir: Path) -> 
     for label, preferred in TINY_GGUF[variant]:
         path = out_dir / f"qwenfit_tiny_{variant.replace('-', '_')}_{label}.gguf"
         plan = {}
+        used = dict.fromkeys(preferred, 0)
         for name, tensor in tensors.items():
             if tensor.numel() == 0:  # a marker tensor (the 2511 one): the file name says 2511
                 continue
             values = tensor.float().numpy()
-            plan[name] = (gguf_type_for(tuple(values.shape), preferred), values)
+            if label == EVERY_TYPE and values.ndim == 2:  # the least used type that holds these rows
+                fitting = [t for t in preferred if gguf_type_for(tuple(values.shape), (t,)) == t]
+                kind = min(fitting, key=lambda t: used[t]) if fitting else "F16"
+                used[kind] = used.get(kind, 0) + 1
+                plan[name] = (kind, values)
+            else:
+                plan[name] = (gguf_type_for(tuple(values.shape), preferred), values)
         tmp = path.with_suffix(".tmp")
         write_gguf(tmp, plan)
         tmp.replace(path)

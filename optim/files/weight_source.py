@@ -99,6 +99,10 @@ class WeightSource:
         """True when the files are GGUF (ComfyUI-GGUF's)."""
         return any(isinstance(f, GgufFile) for f in self.files)
 
+    def holds_gguf_blocks(self) -> bool:
+        """True when the GGUF files hold quantized blocks (not only F32/F16/BF16 tensors)."""
+        return any(isinstance(f, GgufFile) and any(t.quantized for t in f.tensors.values()) for f in self.files)
+
     def layout(self) -> Fp8Layout:
         """The fp8 layout of the files (the first non-trivial one)."""
         for f in self.files:

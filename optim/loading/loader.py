@@ -290,7 +290,7 @@ def arithmetic_for(request: LoadRequest, desc: SourceDescription, gpus: tuple[Gp
     storage = request.precision.transformer
     if desc.transformer.holds_gguf():
         _check_gguf_request(request, desc)
-        return GGUF_EXACT
+        return GGUF_EXACT if desc.transformer.holds_gguf_blocks() else GGUF_FLOAT
     if desc.transformer.holds_comfy_quant():
         return _comfy_quant_arithmetic(request, desc, gpus)
     if storage == "auto":
@@ -300,6 +300,7 @@ def arithmetic_for(request: LoadRequest, desc: SourceDescription, gpus: tuple[Gp
 
 
 GGUF_EXACT = Arithmetic("exact", "expanded", None, False, "GGUF blocks expanded one weight at a time where used")
+GGUF_FLOAT = Arithmetic("exact", "expanded", None, False, "GGUF float weights (F16/BF16), computed as stored")
 
 
 def _check_gguf_request(request: LoadRequest, desc: SourceDescription) -> None:

@@ -54,7 +54,7 @@ def _count_reads(monkeypatch) -> list:
 
 @pytest.mark.parametrize(
     ("transformer", "variant", "text_encoder"),
-    [LAYOUTS[0][:3], LAYOUTS[1][:3], LAYOUTS[3][:3], (GGUF_FILES[-2][0], "edit-2511", LAYOUTS[2][2])],
+    [LAYOUTS[0][:3], LAYOUTS[1][:3], LAYOUTS[3][:3], (GGUF_FILES[12][0], "edit-2511", LAYOUTS[2][2])],
     ids=["bf16-2509", "fp8-2509", "fp8mixed-2511", "gguf-2511"],
 )
 def test_blocks_read_from_the_files_give_the_image_of_blocks_in_memory(monkeypatch, transformer, variant, text_encoder):

@@ -51,7 +51,7 @@ def _expanded_copy(gguf_path, out_path) -> None:
     save_file(tensors, str(out_path))
 
 
-@pytest.mark.parametrize(("name", "variant"), [GGUF_FILES[0], GGUF_FILES[5], GGUF_FILES[10], GGUF_FILES[11]],
+@pytest.mark.parametrize(("name", "variant"), [GGUF_FILES[0], GGUF_FILES[5], GGUF_FILES[12], GGUF_FILES[13], GGUF_FILES[14], GGUF_FILES[15]],
                          ids=lambda v: v if isinstance(v, str) and v.endswith(".gguf") else None)  # fmt: skip
 def test_a_gguf_pipeline_computes_what_its_expanded_weights_compute(tmp_path, name: str, variant: str) -> None:
     gguf_source = split_files(name, variant)
@@ -70,14 +70,14 @@ def test_a_gguf_pipeline_computes_what_its_expanded_weights_compute(tmp_path, na
 
 
 def test_gguf_blocks_stream_from_the_files_when_host_memory_is_short() -> None:
-    name, variant = GGUF_FILES[10]  # 2511, Q4_K and Q8_0 mixed
+    name, variant = GGUF_FILES[12]  # 2511, Q4_K and Q8_0 mixed
     in_memory = load_pipeline(LoadRequest(split_files(name, variant), offload=OffloadSettings(host_budget="unlimited")))
     expected = _run(in_memory, variant)
     in_files = load_pipeline(LoadRequest(split_files(name, variant), offload=OffloadSettings(host_budget="minimal")))
     assert torch.equal(_run(in_files, variant), expected)
 
 
-@pytest.mark.parametrize(("name", "variant"), [GGUF_FILES[3], GGUF_FILES[10], GGUF_FILES[11]], ids=lambda v: str(v))
+@pytest.mark.parametrize(("name", "variant"), [GGUF_FILES[3], GGUF_FILES[12], GGUF_FILES[14]], ids=lambda v: str(v))
 def test_sizes_from_gguf_headers_equal_what_the_engine_measures(name: str, variant: str) -> None:
     request = LoadRequest(split_files(name, variant))
     predicted = sizes_from_headers(describe(request), request.precision, CPU)

@@ -159,3 +159,23 @@ def test_the_plan_preview_plans_the_crop_not_the_picture():
     assert (masked.width, masked.height) == (1024, 1024)  # ~1 MP for the crop, whatever the picture's aspect
     sized = job_shape(PreviewSettings(model="m", width=512, height=256, masked=True), Variant.EDIT_2509)
     assert (sized.width, sized.height) == (512, 256)  # the crop is edited at the size asked
+
+
+def test_a_masked_run_through_a_lightning_lora_keeps_the_outside_and_takes_the_lora_inside(tiny_edit):
+    """The Lightning path (its LoRA, its scheduler) with a mask: the outside stays the input's, the inside is
+    the LoRA's edit (it differs from the same masked run without the LoRA)."""
+    from optim import LoraChoice, LoraStack
+
+    picture = _picture(96, 128, seed=4)
+    reference = tensor_to_pil(picture, "RGB")
+    job = EditJob(prompt="make it blue", steps=2, seed=5, width=64, height=64)
+    masked = MaskedPicture(picture, _mask(96, 128, (20, 30, 40, 50)), MaskSettings(context_margin=8, feather=4))
+    lora = LoraStack((LoraChoice(MODELS / "loras" / "qwenfit_tiny_Lightning-4steps_kohya.safetensors"),))
+    with_lora = run_edit(tiny_edit.with_loras(lora), [reference], job, masked=masked)
+    without = run_edit(tiny_edit, [reference], job, masked=masked)
+    keep = torch.ones(96, 128, dtype=torch.bool)
+    keep[30 - 4 : 50 + 4, 20 - 4 : 40 + 4] = False
+    out = with_lora.image[0]
+    assert out.shape == picture.shape and torch.equal(out[keep], picture[keep])
+    assert not torch.equal(out[30:50, 20:40], without.image[0][30:50, 20:40])
+    assert "Lightning" in with_lora.report and "crop x" in with_lora.report

@@ -17,6 +17,9 @@ GIB = 1024**3
 MIB = 1024**2
 # How the GPUs share the work.
 ONE_GPU, SPLIT, CFG_PARALLEL = "one GPU", "block split", "CFG-parallel"
+# CFG off: every GPU runs every block on its share of the image tokens (optim/execution/sequence_parallel.py).
+# The planner proposes it only when asked (plan_run's ``sequence_parallel``): the engine cannot run it yet.
+SEQUENCE_PARALLEL = "sequence-parallel"
 # diffusers' own whole-component offload: the planner places nothing and predicts no peak.
 WHOLE_MODEL_OFFLOAD = "whole-model offload"
 
@@ -73,7 +76,8 @@ class Plan:
 
     Host memory and the components are fixed at load time; the rest is decided per job. Resident
     blocks are ``resident_blocks`` (on ``devices[block_devices[i]]``, the first GPU when empty), the
-    others stream through ``slots`` ring slots on the first GPU. ``phase_peaks`` are the first GPU's,
+    others stream through ``slots`` ring slots on the first GPU. Sequence-parallel is the exception:
+    every GPU of ``devices`` holds ``resident_blocks`` and streams the others through its own ring. ``phase_peaks`` are the first GPU's,
     ``device_peaks`` every GPU's. ``predicted_peak_bytes`` is None only for whole-model offload.
     """
 
@@ -82,7 +86,7 @@ class Plan:
     budget_bytes: int | None
     host: HostMemory | None
     components: tuple[ComponentPlacement, ...]
-    strategy: str  # ONE_GPU, SPLIT, CFG_PARALLEL or WHOLE_MODEL_OFFLOAD
+    strategy: str  # ONE_GPU, SPLIT, CFG_PARALLEL, SEQUENCE_PARALLEL or WHOLE_MODEL_OFFLOAD
     resident_blocks: tuple[int, ...]
     streamed_blocks: tuple[int, ...]
     slots: int
@@ -103,6 +107,7 @@ class Plan:
     notes: tuple[str, ...] = ()
     arithmetic: Arithmetic = EXACT  # the speed rung: what the blocks multiply in, and the step cache
     loras: LoraPlan = NO_LORA_PLAN  # the LoRA stack applied at run time (its bytes are in every peak)
+    reason: str = ""  # why this strategy, in one line (set for sequence-parallel)
 
     @property
     def places_weights(self) -> bool:
@@ -131,7 +136,7 @@ class Plan:
             ]
         else:
             lines += [
-                f"  VRAM budget {budget}; GPUs: {self.strategy}",
+                f"  VRAM budget {budget}; GPUs: {self.strategy}" + (f" ({self.reason})" if self.reason else ""),
                 f"  transformer: {len(self.resident_blocks)} of {sizes.blocks} blocks resident, "
                 f"{len(self.streamed_blocks)} streamed through {self.slots} GPU slots "
                 f"({sizes.block_bytes / MIB:.0f} MiB per block)",
@@ -162,7 +167,13 @@ class Plan:
         blocks = [b for b, d in zip(self.resident_blocks, self.block_devices, strict=False) if d == index]
         if blocks:
             held.append(f"blocks {blocks[0]}-{blocks[-1]}")
-        if index == 0 and self.streamed_blocks:
+        if self.strategy == SEQUENCE_PARALLEL:
+            if self.resident_blocks:
+                held.append(f"blocks {self.resident_blocks[0]}-{self.resident_blocks[-1]}")
+            if self.streamed_blocks:
+                held.append(f"its own ring for blocks {self.streamed_blocks[0]}-{self.streamed_blocks[-1]}")
+            held.append(f"1/{len(self.devices)} of the image tokens")
+        elif index == 0 and self.streamed_blocks:
             held.append(f"ring for blocks {self.streamed_blocks[0]}-{self.streamed_blocks[-1]}")
         if device == self.replica_device:
             held.append("a replica of every block (negative prompt)")

@@ -17,7 +17,12 @@ other GPUs hold transformer blocks only. Blocks are placed by one of these strat
 - **one GPU / block split**: as many blocks resident as the GPUs' budgets hold, in contiguous runs
   (all on one GPU when one holds them: no hops); the rest stream through a ring on the first GPU;
 - **CFG-parallel** (two or more GPUs, CFG on): every block resident on the first GPU and a replica on
-  another; the prompt's sample computes on one, the negative prompt's on the other.
+  another; the prompt's sample computes on one, the negative prompt's on the other;
+- **sequence-parallel** (two or more GPUs, CFG off; only when ``plan_run`` is asked with
+  ``sequence_parallel=True``, which the engine will pass once it runs it): every GPU runs every block
+  on its share of the image tokens, the same blocks resident on each and the rest streamed through
+  each GPU's own ring from the shared host arenas. It replaces the best other plan when its predicted
+  relative step (``relative_step``) is at least 10% shorter.
 
 Every candidate (strategy x VAE decode tiling x text encoder mode x ring slots, each with reference
 encoding untiled whenever that fits) is kept and the best by ``preference`` wins: the fewest streamed
@@ -36,7 +41,17 @@ from ..qwen.job_shape import JobShape
 from ..settings import GIB, OffloadSettings, VaeSettings
 from .host_memory import FILES, HostMemory
 from .model_sizes import ModelSizes
-from .plan import CFG_PARALLEL, NO_LORA_PLAN, ONE_GPU, SPLIT, WHOLE_MODEL_OFFLOAD, ComponentPlacement, LoraPlan, Plan
+from .plan import (
+    CFG_PARALLEL,
+    NO_LORA_PLAN,
+    ONE_GPU,
+    SEQUENCE_PARALLEL,
+    SPLIT,
+    WHOLE_MODEL_OFFLOAD,
+    ComponentPlacement,
+    LoraPlan,
+    Plan,
+)
 from .speed_ladder import EXACT, Arithmetic
 
 MIB = 1024**2
@@ -66,6 +81,14 @@ COEFFICIENTS = Coefficients()
 SAFETY = 0.93
 # Ring slots tried when blocks stream (0: nothing streams).
 SLOT_CHOICES = (0, 3, 2)
+# Qwen-Image's attention heads are 128 wide in every variant; sequence parallelism splits the heads evenly.
+HEAD_DIM = 128
+# Assumed until measured on GPUs: streaming every block over one GPU's PCIe link takes about as long as
+# that GPU computing one step. Only the choice of sequence parallelism over the other strategies reads it.
+STREAM_TO_COMPUTE = 1.0
+# Sequence parallelism replaces another plan only when it predicts a step at least 10% shorter: below
+# that, its all-to-alls and the model's error eat the gain.
+SEQUENCE_GAIN = 0.9
 
 
 @dataclass(frozen=True)
@@ -177,6 +200,14 @@ def _split_counts(rooms: list[int], blocks: int) -> list[int]:
     return counts
 
 
+def relative_step(plan: Plan) -> float:
+    """A step's time relative to one GPU computing it with every block resident: the larger of the
+    GPU's share of the compute and its streaming (a copy stream runs ahead of the compute). Used to
+    weigh sequence parallelism (compute / GPUs, each GPU streaming on its own link) against the rest."""
+    share = 1 / len(plan.devices) if plan.strategy == SEQUENCE_PARALLEL else 1.0
+    return max(share, STREAM_TO_COMPUTE * len(plan.streamed_blocks) / plan.sizes.blocks)
+
+
 def preference(plan: Plan) -> tuple:
     """The one order candidates are compared by (larger is better)."""
     return (
@@ -202,6 +233,7 @@ def plan_run(
     coefficients: Coefficients = COEFFICIENTS,
     arithmetic: Arithmetic = EXACT,
     loras: LoraPlan = NO_LORA_PLAN,
+    sequence_parallel: bool = False,
 ) -> Plan:
     """The plan of ``job`` under the user's ``offload`` and ``vae`` settings over ``gpus`` (the
     pipeline's own device first, each with its budget; one entry for one GPU or the CPU).
@@ -210,14 +242,16 @@ def plan_run(
     buffers are then page-locked); ``components`` and ``notes`` (load-time facts) are carried into
     the plan, and so is ``arithmetic`` (the speed rung, chosen at load by
     optim/planning/speed_ladder.py). The factors of ``loras`` (the run's LoRA stack) stay on every GPU
-    the plan uses, so they count there like the fixed bytes. Raises QwenFitError naming the fix when nothing fits, or when
+    the plan uses, so they count there like the fixed bytes. ``sequence_parallel`` lets a CFG-off job
+    on several GPUs split its image tokens over them (off until the engine runs it: the plan preview
+    and the tests ask for it). Raises QwenFitError naming the fix when nothing fits, or when
     CFG-parallel was asked for and cannot run.
     """
     if not gpus:
         raise ValueError("plan_run needs at least one device")
     if loras.lines:
         coefficients = replace(coefficients, fixed=coefficients.fixed + loras.resident_bytes)
-    search = _Search(sizes, job, offload, vae, tuple(gpus), host, components, notes, coefficients)
+    search = _Search(sizes, job, offload, vae, tuple(gpus), host, components, notes, coefficients, sequence_parallel)
     plan = search.whole_model_offload() if offload.mode == "model" else search.best()
     return replace(plan, arithmetic=arithmetic, loras=loras)
 
@@ -236,8 +270,10 @@ class _Search:
         components: tuple[ComponentPlacement, ...],
         notes: tuple[str, ...],
         k: Coefficients,
+        sequence_parallel: bool = False,
     ) -> None:
         self.sizes, self.job, self.offload, self.gpus, self.host, self.k = sizes, job, offload, gpus, host, k
+        self.sequence_parallel = sequence_parallel
         self.components, self.notes = components, notes
         self.decode_choices, self.encode_choices, self.slicing = vae_choices(vae, job)
         self.text_choices = ("resident",) if job.caption else ("resident", "streamed")
@@ -378,6 +414,8 @@ class _Search:
                         if plan is not None:
                             found.append(plan)
                             break
+        if strategy == "auto" and self.sequence_parallel and len(gpus) > 1 and not job.cfg:
+            found += self.sequence_candidates()
         if strategy in ("auto", "split"):
             transient = self.transient(offload.cfg)
             slot_choices = (0,) if offload.mode == "none" else SLOT_CHOICES
@@ -391,10 +429,78 @@ class _Search:
                                 break  # untiled encoding fits: never tile it (tiles change the reference latents)
         return found
 
+    def sequence_candidates(self) -> list[Plan]:
+        """Sequence-parallel plans: for each GPU count that divides the heads, the first GPU and the
+        others with the most room, the best placement of each VAE and text encoder choice."""
+        heads = self.sizes.hidden // HEAD_DIM
+        others = sorted(range(1, len(self.gpus)), key=lambda i: -self.target(self.gpus[i], 0))
+        slot_choices = (0,) if self.offload.mode == "none" else SLOT_CHOICES
+        found = []
+        for world in (w for w in range(2, len(self.gpus) + 1) if heads % w == 0):
+            used = [0, *others[: world - 1]]
+            for tiling in self.decode_choices:
+                for text_mode in self.text_choices:
+                    for slots in slot_choices:
+                        for encode_tiling in self.encode_choices:
+                            plan = self.sequence_fill(used, slots, text_mode, (tiling, encode_tiling))
+                            if plan is not None:
+                                found.append(plan)
+                                break
+        return found
+
+    def sequence_fill(self, used: list[int], slots: int, text_mode: str, vae: tuple[bool, bool]) -> Plan | None:
+        """Every GPU of ``used`` runs every block on 1/len(used) of the image tokens (the text on each):
+        the most blocks resident on all of them with ``slots`` ring slots on each, or None."""
+        sizes, job, k, gpus = self.sizes, self.job, self.k, self.gpus
+        world = len(used)
+        shard = -(-job.image_tokens // world)
+        activations = int((job.text_tokens + shard) * sizes.hidden * k.block_activation_per_token_unit)
+        denoise, margin = activations + self.table, int(k.fragmentation_margin * activations)
+        tiling, encode_tiling = vae
+
+        def phases(resident: int) -> list[Phases]:
+            ring = slots * sizes.block_bytes if resident < sizes.blocks else 0
+            weights = resident * sizes.block_bytes
+            first = primary_phases(sizes, job, k, weights, ring, text_mode, tiling, encode_tiling, denoise)
+            # Other GPUs also hold the transformer's small parts (each embeds and projects its own tokens).
+            other = _secondary_phases(k, sizes.transformer_rest_bytes + weights + ring, denoise)
+            return [first] + [other] * (world - 1)
+
+        rooms = [self.target(gpus[i], margin) - _peak(p) for i, p in zip(used, phases(0), strict=True)]
+        if min(rooms) < 0:
+            return None
+        resident = min(sizes.blocks if r == math.inf else int(r // sizes.block_bytes) for r in rooms)
+        resident = 0 if self.offload.mode == "blocks" else min(resident, sizes.blocks)
+        if slots == 0 and resident < sizes.blocks:
+            return None  # a ring is needed
+        peaks = phases(resident)
+        if any(_peak(p) > self.target(gpus[i], margin) for i, p in zip(used, peaks, strict=True)):
+            return None
+        streamed = sizes.blocks - resident
+        reason = f"CFG off: split the image tokens over {world} GPUs ({shard} of {job.image_tokens} each)"
+        if streamed:
+            reason += f"; each streams {streamed} blocks through its own ring"
+        plan = self.record(
+            SPLIT, [resident] + [0] * (len(gpus) - 1), slots, text_mode, vae, "off", [peaks[0]], [0], None
+        )
+        return replace(
+            plan,
+            strategy=SEQUENCE_PARALLEL,
+            devices=tuple(gpus[i].device for i in used),
+            device_peaks=tuple((gpus[i].device, _peak(p)) for i, p in zip(used, peaks, strict=True)),
+            reason=reason,
+        )
+
     def best(self) -> Plan:
         found = self.candidates()
-        if found:
-            return max(found, key=preference)
+        sequence = [p for p in found if p.strategy == SEQUENCE_PARALLEL]
+        others = [p for p in found if p.strategy != SEQUENCE_PARALLEL]
+        if sequence:
+            chosen = max(sequence, key=lambda p: (-relative_step(p), preference(p)))
+            if not others or relative_step(chosen) <= SEQUENCE_GAIN * relative_step(max(others, key=preference)):
+                return chosen
+        if others:
+            return max(others, key=preference)
         self.refuse()
         raise AssertionError("refuse() raises")
 

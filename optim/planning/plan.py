@@ -76,9 +76,9 @@ class Plan:
 
     Host memory and the components are fixed at load time; the rest is decided per job. Resident
     blocks are ``resident_blocks`` (on ``devices[block_devices[i]]``, the first GPU when empty), the
-    others stream through ``slots`` ring slots on the first GPU. Sequence-parallel is the exception:
-    every GPU of ``devices`` holds ``resident_blocks`` and streams the others through its own ring. ``phase_peaks`` are the first GPU's,
-    ``device_peaks`` every GPU's. ``predicted_peak_bytes`` is None only for whole-model offload.
+    others stream through ``slots`` ring slots on the first GPU (sequence-parallel: every GPU of
+    ``devices`` holds ``resident_blocks`` and streams the others through its own ring).
+    ``phase_peaks`` are the first GPU's, ``device_peaks`` every GPU's. ``predicted_peak_bytes`` is None only for whole-model offload.
     """
 
     job: str

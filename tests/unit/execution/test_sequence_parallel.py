@@ -4,6 +4,9 @@ emulated ranks give the single-GPU forward exactly. The GPU session runs the sam
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,26 +101,25 @@ def _streams(engine: TransformerEngine, hidden, prompt, t, shapes, extra):
     return image, text, lengths, temb, index, img_freqs, txt_freqs[: lengths[0]]
 
 
-def _sharded_forward(engine, world, image, text, lengths, temb, index, img_freqs, txt_freqs):
-    """Every block on ``world`` emulated ranks, each rank holding its share of the image tokens and the
-    whole text; the output merged and projected as the engine does."""
-    tr = engine.transformer
+def rank_blocks(engine, shards, rank, exchange, image, text, lengths, temb, index, img_freqs, txt_freqs):
+    """Every block on rank ``rank`` of ``shards.world``: its share of the image tokens and the whole text
+    through the engine's per-token block code with this rank's attention; (image shard, text)."""
+    ranked = copy.copy(engine)
+    ranked._attention = ShardedAttention(shards, rank, exchange, engine._attend, engine._rotary)
+    mine = split_tokens(image, shards)[rank]
+    freqs = split_tokens(img_freqs, shards, dim=0)[rank]
+    ids = split_tokens(index, shards)[rank] if index is not None else None
+    for block in engine.transformer.transformer_blocks:
+        img_mod, txt_mod = engine._live_modulation(block, temb, 1)
+        mine, text = ranked._block(block, mine, text, lengths, img_mod, txt_mod, freqs, txt_freqs, ids)
+    return mine, text
+
+
+def _sharded_forward(engine, world, *streams):
+    """Every block on ``world`` emulated ranks; the output merged and projected as the engine does."""
+    image, temb = streams[0], streams[3]
     shards = TokenShards(image.shape[1], world)
-    images, freqs = split_tokens(image, shards), split_tokens(img_freqs, shards, dim=0)
-    indexes = split_tokens(index, shards) if index is not None else [None] * world
-
-    def work(rank, exchange):
-        ranked = copy.copy(engine)  # the engine's per-token block code, this rank's attention
-        ranked._attention = ShardedAttention(shards, rank, exchange, engine._attend, engine._rotary)
-        mine, txt = images[rank], text
-        for block in tr.transformer_blocks:
-            img_mod, txt_mod = engine._live_modulation(block, temb, 1)
-            mine, txt = ranked._block(
-                block, mine, txt, lengths, img_mod, txt_mod, freqs[rank], txt_freqs, indexes[rank]
-            )
-        return mine, txt
-
-    out = EmulatedGroup(world).run(work)
+    out = EmulatedGroup(world).run(lambda rank, exchange: rank_blocks(engine, shards, rank, exchange, *streams))
     for _, txt in out[1:]:
         assert torch.equal(txt, out[0][1])  # the replicated text stream stays identical on every rank
     return engine._project_out(merge_tokens([mine for mine, _ in out], shards), temb)
@@ -188,3 +190,22 @@ def test_cfg_batches_and_indivisible_heads_are_refused() -> None:
     attention = ShardedAttention(TokenShards(4, 2), 0, lambda c: c, None, None)
     with pytest.raises(QwenFitError, match="one sample"):
         attention(None, None, None, [3, 4], None, None)
+
+
+def test_torch_distributed_all_to_all_drives_the_same_code(tmp_path) -> None:
+    """Two processes over gloo (torch.distributed's all_to_all_single, as NCCL will on GPUs) give the
+    emulated ranks' result bit for bit."""
+    world = 2
+    script = Path(__file__).with_name("sequence_parallel_ranks.py")
+    subprocess.run([sys.executable, str(script), str(tmp_path), str(world)], check=True, timeout=300)
+    variant = Variant.EDIT_2509
+    transformer = twelve_head_transformer(variant)
+    hidden, prompt, _, shapes, extra = inputs(transformer, variant)
+    with torch.inference_mode():
+        engine = TransformerEngine(transformer, CPU)
+        streams = _streams(engine, hidden, prompt, torch.tensor([0.6]), shapes, extra)
+        shards = TokenShards(hidden.shape[1], world)
+        emulated = EmulatedGroup(world).run(lambda rank, ex: rank_blocks(engine, shards, rank, ex, *streams))
+    for rank in range(world):
+        image, text = torch.load(tmp_path / f"rank{rank}.pt")
+        assert torch.equal(image, emulated[rank][0]) and torch.equal(text, emulated[rank][1])

@@ -340,7 +340,8 @@ def _comfy_quant_arithmetic(request: LoadRequest, desc: SourceDescription, gpus:
         )
     if speed in ("fast", "fastest"):  # int8 only: ComfyUI's W8A8 product on the stored weights
         rung = choose_arithmetic(speed, INT8, [g.capability for g in gpus])
-        return replace(rung, reason=f"Comfy-Org {', '.join(formats)} file: {rung.reason}")
+        # MEASURED's int8 figures are the pack's own int8 rung's; ComfyUI's product was not benchmarked yet.
+        return replace(rung, reason=f"Comfy-Org {', '.join(formats)} file: {rung.reason}", benchmarked=False)
     native = (
         f"; native {'/'.join(blackwell)} products need Blackwell tensor cores (compute capability 10), not used"
         if blackwell

@@ -54,6 +54,7 @@ class Arithmetic:
     store_as: str | None
     step_cache: bool
     reason: str
+    benchmarked: bool = True  # MEASURED holds this rung's deviation for these weights' format
 
     def describe(self) -> str:
         what = "weights expanded, exact" if self.kind == "expanded" else f"{self.kind} W8A8 (per-token activations)"
@@ -70,6 +71,8 @@ def measured_deviation(arithmetic: Arithmetic) -> str:
     """The benchmark's deviation of this rung from exact, for the plan and the run report."""
     if arithmetic.kind == "expanded":
         return ""
+    if not arithmetic.benchmarked:
+        return "; its deviation from exact is not benchmarked on this file format yet"
     measured = MEASURED.get(arithmetic.kind)
     added = STEP_CACHE_DEVIATION if arithmetic.step_cache else measured.fast_vs_exact if measured else None
     if added is None:

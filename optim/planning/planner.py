@@ -15,7 +15,8 @@ The first GPU (the pipeline's own) holds the VAE, the text encoder and the trans
 other GPUs hold transformer blocks only. Blocks are placed by one of these strategies:
 
 - **one GPU / block split**: as many blocks resident as the GPUs' budgets hold, in contiguous runs
-  (all on one GPU when one holds them: no hops); the rest stream through a ring on the first GPU;
+  (all on one GPU when one holds them: no hops), the faster GPUs (``Gpu.speed``) filled first; the
+  rest stream through a ring on the first GPU;
 - **CFG-parallel** (two or more GPUs, CFG on): every block resident on the first GPU and a replica on
   another; the prompt's sample computes on one, the negative prompt's on the other;
 - **sequence-parallel** (two or more GPUs, CFG off; only when ``plan_run`` is asked with
@@ -98,6 +99,9 @@ class Gpu:
     device: str
     budget_bytes: int | None
     capability: tuple[int, int] | None = None  # CUDA compute capability; None: the CPU (or not known)
+    # Relative compute speed (any unit, the same for every GPU of a run): a block split puts its blocks
+    # on the faster GPUs first. 1.0 for all: the GPUs in their order (the first preferred: no hops).
+    speed: float = 1.0
 
 
 Phases = tuple[tuple[str, int], ...]
@@ -186,17 +190,18 @@ def pinned_host_bytes(sizes: ModelSizes, text_mode: str, host: HostMemory | None
     return (sizes.blocks - in_files + staging) * sizes.block_bytes + text_pinned + modulation_pinned
 
 
-def _split_counts(rooms: list[int], blocks: int) -> list[int]:
-    """Blocks per GPU, all on one GPU when one holds them (the first preferred: no hops), else filled
-    in order."""
-    for index, room in enumerate(rooms):
-        if room >= blocks:
+def _split_counts(rooms: list[int], blocks: int, speeds: Sequence[float] = ()) -> list[int]:
+    """Blocks per GPU. The blocks of a split run one GPU after the other, so a step takes the sum of
+    each GPU's blocks over its speed: the fastest GPU that holds them all takes them all, else the GPUs
+    fill fastest first; equal speeds keep the GPUs' order (the first preferred: no hops)."""
+    order = sorted(range(len(rooms)), key=lambda i: -speeds[i]) if speeds else list(range(len(rooms)))
+    for index in order:
+        if rooms[index] >= blocks:
             return [blocks if i == index else 0 for i in range(len(rooms))]
-    counts, left = [], blocks
-    for room in rooms:
-        take = max(0, min(room, left))
-        counts.append(take)
-        left -= take
+    counts, left = [0] * len(rooms), blocks
+    for index in order:
+        counts[index] = max(0, min(rooms[index], left))
+        left -= counts[index]
     return counts
 
 
@@ -385,7 +390,7 @@ class _Search:
             fits = [0] * len(gpus)
         if slots == 0 and sum(fits) < sizes.blocks:
             return None  # not everything fits resident: a ring is needed
-        counts = _split_counts(fits, sizes.blocks)
+        counts = _split_counts(fits, sizes.blocks, [g.speed for g in gpus])
         return self.make(SPLIT, counts, slots, text_mode, vae, self.offload.cfg, transient)
 
     def candidates(self) -> list[Plan]:

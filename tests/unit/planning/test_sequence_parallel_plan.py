@@ -110,3 +110,21 @@ def test_an_explicit_strategy_is_kept(strategy: str) -> None:
     else:
         with pytest.raises(Exception, match="CFG-parallel cannot run"):
             plan(LIGHTNING, 24, 24, strategy=strategy)
+
+
+def _split_with_speeds(job: JobShape, budgets: tuple[float, ...], speeds: tuple[float, ...]) -> Plan:
+    cards = tuple(Gpu(f"cuda:{i}", int(g * GIB), speed=s) for i, (g, s) in enumerate(zip(budgets, speeds, strict=True)))
+    return plan_run(real_sizes(), job, OffloadSettings(gpus="all", multi_gpu="split"), VaeSettings(), cards)
+
+
+def test_a_block_split_puts_its_blocks_on_the_faster_gpu_first() -> None:
+    """Mismatched GPUs (issue 20 item 3): a split's blocks run one GPU after the other, so the faster
+    GPU takes as many as it holds; equal speeds keep today's order (the first GPU first)."""
+    same = _split_with_speeds(WITH_CFG, (140, 140), (1.0, 1.0))
+    assert same.devices == () and len(same.resident_blocks) == 60  # all on the first GPU: no hops
+    faster_second = _split_with_speeds(WITH_CFG, (140, 140), (1.0, 2.0))
+    assert faster_second.devices == ("cuda:0", "cuda:1") and faster_second.block_devices == (1,) * 60
+    even = _split_with_speeds(WITH_CFG, (24, 24), (1.0, 1.0))
+    skewed = _split_with_speeds(WITH_CFG, (24, 24), (1.0, 2.0))
+    assert even.streamed_blocks == skewed.streamed_blocks == () and within_budgets(skewed, 24, 24)
+    assert skewed.block_devices.count(1) > even.block_devices.count(1)

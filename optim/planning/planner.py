@@ -437,7 +437,7 @@ class _Search:
     def sequence_candidates(self) -> list[Plan]:
         """Sequence-parallel plans: for each GPU count that divides the heads, the first GPU and the
         others with the most room, the best placement of each VAE and text encoder choice."""
-        heads = self.sizes.hidden // HEAD_DIM
+        heads = max(1, self.sizes.hidden // HEAD_DIM)  # a model narrower than one head: no split
         others = sorted(range(1, len(self.gpus)), key=lambda i: -self.target(self.gpus[i], 0))
         slot_choices = (0,) if self.offload.mode == "none" else SLOT_CHOICES
         found = []

@@ -208,3 +208,24 @@ def test_the_preview_refuses_a_rung_this_gpu_cannot_run(monkeypatch):
     monkeypatch.setattr(plan_preview, "resolve_gpus", gtx_1080)
     with pytest.raises(QwenFitError, match="int8 tensor cores"):
         preview(settings(precision=PrecisionSettings(speed="fast")), split_files(EDIT_BF16, "edit-2509"), CPU)
+
+
+def test_the_preview_says_what_sequence_parallelism_would_do(monkeypatch):
+    """A CFG-off job (Lightning) on two GPUs: the plan stays one the engine runs, and a note says what
+    splitting the image tokens would do (the engine cannot run it yet). With CFG: no note."""
+    import optim.jobs.plan_preview as plan_preview
+    import optim.planning.planner as planner
+
+    described = (Gpu("cuda:0", 24 * GIB), Gpu("cuda:1", 24 * GIB))
+    monkeypatch.setattr(plan_preview, "resolve_gpus", lambda offload, device: (described, ()))
+    monkeypatch.setattr(planner, "HEAD_DIM", 16)  # the tiny model's heads (the real model's are 128 wide)
+    source = split_files(EDIT_BF16, "edit-2509")
+    offload = OffloadSettings(gpus="all")
+    lightning = preview(settings(offload=offload, lora="qwen-Lightning-4steps.safetensors"), source, CPU)
+    assert lightning.plan.strategy != "sequence-parallel"
+    assert any(
+        n.startswith("sequence-parallel, not run yet (the engine cannot): CFG off: split the image tokens over 2 GPUs")
+        for n in lightning.plan.notes
+    )
+    with_cfg = preview(settings(offload=offload), source, CPU)
+    assert not any("sequence-parallel" in n for n in with_cfg.plan.notes)

@@ -18,7 +18,7 @@ from ..files.file_tensors import FileFeeds, FileTensor, placeholder
 from ..files.fp8_layouts import Fp8Layout, Fp8Weight, quantize_absmax
 from ..files.host_memory import TrimEvery, trim_host_heap
 from ..files.weight_source import WeightSource
-from ..quant.comfy_quant import comfy_quant_format, comfy_quant_linear
+from ..quant.comfy_quant_formats import comfy_quant_format, comfy_quant_linear
 from ..quant.compressed_linear import replace_module
 from ..quant.fp8 import replace_linear
 from ..quant.gguf import dequantize_blocks, gguf_linear

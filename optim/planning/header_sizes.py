@@ -16,7 +16,7 @@ from torch import nn
 
 from ..files.sources import SourceDescription
 from ..files.weight_source import WeightSource
-from ..quant.comfy_quant import empty_comfy_quant
+from ..quant.comfy_quant_formats import empty_comfy_quant
 from ..quant.compressed_linear import replace_module
 from ..quant.dtypes import compute_dtype
 from ..quant.formats import QUANTIZED, size_as_quantized

@@ -709,7 +709,7 @@ LOADER_VALUES = [
     pytest.param({"model": EDIT + "\x00"}, (NOT_THERE,), id="model-nul-byte"),
     pytest.param(
         {"text_encoder": f"../diffusion_models/{EDIT}"},
-        ("is not a .safetensors file in models/text_encoders", "Put the file there"),
+        ("is not a .safetensors or .gguf file in models/text_encoders", "Put the file there"),
         id="text-encoder-traversal",
     ),
     pytest.param(

@@ -22,7 +22,8 @@ from optim.files.comfy_quant import comfy_quant_layers
 from optim.files.safetensors_file import SafetensorsFile
 from optim.loading.loader import describe
 from optim.planning.header_sizes import sizes_from_headers
-from optim.quant.comfy_quant import ComfyQuantLinear, comfy_quant_linear
+from optim.quant.comfy_quant import ComfyQuantLinear
+from optim.quant.comfy_quant_formats import comfy_quant_linear
 from optim.settings import OffloadSettings, PrecisionSettings
 
 CPU = torch.device("cpu")

@@ -21,7 +21,7 @@ from optim.errors import QwenFitError
 from optim.files.comfy_quant import comfy_quant_layers
 from optim.files.safetensors_file import SafetensorsFile
 from optim.quant.comfy_int8 import ComfyInt8ConvRotLinear, ComfyInt8Linear
-from optim.quant.comfy_quant import comfy_quant_linear
+from optim.quant.comfy_quant_formats import comfy_quant_linear
 from optim.quant.mxfp8 import Mxfp8Linear
 from optim.quant.nvfp4 import Nvfp4Linear
 from tools.comfy_quant_files import quantized_layer

@@ -42,6 +42,7 @@ import torch
 
 from ..errors import QwenFitError
 from .attention_choice import Kernel
+from .joint_attention import output_projections, rotated_qkv
 
 # Rank-local all-to-all: ``chunks[j]`` goes to rank ``j``; returns the chunk each rank sent here, by rank.
 Exchange = Callable[[list[torch.Tensor]], list[torch.Tensor]]
@@ -166,32 +167,13 @@ class ShardedAttention:
     def __call__(self, attn, image, text, lengths, img_freqs, txt_freqs) -> tuple[torch.Tensor, torch.Tensor]:
         if len(lengths) != 1:
             raise QwenFitError("sequence parallelism runs one sample (CFG off); CFG runs use CFG-parallel or one GPU")
-        head_dim = attn.inner_dim // attn.heads
-
-        def heads(x: torch.Tensor) -> torch.Tensor:
-            return x.unflatten(-1, (-1, head_dim))
-
-        iq, ik, iv = heads(attn.to_q(image)), heads(attn.to_k(image)), heads(attn.to_v(image))
-        tq, tk, tv = heads(attn.add_q_proj(text)), heads(attn.add_k_proj(text)), heads(attn.add_v_proj(text))
-        if attn.norm_q is not None:
-            iq = attn.norm_q(iq)
-        if attn.norm_k is not None:
-            ik = attn.norm_k(ik)
-        if attn.norm_added_q is not None:
-            tq = attn.norm_added_q(tq)
-        if attn.norm_added_k is not None:
-            tk = attn.norm_added_k(tk)
-        iq, ik = self.rotary(iq, img_freqs, use_real=False), self.rotary(ik, img_freqs, use_real=False)
-        tq, tk = self.rotary(tq, txt_freqs, use_real=False), self.rotary(tk, txt_freqs, use_real=False)
+        iq, ik, iv, tq, tk, tv = rotated_qkv(attn, image, text, img_freqs, txt_freqs, self.rotary)
         joint = tokens_to_heads(
             torch.stack([iq, ik, iv]), torch.stack([tq, tk, tv]), self.shards, self.rank, self.exchange
         )
         out = self.attend(joint[0], joint[1], joint[2]).to(joint.dtype)
         txt_joint, img_joint = heads_to_tokens(out, lengths[0], self.shards, self.exchange)
-        img_attn = attn.to_out[0](img_joint.flatten(-2).contiguous())
-        if len(attn.to_out) > 1:
-            img_attn = attn.to_out[1](img_attn)
-        return img_attn, attn.to_add_out(txt_joint.flatten(-2).contiguous())
+        return output_projections(attn, img_joint.flatten(-2), txt_joint.flatten(-2))
 
 
 class EmulatedGroup:

@@ -32,6 +32,7 @@ from .attention_choice import Kernel, attention_kernel
 from .block_streamer import BlockStreamer
 from .cfg_pairing import CfgPairing, TextInput
 from .devices import indexed
+from .joint_attention import output_projections, rotated_qkv
 from .modulation import ModulationTable, expand_for_batch, single_sample_temb
 from .step_cache import StepCache
 
@@ -397,30 +398,7 @@ class TransformerEngine:
         return image, text
 
     def _attention(self, attn, image, text, lengths, img_freqs, txt_freqs):
-        rotary = self._rotary
-        head_dim = attn.inner_dim // attn.heads
-
-        def heads(x: torch.Tensor) -> torch.Tensor:
-            return x.unflatten(-1, (-1, head_dim))
-
-        iq, ik, iv = heads(attn.to_q(image)), heads(attn.to_k(image)), heads(attn.to_v(image))
-        tq, tk, tv = heads(attn.add_q_proj(text)), heads(attn.add_k_proj(text)), heads(attn.add_v_proj(text))
-        if attn.norm_q is not None:
-            iq = attn.norm_q(iq)
-        if attn.norm_k is not None:
-            ik = attn.norm_k(ik)
-        if attn.norm_added_q is not None:
-            tq = attn.norm_added_q(tq)
-        if attn.norm_added_k is not None:
-            tk = attn.norm_added_k(tk)
-        iq, ik = (
-            rotary(iq, img_freqs, use_real=False),
-            rotary(ik, img_freqs, use_real=False),
-        )
-        tq, tk = (
-            rotary(tq, txt_freqs, use_real=False),
-            rotary(tk, txt_freqs, use_real=False),
-        )
+        iq, ik, iv, tq, tk, tv = rotated_qkv(attn, image, text, img_freqs, txt_freqs, self._rotary)
         img_out, txt_out, start = [], [], 0
         for b, n in enumerate(lengths):
             span = slice(start, start + n)
@@ -434,7 +412,4 @@ class TransformerEngine:
             start += n
         img_joint = img_out[0] if len(img_out) == 1 else torch.cat(img_out)
         txt_joint = txt_out[0] if len(txt_out) == 1 else torch.cat(txt_out, dim=1)
-        img_attn = attn.to_out[0](img_joint.contiguous())
-        if len(attn.to_out) > 1:
-            img_attn = attn.to_out[1](img_attn)
-        return img_attn, attn.to_add_out(txt_joint.contiguous())
+        return output_projections(attn, img_joint, txt_joint)

@@ -149,7 +149,6 @@ SHAPES = [
 
 def main() -> int:
     import argparse
-    import json
     import sys
     from pathlib import Path
 
@@ -202,10 +201,9 @@ def main() -> int:
         "SDPA bf16": float((sdpa()[0, :, :4].double() - exact).norm() / exact.norm()),
     }
     result = {"gpu": torch.cuda.get_device_name(), "tokens": n, "rows": rows, "rel_l2_vs_float64": deviation}
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    from bench.report import print_and_write
+
+    print_and_write(result, args.out)
     return 0
 
 

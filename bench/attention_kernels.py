@@ -11,7 +11,6 @@ softmax, a few large key channels: the outliers that make 8-bit attention hard).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -83,10 +82,9 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, nargs="+", default=[8448])
     args = parser.parse_args()
     results = measure(args.tokens)
-    text = json.dumps(results, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    from bench.report import print_and_write
+
+    print_and_write(results, args.out)
     return 0
 
 

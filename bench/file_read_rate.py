@@ -11,7 +11,6 @@ the result says whether the drop happened: it did when the cached read was sever
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -74,11 +73,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     result = measure(args.file, args.gib)
-    text = json.dumps(result, indent=1, default=str)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    print(text)
+    from bench.report import print_and_write
+
+    print_and_write(result, args.out)
     return 0
 
 

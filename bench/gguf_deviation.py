@@ -16,7 +16,6 @@ unknown here. One forward, not a whole run: the speed ladder's figures are final
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -138,11 +137,9 @@ def main() -> int:
     args = parser.parse_args()
     side = args.tokens_side if args.arch == "qwen-image" else min(args.tokens_side, 4)
     result = measure(args.arch, args.device, args.types.split(","), side, args.text_tokens)
-    text = json.dumps(result, indent=1)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    print(text)
+    from bench.report import print_and_write
+
+    print_and_write(result, args.out)
     return 0
 
 

@@ -205,11 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(table([json.loads(p.read_text()) for p in args.results]))
         return 0
-    text = json.dumps(result, indent=1, default=str)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    print(text)
+    from bench.report import print_and_write
+
+    print_and_write(result, args.out)
     return 0
 
 

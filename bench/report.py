@@ -193,3 +193,12 @@ def write_report(
         staging.write_text(text)
         staging.replace(path)
     return paths
+
+
+def print_and_write(result: Any, out: Path | None) -> None:
+    """A bench script's result as JSON: printed, and written to ``out`` (its folder made) when given."""
+    text = json.dumps(result, indent=1, default=str)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    print(text)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from tiny_transformer import CPU, VARIANTS, inputs, reference
 
 from optim.errors import QwenFitError
@@ -198,14 +199,20 @@ def test_torch_distributed_all_to_all_drives_the_same_code(tmp_path) -> None:
     world = 2
     script = Path(__file__).with_name("sequence_parallel_ranks.py")
     subprocess.run([sys.executable, str(script), str(tmp_path), str(world)], check=True, timeout=300)
+    with torch.inference_mode():
+        engine, shards, streams = distributed_case(world)
+        emulated = EmulatedGroup(world).run(lambda rank, ex: rank_blocks(engine, shards, rank, ex, *streams))
+    for rank in range(world):
+        saved = load_file(str(tmp_path / f"rank{rank}.safetensors"))
+        assert torch.equal(saved["image"], emulated[rank][0]) and torch.equal(saved["text"], emulated[rank][1])
+
+
+def distributed_case(world: int):
+    """(engine, shards, streams) of the torch.distributed test: the same model and inputs in every process
+    (call inside inference mode)."""
     variant = Variant.EDIT_2509
     transformer = twelve_head_transformer(variant)
     hidden, prompt, _, shapes, extra = inputs(transformer, variant)
-    with torch.inference_mode():
-        engine = TransformerEngine(transformer, CPU)
-        streams = _streams(engine, hidden, prompt, torch.tensor([0.6]), shapes, extra)
-        shards = TokenShards(hidden.shape[1], world)
-        emulated = EmulatedGroup(world).run(lambda rank, ex: rank_blocks(engine, shards, rank, ex, *streams))
-    for rank in range(world):
-        image, text = torch.load(tmp_path / f"rank{rank}.pt")
-        assert torch.equal(image, emulated[rank][0]) and torch.equal(text, emulated[rank][1])
+    engine = TransformerEngine(transformer, CPU)
+    streams = _streams(engine, hidden, prompt, torch.tensor([0.6]), shapes, extra)
+    return engine, TokenShards(hidden.shape[1], world), streams

@@ -89,7 +89,13 @@ def layered_job(steps: int = DEFAULT_STEPS, seed: int = 0) -> Job:
     return Job("layered", Variant.LAYERED, "a cat on a sofa", size=640, steps=steps, seed=seed, layers=4)
 
 
-JOBS: dict[str, Callable[..., Job]] = {"edit": edit_job, "layered": layered_job}
+def lightning_edit_job(steps: int = DEFAULT_STEPS, seed: int = 0) -> Job:
+    """A Lightning-style Edit run: CFG off (true CFG scale 1), as the distilled 4/8-step LoRAs run."""
+    return Job("edit-lightning", Variant.EDIT_2509, "make the sky purple", size=1024, steps=steps, seed=seed,
+               true_cfg_scale=1.0)  # fmt: skip
+
+
+JOBS: dict[str, Callable[..., Job]] = {"edit": edit_job, "layered": layered_job, "edit-lightning": lightning_edit_job}
 
 
 def _arguments(job: Job, meter: PhaseMeter) -> dict[str, Any]:

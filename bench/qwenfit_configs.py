@@ -61,7 +61,7 @@ def swap_linears(module: nn.Module, keep, kind: str, device: torch.device) -> li
 def job_shape(job: Any) -> JobShape:
     if job.variant is Variant.LAYERED:
         return JobShape("layered", job.size, job.size, references=0, layers=job.layers, steps=job.steps)
-    return JobShape("edit", job.size, job.size, references=1, steps=job.steps)
+    return JobShape("edit", job.size, job.size, references=1, steps=job.steps, cfg=job.true_cfg_scale > 1)
 
 
 class QwenFitPreset:
@@ -70,14 +70,15 @@ class QwenFitPreset:
     def __init__(self, key: str, name: str, budget: str, mode: str = "auto", precision: str = "bf16",
                  attention_backend: str | None = None, compile_blocks: bool = False,
                  cfg: str = "batched", monitor: bool = False, gpus: int = 1, multi_gpu: str = "auto",
-                 gpu_cap_gib: float | None = None, speed: str = "exact",
+                 gpu_cap_gib: float | tuple[float, ...] | None = None, speed: str = "exact",
                  compare_to: str | None = None) -> None:  # fmt: skip
         self.key, self.name = key, name
         # The speed rung (optim/planning/speed_ladder.py); fast rows name the exact row on the same weights.
         self.speed, self.compare_to = speed, compare_to
         self.predicted_seconds_per_step: float | None = None
         self.step_basis = ""
-        # Several GPUs: how many, the strategy, and a cap per GPU in GiB (None: the budget's figure).
+        # Several GPUs: how many, the strategy, and a cap per GPU in GiB (None: the budget's figure; a tuple:
+        # each GPU's, the first GPU's first, for mismatched cards).
         self.gpus, self.multi_gpu, self.gpu_cap_gib = gpus, multi_gpu, gpu_cap_gib
         self._devices: list[torch.device] = []
         self.predicted_device_peaks: dict[str, int] = {}
@@ -103,23 +104,23 @@ class QwenFitPreset:
                     components["text_encoder"], FP8_SCOPES["text_encoder"], self.precision, device
                 )
         budget = usable_bytes(self.budget, device)
-        if self.gpu_cap_gib is not None:
-            budget = int(self.gpu_cap_gib * 2**30)
+        caps = self.gpu_cap_gib if isinstance(self.gpu_cap_gib, tuple) else (self.gpu_cap_gib,) * self.gpus
+        budgets = [budget if cap is None else int(cap * 2**30) for cap in caps]
         capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-        gpus: tuple[Gpu, ...] = (Gpu(str(indexed(device)), budget, capability),)
+        gpus: tuple[Gpu, ...] = (Gpu(str(indexed(device)), budgets[0], capability),)
         if self.gpus > 1:
             if device.type != "cuda" or torch.cuda.device_count() < self.gpus:
                 raise Skip(f"needs {self.gpus} GPUs")
             first = device.index if device.index is not None else torch.cuda.current_device()
             others = [i for i in range(torch.cuda.device_count()) if i != first][: self.gpus - 1]
             self._devices = [torch.device("cuda", i) for i in [first, *others]]
-            gpus = tuple(Gpu(str(d), budget, capability) for d in self._devices)
+            gpus = tuple(Gpu(str(d), b, capability) for d, b in zip(self._devices, budgets, strict=True))
         elif device.type == "cuda":
             self._devices = [indexed(device)]
-        if budget is not None:
-            for gpu in self._devices:
+        for gpu, cap in zip(self._devices, budgets, strict=False):
+            if cap is not None:
                 total = torch.cuda.get_device_properties(gpu).total_memory
-                torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), gpu)
+                torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), gpu)
         pipeline = make_pipeline(components, components["variant"])
         pipeline.set_progress_bar_config(disable=True)
         offload = OffloadSettings(
@@ -313,6 +314,24 @@ def qwenfit_configurations() -> list[QwenFitPreset]:
             gpu_cap_gib=24.0,
         ),  # fmt: skip
         QwenFitPreset("qf-2gpu-8gb", "QwenFit 2 x 8 GB preset, block split + streaming (bf16)", "8 GB", gpus=2),
+        # Issue 20: sequence parallelism (CFG off), CFG-parallel with streaming replicas, mismatched cards.
+        QwenFitPreset(
+            "qf-2gpu-sequence", "QwenFit 2 GPUs, sequence-parallel (bf16)", "unlimited", "none", gpus=2,
+            multi_gpu="sequence_parallel", compare_to="qf-fastest",
+        ),  # fmt: skip
+        QwenFitPreset(
+            "qf-2gpu-8gb-fp8", "QwenFit 2 x 8 GB, CFG-parallel, each streaming (fp8 weights)", "8 GB",
+            precision="fp8", gpus=2, multi_gpu="auto", compare_to="qf-8gb-fp8",
+        ),  # fmt: skip
+        QwenFitPreset("qf-24gb-fp8", "QwenFit 24 GB preset (fp8 weights)", "24 GB", precision="fp8"),
+        QwenFitPreset(
+            "qf-2gpu-24-8-fp8", "QwenFit 24 GB + 8 GB cards, auto (fp8 weights)", "24 GB", precision="fp8", gpus=2,
+            gpu_cap_gib=(22.0, 7.0), compare_to="qf-24gb-fp8",
+        ),  # fmt: skip
+        QwenFitPreset(
+            "qf-2gpu-stream-all", "QwenFit 2 GPUs, CFG-parallel, every block streamed on each (bf16)", "8 GB",
+            mode="blocks", gpus=2, multi_gpu="cfg_parallel",
+        ),  # fmt: skip
         # Every block streamed: the smoke check of the streaming path on small models.
         QwenFitPreset("qf-stream-all", "QwenFit every block streamed (bf16)", "8 GB", mode="blocks"),
     ]

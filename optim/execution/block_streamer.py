@@ -128,9 +128,29 @@ class BlockStreamer:
         self._sequence = 0
         self._active: dict[int, int] = {}  # block index -> slot it computes from
         self._copy_stream: torch.cuda.Stream | None = None
-        self._replica_device: torch.device | None = None
-        self._replica: list[list[torch.Tensor]] = []  # per block, views of its copy on the replica GPU
-        self._primary: list[list[torch.Tensor]] = []  # per block, what it is bound to outside use_replica
+        self._resident_views: dict[int, list[torch.Tensor]] = {}  # block -> views of its resident copy
+        # The first streamer binds its blocks' GPU copies for good; a follower (another GPU, see follower())
+        # binds a block only inside bound(), and puts back what was bound before.
+        self._binds = True
+        self._restore: dict[int, list[torch.Tensor]] = {}
+
+    def follower(self, device: torch.device) -> BlockStreamer:
+        """A streamer for the same blocks on another GPU: its own resident copies and ring, filled from this
+        streamer's host arena (no second host copy). It binds a block's weights only inside :meth:`bound`,
+        so several GPUs take turns computing the same modules. Release followers before this streamer."""
+        twin = object.__new__(BlockStreamer)
+        twin.__dict__.update(self.__dict__)  # the host side (layouts, arena, fill, file feed) is shared
+        twin.device = indexed(device)
+        twin._binds = False
+        twin._restore = {}
+        twin._resident, twin._resident_views, twin._arriving = {}, {}, {}
+        twin._place_stream = twin._copy_stream = None
+        twin.order, twin._position, twin._slots, twin._slot_views, twin._active = [], {}, [], [], {}
+        twin._sequence = 0
+        # Blocks read from the files at each use: this GPU reads them itself, into its own staging buffers.
+        twin._reader, twin._reads, twin._staging = None, {}, None
+        twin._staging_copied = [None] * self._read_ahead
+        return twin
 
     def configure(
         self, resident: Sequence[int], slots: int = 2, placement: Mapping[int, torch.device] | None = None
@@ -143,24 +163,26 @@ class BlockStreamer:
         if slots < 2:
             raise ValueError("block streaming needs at least 2 slots (one computing, one loading)")
         self.stop()
-        self.replicate(None)  # a replica is made for one placement; the engine asks again after this
         placement = placement or {}
         keep = {block: indexed(placement.get(block, self.device)) for block in resident}
         self._settle()  # no copy may still be landing in memory about to be dropped
         for block in [b for b, copy in self._resident.items() if keep.get(b) != copy.device]:
-            bind(self._layouts[block], self._home[block])
-            del self._resident[block]
+            if self._binds:
+                bind(self._layouts[block], self._home[block])
+            del self._resident[block], self._resident_views[block]
         for block in sorted(set(keep) - set(self._resident)):
             from_arena = block not in self._in_files
-            if keep[block].type == "cpu" and from_arena:
+            if keep[block].type == "cpu" and from_arena and self._binds:
                 self._fill.wait(block)  # a CPU computes from the arena itself, without a hook per block
                 continue
             if keep[block] == self.device and self._pin and from_arena:
                 copy = self._place_when_filled(block)
-            else:
-                copy = self._host_copy(block).to(keep[block])
+            else:  # a follower on the CPU (the tests' second device) keeps a copy of its own too
+                copy = self._host_copy(block).to(keep[block], copy=True)
             self._resident[block] = copy
-            bind(self._layouts[block], views(self._layouts[block], copy))
+            self._resident_views[block] = views(self._layouts[block], copy)
+            if self._binds:
+                bind(self._layouts[block], self._resident_views[block])
         self.order = [b for b in range(len(self._layouts)) if b not in keep]
         self._position = {block: p for p, block in enumerate(self.order)}
         self._slot_count = slots
@@ -203,35 +225,27 @@ class BlockStreamer:
                 pass
         self._arriving.clear()
 
-    def replicate(self, device: torch.device | None) -> None:
-        """Keep a second copy of every block on ``device`` (CFG-parallel; None drops it). The blocks
-        stay bound to their first copy; :meth:`use_replica` switches one block for a moment."""
-        if device == self._replica_device:
-            return
-        self._replica = []
-        self._replica_device = device
-        if device is None:
-            return
-        for block, layout in enumerate(self._layouts):
-            copy = self._host_copy(block).to(device, copy=True)
-            self._replica.append(views(layout, copy))
-        self._primary = [current_tensors(layout) for layout in self._layouts]
-
     @contextmanager
-    def use_replica(self, block: int) -> Iterator[None]:
-        """Compute ``blocks[block]`` with its replica's weights inside this context."""
-        bind(self._layouts[block], self._replica[block])
+    def bound(self, block: int) -> Iterator[None]:
+        """Compute ``blocks[block]`` with this GPU's copy of its weights inside this context (call between
+        :meth:`enter` and :meth:`leave`; a no-op for the first streamer, which :meth:`enter` binds)."""
+        if self._binds:
+            yield
+            return
+        layout = self._layouts[block]
+        resident = self._resident_views.get(block)
+        mine = resident if resident is not None else self._slot_views[self._position[block]][self._active[block]]
+        before = current_tensors(layout)
+        bind(layout, mine)
         try:
             yield
         finally:
-            bind(self._layouts[block], self._primary[block])
+            bind(layout, before)
 
     @property
     def gpu_bytes(self) -> int:
-        """Bytes of block weights this streamer keeps on GPUs between runs (resident copies, the replica)."""
-        copies = [c for c in self._resident.values() if c.device.type != "cpu"]
-        replica = sum(self._layouts[b].nbytes for b in range(len(self._replica))) if self._replica else 0
-        return sum(c.numel() for c in copies) + replica
+        """Bytes of block weights this streamer keeps on GPUs between runs (its resident copies)."""
+        return sum(c.numel() for c in self._resident.values() if c.device.type != "cpu")
 
     @property
     def streamed(self) -> tuple[int, ...]:
@@ -300,8 +314,9 @@ class BlockStreamer:
         self._drop_reads(lambda sequence: True)
         if self._copy_stream is not None:
             self._copy_stream.synchronize()
-        for block in list(self._active):
-            bind(self._layouts[block], self._home[block])
+        if self._binds:
+            for block in list(self._active):
+                bind(self._layouts[block], self._home[block])
         self._active.clear()
         self._slots.clear()
         self._slot_views = []
@@ -403,7 +418,8 @@ class BlockStreamer:
         if slot.ready is not None:
             torch.cuda.current_stream(self.device).wait_event(slot.ready)
         index = sequence % self._slot_count
-        bind(self._layouts[block], self._slot_views[p][index])
+        if self._binds:
+            bind(self._layouts[block], self._slot_views[p][index])
         self._active[block] = index
         for ahead in range(1, self._slot_count):
             if self._fetch(sequence + ahead, wait=False) is None:
@@ -417,7 +433,8 @@ class BlockStreamer:
         slot = self._slots[index]
         if slot.free is not None:
             slot.free.record(torch.cuda.current_stream(self.device))
-        bind(self._layouts[block], self._home[block])
+        if self._binds:
+            bind(self._layouts[block], self._home[block])
         self._sequence += 1
         # The slot just left is the next one to refill: queue it now so copies stay ahead.
         for ahead in range(self._slot_count):
@@ -426,14 +443,21 @@ class BlockStreamer:
 
     def release(self) -> None:
         """Free the GPU copies and unlock the host arena (the pipeline is being dropped)."""
+        if not self._binds:  # a follower: the arena is its first streamer's
+            self._settle()
+            self.configure(())
+            self._free_staging()
+            return
         self._fill.cancel()  # no read may land in memory that is about to be freed
         self._settle()
         self.configure(())
-        self.replicate(None)
         # Freed now, not when the last view goes: a view held anywhere (a module someone keeps) must not
         # keep tens of GB while the next model loads.
         self._arena.free()
         self._home = [[] for _ in self._layouts]
+        self._free_staging()
+
+    def _free_staging(self) -> None:
         if self._staging is not None:
             self._staging.free()
             self._staging = None

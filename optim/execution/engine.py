@@ -22,9 +22,10 @@ from ..files.file_tensors import FileFeeds, drop_weights
 from ..files.lora import LoraStack
 from ..planning.host_memory import FILES, HostMemory
 from ..planning.model_sizes import ModelSizes, measure
-from ..planning.plan import NO_LORA_PLAN, ComponentPlacement, LoraPlan, Plan
+from ..planning.plan import CFG_PARALLEL, NO_LORA_PLAN, SEQUENCE_PARALLEL, ComponentPlacement, LoraPlan, Plan
 from ..planning.planner import Gpu, plan_run
 from ..planning.speed_ladder import EXACT, Arithmetic
+from ..planning.work_split import head_shares
 from ..qwen.anatomy import is_modulation
 from ..qwen.job_shape import JobShape
 from ..settings import CARD_BUDGETS, GIB, OffloadSettings, VaeSettings
@@ -61,7 +62,19 @@ def _smaller(budget: int | None, cap: int) -> int:
 
 def _block_layout(plan: Plan) -> tuple:
     """What decides where the transformer blocks are: a change means copying weights again."""
-    return plan.resident_blocks, plan.slots, plan.devices, plan.block_devices, plan.replica_device
+    return (
+        plan.strategy, plan.resident_blocks, plan.slots, plan.devices, plan.block_devices, plan.replica_device,
+        plan.device_resident, plan.head_shares,
+    )  # fmt: skip
+
+
+def _other_gpus(plan: Plan) -> list[tuple[torch.device, int]]:
+    """CFG-parallel and sequence-parallel: every other GPU of the plan with its resident block count
+    (it streams the others through its own ring); nothing for the other strategies."""
+    if plan.strategy not in (CFG_PARALLEL, SEQUENCE_PARALLEL):
+        return []
+    counts = plan.device_resident or (len(plan.resident_blocks),) * len(plan.devices)
+    return [(indexed(torch.device(d)), n) for d, n in zip(plan.devices[1:], counts[1:], strict=True)]
 
 
 class PipelineEngine:
@@ -117,6 +130,8 @@ class PipelineEngine:
         if options.arithmetic.step_cache:
             self.transformer.step_cache = StepCache()
         self.transformer.install()
+        # CFG-parallel and sequence-parallel: one streamer per other GPU, fed from self.blocks' host arena.
+        self.other_blocks: dict[torch.device, BlockStreamer] = {}
         self.loras = LoraUpdates(tr)
         self.prompts = PromptCache(pipeline.encode_prompt, self.text.encoding, self._pair_prompts)
         pipeline.encode_prompt = self.prompts
@@ -207,13 +222,32 @@ class PipelineEngine:
             }
             if self.plan is None or _block_layout(plan) != _block_layout(self.plan):
                 self.blocks.configure(plan.resident_blocks, max(plan.slots, 2), placement)
-                replica = torch.device(plan.replica_device) if plan.replica_device else None
-                self.blocks.replicate(replica)
-                self.transformer.place(placement, replica)
+                self._place_other_gpus(plan, placement)
             self.text.configure(plan.text_encoder)
             self.plan = plan
             log.info("%s", plan.describe())
         return plan
+
+    def _place_other_gpus(self, plan: Plan, placement: dict[int, torch.device]) -> None:
+        """Give every other GPU of a CFG-parallel or sequence-parallel plan its streamer (its resident blocks
+        and ring) and tell the transformer which GPU computes what."""
+        wanted = _other_gpus(plan)
+        for device in set(self.other_blocks) - {device for device, _ in wanted}:
+            self.other_blocks.pop(device).release()
+        streamers = []
+        for device, resident in wanted:
+            streamer = self.other_blocks.get(device) or self.blocks.follower(device)
+            streamer.configure(range(resident), max(plan.slots, 2))
+            self.other_blocks[device] = streamer
+            streamers.append(streamer)
+        if plan.strategy == CFG_PARALLEL:
+            self.transformer.place(placement, replica=streamers[0])
+        elif plan.strategy == SEQUENCE_PARALLEL:
+            heads = self.pipeline.transformer.config.num_attention_heads
+            shares = plan.head_shares or head_shares(heads, [1.0] * len(plan.devices))
+            self.transformer.place(placement, ranks=tuple(streamers), head_shares=shares)
+        else:
+            self.transformer.place(placement)
 
     def use_loras(self, stack: LoraStack, dtype: torch.dtype | None = None) -> None:
         """Apply ``stack`` in the next runs, its factors on every GPU of the current plan (call after
@@ -297,7 +331,8 @@ class PipelineEngine:
             return 0
         modules = [*self._small_parts, self.pipeline.vae, *self.text.gpu_parts]
         small = sum(t.numel() * t.element_size() for m in modules for t in (*m.parameters(), *m.buffers()))
-        return self.blocks.gpu_bytes + self.text.streamer.gpu_bytes + small + self.loras.nbytes
+        others = sum(streamer.gpu_bytes for streamer in self.other_blocks.values())
+        return self.blocks.gpu_bytes + others + self.text.streamer.gpu_bytes + small + self.loras.nbytes
 
     def release_gpu(self) -> int:
         """Give back everything this engine keeps on its GPUs between runs and keep the host memory: the
@@ -306,9 +341,8 @@ class PipelineEngine:
         if self.released or self.parked:
             return 0
         held = self.gpu_bytes_held()
+        self._release_other_gpus()
         self.blocks.configure((), 2)
-        self.blocks.replicate(None)
-        self.transformer.place({}, None)
         self.text.park()
         self.modulation.keep_only(set())  # rows computed on the GPU
         self.prompts.clear()  # embeddings on the GPU
@@ -324,12 +358,19 @@ class PipelineEngine:
         log.info("QwenFit gave %.2f GiB of GPU memory back to ComfyUI", held / GIB)
         return held
 
+    def _release_other_gpus(self) -> None:
+        self.transformer.place({})
+        for streamer in self.other_blocks.values():
+            streamer.release()
+        self.other_blocks = {}
+
     def release(self) -> None:
         """Give back GPU copies and page-locked memory (the pipeline is being dropped)."""
         self.transformer.uninstall()
         self.loras.clear()
         self.pipeline.encode_prompt = self.prompts._encode
         self.prompts.clear()
+        self._release_other_gpus()  # before the arena they read goes
         self.blocks.release()
         self.text.release()
         self.modulation.release()

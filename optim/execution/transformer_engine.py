@@ -28,12 +28,14 @@ import torch
 from torch import nn
 
 from ..errors import QwenFitError
+from ..planning.work_split import token_spans
 from .attention_choice import Kernel, attention_kernel
 from .block_streamer import BlockStreamer
 from .cfg_pairing import CfgPairing, TextInput
 from .devices import indexed
-from .joint_attention import output_projections, rotated_qkv
+from .joint_attention import Projected, output_projections, rotated_qkv
 from .modulation import ModulationTable, expand_for_batch, single_sample_temb
+from .sequence_parallel import heads_for_ranks, tokens_for_ranks
 from .step_cache import StepCache
 
 
@@ -93,9 +95,13 @@ class TransformerEngine:
         self.attention_backend = attention_backend
         self.pairing = CfgPairing()
         self._schedule_keys: set[Hashable] = set()
-        # Several GPUs: resident blocks on another GPU than ``device``, and the CFG-parallel replica's GPU.
+        # Several GPUs: resident blocks on another GPU than ``device`` (block split); CFG-parallel's second
+        # GPU (its streamer computes the negative prompt); sequence parallelism's other GPUs and the heads each
+        # GPU attends with (the first GPU's share first).
         self.placement: dict[int, torch.device] = {}
-        self.replica: torch.device | None = None
+        self.replica: BlockStreamer | None = None
+        self.ranks: tuple[BlockStreamer, ...] = ()
+        self.head_shares: tuple[int, ...] = ()
         self._mirrors: dict[tuple[Hashable, torch.device], list] = {}  # modulation rows on other GPUs
         self.step_cache: StepCache | None = None  # the fastest rung's (optim/execution/step_cache.py)
 
@@ -113,10 +119,12 @@ class TransformerEngine:
     def compile_blocks(self, on: bool = True) -> None:
         """Compile the per-block computation once; every block reuses it (same shapes, weights as inputs).
         ``on=False`` goes back to the eager method."""
-        if not on:
-            self.__dict__.pop("_block", None)
-        elif "_block" not in self.__dict__:
-            self._block = torch.compile(self._block, dynamic=False)
+        # Sequence parallelism runs a block in two halves around its exchanges: each half compiles alone.
+        for name in ("_block", "_block_begin", "_block_end"):
+            if not on:
+                self.__dict__.pop(name, None)
+            elif name not in self.__dict__:
+                setattr(self, name, torch.compile(getattr(self, name), dynamic=False))
 
     def install(self) -> None:
         # An instance attribute wins over the class method, so nn.Module.__call__ runs ours.
@@ -125,11 +133,26 @@ class TransformerEngine:
     def uninstall(self) -> None:
         self.transformer.__dict__.pop("forward", None)
 
-    def place(self, placement: dict[int, torch.device], replica: torch.device | None) -> None:
-        """Where blocks resident on other GPUs compute, and the replica's GPU (None: no CFG-parallel)."""
+    def place(
+        self,
+        placement: dict[int, torch.device],
+        replica: BlockStreamer | None = None,
+        ranks: tuple[BlockStreamer, ...] = (),
+        head_shares: tuple[int, ...] = (),
+    ) -> None:
+        """Where blocks resident on other GPUs compute (block split); the streamer of the GPU computing the
+        negative prompt (CFG-parallel); or the streamers of the other GPUs of a sequence-parallel forward
+        with every GPU's heads (``head_shares``, this engine's GPU first). Nothing of the others: one GPU."""
+        if ranks and len(head_shares) != len(ranks) + 1:
+            raise ValueError(f"{len(ranks) + 1} GPUs need {len(ranks) + 1} head shares, got {head_shares}")
         self.placement = {block: device for block, device in placement.items() if device != self.device}
-        self.replica = replica
+        self.replica, self.ranks, self.head_shares = replica, tuple(ranks), tuple(head_shares)
         self._mirrors = {}
+
+    def _streamers(self) -> list[BlockStreamer]:
+        """Every streamer a run uses: this GPU's, then the other GPUs'."""
+        others = [self.replica] if self.replica is not None else list(self.ranks)
+        return ([self.streamer] if self.streamer is not None else []) + others
 
     def begin_run(self) -> None:
         self.pairing.clear()
@@ -137,13 +160,13 @@ class TransformerEngine:
             self.step_cache.clear()
         self._schedule_keys = set()
         self._mirrors = {}
-        if self.streamer is not None:
-            self.streamer.start()
+        for streamer in self._streamers():
+            streamer.start()
 
     def end_run(self) -> None:
         self.pairing.clear()
-        if self.streamer is not None:
-            self.streamer.stop()
+        for streamer in self._streamers():
+            streamer.stop()
 
     # -- the forward diffusers' pipelines call ------------------------------------------------
 
@@ -215,7 +238,7 @@ class TransformerEngine:
         return mirror
 
     def _devices_used(self) -> list[torch.device]:
-        devices = {*self.placement.values(), *([self.replica] if self.replica is not None else [])}
+        devices = {*self.placement.values(), *(s.device for s in self._streamers())}
         return [d for d in devices if d != self.device]
 
     def _text_streams(self, texts: list[TextInput]) -> tuple[torch.Tensor, list[int]]:
@@ -247,7 +270,9 @@ class TransformerEngine:
             return [self.step_cache.predict(key, t).to(home) for key in cache_keys]
         hidden_states, timestep = hidden_states.to(self.device), timestep.to(self.device)
         parallel = self.replica is not None and len(texts) == 2
-        if len(texts) == 1 or self.cfg == "interleaved" or parallel:  # also the single-text path
+        if self.ranks and len(texts) == 1:
+            outputs = [self._run_sequence_parallel(hidden_states, texts[0], timestep, img_shapes, additional_t_cond)]
+        elif len(texts) == 1 or self.cfg == "interleaved" or parallel:  # also the single-text path
             outputs = self._run_per_sample(hidden_states, texts, timestep, img_shapes, additional_t_cond, parallel)
         else:
             outputs = self._run_batched(hidden_states, texts, timestep, img_shapes, additional_t_cond)
@@ -328,27 +353,100 @@ class TransformerEngine:
         # Every copy to another GPU is queued before the first block: a copy between GPUs waits for
         # the work queued on both, so one inside the loop would serialise them.
         mirrors = {d: self._rows_on(key, rows, d) for d in self._devices_used()} if rows is not None else {}
-        if parallel:
-            states[1].move_to(self.replica)
+        replica = self.replica if parallel else None
+        if replica is not None:
+            states[1].move_to(replica.device)
         for i, block in enumerate(tr.transformer_blocks):
             if self.streamer is not None:
                 self.streamer.enter(i)
+            if replica is not None:
+                replica.enter(i)
             for s, state in enumerate(states):
-                on_replica = parallel and s == 1
+                on_replica = replica is not None and s == 1
                 if not on_replica:
                     state.move_to(self.placement.get(i, self.device))
                 if rows is not None:
                     img_mod, txt_mod = self.modulation.expand(mirrors.get(state.device, rows)[i], 1)
                 else:
                     img_mod, txt_mod = self._live_modulation(block, temb.to(state.device), 1)
-                with self.streamer.use_replica(i) if on_replica else nullcontext():
+                with replica.bound(i) if on_replica else nullcontext():
                     state.image, state.text = self._block(
                         block, state.image, state.text, state.lengths, img_mod, txt_mod,
                         state.img_freqs, state.txt_freqs, state.index,
                     )  # fmt: skip
+            if replica is not None:
+                replica.leave(i)
             if self.streamer is not None:
                 self.streamer.leave(i)
         return [self._project_out(state.image.to(self.device), temb) for state in states]
+
+    def _run_sequence_parallel(
+        self,
+        hidden_states: torch.Tensor,
+        text_input: TextInput,
+        timestep: torch.Tensor,
+        img_shapes: list,
+        additional_t_cond: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """One sample with its image tokens cut over this GPU and ``ranks``' GPUs in proportion to their heads
+        (optim/execution/sequence_parallel.py): every GPU runs every block on its tokens (and on the whole
+        text), with its own copy of the weights; attention exchanges heads for tokens and back. Kernels queue
+        on every GPU without a host wait; the copies between GPUs order the streams."""
+        tr = self.transformer
+        streamers = [self.streamer, *self.ranks]
+        devices = [streamer.device for streamer in streamers]
+        image, temb, index = self._image_stream(hidden_states, timestep, img_shapes, additional_t_cond, 1)
+        text, lengths = self._text_streams([text_input])
+        img_freqs, txt_freqs = tr.pos_embed(img_shapes, max_txt_seq_len=lengths[0], device=image.device)
+        txt_freqs = txt_freqs[: lengths[0]]
+        key, rows = self._modulation_rows(timestep, image.dtype, additional_t_cond)
+        mirrors = {d: self._rows_on(key, rows, d) for d in devices} if rows is not None else {}
+        spans = token_spans(image.shape[1], self.head_shares)
+        states = [
+            _Sample(
+                device,
+                image[:, a:b].to(device),
+                text.to(device),
+                lengths,
+                img_freqs[a:b].to(device),
+                txt_freqs.to(device),
+                None if index is None else index[:, a:b].to(device),
+            )  # fmt: skip
+            for device, (a, b) in zip(devices, spans, strict=True)
+        ]
+        for i, block in enumerate(tr.transformer_blocks):
+            begun = []
+            for streamer, state in zip(streamers, states, strict=True):
+                streamer.enter(i)
+                if rows is not None:
+                    img_mod, txt_mod = self.modulation.expand(mirrors[state.device][i], 1)
+                else:
+                    img_mod, txt_mod = self._live_modulation(block, temb.to(state.device), 1)
+                with streamer.bound(i):
+                    begun.append(
+                        self._block_begin(
+                            block,
+                            state.image,
+                            state.text,
+                            img_mod,
+                            txt_mod,
+                            state.img_freqs,
+                            state.txt_freqs,
+                            state.index,
+                        )  # fmt: skip
+                    )
+            qkv = [(torch.stack(q[:3]), torch.stack(q[3:])) for q, _ in begun]
+            joints = heads_for_ranks([i_ for i_, _ in qkv], [t for _, t in qkv], self.head_shares, devices)
+            attended = [self._attend(j[0], j[1], j[2]).to(j.dtype) for j in joints]
+            back = tokens_for_ranks(attended, lengths[0], spans, devices)
+            for streamer, state, (_, kept), (txt_joint, img_joint) in zip(streamers, states, begun, back, strict=True):
+                with streamer.bound(i):
+                    state.image, state.text = self._block_end(
+                        block, state.image, state.text, img_joint.flatten(-2), txt_joint.flatten(-2), kept, state.index
+                    )
+                streamer.leave(i)
+        image = torch.cat([state.image.to(self.device) for state in states], dim=1)
+        return self._project_out(image, temb)
 
     def _image_stream(
         self,
@@ -382,11 +480,25 @@ class TransformerEngine:
         return expand_for_batch(img, txt, batch, zero_cond_t)
 
     def _block(self, block, image, text, lengths, img_mod, txt_mod, img_freqs, txt_freqs, index):
+        # The class's halves, not the instance's compiled ones: this whole function compiles as one graph.
+        cls = TransformerEngine
+        qkv, kept = cls._block_begin(self, block, image, text, img_mod, txt_mod, img_freqs, txt_freqs, index)
+        img_joint, txt_joint = self._joint_attention(qkv, lengths)
+        return cls._block_end(self, block, image, text, img_joint, txt_joint, kept, index)
+
+    def _block_begin(self, block, image, text, img_mod, txt_mod, img_freqs, txt_freqs, index):
+        """A block up to attention: (the rotated Q/K/V, what the rest of the block needs)."""
         img_mod1, img_mod2 = img_mod.chunk(2, dim=-1)
         txt_mod1, txt_mod2 = txt_mod.chunk(2, dim=-1)
         img_in, img_gate1 = block._modulate(block.img_norm1(image), img_mod1, index)
         txt_in, txt_gate1 = block._modulate(block.txt_norm1(text), txt_mod1)
-        img_attn, txt_attn = self._attention(block.attn, img_in, txt_in, lengths, img_freqs, txt_freqs)
+        qkv = rotated_qkv(block.attn, img_in, txt_in, img_freqs, txt_freqs, self._rotary)
+        return qkv, (img_gate1, txt_gate1, img_mod2, txt_mod2)
+
+    def _block_end(self, block, image, text, img_joint, txt_joint, kept, index):
+        """A block from the attended tokens (heads flattened) on: output projections, gates and MLPs."""
+        img_gate1, txt_gate1, img_mod2, txt_mod2 = kept
+        img_attn, txt_attn = output_projections(block.attn, img_joint, txt_joint)
         image = image + img_gate1 * img_attn
         text = text + txt_gate1 * txt_attn
         img_in2, img_gate2 = block._modulate(block.img_norm2(image), img_mod2, index)
@@ -397,8 +509,9 @@ class TransformerEngine:
             image, text = image.clip(-65504, 65504), text.clip(-65504, 65504)
         return image, text
 
-    def _attention(self, attn, image, text, lengths, img_freqs, txt_freqs):
-        iq, ik, iv, tq, tk, tv = rotated_qkv(attn, image, text, img_freqs, txt_freqs, self._rotary)
+    def _joint_attention(self, qkv: Projected, lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each sample's text (packed, ``lengths``) and image tokens attended together; heads flattened."""
+        iq, ik, iv, tq, tk, tv = qkv
         img_out, txt_out, start = [], [], 0
         for b, n in enumerate(lengths):
             span = slice(start, start + n)
@@ -412,4 +525,4 @@ class TransformerEngine:
             start += n
         img_joint = img_out[0] if len(img_out) == 1 else torch.cat(img_out)
         txt_joint = txt_out[0] if len(txt_out) == 1 else torch.cat(txt_out, dim=1)
-        return output_projections(attn, img_joint, txt_joint)
+        return img_joint, txt_joint

@@ -257,6 +257,7 @@ def preview_json(settings: PreviewSettings, answer: Preview, device: str) -> dic
             "vae_encode_tiling": plan.vae_encode_tiling,
             "vae_slicing": plan.vae_slicing,
             "strategy": plan.strategy,
+            "reason": plan.reason,
             "gpus": [{"device": d, "peak_bytes": b} for d, b in plan.device_peaks],
             "text": plan.describe(),
         },

@@ -40,7 +40,8 @@ HOST_BUDGETS = ("auto", "minimal", *HOST_SIZES, "unlimited")
 # How prompt and negative prompt share a pass over the weights (optim/execution/transformer_engine.py).
 CFG_MODES = ("batched", "interleaved", "two_calls")
 GPU_CHOICES = ("one", "all")
-MULTI_GPU_STRATEGIES = ("auto", "cfg_parallel", "split")
+# How several GPUs share a job (optim/planning/strategy_choice.py says how "auto" picks).
+MULTI_GPU_STRATEGIES = ("auto", "cfg_parallel", "sequence_parallel", "split")
 SWITCHES = ("auto", "on", "off")
 
 _PRECISION_TIP = (
@@ -158,10 +159,11 @@ OFFLOAD_GROUP = SettingsGroup(
             "multi_gpu",
             MULTI_GPU_STRATEGIES,
             "auto",
-            "How several GPUs share the work. cfg_parallel: every block on two GPUs, prompt and negative prompt "
-            "computed at the same time (about half the time per step; needs the whole transformer on each). "
-            "split: the blocks spread over the GPUs, so big models run without streaming. auto: the planner "
-            "picks the faster one that fits.",
+            "How several GPUs share the work. cfg_parallel (CFG on): two GPUs compute the prompt and the negative "
+            "prompt at the same time, each streaming what it cannot hold from the one copy in host memory (about "
+            "half the time per step). sequence_parallel (CFG off, e.g. Lightning): every GPU computes its share of "
+            "the image, shared by each GPU's measured speed. split: the blocks spread over the GPUs, so big models "
+            "run without streaming. auto: the planner picks the fastest that fits and the plan says why.",
             "multi_gpu",
             "multi-GPU strategy",
             optional=True,
@@ -240,7 +242,7 @@ class OffloadSettings:
     ``host_budget`` bounds the host RAM the weights keep between runs (optim/planning/host_memory.py).
     ``cfg``: "batched" (fastest), "interleaved" (bit-identical to two calls) or "two_calls".
     ``gpus``: "one" (the host's device) or "all" (every visible GPU, each within ``vram_budget``);
-    ``multi_gpu``: how several GPUs share the work ("auto", "cfg_parallel", "split").
+    ``multi_gpu``: how several GPUs share the work ("auto", "cfg_parallel", "sequence_parallel", "split").
     """
 
     mode: str = "auto"

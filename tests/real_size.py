@@ -41,9 +41,9 @@ def plan_one(
     return plan_run(real_sizes(), job, offload, VaeSettings(tiling=vae_tiling), (Gpu("cuda:0", budget_bytes),))
 
 
-def plan_many(job: JobShape, gpus: list[Gpu], cfg: str = "batched", strategy: str = "auto") -> Plan:
+def plan_many(job: JobShape, gpus: list[Gpu], cfg: str = "batched", strategy: str = "auto", mode: str = "auto") -> Plan:
     """The planner's plan for ``job`` over ``gpus``."""
-    offload = OffloadSettings(cfg=cfg, gpus="all", multi_gpu=strategy)
+    offload = OffloadSettings(mode=mode, cfg=cfg, gpus="all", multi_gpu=strategy)
     return plan_run(real_sizes(), job, offload, VaeSettings(), tuple(gpus))
 
 

@@ -6,15 +6,20 @@ The planner is pure; this is where "auto", "8 GB" and "all" become bytes and dev
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
 from ..errors import QwenFitError
 from ..planning.planner import Gpu
 from ..settings import CARD_BUDGETS, GIB, VRAM_BUDGETS, OffloadSettings
+from .device_speed import device_speed, known_device_speed
 
 # What "auto" leaves free of the memory the driver reports free when the plan is made.
 _AUTO_MARGIN = 512 * 1024**2
+# GPUs whose measured speeds differ by less than this count as equally fast (measurement noise).
+SAME_SPEED = 0.1
 FP8_MATMUL_GPUS = "RTX 40xx/50xx, L4, L40, RTX 6000 Ada, H100, H200, B200"
 
 
@@ -43,10 +48,13 @@ def usable_bytes(budget: str, device: torch.device) -> int | None:
 CPU_NOTE = "no GPU: everything runs on the CPU, weights and activations in host RAM; a VRAM budget applies on a GPU"
 
 
-def resolve_gpus(offload: OffloadSettings, device: torch.device) -> tuple[tuple[Gpu, ...], tuple[str, ...]]:
+def resolve_gpus(
+    offload: OffloadSettings, device: torch.device, may_measure_speed: Callable[[], bool] = lambda: True
+) -> tuple[tuple[Gpu, ...], tuple[str, ...]]:
     """The devices a plan may use (``device`` first), each with the budget ``offload.vram_budget`` gives
     it there, and notes for the plan: the CPU runs everything, or ``offload.gpus`` asked for several GPUs
-    and fewer exist."""
+    and fewer exist. Several GPUs get their relative speeds (``relative_speeds``); ``may_measure_speed``
+    is asked before a GPU's speed is first measured (without it, the GPUs count as equally fast)."""
     device = indexed(device)
     one = (_gpu(offload, device),)
     if device.type != "cuda":
@@ -60,7 +68,29 @@ def resolve_gpus(offload: OffloadSettings, device: torch.device) -> tuple[tuple[
     if not others:
         name = torch.cuda.get_device_name(device)
         return one, (f"multi-GPU preset: only one GPU is visible ({device}, {name}), so it runs on that GPU alone",)
-    return tuple(_gpu(offload, d) for d in [device, *others]), ()
+    gpus = tuple(_gpu(offload, d) for d in [device, *others])
+    speeds = relative_speeds([device, *others], may_measure_speed)
+    gpus = tuple(replace(g, speed=s) for g, s in zip(gpus, speeds, strict=True))
+    if len(set(speeds)) == 1:
+        return gpus, ()
+    measured = ", ".join(f"{g.device} {g.speed:.2f}" for g in gpus)
+    return gpus, (f"GPU speeds measured (bf16 matmuls, relative to the first): {measured}",)
+
+
+def relative_speeds(devices: list[torch.device], may_measure_speed: Callable[[], bool]) -> tuple[float, ...]:
+    """Each GPU's bf16 matmul rate over the first's (measured once per GPU and remembered). Within
+    ``SAME_SPEED`` of the first counts as equal (1.0), so measurement noise does not share the work
+    unevenly between identical GPUs; all 1.0 when a speed is not known and may not be measured now."""
+    rates = []
+    for device in devices:
+        speed = known_device_speed(device, torch.bfloat16)
+        if speed is None:
+            if not may_measure_speed():
+                return (1.0,) * len(devices)
+            speed = device_speed(device, torch.bfloat16)
+        rates.append(speed.matmul_flops)
+    ratios = [rate / rates[0] for rate in rates]
+    return tuple(1.0 if abs(r - 1) <= SAME_SPEED else r for r in ratios)
 
 
 def _gpu(offload: OffloadSettings, device: torch.device) -> Gpu:

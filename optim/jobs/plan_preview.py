@@ -29,7 +29,7 @@ from ..planning.header_sizes import sizes_from_headers
 from ..planning.host_memory import HostMemory
 from ..planning.lora_sizes import lora_plan
 from ..planning.model_sizes import ModelSizes
-from ..planning.plan import NO_LORA_PLAN, SEQUENCE_PARALLEL, LoraPlan, Plan
+from ..planning.plan import NO_LORA_PLAN, LoraPlan, Plan
 from ..planning.planner import Gpu, plan_run
 from ..planning.speed_ladder import EXACT, Arithmetic
 from ..planning.step_time import DeviceSpeed, StepEstimate, estimate_step
@@ -198,26 +198,6 @@ def _plan(
     )  # fmt: skip
 
 
-def _sequence_parallel_note(
-    sizes: ModelSizes, job: JobShape, settings: PreviewSettings, gpus: tuple[Gpu, ...], host: HostMemory, plan: Plan
-) -> str | None:
-    """What sequence parallelism would do for a CFG-off job on several GPUs, as a note; None when it would
-    not be chosen. The engine cannot run it yet, so the plan itself never is sequence-parallel."""
-    if job.cfg or len(gpus) < 2 or settings.offload.multi_gpu != "auto" or not plan.places_weights:
-        return None
-    try:
-        would = plan_run(
-            sizes, job, settings.offload, settings.vae_settings, gpus, host, arithmetic=plan.arithmetic,
-            loras=plan.loras, sequence_parallel=True,
-        )  # fmt: skip
-    except QwenFitError:
-        return None
-    if would.strategy != SEQUENCE_PARALLEL:
-        return None
-    peaks = ", ".join(f"{device} {peak / GIB:.2f}" for device, peak in would.device_peaks)
-    return f"sequence-parallel, not run yet (the engine cannot): {would.reason}; peaks {peaks} GiB"
-
-
 def _rungs(
     request: LoadRequest,
     desc: SourceDescription,
@@ -260,7 +240,9 @@ def preview(
     request = _request(settings, source, device)
     desc, sizes = model_sizes(request)
     job = job_shape(settings, desc.variant, loras)
-    gpus, notes = resolve_gpus(settings.offload, device)
+    # The loaded pipeline's GPUs carry the speeds measured at its load: nothing to measure here then.
+    may_measure_gpus = may_measure_speed if loaded_gpus is None else lambda: False
+    gpus, notes = resolve_gpus(settings.offload, device, may_measure_speed=may_measure_gpus)
     if loaded_gpus is not None:
         gpus = loaded_gpus
         if settings.offload.vram_budget == "auto" and gpus[0].budget_bytes is not None:
@@ -269,9 +251,6 @@ def preview(
     host = plan_host_memory_for(request, desc, arithmetic)
     itemsize = compute_dtype(settings.precision.transformer, device).itemsize
     plan = _plan(sizes, job, settings, gpus, host, notes, arithmetic, lora_plan(loras, itemsize))
-    would = _sequence_parallel_note(sizes, job, settings, gpus, host, plan)
-    if would:
-        plan = replace(plan, notes=(*plan.notes, would))
     if not plan.places_weights:
         return Preview(desc.variant, job, sizes, plan, None, None, (), model=desc.identity.describe())
     step = _step_estimate(settings, sizes, job, plan, device, may_measure_speed)

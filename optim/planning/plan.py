@@ -1,8 +1,9 @@
 """The plan of one run: one value that says where every weight lives, in what format, what streams,
 what arithmetic runs, and what peak (and, when a device speed is known, s/step) it predicts.
 
-Made by the one planner (optim/planning/planner.py) for 1..N GPUs; printed by ``Plan.describe``; shown
-by the plan preview; carried by the run record and compared there with what was measured.
+Made by the one planner (optim/planning/planner.py) for 1..N GPUs, with one of four strategies (one GPU,
+block split, CFG-parallel, sequence-parallel) and the reason it was chosen; printed by ``Plan.describe``;
+shown by the plan preview; carried by the run record and compared there with what was measured.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from .speed_ladder import EXACT, Arithmetic
 
 GIB = 1024**3
 MIB = 1024**2
-# How the GPUs share the work.
+# How the GPUs share the work: one GPU; blocks spread over GPUs run one after the other; each GPU computes
+# one sample of the CFG pair.
 ONE_GPU, SPLIT, CFG_PARALLEL = "one GPU", "block split", "CFG-parallel"
-# CFG off: every GPU runs every block on its share of the image tokens (optim/execution/sequence_parallel.py).
-# The planner proposes it only when asked (plan_run's ``sequence_parallel``): the engine cannot run it yet.
+# Every GPU runs every block on its share of the image tokens (optim/execution/sequence_parallel.py).
 SEQUENCE_PARALLEL = "sequence-parallel"
 # diffusers' own whole-component offload: the planner places nothing and predicts no peak.
 WHOLE_MODEL_OFFLOAD = "whole-model offload"
@@ -74,11 +75,23 @@ NO_LORA_PLAN = LoraPlan()
 class Plan:
     """Everything decided for one run of one job.
 
-    Host memory and the components are fixed at load time; the rest is decided per job. Resident
-    blocks are ``resident_blocks`` (on ``devices[block_devices[i]]``, the first GPU when empty), the
-    others stream through ``slots`` ring slots on the first GPU (sequence-parallel: every GPU of
-    ``devices`` holds ``resident_blocks`` and streams the others through its own ring).
-    ``phase_peaks`` are the first GPU's, ``device_peaks`` every GPU's. ``predicted_peak_bytes`` is None only for whole-model offload.
+    Host memory and the components are fixed at load time; the rest is decided per job. ``devices`` are
+    the GPUs the plan uses, the pipeline's own first (empty: that one GPU alone), and ``strategy`` says how
+    they share the work:
+
+    - one GPU / block split: ``resident_blocks`` stay on ``devices[block_devices[i]]`` (the first GPU
+      when ``block_devices`` is empty), the ``streamed_blocks`` stream through ``slots`` ring slots on
+      the first GPU; the blocks run one GPU after the other.
+    - CFG-parallel: ``devices`` = (first GPU, ``replica_device``); the first computes the prompt's sample,
+      the replica the negative prompt's. ``device_resident[i]`` leading blocks stay on ``devices[i]``, and
+      every GPU that does not hold them all streams the rest through its own ring of ``slots`` slots.
+    - sequence-parallel: every GPU of ``devices`` runs every block on ``head_shares[i]`` heads and as
+      large a share of the image tokens; residency and rings as for CFG-parallel.
+
+    For the last two, ``resident_blocks``/``streamed_blocks`` are the first GPU's and ``block_devices`` is
+    empty; ``slots`` is 0 only when every GPU holds every block. Every ring reads the one page-locked host
+    arena, so ``pinned_bytes`` does not grow with the GPUs. ``phase_peaks`` are the first GPU's,
+    ``device_peaks`` every GPU's. ``predicted_peak_bytes`` is None only for whole-model offload.
     """
 
     job: str
@@ -100,14 +113,21 @@ class Plan:
     predicted_peak_bytes: int | None
     pinned_bytes: int
     devices: tuple[str, ...] = ()  # the GPUs the plan uses, the pipeline's own first
-    block_devices: tuple[int, ...] = ()  # per resident block, its GPU (index into devices); () = the first
+    block_devices: tuple[int, ...] = ()  # block split: per resident block, its GPU (index into devices)
     replica_device: str | None = None  # CFG-parallel: the GPU computing the negative prompt
     device_peaks: tuple[tuple[str, int], ...] = ()  # predicted peak per GPU
     seconds_per_step: float | None = None  # set where a device speed is known (the plan preview)
     notes: tuple[str, ...] = ()
     arithmetic: Arithmetic = EXACT  # the speed rung: what the blocks multiply in, and the step cache
     loras: LoraPlan = NO_LORA_PLAN  # the LoRA stack applied at run time (its bytes are in every peak)
-    reason: str = ""  # why this strategy, in one line (set for sequence-parallel)
+    reason: str = ""  # why this strategy, and its predicted step against one GPU (strategy_choice.py)
+    # CFG-parallel and sequence-parallel: per GPU of ``devices``, how many leading blocks stay resident there
+    # (they differ with the GPUs' budgets); a GPU holding fewer than all streams the others through its own
+    # ring of ``slots`` slots from the one shared host arena.
+    device_resident: tuple[int, ...] = ()
+    # Sequence-parallel: attention heads per GPU of ``devices`` (in proportion to their speeds); the image
+    # tokens are cut in the same proportion (optim/planning/work_split.py).
+    head_shares: tuple[int, ...] = ()
 
     @property
     def places_weights(self) -> bool:
@@ -128,6 +148,8 @@ class Plan:
             f"VAE tiling: encode {_on(self.vae_encode_tiling)}, decode {_on(self.vae_tiling)}; "
             f"slicing {_on(self.vae_slicing)}"
         )
+        # CFG-parallel and sequence-parallel: the first GPU's blocks here, every GPU's in its own line.
+        first = " on the first GPU" if self.strategy in (CFG_PARALLEL, SEQUENCE_PARALLEL) else ""
         if not self.places_weights:
             lines += [
                 f"  weights: {WHOLE_MODEL_OFFLOAD} (diffusers moves each component to the GPU as it runs); "
@@ -137,7 +159,7 @@ class Plan:
         else:
             lines += [
                 f"  VRAM budget {budget}; GPUs: {self.strategy}" + (f" ({self.reason})" if self.reason else ""),
-                f"  transformer: {len(self.resident_blocks)} of {sizes.blocks} blocks resident, "
+                f"  transformer: {len(self.resident_blocks)} of {sizes.blocks} blocks resident{first}, "
                 f"{len(self.streamed_blocks)} streamed through {self.slots} GPU slots "
                 f"({sizes.block_bytes / MIB:.0f} MiB per block)",
                 f"  modulation: {self.modulation} ({sizes.modulation_bytes / GIB:.2f} GiB of weights kept on the host)",
@@ -159,26 +181,33 @@ class Plan:
         return "\n".join(lines)
 
     def _device_line(self, index: int) -> str:
-        """What one GPU of a multi-GPU plan holds, and its predicted peak."""
+        """What one GPU of a multi-GPU plan holds and computes, and its predicted peak."""
         device = self.devices[index]
-        held = []
-        if index == 0:
-            held.append("text encoder, VAE, small parts")
-        blocks = [b for b, d in zip(self.resident_blocks, self.block_devices, strict=False) if d == index]
-        if blocks:
-            held.append(f"blocks {blocks[0]}-{blocks[-1]}")
-        if self.strategy == SEQUENCE_PARALLEL:
-            if self.resident_blocks:
-                held.append(f"blocks {self.resident_blocks[0]}-{self.resident_blocks[-1]}")
-            if self.streamed_blocks:
-                held.append(f"its own ring for blocks {self.streamed_blocks[0]}-{self.streamed_blocks[-1]}")
-            held.append(f"1/{len(self.devices)} of the image tokens")
-        elif index == 0 and self.streamed_blocks:
-            held.append(f"ring for blocks {self.streamed_blocks[0]}-{self.streamed_blocks[-1]}")
-        if device == self.replica_device:
-            held.append("a replica of every block (negative prompt)")
+        held = ["text encoder, VAE, small parts"] if index == 0 else []
+        computes = ""
+        if self.strategy in (CFG_PARALLEL, SEQUENCE_PARALLEL):
+            resident, blocks = self.device_resident[index], self.sizes.blocks
+            if self.strategy == SEQUENCE_PARALLEL and index:
+                held.append("small parts")
+            if resident:
+                held.append(f"blocks 0-{resident - 1}")
+            if resident < blocks:
+                held.append(f"its own {self.slots}-slot ring for blocks {resident}-{blocks - 1}")
+            if self.strategy == CFG_PARALLEL:
+                computes = "the negative prompt's sample" if device == self.replica_device else "the prompt's sample"
+            else:
+                computes = (
+                    f"{self.head_shares[index]} of {sum(self.head_shares)} heads and that share of the image tokens"
+                )
+        else:
+            blocks = [b for b, d in zip(self.resident_blocks, self.block_devices, strict=False) if d == index]
+            if blocks:
+                held.append(f"blocks {blocks[0]}-{blocks[-1]}")
+            if index == 0 and self.streamed_blocks:
+                held.append(f"ring for blocks {self.streamed_blocks[0]}-{self.streamed_blocks[-1]}")
         peak = dict(self.device_peaks).get(device, 0)
-        return f"{device} holds {', '.join(held)} (predicted peak {peak / GIB:.2f} GiB)"
+        line = f"{device} holds {', '.join(held)}" + (f"; computes {computes}" if computes else "")
+        return f"{line} (predicted peak {peak / GIB:.2f} GiB)"
 
 
 def _on(flag: bool) -> str:

@@ -11,30 +11,33 @@ the whole generation:
   block for all samples of the CFG pass;
 - ``decode``: the VAE, tiled when the untiled decode would not fit.
 
-The first GPU (the pipeline's own) holds the VAE, the text encoder and the transformer's small parts;
-other GPUs hold transformer blocks only. Blocks are placed by one of these strategies:
+The first GPU (the pipeline's own) holds the VAE, the text encoder and the transformer's small parts.
+Every strategy reads its streamed blocks from the one page-locked host arena, so the pinned bytes are
+those of a one-GPU plan whatever the strategy. The strategies:
 
 - **one GPU / block split**: as many blocks resident as the GPUs' budgets hold, in contiguous runs
   (all on one GPU when one holds them: no hops), the faster GPUs (``Gpu.speed``) filled first; the
-  rest stream through a ring on the first GPU;
-- **CFG-parallel** (two or more GPUs, CFG on): every block resident on the first GPU and a replica on
-  another; the prompt's sample computes on one, the negative prompt's on the other;
-- **sequence-parallel** (two or more GPUs, CFG off; only when ``plan_run`` is asked with
-  ``sequence_parallel=True``, which the engine will pass once it runs it): every GPU runs every block
-  on its share of the image tokens, the same blocks resident on each and the rest streamed through
-  each GPU's own ring from the shared host arenas. It replaces the best other plan when its predicted
-  relative step (``relative_step``) is at least 10% shorter.
+  rest stream through a ring on the first GPU. The blocks run one GPU after the other.
+- **CFG-parallel** (two or more GPUs, CFG on, not "two_calls"): the first GPU computes the prompt's
+  sample, a replica GPU (the other with the most room) the negative prompt's. Each holds one sample's
+  activations and as many leading blocks as fit on it, streaming the rest through its own ring.
+- **sequence-parallel** (two or more GPUs, CFG off): every GPU runs every block on its share of the
+  image tokens, the attention heads shared out by speed (optim/planning/work_split.py); each keeps as
+  many leading blocks as fit on it and streams the rest through its own ring. The other GPUs also hold
+  the transformer's small parts.
 
 Every candidate (strategy x VAE decode tiling x text encoder mode x ring slots, each with reference
-encoding untiled whenever that fits) is kept and the best by ``preference`` wins: the fewest streamed
-blocks, then CFG-parallel, a resident text encoder, no encode tiling, no decode tiling, fewer GPUs,
-more ring slots.
+encoding untiled whenever that fits) is kept; optim/planning/strategy_choice.py picks one: the best
+one-GPU or block-split plan by ``preference`` (the fewest streamed blocks, a resident text encoder, no
+encode tiling, no decode tiling, fewer GPUs, more ring slots), replaced by the CFG-parallel or
+sequence-parallel candidate whose predicted step (``relative_step``) is at least 10% shorter. An
+explicit ``multi_gpu`` choice keeps only its strategy's candidates, or refuses naming the fix.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from ..errors import QwenFitError
@@ -54,6 +57,8 @@ from .plan import (
     Plan,
 )
 from .speed_ladder import EXACT, Arithmetic
+from .strategy_choice import choose_plan
+from .work_split import head_shares, token_spans
 
 MIB = 1024**2
 
@@ -82,14 +87,8 @@ COEFFICIENTS = Coefficients()
 SAFETY = 0.93
 # Ring slots tried when blocks stream (0: nothing streams).
 SLOT_CHOICES = (0, 3, 2)
-# Qwen-Image's attention heads are 128 wide in every variant; sequence parallelism splits the heads evenly.
+# Qwen-Image's attention heads are 128 wide in every variant; sequence parallelism shares out the heads.
 HEAD_DIM = 128
-# Assumed until measured on GPUs: streaming every block over one GPU's PCIe link takes about as long as
-# that GPU computing one step. Only the choice of sequence parallelism over the other strategies reads it.
-STREAM_TO_COMPUTE = 1.0
-# Sequence parallelism replaces another plan only when it predicts a step at least 10% shorter: below
-# that, its all-to-alls and the model's error eat the gain.
-SEQUENCE_GAIN = 0.9
 
 
 @dataclass(frozen=True)
@@ -99,8 +98,9 @@ class Gpu:
     device: str
     budget_bytes: int | None
     capability: tuple[int, int] | None = None  # CUDA compute capability; None: the CPU (or not known)
-    # Relative compute speed (any unit, the same for every GPU of a run): a block split puts its blocks
-    # on the faster GPUs first. 1.0 for all: the GPUs in their order (the first preferred: no hops).
+    # Relative compute speed (any unit, the same for every GPU of a run; optim/execution/devices.py measures
+    # it): a block split puts its blocks on the faster GPUs first, sequence parallelism gives them more
+    # heads, and the time model weighs the strategies with it. 1.0 for all: the GPUs in their order.
     speed: float = 1.0
 
 
@@ -205,27 +205,6 @@ def _split_counts(rooms: list[int], blocks: int, speeds: Sequence[float] = ()) -
     return counts
 
 
-def relative_step(plan: Plan) -> float:
-    """A step's time relative to one GPU computing it with every block resident: the larger of the
-    GPU's share of the compute and its streaming (a copy stream runs ahead of the compute). Used to
-    weigh sequence parallelism (compute / GPUs, each GPU streaming on its own link) against the rest."""
-    share = 1 / len(plan.devices) if plan.strategy == SEQUENCE_PARALLEL else 1.0
-    return max(share, STREAM_TO_COMPUTE * len(plan.streamed_blocks) / plan.sizes.blocks)
-
-
-def preference(plan: Plan) -> tuple:
-    """The one order candidates are compared by (larger is better)."""
-    return (
-        len(plan.resident_blocks),
-        plan.strategy == CFG_PARALLEL,
-        plan.text_encoder == "resident",
-        not plan.vae_encode_tiling,
-        not plan.vae_tiling,
-        -len(plan.devices),
-        plan.slots,
-    )
-
-
 def plan_run(
     sizes: ModelSizes,
     job: JobShape,
@@ -238,25 +217,22 @@ def plan_run(
     coefficients: Coefficients = COEFFICIENTS,
     arithmetic: Arithmetic = EXACT,
     loras: LoraPlan = NO_LORA_PLAN,
-    sequence_parallel: bool = False,
 ) -> Plan:
     """The plan of ``job`` under the user's ``offload`` and ``vae`` settings over ``gpus`` (the
-    pipeline's own device first, each with its budget; one entry for one GPU or the CPU).
+    pipeline's own device first, each with its budget and relative speed; one entry for one GPU or the CPU).
 
     ``host`` says which weights are read from the model files at each use (only their staging
     buffers are then page-locked); ``components`` and ``notes`` (load-time facts) are carried into
     the plan, and so is ``arithmetic`` (the speed rung, chosen at load by
     optim/planning/speed_ladder.py). The factors of ``loras`` (the run's LoRA stack) stay on every GPU
-    the plan uses, so they count there like the fixed bytes. ``sequence_parallel`` lets a CFG-off job
-    on several GPUs split its image tokens over them (off until the engine runs it: the plan preview
-    and the tests ask for it). Raises QwenFitError naming the fix when nothing fits, or when
-    CFG-parallel was asked for and cannot run.
+    the plan uses, so they count there like the fixed bytes. Raises QwenFitError naming the fix when
+    nothing fits, or when the strategy ``offload.multi_gpu`` names cannot run this job.
     """
     if not gpus:
         raise ValueError("plan_run needs at least one device")
     if loras.lines:
         coefficients = replace(coefficients, fixed=coefficients.fixed + loras.resident_bytes)
-    search = _Search(sizes, job, offload, vae, tuple(gpus), host, components, notes, coefficients, sequence_parallel)
+    search = _Search(sizes, job, offload, vae, tuple(gpus), host, components, notes, coefficients)
     plan = search.whole_model_offload() if offload.mode == "model" else search.best()
     return replace(plan, arithmetic=arithmetic, loras=loras)
 
@@ -275,20 +251,31 @@ class _Search:
         components: tuple[ComponentPlacement, ...],
         notes: tuple[str, ...],
         k: Coefficients,
-        sequence_parallel: bool = False,
     ) -> None:
         self.sizes, self.job, self.offload, self.gpus, self.host, self.k = sizes, job, offload, gpus, host, k
-        self.sequence_parallel = sequence_parallel
         self.components, self.notes = components, notes
         self.decode_choices, self.encode_choices, self.slicing = vae_choices(vae, job)
         self.text_choices = ("resident",) if job.caption else ("resident", "streamed")
+        self.slot_choices = (0,) if offload.mode == "none" else SLOT_CHOICES
         self.table = modulation_table_bytes(sizes, job) + sizes.dequant_workspace_bytes
         # "none" keeps every block resident: on one GPU the budget is not checked (the user asked for it).
         self.unchecked = offload.mode == "none" and len(gpus) == 1
+        # A model narrower than two heads is never split by heads.
+        self.heads = sizes.hidden // HEAD_DIM
+        # The strategy asked for; with one device only one GPU can run (sequence_parallel refuses it).
+        self.strategy = offload.multi_gpu if len(gpus) > 1 or offload.multi_gpu == "sequence_parallel" else "split"
+        self.speeds = {g.device: g.speed / gpus[0].speed for g in gpus}
 
     def transient(self, cfg: str) -> tuple[int, int]:
         """(denoise transient bytes, fragmentation margin) for this CFG pass."""
         activations = denoise_activations(self.sizes, self.job, self.k, cfg)
+        return activations + self.table, int(self.k.fragmentation_margin * activations)
+
+    def token_transient(self, image_tokens: int) -> tuple[int, int]:
+        """(denoise transient bytes, fragmentation margin) of one sample of ``image_tokens`` and every text token."""
+        activations = int(
+            (image_tokens + self.job.text_tokens) * self.sizes.hidden * self.k.block_activation_per_token_unit
+        )
         return activations + self.table, int(self.k.fragmentation_margin * activations)
 
     def target(self, gpu: Gpu, margin: int) -> float:
@@ -296,67 +283,46 @@ class _Search:
             return math.inf
         return gpu.budget_bytes * SAFETY - margin
 
-    def record(
-        self,
-        strategy: str,
-        counts: list[int],
-        slots: int,
-        text_mode: str,
-        vae: tuple[bool, bool],
-        cfg: str,
-        peaks: list[Phases],
-        used: list[int],
-        replica: int | None,
-    ) -> Plan:
-        sizes, gpus = self.sizes, self.gpus
-        resident = sum(counts)
-        block_devices: list[int] = []
-        for index, count in enumerate(counts):
-            block_devices += [used.index(index)] * count if count else []
-        several = len(used) > 1
+    def by_room(self, indexes: Sequence[int], margin: int) -> list[int]:
+        """``indexes`` of GPUs, the most room first; on ties the fastest, then in their order."""
+        return sorted(indexes, key=lambda i: (-self.target(self.gpus[i], margin), -self.gpus[i].speed))
+
+    def base_plan(self, text_mode: str, vae: tuple[bool, bool], peaks: Phases) -> Plan:
+        """A one-GPU plan with every block resident: the fields every strategy fills the same way."""
+        sizes = self.sizes
         tiling, encode_tiling = vae
         return Plan(
             job=self.job.describe(),
             sizes=sizes,
-            budget_bytes=gpus[0].budget_bytes,
+            budget_bytes=self.gpus[0].budget_bytes,
             host=self.host,
             components=self.components,
-            strategy=strategy if several else ONE_GPU,
-            resident_blocks=tuple(range(resident)),
-            streamed_blocks=tuple(range(resident, sizes.blocks)),
-            slots=slots if resident < sizes.blocks else 0,
+            strategy=ONE_GPU,
+            resident_blocks=tuple(range(sizes.blocks)),
+            streamed_blocks=(),
+            slots=0,
             modulation="precomputed",
             text_encoder=text_mode,
             vae_tiling=tiling,
             vae_encode_tiling=encode_tiling,
             vae_slicing=self.slicing,
-            cfg=cfg if self.job.cfg else "off",
-            phase_peaks=peaks[0],
-            predicted_peak_bytes=_peak(peaks[0]),
+            cfg=self.offload.cfg if self.job.cfg else "off",
+            phase_peaks=peaks,
+            predicted_peak_bytes=_peak(peaks),
+            # The same for every strategy: every GPU's ring reads the one shared host arena.
             pinned_bytes=pinned_host_bytes(sizes, text_mode, self.host),
-            devices=tuple(gpus[i].device for i in used) if several else (),
-            block_devices=tuple(block_devices) if several else (),
-            replica_device=gpus[replica].device if replica is not None else None,
-            device_peaks=tuple((gpus[i].device, _peak(peaks[i])) for i in used) if several else (),
             notes=self.notes,
         )
 
-    def make(
-        self,
-        strategy: str,
-        counts: list[int],
-        slots: int,
-        text_mode: str,
-        vae: tuple[bool, bool],
-        cfg: str,
-        transient: tuple[int, int],
-        replica: int | None = None,
+    def split_plan(
+        self, counts: list[int], slots: int, text_mode: str, vae: tuple[bool, bool], transient: tuple[int, int]
     ) -> Plan | None:
-        """The plan for these block counts per GPU, or None when a GPU would exceed its budget."""
+        """One GPU or a block split: ``counts`` resident blocks per GPU, the rest streamed through ``slots``
+        ring slots on the first GPU; None when a GPU would exceed its budget."""
         sizes, k = self.sizes, self.k
         denoise, margin = transient
-        streamed = sizes.blocks - sum(counts)
-        ring = slots * sizes.block_bytes if streamed else 0
+        resident = sum(counts)
+        ring = slots * sizes.block_bytes if resident < sizes.blocks else 0
         tiling, encode_tiling = vae
         peaks = [
             primary_phases(
@@ -364,14 +330,24 @@ class _Search:
             )
         ]
         peaks += [_secondary_phases(k, count * sizes.block_bytes, denoise if count else 0) for count in counts[1:]]
-        if replica is not None:
-            peaks[replica] = _secondary_phases(k, sizes.blocks * sizes.block_bytes, denoise)
         used = [0] + [i for i, count in enumerate(counts) if i and count]
-        if replica is not None:
-            used.append(replica)
         if any(_peak(peaks[i]) > self.target(self.gpus[i], margin) for i in used):
             return None
-        return self.record(strategy, counts, slots, text_mode, vae, cfg, peaks, used, replica)
+        plan = replace(
+            self.base_plan(text_mode, vae, peaks[0]),
+            resident_blocks=tuple(range(resident)),
+            streamed_blocks=tuple(range(resident, sizes.blocks)),
+            slots=slots if resident < sizes.blocks else 0,
+        )
+        if len(used) == 1:
+            return plan
+        return replace(
+            plan,
+            strategy=SPLIT,
+            devices=tuple(self.gpus[i].device for i in used),
+            block_devices=tuple(d for d, i in enumerate(used) for _ in range(counts[i])),
+            device_peaks=tuple((self.gpus[i].device, _peak(peaks[i])) for i in used),
+        )
 
     def fill(self, slots: int, text_mode: str, vae: tuple[bool, bool], transient: tuple[int, int]) -> Plan | None:
         """The block placement with ``slots`` ring slots (0: nothing streams) holding the most resident
@@ -391,137 +367,178 @@ class _Search:
         if slots == 0 and sum(fits) < sizes.blocks:
             return None  # not everything fits resident: a ring is needed
         counts = _split_counts(fits, sizes.blocks, [g.speed for g in gpus])
-        return self.make(SPLIT, counts, slots, text_mode, vae, self.offload.cfg, transient)
+        return self.split_plan(counts, slots, text_mode, vae, transient)
 
-    def candidates(self) -> list[Plan]:
-        found: list[Plan] = []
-        job, offload, gpus = self.job, self.offload, self.gpus
-        strategy = offload.multi_gpu if len(gpus) > 1 else "split"
-        parallel_possible = len(gpus) > 1 and job.cfg and offload.cfg != "two_calls" and offload.mode != "blocks"
-        if strategy in ("auto", "cfg_parallel") and parallel_possible:
-            # The replica goes to the other GPU with the most room; each GPU computes one sample.
-            transient = self.transient("two_calls")
-            replica = max(range(1, len(gpus)), key=lambda i: self.target(gpus[i], transient[1]))
-            counts = [self.sizes.blocks] + [0] * (len(gpus) - 1)
-            for tiling in self.decode_choices:
-                for text_mode in self.text_choices:
+    def replicated(
+        self,
+        used: list[int],
+        transients: list[tuple[int, int]],
+        other_bytes: int,
+        slots: int,
+        text_mode: str,
+        vae: tuple[bool, bool],
+    ) -> Plan | None:
+        """Every GPU of ``used`` (the first GPU first) runs every block, beside ``transients[i]`` (its denoise
+        bytes and margin) and, on the others, ``other_bytes``: on each the most leading blocks resident that
+        fit, the rest streamed through its own ring of ``slots`` slots from the one shared host arena. None
+        when a GPU cannot hold its ring (or, with ``slots`` 0, every block)."""
+        sizes, job, k = self.sizes, self.job, self.k
+        tiling, encode_tiling = vae
+
+        def phases(i: int, resident: int, ring: int) -> Phases:
+            weights, denoise = resident * sizes.block_bytes, transients[i][0]
+            if i == 0:
+                return primary_phases(sizes, job, k, weights, ring, text_mode, tiling, encode_tiling, denoise)
+            return _secondary_phases(k, other_bytes + weights + ring, denoise)
+
+        counts, peaks = [], []
+        for i, index in enumerate(used):
+            target = self.target(self.gpus[index], transients[i][1])
+            if self.offload.mode != "blocks" and _peak(phases(i, sizes.blocks, 0)) <= target:
+                resident, ring = sizes.blocks, 0
+            else:
+                ring = slots * sizes.block_bytes
+                room = target - _peak(phases(i, 0, ring))
+                if not slots or room < 0:
+                    return None
+                resident = 0 if self.offload.mode == "blocks" else int(room // sizes.block_bytes)
+            counts.append(resident)
+            peaks.append(phases(i, resident, ring))
+        streams = min(counts) < sizes.blocks
+        return replace(
+            self.base_plan(text_mode, vae, peaks[0]),
+            resident_blocks=tuple(range(counts[0])),
+            streamed_blocks=tuple(range(counts[0], sizes.blocks)),
+            slots=slots if streams else 0,
+            devices=tuple(self.gpus[i].device for i in used),
+            device_peaks=tuple((self.gpus[i].device, _peak(p)) for i, p in zip(used, peaks, strict=True)),
+            device_resident=tuple(counts),
+        )
+
+    def cfg_parallel_plans(self) -> list[Plan]:
+        """CFG-parallel: the first GPU computes the prompt's sample, the other GPU with the most room (on
+        ties the fastest) the negative prompt's, each holding one sample's activations."""
+        transient = self.transient("two_calls")
+        replica = self.by_room(range(1, len(self.gpus)), transient[1])[0]
+        found = self.each_choice(
+            lambda slots, text_mode, vae: self.replicated([0, replica], [transient] * 2, 0, slots, text_mode, vae)
+        )
+        device = self.gpus[replica].device
+        return [replace(p, strategy=CFG_PARALLEL, cfg=CFG_PARALLEL, replica_device=device) for p in found]
+
+    def sequence_parallel_plans(self) -> list[Plan]:
+        """Sequence-parallel, for each GPU count from 2 up to one head each: the first GPU and the others
+        with the most room, the heads shared out by speed and the image tokens in the same proportion; each
+        GPU holds its tokens' activations (and every text token's) and the transformer's small parts."""
+        others = self.by_room(range(1, len(self.gpus)), 0)
+        rest = self.sizes.transformer_rest_bytes  # each GPU embeds and projects its own tokens
+        found = []
+        for world in range(2, min(len(self.gpus), self.heads) + 1):
+            used = [0, *others[: world - 1]]
+            shares = head_shares(self.heads, [self.gpus[i].speed for i in used])
+            transients = [
+                self.token_transient(stop - start) for start, stop in token_spans(self.job.image_tokens, shares)
+            ]
+            plans = self.each_choice(
+                lambda slots, text_mode, vae, used=used, transients=transients: self.replicated(
+                    used, transients, rest, slots, text_mode, vae
+                )
+            )
+            found += [replace(p, strategy=SEQUENCE_PARALLEL, head_shares=shares) for p in plans]
+        return found
+
+    def each_choice(self, make: Callable[[int, str, tuple[bool, bool]], Plan | None]) -> list[Plan]:
+        """``make(slots, text_mode, (decode tiling, encode tiling))`` for every ring size, text encoder mode
+        and decode tiling, the references encoded untiled wherever that fits (tiles change their latents)."""
+        found = []
+        for tiling in self.decode_choices:
+            for text_mode in self.text_choices:
+                for slots in self.slot_choices:
                     for encode_tiling in self.encode_choices:
-                        plan = self.make(
-                            CFG_PARALLEL,
-                            counts,
-                            0,
-                            text_mode,
-                            (tiling, encode_tiling),
-                            CFG_PARALLEL,
-                            transient,
-                            replica,
-                        )
+                        plan = make(slots, text_mode, (tiling, encode_tiling))
                         if plan is not None:
                             found.append(plan)
                             break
-        if strategy == "auto" and self.sequence_parallel and len(gpus) > 1 and not job.cfg:
-            found += self.sequence_candidates()
+        return found
+
+    def candidates(self) -> list[Plan]:
+        job, offload, strategy = self.job, self.offload, self.strategy
+        several = len(self.gpus) > 1
+        found: list[Plan] = []
+        if several and strategy in ("auto", "cfg_parallel") and job.cfg and offload.cfg != "two_calls":
+            found += self.cfg_parallel_plans()
+        if several and strategy in ("auto", "sequence_parallel") and not job.cfg:
+            found += self.sequence_parallel_plans()
         if strategy in ("auto", "split"):
             transient = self.transient(offload.cfg)
-            slot_choices = (0,) if offload.mode == "none" else SLOT_CHOICES
-            for tiling in self.decode_choices:
-                for text_mode in self.text_choices:
-                    for slots in slot_choices:
-                        for encode_tiling in self.encode_choices:
-                            plan = self.fill(slots, text_mode, (tiling, encode_tiling), transient)
-                            if plan is not None:
-                                found.append(plan)
-                                break  # untiled encoding fits: never tile it (tiles change the reference latents)
+            found += self.each_choice(lambda slots, text_mode, vae: self.fill(slots, text_mode, vae, transient))
         return found
-
-    def sequence_candidates(self) -> list[Plan]:
-        """Sequence-parallel plans: for each GPU count that divides the heads, the first GPU and the
-        others with the most room, the best placement of each VAE and text encoder choice."""
-        heads = max(1, self.sizes.hidden // HEAD_DIM)  # a model narrower than one head: no split
-        others = sorted(range(1, len(self.gpus)), key=lambda i: -self.target(self.gpus[i], 0))
-        slot_choices = (0,) if self.offload.mode == "none" else SLOT_CHOICES
-        found = []
-        for world in (w for w in range(2, len(self.gpus) + 1) if heads % w == 0):
-            used = [0, *others[: world - 1]]
-            for tiling in self.decode_choices:
-                for text_mode in self.text_choices:
-                    for slots in slot_choices:
-                        for encode_tiling in self.encode_choices:
-                            plan = self.sequence_fill(used, slots, text_mode, (tiling, encode_tiling))
-                            if plan is not None:
-                                found.append(plan)
-                                break
-        return found
-
-    def sequence_fill(self, used: list[int], slots: int, text_mode: str, vae: tuple[bool, bool]) -> Plan | None:
-        """Every GPU of ``used`` runs every block on 1/len(used) of the image tokens (the text on each):
-        the most blocks resident on all of them with ``slots`` ring slots on each, or None."""
-        sizes, job, k, gpus = self.sizes, self.job, self.k, self.gpus
-        world = len(used)
-        shard = -(-job.image_tokens // world)
-        activations = int((job.text_tokens + shard) * sizes.hidden * k.block_activation_per_token_unit)
-        denoise, margin = activations + self.table, int(k.fragmentation_margin * activations)
-        tiling, encode_tiling = vae
-
-        def phases(resident: int) -> list[Phases]:
-            ring = slots * sizes.block_bytes if resident < sizes.blocks else 0
-            weights = resident * sizes.block_bytes
-            first = primary_phases(sizes, job, k, weights, ring, text_mode, tiling, encode_tiling, denoise)
-            # Other GPUs also hold the transformer's small parts (each embeds and projects its own tokens).
-            other = _secondary_phases(k, sizes.transformer_rest_bytes + weights + ring, denoise)
-            return [first] + [other] * (world - 1)
-
-        rooms = [self.target(gpus[i], margin) - _peak(p) for i, p in zip(used, phases(0), strict=True)]
-        if min(rooms) < 0:
-            return None
-        resident = min(sizes.blocks if r == math.inf else int(r // sizes.block_bytes) for r in rooms)
-        resident = 0 if self.offload.mode == "blocks" else min(resident, sizes.blocks)
-        if slots == 0 and resident < sizes.blocks:
-            return None  # a ring is needed
-        peaks = phases(resident)
-        if any(_peak(p) > self.target(gpus[i], margin) for i, p in zip(used, peaks, strict=True)):
-            return None
-        streamed = sizes.blocks - resident
-        reason = f"CFG off: split the image tokens over {world} GPUs ({shard} of {job.image_tokens} each)"
-        if streamed:
-            reason += f"; each streams {streamed} blocks through its own ring"
-        plan = self.record(
-            SPLIT, [resident] + [0] * (len(gpus) - 1), slots, text_mode, vae, "off", [peaks[0]], [0], None
-        )
-        return replace(
-            plan,
-            strategy=SEQUENCE_PARALLEL,
-            devices=tuple(gpus[i].device for i in used),
-            device_peaks=tuple((gpus[i].device, _peak(p)) for i, p in zip(used, peaks, strict=True)),
-            reason=reason,
-        )
 
     def best(self) -> Plan:
-        found = self.candidates()
-        sequence = [p for p in found if p.strategy == SEQUENCE_PARALLEL]
-        others = [p for p in found if p.strategy != SEQUENCE_PARALLEL]
-        if sequence:
-            chosen = max(sequence, key=lambda p: (-relative_step(p), preference(p)))
-            if not others or relative_step(chosen) <= SEQUENCE_GAIN * relative_step(max(others, key=preference)):
-                return chosen
-        if others:
-            return max(others, key=preference)
+        refusal = self.strategy_refusal()
+        if refusal:
+            raise QwenFitError(refusal)
+        plan = choose_plan(self.candidates(), self.speeds, self.job.image_tokens, self.why_not_parallel())
+        if plan is not None:
+            return plan
         self.refuse()
         raise AssertionError("refuse() raises")
 
-    def refuse(self) -> None:
-        """Raise the error that names the fix: CFG-parallel's reason, or the smallest workable budget."""
-        sizes, job, offload, k = self.sizes, self.job, self.offload, self.k
-        if offload.multi_gpu == "cfg_parallel" and len(self.gpus) > 1:
-            need = sizes.blocks * sizes.block_bytes / GIB
+    def why_not_parallel(self) -> str:
+        """Why no parallel candidate is made for this job (the end of a baseline plan's reason)."""
+        if len(self.gpus) == 1:
+            alone = "gpus 'one'" if self.offload.gpus == "one" else "the only device visible"
+            return f"{self.gpus[0].device} alone: {alone}"
+        if self.strategy == "split":
+            return "multi_gpu 'split' chosen"
+        if self.job.cfg:
+            if self.offload.cfg == "two_calls":
+                return "CFG 'two_calls' rules out CFG-parallel"
+            return "CFG-parallel does not fit (each GPU needs one sample's activations and a ring)"
+        if self.heads < 2:
+            return "the model is narrower than two attention heads: no sequence parallelism"
+        return "sequence-parallel does not fit (each GPU needs its tokens' activations and a ring)"
+
+    def strategy_refusal(self) -> str | None:
+        """Why the strategy ``multi_gpu`` names cannot run this job at all, with the fix; None when it can."""
+        job, offload, count = self.job, self.offload, len(self.gpus)
+        if self.strategy == "cfg_parallel":
             why = (
                 "this job runs without CFG (a Lightning LoRA, or CFG scale 1)"
                 if not job.cfg
                 else "CFG 'two_calls' was chosen"
                 if offload.cfg == "two_calls"
-                else f"it needs every transformer block ({need:.1f} GiB) plus activations on each of two GPUs"
+                else None
             )
-            raise QwenFitError(f"CFG-parallel cannot run: {why}. Pick multi_gpu 'auto' or 'split'.")
+            return why and f"CFG-parallel cannot run: {why}. Pick multi_gpu 'auto' or 'split'."
+        if self.strategy == "sequence_parallel":
+            why = (
+                "this job runs with CFG (it splits a CFG-off job's image tokens: a Lightning LoRA, or CFG scale 1)"
+                if job.cfg
+                else "it needs two or more GPUs and gpus is 'one'"
+                if count == 1 and offload.gpus == "one"
+                else f"it needs two or more GPUs and only {self.gpus[0].device} is visible"
+                if count == 1
+                else f"the model's {self.heads} attention head cannot be shared by two GPUs"
+                if self.heads < 2
+                else None
+            )
+            fix = "Set gpus to 'all', or pick" if count == 1 and offload.gpus == "one" else "Pick"
+            return why and f"sequence parallelism cannot run: {why}. {fix} multi_gpu 'auto' or 'split'."
+        return None
+
+    def refuse(self) -> None:
+        """Raise the error that names the fix: the parallel strategy asked for does not fit, or the
+        smallest workable budget."""
+        sizes, job, offload, k = self.sizes, self.job, self.offload, self.k
+        if self.strategy in ("cfg_parallel", "sequence_parallel"):
+            name = "CFG-parallel" if self.strategy == "cfg_parallel" else "sequence parallelism"
+            holds = "one sample's activations" if self.strategy == "cfg_parallel" else "its image tokens' activations"
+            raise QwenFitError(
+                f"{name} cannot run: each of its GPUs must hold {holds} and a ring of streamed blocks within the "
+                "VRAM budget (the first GPU also the text encoder and the VAE). Pick multi_gpu 'auto' or 'split', "
+                "or a larger VRAM budget."
+            )
         denoise, margin = self.transient(offload.cfg)
         budget = self.gpus[0].budget_bytes or 0
 
@@ -568,4 +585,5 @@ class _Search:
             predicted_peak_bytes=None,
             pinned_bytes=0,
             notes=self.notes,
+            reason="offload mode 'model': diffusers moves each component to the GPU as it runs",
         )

@@ -86,7 +86,7 @@ from aiohttp.test_utils import make_mocked_request
 from urllib.parse import urlencode
 # Two 24 GiB GPUs described to the planner, as the multi-GPU planner tests do.
 described = (Gpu("cuda:0", 24 * 2**30), Gpu("cuda:1", 24 * 2**30))
-core_preview.resolve_gpus = lambda offload, device: (described if offload.gpus == "all" else described[:1], ())
+core_preview.resolve_gpus = lambda offload, device, **_: (described if offload.gpus == "all" else described[:1], ())
 async def ask():
     request = make_mocked_request("GET", "/qwenfit/plan_preview?" + urlencode(params))
     response = await routes.plan_preview(request)
@@ -114,4 +114,4 @@ def test_multi_gpu_presets_preview_through_the_route_with_gpus_described(preset)
     plan = answer["plan"]
     assert [g["device"] for g in plan["gpus"]] == ["cuda:0", "cuda:1"], plan
     assert plan["strategy"] in ("CFG-parallel", "block split")
-    assert "cuda:1 holds" in plan["text"]
+    assert "cuda:1 holds" in plan["text"] and f"GPUs: {plan['strategy']} ({plan['reason']})" in plan["text"]

@@ -19,7 +19,10 @@ function planLines(preview) {
   const plan = preview.plan;
   if (plan) {
     const blocks = `${plan.resident_blocks}/${plan.blocks} blocks on GPU`;
-    lines.push(["detail", `${blocks}, text encoder ${plan.text_encoder}, VAE tiling ${plan.vae_tiling ? "on" : "off"}`]);
+    const detail = `${blocks}, text encoder ${plan.text_encoder}, VAE tiling ${plan.vae_tiling ? "on" : "off"}`;
+    // Several GPUs: how they share the work leads the line, and the row's tooltip says why.
+    const several = plan.gpus?.length > 1;
+    lines.push(["detail", several ? `${plan.strategy}: ${detail}` : detail, several ? plan.reason : undefined]);
   }
   return lines;
 }
@@ -32,7 +35,7 @@ function measuredLine(record) {
   return ["measured", `last run: ${peak} · ${formatStep(record.seconds_per_step)}`];
 }
 
-/** The lines a node's badge shows, as [kind, text]. */
+/** The lines a node's badge shows, as [kind, text] or [kind, text, why] (``why`` joins the row's tooltip). */
 export function badgeLines(node) {
   const state = node.qwenfit ?? {};
   const lines = planLines(state.preview);
@@ -74,12 +77,12 @@ export function showBadge(node, visible = true) {
 
 function fill(element, node, visible) {
   element.style.visibility = visible ? "visible" : "hidden";
-  const rows = badgeLines(node).map(([kind, text]) => {
+  const rows = badgeLines(node).map(([kind, text, why]) => {
     const row = document.createElement("div");
     Object.assign(row.style, { color: COLOURS[kind], whiteSpace: "nowrap", overflow: "hidden", textOverflow: "ellipsis" });
     row.dataset.kind = kind;
     row.textContent = text;
-    row.title = text;
+    row.title = why ? `${text}\n${why}` : text;
     return row;
   });
   element.replaceChildren(...rows);

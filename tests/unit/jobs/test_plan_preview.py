@@ -179,10 +179,10 @@ def test_the_preview_plans_over_the_gpus_it_is_given(monkeypatch):
     import optim.jobs.plan_preview as plan_preview
 
     described = (Gpu("cuda:0", 24 * GIB), Gpu("cuda:1", 24 * GIB))
-    monkeypatch.setattr(plan_preview, "resolve_gpus", lambda offload, device: (described, ()))
+    monkeypatch.setattr(plan_preview, "resolve_gpus", lambda offload, device, **_: (described, ()))
     answer = preview(settings(offload=OffloadSettings(gpus="all")), split_files(EDIT_BF16, "edit-2509"), CPU)
     assert answer.plan.devices == ("cuda:0", "cuda:1") and answer.plan.strategy == "CFG-parallel"
-    assert "cuda:1 holds a replica of every block" in answer.plan.describe()
+    assert "computes the negative prompt's sample" in answer.plan.describe()
 
 
 def test_the_preview_predicts_every_speed_rung_and_shows_the_chosen_one():
@@ -202,7 +202,7 @@ def test_the_preview_predicts_every_speed_rung_and_shows_the_chosen_one():
 def test_the_preview_refuses_a_rung_this_gpu_cannot_run(monkeypatch):
     import optim.jobs.plan_preview as plan_preview
 
-    def gtx_1080(offload, device):
+    def gtx_1080(offload, device, **_):
         return (Gpu("cuda:0", 7 * GIB, (6, 1)),), ()
 
     monkeypatch.setattr(plan_preview, "resolve_gpus", gtx_1080)
@@ -210,22 +210,20 @@ def test_the_preview_refuses_a_rung_this_gpu_cannot_run(monkeypatch):
         preview(settings(precision=PrecisionSettings(speed="fast")), split_files(EDIT_BF16, "edit-2509"), CPU)
 
 
-def test_the_preview_says_what_sequence_parallelism_would_do(monkeypatch):
-    """A CFG-off job (Lightning) on two GPUs: the plan stays one the engine runs, and a note says what
-    splitting the image tokens would do (the engine cannot run it yet). With CFG: no note."""
+def test_the_preview_shows_sequence_parallelism_and_why(monkeypatch):
+    """A CFG-off job (Lightning) on two GPUs: the plan splits the image tokens and says why; with CFG the
+    two GPUs compute one sample each."""
     import optim.jobs.plan_preview as plan_preview
     import optim.planning.planner as planner
 
     described = (Gpu("cuda:0", 24 * GIB), Gpu("cuda:1", 24 * GIB))
-    monkeypatch.setattr(plan_preview, "resolve_gpus", lambda offload, device: (described, ()))
+    monkeypatch.setattr(plan_preview, "resolve_gpus", lambda offload, device, **_: (described, ()))
     monkeypatch.setattr(planner, "HEAD_DIM", 16)  # the tiny model's heads (the real model's are 128 wide)
     source = split_files(EDIT_BF16, "edit-2509")
     offload = OffloadSettings(gpus="all")
-    lightning = preview(settings(offload=offload, lora="qwen-Lightning-4steps.safetensors"), source, CPU)
-    assert lightning.plan.strategy != "sequence-parallel"
-    assert any(
-        n.startswith("sequence-parallel, not run yet (the engine cannot): CFG off: split the image tokens over 2 GPUs")
-        for n in lightning.plan.notes
-    )
-    with_cfg = preview(settings(offload=offload), source, CPU)
-    assert not any("sequence-parallel" in n for n in with_cfg.plan.notes)
+    lightning = preview(settings(offload=offload, lora="qwen-Lightning-4steps.safetensors"), source, CPU).plan
+    assert lightning.strategy == "sequence-parallel" and lightning.head_shares == (1, 1)
+    assert lightning.reason.startswith("CFG off: image tokens split ") and "over 2 GPUs (1/1 heads)" in lightning.reason
+    assert f"GPUs: sequence-parallel ({lightning.reason})" in lightning.describe()
+    with_cfg = preview(settings(offload=offload), source, CPU).plan
+    assert with_cfg.strategy == "CFG-parallel" and with_cfg.reason.startswith("CFG on: each of 2 GPUs computes")

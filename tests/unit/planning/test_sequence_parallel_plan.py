@@ -1,6 +1,6 @@
-"""The planner's choices for the rigs of issue 20 (real-size Edit 1024, one reference), with sequence
-parallelism asked for (``sequence_parallel=True``: the engine does not run it yet, so only the tests
-and the preview ask) and without (today's plans, unchanged). The token arithmetic itself is tested in
+"""Sequence-parallel plans for the rigs of issue 20 (real-size Edit 1024, one reference, CFG off as with a
+Lightning LoRA): the heads and image tokens each GPU computes, what each keeps resident and streams, and
+when the planner prefers them. The token arithmetic itself is tested in
 tests/unit/execution/test_sequence_parallel.py."""
 
 from __future__ import annotations
@@ -8,20 +8,28 @@ from __future__ import annotations
 import pytest
 from real_size import real_sizes
 
-from optim.planning.plan import CFG_PARALLEL, ONE_GPU, SEQUENCE_PARALLEL, SPLIT, Plan
-from optim.planning.planner import SAFETY, Gpu, plan_run, relative_step
+from optim.errors import QwenFitError
+from optim.planning.plan import SEQUENCE_PARALLEL, SPLIT, Plan
+from optim.planning.planner import SAFETY, Gpu, plan_run
+from optim.planning.strategy_choice import relative_step
 from optim.qwen.job_shape import JobShape
 from optim.settings import OffloadSettings, VaeSettings
 
 GIB = 1024**3
-LIGHTNING = JobShape("edit", 1024, 1024, references=1, cfg=False, steps=8)
+LIGHTNING = JobShape("edit", 1024, 1024, references=1, cfg=False, steps=8)  # 8192 image tokens
 WITH_CFG = JobShape("edit", 1024, 1024, references=1, steps=40)
 
 
-def plan(job: JobShape, *gib: float, sequence_parallel: bool = True, strategy: str = "auto") -> Plan:
-    cards = tuple(Gpu(f"cuda:{i}", int(g * GIB)) for i, g in enumerate(gib))
-    offload = OffloadSettings(gpus="all", multi_gpu=strategy)
-    return plan_run(real_sizes(), job, offload, VaeSettings(), cards, sequence_parallel=sequence_parallel)
+def plan(
+    job: JobShape, *gib: float | None, speeds: tuple[float, ...] = (), strategy: str = "auto", gpus: str = "all"
+) -> Plan:
+    speeds = speeds or (1.0,) * len(gib)
+    cards = tuple(
+        Gpu(f"cuda:{i}", None if g is None else int(g * GIB), speed=s)
+        for i, (g, s) in enumerate(zip(gib, speeds, strict=True))
+    )
+    offload = OffloadSettings(gpus=gpus, multi_gpu=strategy)
+    return plan_run(real_sizes(), job, offload, VaeSettings(), cards)
 
 
 def within_budgets(p: Plan, *gib: float) -> bool:
@@ -29,92 +37,86 @@ def within_budgets(p: Plan, *gib: float) -> bool:
     return all(peak <= budgets[device] * SAFETY for device, peak in p.device_peaks)
 
 
-def test_two_8_gib_gpus_without_cfg_split_the_image_tokens() -> None:
-    """Lightning on 2 x 8 GB: each GPU streams its own blocks and computes half the tokens; without the
-    flag the plan is today's block split."""
-    today = plan(LIGHTNING, 8, 8, sequence_parallel=False)
-    assert today.strategy == SPLIT and today.reason == ""
-    p = plan(LIGHTNING, 8, 8)
+def test_two_unlimited_gpus_split_heads_and_tokens_evenly_with_every_block_resident() -> None:
+    """2 x H200: 12 of the 24 heads and 4096 of the 8192 image tokens each, nothing streamed."""
+    p = plan(LIGHTNING, None, None)
     assert p.strategy == SEQUENCE_PARALLEL and p.devices == ("cuda:0", "cuda:1") and p.cfg == "off"
-    assert p.reason.startswith("CFG off: split the image tokens over 2 GPUs (4096 of 8192 each)")
-    assert 0 < len(p.resident_blocks) < 60 and p.slots >= 2 and within_budgets(p, 8, 8)
-    # Fewer resident blocks than the split (each GPU holds its own copy), but half the compute per GPU.
-    assert len(p.resident_blocks) < len(today.resident_blocks)
-    assert relative_step(p) < relative_step(today) == 1.0
-    text = p.describe()
-    assert "GPUs: sequence-parallel (CFG off: split the image tokens over 2 GPUs" in text
-    assert "cuda:1 holds blocks 0-" in text and "its own ring for blocks" in text and "1/2 of the image tokens" in text
-
-
-def test_two_8_gib_gpus_with_cfg_keep_the_block_split() -> None:
-    """CFG on: sequence parallelism is not a candidate, and CFG-parallel needs every block resident on
-    both GPUs (streaming replicas are not planned yet): the block split, with or without the flag."""
-    p = plan(WITH_CFG, 8, 8)
-    assert p == plan(WITH_CFG, 8, 8, sequence_parallel=False)
-    assert p.strategy == SPLIT and p.replica_device is None and p.streamed_blocks
-
-
-def test_24_and_8_gib_gpus() -> None:
-    """Mismatched memory: without CFG the 8 GB card limits what each GPU keeps resident, and the split
-    of tokens still predicts the shorter step; with CFG the small card holds a few of the split's blocks."""
-    p = plan(LIGHTNING, 24, 8)
-    assert p.strategy == SEQUENCE_PARALLEL and within_budgets(p, 24, 8)
-    alone_on_8 = plan(LIGHTNING, 8, 8)
-    assert len(p.resident_blocks) >= len(alone_on_8.resident_blocks)
-    assert relative_step(p) < 1.0
-    with_cfg = plan(WITH_CFG, 24, 8)
-    assert with_cfg.strategy == SPLIT and 0 < with_cfg.block_devices.count(1) < 60
-
-
-def test_two_24_gib_gpus() -> None:
-    """2 x 24 GB: the split holds every bf16 block; without CFG, splitting the tokens halves the compute
-    at the price of streaming a few blocks on each GPU."""
-    p = plan(LIGHTNING, 24, 24)
-    assert p.strategy == SEQUENCE_PARALLEL and within_budgets(p, 24, 24)
-    assert len(p.resident_blocks) > 30 and relative_step(p) == 0.5
-    assert plan(LIGHTNING, 24, 24, sequence_parallel=False).streamed_blocks == ()
-    with_cfg = plan(WITH_CFG, 24, 24)
-    assert with_cfg.strategy == SPLIT and with_cfg.streamed_blocks == ()
-
-
-def test_large_gpus_without_cfg_use_the_second_gpu() -> None:
-    """2 x 140 GB without CFG: today the second GPU is left alone; split tokens hold every block on both."""
-    assert plan(LIGHTNING, 140, 140, sequence_parallel=False).strategy == ONE_GPU
-    p = plan(LIGHTNING, 140, 140)
-    assert p.strategy == SEQUENCE_PARALLEL and p.streamed_blocks == () and p.slots == 0
+    assert p.head_shares == (12, 12) and p.device_resident == (60, 60)
+    assert p.streamed_blocks == () and p.slots == 0 and p.block_devices == ()
+    assert relative_step(p) == 0.5
+    assert p.reason == (
+        "CFG off: image tokens split 4096/4096 over 2 GPUs (12/12 heads), every block resident on each; "
+        "predicted step 0.50x one GPU"
+    )
     peaks = dict(p.device_peaks)
     assert peaks["cuda:1"] < peaks["cuda:0"]  # the first GPU also holds the text encoder and the VAE
-    assert plan(WITH_CFG, 140, 140).strategy == CFG_PARALLEL  # CFG on: unchanged
+    text = p.describe()
+    assert f"GPUs: sequence-parallel ({p.reason})" in text
+    assert "cuda:1 holds small parts, blocks 0-59; computes 12 of 24 heads and that share of the image tokens" in text
 
 
-def test_gpu_counts_that_do_not_divide_the_heads_are_not_used() -> None:
-    """Five GPUs: 24 heads split over 4 of them, never 5."""
-    p = plan(LIGHTNING, 140, 140, 140, 140, 140)
-    assert p.strategy == SEQUENCE_PARALLEL and len(p.devices) == 4 and relative_step(p) == 0.25
-    # Each GPU's activations follow its share of the image tokens: a quarter holds less than a half.
-    two = plan(LIGHTNING, 140, 140)
+def test_two_8_gib_gpus_each_stream_through_their_own_ring() -> None:
+    """2 x 8 GB: each GPU keeps the leading blocks it holds and streams the rest; half the compute each
+    predicts a shorter step than the block split, whose blocks run one GPU after the other."""
+    p = plan(LIGHTNING, 8, 8)
+    split = plan(LIGHTNING, 8, 8, strategy="split")
+    assert p.strategy == SEQUENCE_PARALLEL and within_budgets(p, 8, 8) and p.slots >= 2
+    first, second = p.device_resident
+    assert 0 < first < second < 60  # the first GPU also holds the text encoder and the VAE
+    assert p.resident_blocks == tuple(range(first)) and p.streamed_blocks == tuple(range(first, 60))
+    assert relative_step(split) == 1.0
+    assert relative_step(p) == pytest.approx((60 - first) / 60) and relative_step(p) < 0.9
+    assert f"its own {p.slots}-slot ring for blocks {second}-59" in p.describe()
+
+
+def test_24_and_8_gib_gpus_keep_what_each_holds() -> None:
+    p = plan(LIGHTNING, 24, 8)
+    assert p.strategy == SEQUENCE_PARALLEL and within_budgets(p, 24, 8)
+    big, small = p.device_resident
+    assert small < 20 < big < 60 and p.head_shares == (12, 12)
+
+
+def test_a_gpu_half_as_fast_gets_a_third_of_the_heads_and_tokens() -> None:
+    p = plan(LIGHTNING, None, None, speeds=(1.0, 0.5))
+    assert p.strategy == SEQUENCE_PARALLEL and p.head_shares == (16, 8)
+    assert p.reason.startswith("CFG off: image tokens split 5461/2731 over 2 GPUs by speed (16/8 heads)")
+    speeds = {"cuda:0": 1.0, "cuda:1": 0.5}
+    assert relative_step(p, speeds) == pytest.approx(2 / 3)
+
+
+def test_gpu_counts_need_not_divide_the_heads() -> None:
+    """Five GPUs share 24 heads as 5/5/5/5/4: shorter than four GPUs' 6 each."""
+    p = plan(LIGHTNING, None, None, None, None, None)
+    assert p.strategy == SEQUENCE_PARALLEL and p.head_shares == (5, 5, 5, 5, 4)
+    assert relative_step(p) == pytest.approx(5 / 24)
+    # Each GPU's activations follow its share of the image tokens: a fifth holds less than a half.
+    two = plan(LIGHTNING, None, None)
     assert dict(p.device_peaks)["cuda:1"] < dict(two.device_peaks)["cuda:1"]
 
 
 def test_a_small_second_gpu_keeps_the_block_split() -> None:
-    """8 GB + 3 GB: the small card holds almost no block, so each GPU would stream nearly all of them:
-    the predicted gain is under 10% and today's block split stays."""
+    """8 GB + 3 GB: the small card would stream 59 of the 60 blocks, which takes nearly as long as the whole
+    step: under 10% gain over the block split, and the reason says so."""
     p = plan(LIGHTNING, 8, 3)
-    assert p.strategy == SPLIT and p == plan(LIGHTNING, 8, 3, sequence_parallel=False)
+    assert p.strategy == SPLIT
+    assert p.reason.endswith("; predicted step 1.00x one GPU; sequence-parallel would predict 0.98x, not 10% shorter")
 
 
-@pytest.mark.parametrize("strategy", ["split", "cfg_parallel"])
-def test_an_explicit_strategy_is_kept(strategy: str) -> None:
-    if strategy == "split":
-        assert plan(LIGHTNING, 24, 24, strategy=strategy).strategy == SPLIT
-    else:
-        with pytest.raises(Exception, match="CFG-parallel cannot run"):
-            plan(LIGHTNING, 24, 24, strategy=strategy)
+def test_sequence_parallel_asked_for_a_job_it_cannot_run_names_the_fix() -> None:
+    with pytest.raises(QwenFitError, match=r"sequence parallelism cannot run: this job runs with CFG .*"
+                                           "Pick multi_gpu 'auto' or 'split'"):  # fmt: skip
+        plan(WITH_CFG, 24, 24, strategy="sequence_parallel")
+    with pytest.raises(QwenFitError, match="needs two or more GPUs and gpus is 'one'. Set gpus to 'all'"):
+        plan(LIGHTNING, 24, strategy="sequence_parallel", gpus="one")
+    assert plan(LIGHTNING, 24, 24, strategy="sequence_parallel").strategy == SEQUENCE_PARALLEL
+
+
+def test_an_explicit_split_is_kept() -> None:
+    assert plan(LIGHTNING, 24, 24, strategy="split").strategy == SPLIT
 
 
 def _split_with_speeds(job: JobShape, budgets: tuple[float, ...], speeds: tuple[float, ...]) -> Plan:
-    cards = tuple(Gpu(f"cuda:{i}", int(g * GIB), speed=s) for i, (g, s) in enumerate(zip(budgets, speeds, strict=True)))
-    return plan_run(real_sizes(), job, OffloadSettings(gpus="all", multi_gpu="split"), VaeSettings(), cards)
+    return plan(job, *budgets, speeds=speeds, strategy="split")
 
 
 def test_a_block_split_puts_its_blocks_on_the_faster_gpu_first() -> None:
@@ -124,6 +126,7 @@ def test_a_block_split_puts_its_blocks_on_the_faster_gpu_first() -> None:
     assert same.devices == () and len(same.resident_blocks) == 60  # all on the first GPU: no hops
     faster_second = _split_with_speeds(WITH_CFG, (140, 140), (1.0, 2.0))
     assert faster_second.devices == ("cuda:0", "cuda:1") and faster_second.block_devices == (1,) * 60
+    assert relative_step(faster_second, {"cuda:0": 1.0, "cuda:1": 2.0}) == 0.5
     even = _split_with_speeds(WITH_CFG, (24, 24), (1.0, 1.0))
     skewed = _split_with_speeds(WITH_CFG, (24, 24), (1.0, 2.0))
     assert even.streamed_blocks == skewed.streamed_blocks == () and within_budgets(skewed, 24, 24)

@@ -316,21 +316,40 @@ def qwenfit_configurations() -> list[QwenFitPreset]:
         QwenFitPreset("qf-2gpu-8gb", "QwenFit 2 x 8 GB preset, block split + streaming (bf16)", "8 GB", gpus=2),
         # Issue 20: sequence parallelism (CFG off), CFG-parallel with streaming replicas, mismatched cards.
         QwenFitPreset(
-            "qf-2gpu-sequence", "QwenFit 2 GPUs, sequence-parallel (bf16)", "unlimited", "none", gpus=2,
-            multi_gpu="sequence_parallel", compare_to="qf-fastest",
+            "qf-2gpu-sequence",
+            "QwenFit 2 GPUs, sequence-parallel (bf16)",
+            "unlimited",
+            "none",
+            gpus=2,
+            multi_gpu="sequence_parallel",
+            compare_to="qf-fastest",
         ),  # fmt: skip
         QwenFitPreset(
-            "qf-2gpu-8gb-fp8", "QwenFit 2 x 8 GB, CFG-parallel, each streaming (fp8 weights)", "8 GB",
-            precision="fp8", gpus=2, multi_gpu="auto", compare_to="qf-8gb-fp8",
+            "qf-2gpu-8gb-fp8",
+            "QwenFit 2 x 8 GB, CFG-parallel, each streaming (fp8 weights)",
+            "8 GB",
+            precision="fp8",
+            gpus=2,
+            multi_gpu="auto",
+            compare_to="qf-8gb-fp8",
         ),  # fmt: skip
         QwenFitPreset("qf-24gb-fp8", "QwenFit 24 GB preset (fp8 weights)", "24 GB", precision="fp8"),
         QwenFitPreset(
-            "qf-2gpu-24-8-fp8", "QwenFit 24 GB + 8 GB cards, auto (fp8 weights)", "24 GB", precision="fp8", gpus=2,
-            gpu_cap_gib=(22.0, 7.0), compare_to="qf-24gb-fp8",
+            "qf-2gpu-24-8-fp8",
+            "QwenFit 24 GB + 8 GB cards, auto (fp8 weights)",
+            "24 GB",
+            precision="fp8",
+            gpus=2,
+            gpu_cap_gib=(22.0, 7.0),
+            compare_to="qf-24gb-fp8",
         ),  # fmt: skip
         QwenFitPreset(
-            "qf-2gpu-stream-all", "QwenFit 2 GPUs, CFG-parallel, every block streamed on each (bf16)", "8 GB",
-            mode="blocks", gpus=2, multi_gpu="cfg_parallel",
+            "qf-2gpu-stream-all",
+            "QwenFit 2 GPUs, CFG-parallel, every block streamed on each (bf16)",
+            "8 GB",
+            mode="blocks",
+            gpus=2,
+            multi_gpu="cfg_parallel",
         ),  # fmt: skip
         # Every block streamed: the smoke check of the streaming path on small models.
         QwenFitPreset("qf-stream-all", "QwenFit every block streamed (bf16)", "8 GB", mode="blocks"),

@@ -108,3 +108,53 @@ def test_interleaved_cfg_through_the_loader_matches_two_calls() -> None:
         results[cfg] = run_edit(loaded, [image], job).image
         assert f"CFG: {cfg}" in loaded.engine.plan.describe()
     assert torch.equal(results["interleaved"], results["two_calls"])
+
+
+def test_several_gpu_plans_run_through_the_loader_like_one_gpu() -> None:
+    """The engine places what a sequence-parallel or CFG-parallel plan says (a second streamer with its own
+    resident blocks and ring) and gives one GPU's image: the CPU stands in for both GPUs. Sequence
+    parallelism (CFG off) within fp32 rounding of one GPU; CFG-parallel (each sample alone, as interleaved CFG
+    computes it) bit for bit. Afterwards the second streamer is gone and its GPU memory with it."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from optim import DiffusersFolder, EditJob, LoadRequest, OffloadSettings, load_pipeline, run_edit
+    from optim.planning.plan import CFG_PARALLEL, SEQUENCE_PARALLEL
+
+    folder = DiffusersFolder(MODELS / "diffusers" / FOLDER["edit-2511"])
+    image = Image.new("RGB", (96, 64), (30, 160, 90))
+    loaded = load_pipeline(LoadRequest(folder, offload=OffloadSettings(cfg="interleaved")))
+    engine = loaded.engine
+    blocks = engine.sizes.blocks
+    heads = loaded.pipeline.transformer.config.num_attention_heads
+    one_gpu = engine.plan_for
+    several = {
+        SEQUENCE_PARALLEL: dict(head_shares=(heads - heads // 2, heads // 2), cfg="off"),
+        CFG_PARALLEL: dict(replica_device="cpu", cfg=CFG_PARALLEL),
+    }
+    for strategy, scale in ((SEQUENCE_PARALLEL, 1.0), (CFG_PARALLEL, 4.0)):
+        job = EditJob(prompt="autumn", steps=2, seed=4, width=64, height=64, true_cfg_scale=scale)
+        engine.plan_for = one_gpu
+        want = run_edit(loaded, [image], job).image
+
+        def plan_for(*args, strategy=strategy, **kwargs):
+            plan = one_gpu(*args, **kwargs)
+            return replace(
+                plan, strategy=strategy, devices=("cpu", "cpu"), resident_blocks=(0,),
+                streamed_blocks=tuple(range(1, blocks)), slots=2, device_resident=(1, 0), **several[strategy],
+            )  # fmt: skip
+
+        engine.plan_for = plan_for
+        got = run_edit(loaded, [image], job).image
+        (second,) = engine.other_blocks.values()
+        assert second.streamed == tuple(range(blocks)) and engine.blocks.streamed == tuple(range(1, blocks))
+        if strategy == SEQUENCE_PARALLEL:
+            assert engine.transformer.ranks == (second,)
+            torch.testing.assert_close(got, want, rtol=0, atol=2e-6)
+        else:
+            assert engine.transformer.replica is second
+            assert torch.equal(got, want)
+    engine.plan_for = one_gpu
+    run_edit(loaded, [image], job)
+    assert engine.other_blocks == {} and engine.transformer.replica is None

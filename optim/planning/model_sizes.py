@@ -32,6 +32,12 @@ class ModelSizes:
     vae_bytes: int
     hidden: int
     dequant_workspace_bytes: int = 0  # temporaries of expanding the largest compressed weight
+    attention_heads: int = 0  # measured from the model; 0: Qwen-Image's 128-wide heads (sizes read from headers)
+
+    @property
+    def heads(self) -> int:
+        """Attention heads per block (what sequence parallelism shares out)."""
+        return self.attention_heads or self.hidden // 128
 
     @property
     def transformer_bytes(self) -> int:
@@ -73,4 +79,5 @@ def measure(pipeline: Any) -> ModelSizes:
         vae_bytes=_bytes(pipeline.vae),
         hidden=int(tr.inner_dim),
         dequant_workspace_bytes=_dequant_workspace(tr.transformer_blocks[0]),
+        attention_heads=int(tr.config.num_attention_heads),
     )

@@ -87,8 +87,6 @@ COEFFICIENTS = Coefficients()
 SAFETY = 0.93
 # Ring slots tried when blocks stream (0: nothing streams).
 SLOT_CHOICES = (0, 3, 2)
-# Qwen-Image's attention heads are 128 wide in every variant; sequence parallelism shares out the heads.
-HEAD_DIM = 128
 
 
 @dataclass(frozen=True)
@@ -261,7 +259,7 @@ class _Search:
         # "none" keeps every block resident: on one GPU the budget is not checked (the user asked for it).
         self.unchecked = offload.mode == "none" and len(gpus) == 1
         # A model narrower than two heads is never split by heads.
-        self.heads = sizes.hidden // HEAD_DIM
+        self.heads = sizes.heads
         # The strategy asked for; with one device only one GPU can run (sequence_parallel refuses it).
         self.strategy = offload.multi_gpu if len(gpus) > 1 or offload.multi_gpu == "sequence_parallel" else "split"
         self.speeds = {g.device: g.speed / gpus[0].speed for g in gpus}

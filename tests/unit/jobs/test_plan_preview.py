@@ -214,11 +214,9 @@ def test_the_preview_shows_sequence_parallelism_and_why(monkeypatch):
     """A CFG-off job (Lightning) on two GPUs: the plan splits the image tokens and says why; with CFG the
     two GPUs compute one sample each."""
     import optim.jobs.plan_preview as plan_preview
-    import optim.planning.planner as planner
 
     described = (Gpu("cuda:0", 24 * GIB), Gpu("cuda:1", 24 * GIB))
     monkeypatch.setattr(plan_preview, "resolve_gpus", lambda offload, device, **_: (described, ()))
-    monkeypatch.setattr(planner, "HEAD_DIM", 16)  # the tiny model's heads (the real model's are 128 wide)
     source = split_files(EDIT_BF16, "edit-2509")
     offload = OffloadSettings(gpus="all")
     lightning = preview(settings(offload=offload, lora="qwen-Lightning-4steps.safetensors"), source, CPU).plan

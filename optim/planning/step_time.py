@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ..qwen.job_shape import JobShape
 from .model_sizes import ModelSizes
-from .plan import Plan
+from .plan import CFG_PARALLEL, SEQUENCE_PARALLEL, Plan
 
 # The step cache's fixed schedule: the first CACHE_WARMUP steps, one in CACHE_INTERVAL after, and the last
 # step run the transformer (optim/execution/step_cache.py extrapolates the others).
@@ -97,8 +97,21 @@ def _flops(sizes: ModelSizes, job: JobShape) -> tuple[float, float]:
 
 
 def streamed_bytes_per_step(sizes: ModelSizes, plan: Plan) -> int:
-    """Weights that cross from host to GPU in one step (one pass with batched CFG)."""
+    """Weights that cross from host to GPU in one step (one pass with batched CFG); CFG-parallel and
+    sequence-parallel: on the GPU that streams the most (each GPU streams over its own link)."""
+    if plan.device_resident:
+        return (sizes.blocks - min(plan.device_resident)) * sizes.block_bytes
     return len(plan.streamed_blocks) * sizes.block_bytes
+
+
+def compute_share(plan: Plan) -> float:
+    """The share of a step's compute on the GPU with the most: CFG-parallel computes one of two samples per
+    GPU, sequence-parallel its share of the heads (and tokens); every other strategy all of it."""
+    if plan.strategy == CFG_PARALLEL:
+        return 0.5
+    if plan.strategy == SEQUENCE_PARALLEL and plan.head_shares:
+        return max(plan.head_shares) / sum(plan.head_shares)
+    return 1.0
 
 
 def file_bytes_per_step(sizes: ModelSizes, plan: Plan) -> int:
@@ -129,7 +142,9 @@ def estimate_step(
     else:  # exact (or no 8-bit rate measured): every weight expanded, bf16 products
         expansion = EXPANSION_COST.get(transformer_precision, 1.0)
         compute = flops / (speed.matmul_flops * EFFICIENCY) * expansion
-    compute += sizes.blocks * BLOCK_OVERHEAD_S
+    # One thread queues every GPU's kernels: the fixed cost per block is paid once per GPU.
+    launches = len(plan.devices) if plan.strategy in (CFG_PARALLEL, SEQUENCE_PARALLEL) else 1
+    compute = compute * compute_share(plan) + sizes.blocks * BLOCK_OVERHEAD_S * launches
     streamed = streamed_bytes_per_step(sizes, plan)
     transfer = streamed / speed.host_to_device_bytes if streamed and speed.host_to_device_bytes else 0.0
     read = file_bytes_per_step(sizes, plan)

@@ -20,7 +20,7 @@ smoke edit-lightning qf-fastest,qf-2gpu-sequence
 smoke edit qf-2gpu-stream-all,qf-2gpu-cfg-parallel
 if [ "$PART" != cards ]; then
   timeout ${LIGHTNING_TIMEOUT:-240} python3 bench/run_bench.py --tokenizer $TOK --out $OUT/lightning --jobs edit-lightning \
-    --steps 8 --no-reference --configs qf-fastest,qf-2gpu-sequence 2>&1 | grep -v -i warn | tail -40
+    --steps 8 --no-reference --configs ${LIGHTNING_CONFIGS:-qf-fastest,qf-2gpu-sequence,qf-fastest-compiled,qf-2gpu-sequence-compiled} 2>&1 | grep -v -i warn | tail -40
   cat $OUT/lightning/bench.md
 fi
 if [ "$PART" != lightning ]; then

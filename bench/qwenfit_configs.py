@@ -325,6 +325,16 @@ def qwenfit_configurations() -> list[QwenFitPreset]:
             compare_to="qf-fastest",
         ),  # fmt: skip
         QwenFitPreset(
+            "qf-2gpu-sequence-compiled",
+            "QwenFit 2 GPUs, sequence-parallel, compiled blocks (bf16)",
+            "unlimited",
+            "none",
+            compile_blocks=True,
+            gpus=2,
+            multi_gpu="sequence_parallel",
+            compare_to="qf-fastest-compiled",
+        ),  # fmt: skip
+        QwenFitPreset(
             "qf-2gpu-8gb-fp8",
             "QwenFit 2 x 8 GB, CFG-parallel, each streaming (fp8 weights)",
             "8 GB",

@@ -415,37 +415,32 @@ class TransformerEngine:
             for device, (a, b) in zip(devices, spans, strict=True)
         ]
         for i, block in enumerate(tr.transformer_blocks):
-            begun, bindings = [], []
-            try:
-                # Each GPU's weights are bound once per block: the halves before attention in GPU order, the
-                # halves after it in reverse, each GPU's binding nested in the one before (bound() restores).
-                for streamer, state in zip(streamers, states, strict=True):
-                    streamer.enter(i)
-                    bindings.append(streamer.bound(i))
-                    bindings[-1].__enter__()
-                    if rows is not None:
-                        img_mod, txt_mod = self.modulation.expand(mirrors[state.device][i], 1)
-                    else:
-                        img_mod, txt_mod = self._live_modulation(block, temb.to(state.device), 1)
+            # Both halves in GPU order. One thread queues every GPU's kernels, and measured on two H200s this
+            # order is the faster one: ending in reverse order (binding each GPU's weights once per block)
+            # took 0.369 s/step instead of 0.232.
+            begun = []
+            for streamer, state in zip(streamers, states, strict=True):
+                streamer.enter(i)
+                if rows is not None:
+                    img_mod, txt_mod = self.modulation.expand(mirrors[state.device][i], 1)
+                else:
+                    img_mod, txt_mod = self._live_modulation(block, temb.to(state.device), 1)
+                with streamer.bound(i):
                     qkv, kept = self._block_begin(
                         block, state.image, state.text, img_mod, txt_mod, state.img_freqs, state.txt_freqs,
                         state.index,
                     )  # fmt: skip
-                    begun.append((torch.stack(qkv[:3]), torch.stack(qkv[3:]), kept))
-                joints = heads_for_ranks([b[0] for b in begun], [b[1] for b in begun], self.head_shares, devices)
-                attended = [self._attend(j[0], j[1], j[2]).to(j.dtype) for j in joints]
-                back = tokens_for_ranks(attended, lengths[0], spans, devices)
-                for rank in reversed(range(len(streamers))):
-                    state, (txt_joint, img_joint) = states[rank], back[rank]
+                begun.append((torch.stack(qkv[:3]), torch.stack(qkv[3:]), kept))
+            joints = heads_for_ranks([b[0] for b in begun], [b[1] for b in begun], self.head_shares, devices)
+            attended = [self._attend(j[0], j[1], j[2]).to(j.dtype) for j in joints]
+            back = tokens_for_ranks(attended, lengths[0], spans, devices)
+            for streamer, state, (_, _, kept), (txt_joint, img_joint) in zip(
+                streamers, states, begun, back, strict=True
+            ):
+                with streamer.bound(i):
                     state.image, state.text = self._block_end(
-                        block, state.image, state.text, img_joint.flatten(-2), txt_joint.flatten(-2),
-                        begun[rank][2], state.index,
-                    )  # fmt: skip
-                    bindings.pop().__exit__(None, None, None)
-            finally:
-                while bindings:  # an error half-way: every block still gets its own weights back
-                    bindings.pop().__exit__(None, None, None)
-            for streamer in reversed(streamers):
+                        block, state.image, state.text, img_joint.flatten(-2), txt_joint.flatten(-2), kept, state.index
+                    )
                 streamer.leave(i)
         image = torch.cat([state.image.to(self.device) for state in states], dim=1)
         return self._project_out(image, temb)

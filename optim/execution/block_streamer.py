@@ -33,7 +33,6 @@ from ..files.tensor_layout import ModuleLayout, bind, current_tensors, layout_of
 from .arena_fill import ArenaFill
 from .devices import indexed
 from .host_arena import ALIGN, HostArena
-from .module_shells import follow_owners, shell_of
 
 if TYPE_CHECKING:
     from ..files.file_tensors import FileFeed
@@ -129,40 +128,21 @@ class BlockStreamer:
         self._sequence = 0
         self._active: dict[int, int] = {}  # block index -> slot it computes from
         self._copy_stream: torch.cuda.Stream | None = None
-        self.modules: list[nn.Module] = list(blocks)  # what this streamer binds (a follower's own: shells)
-        self.owners: dict[nn.Module, nn.Module] = {}  # a follower with its own modules: original -> shell
-        self._owns_arena = True
         self._resident_views: dict[int, list[torch.Tensor]] = {}  # block -> views of its resident copy
         # The first streamer binds its blocks' GPU copies for good; a follower (another GPU, see follower())
         # binds a block only inside bound(), and puts back what was bound before.
         self._binds = True
         self._restore: dict[int, list[torch.Tensor]] = {}
 
-    def follower(self, device: torch.device, own_modules: bool = False) -> BlockStreamer:
+    def follower(self, device: torch.device) -> BlockStreamer:
         """A streamer for the same blocks on another GPU: its own resident copies and ring, filled from this
-        streamer's host arena (no second host copy). Release followers before this streamer.
-
-        By default it binds a block's weights only inside :meth:`bound`, so GPUs take turns computing the same
-        modules from one thread. ``own_modules``: it gets shells of the blocks (optim/execution/module_shells.py)
-        in :attr:`modules` and binds their weights for good, so its GPU computes them from a thread of its own."""
+        streamer's host arena (no second host copy). It binds a block's weights only inside :meth:`bound`,
+        so several GPUs take turns computing the same modules. Release followers before this streamer."""
         twin = object.__new__(BlockStreamer)
         twin.__dict__.update(self.__dict__)  # the host side (layouts, arena, fill, file feed) is shared
         twin.device = indexed(device)
-        twin._binds = own_modules
-        twin._owns_arena = False
+        twin._binds = False
         twin._restore = {}
-        if own_modules:
-            shells = [shell_of(block) for block in self.modules]
-            twin.modules = [shell for shell, _ in shells]
-            twin.owners = {orig: shell for _, owners in shells for orig, shell in owners.items()}
-            twin._layouts = [follow_owners(layout, twin.owners) for layout in self._layouts]
-            twin._home = []
-            for block, layout in enumerate(twin._layouts):
-                if block in self._in_files:
-                    twin._home.append(current_tensors(layout))
-                else:
-                    twin._home.append(views(layout, self._arena.view(self._offsets[block], layout.nbytes)))
-                    bind(layout, twin._home[-1])
         twin._resident, twin._resident_views, twin._arriving = {}, {}, {}
         twin._place_stream = twin._copy_stream = None
         twin.order, twin._position, twin._slots, twin._slot_views, twin._active = [], {}, [], [], {}
@@ -192,7 +172,7 @@ class BlockStreamer:
             del self._resident[block], self._resident_views[block]
         for block in sorted(set(keep) - set(self._resident)):
             from_arena = block not in self._in_files
-            if keep[block].type == "cpu" and from_arena and self._owns_arena:
+            if keep[block].type == "cpu" and from_arena and self._binds:
                 self._fill.wait(block)  # a CPU computes from the arena itself, without a hook per block
                 continue
             if keep[block] == self.device and self._pin and from_arena:
@@ -463,7 +443,7 @@ class BlockStreamer:
 
     def release(self) -> None:
         """Free the GPU copies and unlock the host arena (the pipeline is being dropped)."""
-        if not self._owns_arena:  # a follower: the arena is its first streamer's
+        if not self._binds:  # a follower: the arena is its first streamer's
             self._settle()
             self.configure(())
             self._free_staging()

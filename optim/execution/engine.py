@@ -236,13 +236,7 @@ class PipelineEngine:
             self.other_blocks.pop(device).release()
         streamers = []
         for device, resident in wanted:
-            # Sequence parallelism runs each GPU from its own thread: the GPU needs modules of its own.
-            own_modules = plan.strategy == SEQUENCE_PARALLEL
-            streamer = self.other_blocks.get(device)
-            if streamer is not None and bool(streamer.owners) != own_modules:
-                streamer.release()
-                streamer = None
-            streamer = streamer or self.blocks.follower(device, own_modules=own_modules)
+            streamer = self.other_blocks.get(device) or self.blocks.follower(device)
             streamer.configure(range(resident), max(plan.slots, 2))
             self.other_blocks[device] = streamer
             streamers.append(streamer)

@@ -18,7 +18,6 @@ ControlNet); anything else is refused with a clear message rather than computed 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Hashable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -36,8 +35,7 @@ from .cfg_pairing import CfgPairing, TextInput
 from .devices import indexed
 from .joint_attention import Projected, output_projections, rotated_qkv
 from .modulation import ModulationTable, expand_for_batch, single_sample_temb
-from .module_shells import sync_shells
-from .sequence_parallel import Trades, heads_for_rank, tokens_for_rank
+from .sequence_parallel import heads_for_ranks, tokens_for_ranks
 from .step_cache import StepCache
 
 
@@ -106,8 +104,6 @@ class TransformerEngine:
         self.head_shares: tuple[int, ...] = ()
         self._mirrors: dict[tuple[Hashable, torch.device], list] = {}  # modulation rows on other GPUs
         self.step_cache: StepCache | None = None  # the fastest rung's (optim/execution/step_cache.py)
-        self._compiled = False  # compile_blocks() on
-        self._warm_shapes: set[tuple] = set()  # sequence-parallel shapes compiled on every GPU already
 
     @property
     def attention_backend(self) -> str | None:
@@ -124,7 +120,6 @@ class TransformerEngine:
         """Compile the per-block computation once; every block reuses it (same shapes, weights as inputs).
         ``on=False`` goes back to the eager method."""
         # Sequence parallelism runs a block in two halves around its exchanges: each half compiles alone.
-        self._compiled, self._warm_shapes = on, set()
         for name in ("_block", "_block_begin", "_block_end"):
             if not on:
                 self.__dict__.pop(name, None)
@@ -166,7 +161,6 @@ class TransformerEngine:
         self._schedule_keys = set()
         self._mirrors = {}
         for streamer in self._streamers():
-            sync_shells(streamer.owners)  # a LoRA or a speed rung changed the originals since the last run
             streamer.start()
 
     def end_run(self) -> None:
@@ -396,11 +390,10 @@ class TransformerEngine:
     ) -> torch.Tensor:
         """One sample with its image tokens cut over this GPU and ``ranks``' GPUs in proportion to their heads
         (optim/execution/sequence_parallel.py): every GPU runs every block on its tokens (and on the whole
-        text) with its own copy of the weights, from a thread of its own; attention trades heads for tokens
-        and back."""
+        text), with its own copy of the weights; attention exchanges heads for tokens and back. Kernels queue
+        on every GPU without a host wait; the copies between GPUs order the streams."""
         tr = self.transformer
         streamers = [self.streamer, *self.ranks]
-        blocks = [list(tr.transformer_blocks), *(streamer.modules for streamer in self.ranks)]
         devices = [streamer.device for streamer in streamers]
         image, temb, index = self._image_stream(hidden_states, timestep, img_shapes, additional_t_cond, 1)
         text, lengths = self._text_streams([text_input])
@@ -421,46 +414,36 @@ class TransformerEngine:
             )  # fmt: skip
             for device, (a, b) in zip(devices, spans, strict=True)
         ]
-        trades = Trades(len(streamers))
-        # torch.compile is not safe to enter from several threads while it compiles: the first pass of a
-        # shape runs the GPUs' halves one thread at a time; later passes run them freely.
-        warm = self._compiled and (len(streamers), image.shape[1], lengths[0]) in self._warm_shapes
-        serial = threading.Lock() if self._compiled and not warm else None
-
-        def rank_forward(rank: int) -> torch.Tensor:
-            streamer, state, device = streamers[rank], states[rank], devices[rank]
-            guard = serial or nullcontext()
-            for i, block in enumerate(blocks[rank]):
+        for i, block in enumerate(tr.transformer_blocks):
+            # Both halves in GPU order. One thread queues every GPU's kernels, and measured on two H200s this
+            # order is the faster one: ending in reverse order (binding each GPU's weights once per block)
+            # took 0.369 s/step instead of 0.232.
+            begun = []
+            for streamer, state in zip(streamers, states, strict=True):
                 streamer.enter(i)
                 if rows is not None:
-                    img_mod, txt_mod = self.modulation.expand(mirrors[device][i], 1)
+                    img_mod, txt_mod = self.modulation.expand(mirrors[state.device][i], 1)
                 else:
-                    img_mod, txt_mod = self._live_modulation(block, temb.to(device), 1)
-                with guard:
+                    img_mod, txt_mod = self._live_modulation(block, temb.to(state.device), 1)
+                with streamer.bound(i):
                     qkv, kept = self._block_begin(
                         block, state.image, state.text, img_mod, txt_mod, state.img_freqs, state.txt_freqs,
                         state.index,
                     )  # fmt: skip
-                mine = (torch.stack(qkv[:3]), torch.stack(qkv[3:]))
-                joint = trades.trade(
-                    rank, mine,
-                    lambda sent: heads_for_rank(rank, [s[0] for s in sent], sent[rank][1], self.head_shares, device),
-                )  # fmt: skip
-                attended = self._attend(joint[0], joint[1], joint[2]).to(joint.dtype)
-                txt_joint, img_joint = trades.trade(
-                    rank, attended, lambda sent: tokens_for_rank(rank, sent, lengths[0], spans, device)
-                )
-                with guard:
+                begun.append((torch.stack(qkv[:3]), torch.stack(qkv[3:]), kept))
+            joints = heads_for_ranks([b[0] for b in begun], [b[1] for b in begun], self.head_shares, devices)
+            attended = [self._attend(j[0], j[1], j[2]).to(j.dtype) for j in joints]
+            back = tokens_for_ranks(attended, lengths[0], spans, devices)
+            for streamer, state, (_, _, kept), (txt_joint, img_joint) in zip(
+                streamers, states, begun, back, strict=True
+            ):
+                with streamer.bound(i):
                     state.image, state.text = self._block_end(
                         block, state.image, state.text, img_joint.flatten(-2), txt_joint.flatten(-2), kept, state.index
                     )
                 streamer.leave(i)
-            return state.image
-
-        shards = trades.run(rank_forward)
-        if self._compiled:
-            self._warm_shapes.add((len(streamers), image.shape[1], lengths[0]))
-        return self._project_out(torch.cat([shard.to(self.device) for shard in shards], dim=1), temb)
+        image = torch.cat([state.image.to(self.device) for state in states], dim=1)
+        return self._project_out(image, temb)
 
     def _image_stream(
         self,

@@ -1,6 +1,6 @@
 """Sequence parallelism's arithmetic on the CPU (fp32): the image tokens cut over 2..4 emulated GPUs
-(streamers on the CPU, each with its own copy of the weights and modules, each driven by its own thread), in
-equal and uneven shares, give diffusers' own forward. The GPU benchmark runs the same code on two H200s."""
+(streamers on the CPU, each with its own copy of the weights), in equal and uneven shares, give
+diffusers' own forward. The GPU benchmark runs the same code on two H200s."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from tiny_transformer import CPU, VARIANTS, inputs, reference
 
 from optim.execution.block_streamer import BlockStreamer
 from optim.execution.cfg_pairing import TextInput
-from optim.execution.sequence_parallel import heads_for_rank, tokens_for_rank
+from optim.execution.sequence_parallel import heads_for_ranks, tokens_for_ranks
 from optim.execution.transformer_engine import TransformerEngine
 from optim.planning.work_split import head_shares, token_spans
 from optim.qwen.architectures import Architecture
@@ -51,14 +51,14 @@ def test_exchanges_give_every_gpu_all_tokens_of_its_heads_and_back(shares: tuple
     spans = token_spans(tokens, shares)
     image = torch.randn(1, tokens, HEADS, 4)
     text = torch.randn(1, text_tokens, HEADS, 4)
-    images = [image[:, a:b] for a, b in spans]
-    joints = [heads_for_rank(j, images, text, shares, CPU) for j in range(len(shares))]
+    devices = [CPU] * len(shares)
+    joints = heads_for_ranks([image[:, a:b] for a, b in spans], [text] * len(shares), shares, devices)
     first = 0
     for joint, share in zip(joints, shares, strict=True):
         heads = slice(first, first + share)
         assert torch.equal(joint, torch.cat([text[:, :, heads], image[:, :, heads]], dim=1))
         first += share
-    back = [tokens_for_rank(r, joints, text_tokens, spans, CPU) for r in range(len(shares))]
+    back = tokens_for_ranks(joints, text_tokens, spans, devices)
     for (text_back, image_back), (a, b) in zip(back, spans, strict=True):
         assert torch.equal(text_back, text) and torch.equal(image_back, image[:, a:b])
 
@@ -68,7 +68,7 @@ def _engine(transformer: torch.nn.Module, shares: tuple[int, ...], resident: int
     through its own ring (the modulation computed live: no table)."""
     first = BlockStreamer(transformer.transformer_blocks, CPU, pin=False)
     first.configure(range(resident), 2)
-    others = [first.follower(CPU, own_modules=True) for _ in shares[1:]]
+    others = [first.follower(CPU) for _ in shares[1:]]
     for other in others:
         other.configure(range(resident), 2)
     engine = TransformerEngine(transformer, CPU, first)
@@ -121,34 +121,4 @@ def test_a_head_share_per_gpu_is_required() -> None:
     first = BlockStreamer(transformer.transformer_blocks, CPU, pin=False)
     engine = TransformerEngine(transformer, CPU, first)
     with pytest.raises(ValueError, match="2 GPUs need 2 head shares"):
-        engine.place({}, ranks=(first.follower(CPU, own_modules=True),), head_shares=(12,))
-
-
-def test_a_lora_attached_after_placement_reaches_every_gpu() -> None:
-    """The other GPUs compute with module shells: a LoRA attached to the originals after the shells were made
-    (the engine attaches before each run) changes their output too, and detaching it takes it back."""
-    from optim.quant.low_rank import LowRankFactors, attach_low_rank, detach_low_rank
-
-    variant = Variant.EDIT_2509
-    transformer = twelve_head_transformer(variant)
-    hidden, prompt, _, shapes, extra = inputs(transformer, variant)
-    t = torch.tensor([0.6])
-    layer = transformer.transformer_blocks[1].attn.to_q
-    generator = torch.Generator().manual_seed(5)
-    down = torch.randn(4, layer.in_features, generator=generator)
-    up = torch.randn(layer.out_features, 4, generator=generator)
-    with torch.inference_mode():
-        plain = reference(transformer, hidden, prompt, t, shapes, extra)
-        engine = _engine(transformer, (6, 6), resident=3)
-        attach_low_rank(layer, (LowRankFactors(down, up, torch.full((4,), 0.5)),))
-        want = reference(transformer, hidden, prompt, t, shapes, extra)
-        engine.begin_run()
-        got = engine.run(hidden, [TextInput(prompt, None)], t, shapes, extra)[0]
-        engine.end_run()
-        detach_low_rank(layer)
-        engine.begin_run()
-        back = engine.run(hidden, [TextInput(prompt, None)], t, shapes, extra)[0]
-        engine.end_run()
-    assert not torch.allclose(want, plain, atol=1e-3)
-    assert (got - want).abs().max() <= 1e-6 * want.abs().max()
-    assert (back - plain).abs().max() <= 1e-6 * plain.abs().max()
+        engine.place({}, ranks=(first.follower(CPU),), head_shares=(12,))

@@ -10,9 +10,11 @@ Decisions:
 
 - **One process drives every GPU** (optim/execution/transformer_engine.py queues each block on every
   GPU in turn, without a host wait), and the exchanges are copies between GPUs (NVLink or PCIe peer
-  copies; CUDA orders them against both GPUs' queues). One process per GPU with NCCL would need the
-  weights' page-locked host arena in every process, or shared between processes: the streaming
-  replicas read one arena, so it stays one process.
+  copies; CUDA orders them against both GPUs' queues). Measured on two H200s (bench/results/
+  several_gpus_h200x2_2026-11-30): 0.232 s/step against 0.370 on one GPU; one thread per GPU, each with
+  module shells of its own, ran 0.421 (the threads contend for the interpreter). One process per GPU
+  with NCCL would need the weights' page-locked host arena in every process, or shared between
+  processes: the streaming replicas read one arena, so it stays one process.
 - **Shares follow speed**: GPU ``r`` attends with ``shares[r]`` heads and holds the same share of the
   image tokens (optim/planning/work_split.py), so a slower GPU gets less of both. Shares need not be
   equal and spans may be uneven (no padding: peer copies take any shape).

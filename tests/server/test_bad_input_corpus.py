@@ -762,6 +762,38 @@ RUN_VALUES = [
 ]
 
 
+FORCED_STRATEGIES = [
+    pytest.param(
+        {"multi_gpu": "sequence_parallel", "gpus": "all"},
+        4.0,
+        ("sequence parallelism cannot run: this job runs with CFG", "Pick multi_gpu 'auto' or 'split'"),
+        id="sequence-parallel-with-cfg",
+    ),
+    pytest.param(
+        {"multi_gpu": "sequence_parallel", "gpus": "one"},
+        1.0,
+        ("sequence parallelism cannot run: it needs two or more GPUs and gpus is 'one'", "Set gpus to 'all'"),
+        id="sequence-parallel-one-gpu",
+    ),
+    pytest.param(
+        {"multi_gpu": "sequence_parallel", "gpus": "all"},
+        1.0,
+        ("sequence parallelism cannot run: it needs two or more GPUs and only cpu is visible", "Pick multi_gpu"),
+        id="sequence-parallel-no-second-gpu",
+    ),
+]
+
+
+@pytest.mark.parametrize("offload, scale, words", FORCED_STRATEGIES)
+def test_a_strategy_forced_where_it_cannot_run(comfy, offload, scale, words):
+    """multi_gpu forced on a job or machine it cannot serve: refused at the run with the reason and the fix."""
+    graph = edit_graph(true_cfg_scale=scale)
+    graph["1"]["inputs"]["offload"] = ["10", 0]
+    graph["10"] = {"class_type": "QwenFitOffloadToggle", "inputs": {"mode": "auto", "vram_budget": "auto", **offload}}
+    assert_refused(queue(comfy, graph), words)
+    assert_next_prompt_runs(comfy)
+
+
 @pytest.mark.parametrize("inputs, words", RUN_VALUES)
 def test_bad_instruct_edit_values(comfy, inputs, words):
     result = queue(comfy, edit_graph(**inputs))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from conftest import ARTIFACTS, REPO, load_json, pack_errors
+from conftest import ARTIFACTS, PACK_SCRIPTS, REPO, load_json, pack_errors
 
 from tools.presets import TINY_STAND_INS
 
@@ -115,6 +115,36 @@ def test_preset_shows_a_sane_plan_preview(page, ui_path):
     assert run["preview"]["job"]["kind"] == kind
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"plan-preview-{ui_path.stem}.png"))
+
+
+def test_a_several_gpu_plan_leads_its_badge_row_with_the_strategy_and_says_why(page):
+    """This machine has no second GPU, so the loader's settled preview is given a two-GPU plan (the fields the
+    preview route sends) and the pack's own badge code draws it: the detail row starts with the strategy and
+    its tooltip adds the reason; a one-GPU plan's row stays as it was."""
+    load_on_tiny_models(page, load_json(REPO / "example_workflows" / "qwenfit_edit_auto.json"))
+    settled_previews(page)
+    rows = page.evaluate(
+        """async (module) => {
+            const { showBadge } = await import(module);
+            const node = window.app.graph.nodes.find(n => n.type === 'QwenFitOptimizedLoader');
+            const plan = node.qwenfit.preview.plan;
+            const row = () => { showBadge(node); const r = node.widgets.find(w => w.name === 'qwenfit_plan')
+                .element.querySelector('[data-kind="detail"]'); return { text: r.textContent, title: r.title }; };
+            const one = row();
+            node.qwenfit.preview.plan = { ...plan, strategy: 'CFG-parallel', reason: 'CFG on: each of 2 GPUs',
+                gpus: [{ device: 'cuda:0', peak_bytes: 1 }, { device: 'cuda:1', peak_bytes: 1 }] };
+            const two = row();
+            node.qwenfit.preview.plan = plan;
+            showBadge(node);
+            return { one, two };
+        }""",
+        f"{PACK_SCRIPTS}qwenfit/node_badges.js",
+    )
+    assert "blocks on GPU" in rows["one"]["text"]
+    assert not rows["one"]["text"].startswith("CFG-parallel") and rows["one"]["title"] == rows["one"]["text"]
+    assert rows["two"]["text"] == f"CFG-parallel: {rows['one']['text']}"
+    assert rows["two"]["title"] == f"{rows['two']['text']}\nCFG on: each of 2 GPUs"
+    assert pack_errors(page) == []
 
 
 def test_a_setting_change_updates_the_preview(page):

@@ -132,7 +132,6 @@ class BlockStreamer:
         # The first streamer binds its blocks' GPU copies for good; a follower (another GPU, see follower())
         # binds a block only inside bound(), and puts back what was bound before.
         self._binds = True
-        self._restore: dict[int, list[torch.Tensor]] = {}
 
     def follower(self, device: torch.device) -> BlockStreamer:
         """A streamer for the same blocks on another GPU: its own resident copies and ring, filled from this
@@ -142,7 +141,6 @@ class BlockStreamer:
         twin.__dict__.update(self.__dict__)  # the host side (layouts, arena, fill, file feed) is shared
         twin.device = indexed(device)
         twin._binds = False
-        twin._restore = {}
         twin._resident, twin._resident_views, twin._arriving = {}, {}, {}
         twin._place_stream = twin._copy_stream = None
         twin.order, twin._position, twin._slots, twin._slot_views, twin._active = [], {}, [], [], {}

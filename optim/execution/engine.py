@@ -25,7 +25,6 @@ from ..planning.model_sizes import ModelSizes, measure
 from ..planning.plan import CFG_PARALLEL, NO_LORA_PLAN, SEQUENCE_PARALLEL, ComponentPlacement, LoraPlan, Plan
 from ..planning.planner import Gpu, plan_run
 from ..planning.speed_ladder import EXACT, Arithmetic
-from ..planning.work_split import head_shares
 from ..qwen.anatomy import is_modulation
 from ..qwen.job_shape import JobShape
 from ..settings import CARD_BUDGETS, GIB, OffloadSettings, VaeSettings
@@ -73,8 +72,7 @@ def _other_gpus(plan: Plan) -> list[tuple[torch.device, int]]:
     (it streams the others through its own ring); nothing for the other strategies."""
     if plan.strategy not in (CFG_PARALLEL, SEQUENCE_PARALLEL):
         return []
-    counts = plan.device_resident or (len(plan.resident_blocks),) * len(plan.devices)
-    return [(indexed(torch.device(d)), n) for d, n in zip(plan.devices[1:], counts[1:], strict=True)]
+    return [(indexed(torch.device(d)), n) for d, n in zip(plan.devices[1:], plan.device_resident[1:], strict=True)]
 
 
 class PipelineEngine:
@@ -243,9 +241,7 @@ class PipelineEngine:
         if plan.strategy == CFG_PARALLEL:
             self.transformer.place(placement, replica=streamers[0])
         elif plan.strategy == SEQUENCE_PARALLEL:
-            heads = self.pipeline.transformer.config.num_attention_heads
-            shares = plan.head_shares or head_shares(heads, [1.0] * len(plan.devices))
-            self.transformer.place(placement, ranks=tuple(streamers), head_shares=shares)
+            self.transformer.place(placement, ranks=tuple(streamers), head_shares=plan.head_shares)
         else:
             self.transformer.place(placement)
 

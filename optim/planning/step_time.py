@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from ..qwen.job_shape import JobShape
 from .model_sizes import ModelSizes
 from .plan import CFG_PARALLEL, SEQUENCE_PARALLEL, Plan
+from .strategy_choice import compute_shares
 
 # The step cache's fixed schedule: the first CACHE_WARMUP steps, one in CACHE_INTERVAL after, and the last
 # step run the transformer (optim/execution/step_cache.py extrapolates the others).
@@ -104,16 +105,6 @@ def streamed_bytes_per_step(sizes: ModelSizes, plan: Plan) -> int:
     return len(plan.streamed_blocks) * sizes.block_bytes
 
 
-def compute_share(plan: Plan) -> float:
-    """The share of a step's compute on the GPU with the most: CFG-parallel computes one of two samples per
-    GPU, sequence-parallel its share of the heads (and tokens); every other strategy all of it."""
-    if plan.strategy == CFG_PARALLEL:
-        return 0.5
-    if plan.strategy == SEQUENCE_PARALLEL and plan.head_shares:
-        return max(plan.head_shares) / sum(plan.head_shares)
-    return 1.0
-
-
 def file_bytes_per_step(sizes: ModelSizes, plan: Plan) -> int:
     """Weights read from the model files in one step: the streamed blocks the host plan left there."""
     in_files = plan.host.blocks_in_files if plan.host is not None else 0
@@ -144,7 +135,7 @@ def estimate_step(
         compute = flops / (speed.matmul_flops * EFFICIENCY) * expansion
     # One thread queues every GPU's kernels: the fixed cost per block is paid once per GPU.
     launches = len(plan.devices) if plan.strategy in (CFG_PARALLEL, SEQUENCE_PARALLEL) else 1
-    compute = compute * compute_share(plan) + sizes.blocks * BLOCK_OVERHEAD_S * launches
+    compute = compute * max(compute_shares(plan)) + sizes.blocks * BLOCK_OVERHEAD_S * launches
     streamed = streamed_bytes_per_step(sizes, plan)
     transfer = streamed / speed.host_to_device_bytes if streamed and speed.host_to_device_bytes else 0.0
     read = file_bytes_per_step(sizes, plan)

@@ -46,13 +46,10 @@ def relative_step(plan: Plan, speeds: Mapping[str, float] | None = None) -> floa
     def streaming(streamed: int) -> float:
         return STREAM_TO_COMPUTE * crossings / samples * streamed / blocks
 
-    if plan.strategy == CFG_PARALLEL:
-        return max(max(0.5 / s, streaming(blocks - n)) for s, n in zip(speed, plan.device_resident, strict=True))
-    if plan.strategy == SEQUENCE_PARALLEL:
-        heads = sum(plan.head_shares)
+    if plan.strategy in PARALLEL:
         return max(
-            max(h / heads / s, streaming(blocks - n))
-            for s, h, n in zip(speed, plan.head_shares, plan.device_resident, strict=True)
+            max(share / s, streaming(blocks - n))
+            for s, share, n in zip(speed, compute_shares(plan), plan.device_resident, strict=True)
         )
     on_gpu = [len(plan.streamed_blocks) + len(plan.resident_blocks) - len(plan.block_devices)]
     on_gpu += [0] * (len(speed) - 1)
@@ -60,6 +57,16 @@ def relative_step(plan: Plan, speeds: Mapping[str, float] | None = None) -> floa
         on_gpu[index] += 1
     compute = sum(count / blocks / s for count, s in zip(on_gpu, speed, strict=True))
     return max(compute, streaming(len(plan.streamed_blocks)))
+
+
+def compute_shares(plan: Plan) -> tuple[float, ...]:
+    """Each GPU's share of a step's compute (by ``plan.devices``): CFG-parallel, one of the two samples each;
+    sequence-parallel, its share of the heads (and as large a share of the tokens); otherwise all of it."""
+    if plan.strategy == CFG_PARALLEL:
+        return (0.5,) * len(plan.devices)
+    if plan.strategy == SEQUENCE_PARALLEL:
+        return tuple(h / sum(plan.head_shares) for h in plan.head_shares)
+    return (1.0,)
 
 
 def preference(plan: Plan) -> tuple:

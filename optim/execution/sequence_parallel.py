@@ -26,7 +26,8 @@ Decisions:
 - Image tokens are cut in order; the latents and the references are one image stream in the engine,
   so references are cut like the latents. RoPE tables and the 2511 modulation index are cut the same
   way; RoPE is applied per token before the exchange.
-- Q, K and V travel stacked, so a block costs two exchanges.
+- Q, K and V travel stacked, so a block costs two exchanges. Their copies run on side streams
+  (:class:`PeerCopies`): with PyTorch's own copies between GPUs both directions took turns.
 """
 
 from __future__ import annotations
@@ -35,6 +36,45 @@ from collections.abc import Sequence
 from itertools import accumulate
 
 import torch
+
+
+class PeerCopies:
+    """The copies between GPUs of one exchange, run on side streams so both directions move at once.
+
+    PyTorch's copy between two GPUs joins the current streams of both in a two-way barrier and runs on the
+    source's stream: queued from one thread, the copy one way then waits for the copy the other way, and
+    each GPU's compute waits for both. Here each GPU has a send and a receive stream: a copy r -> j runs on
+    r's send stream once r's compute has produced the data, j's receive stream waits for it, and j's
+    compute waits for its receive stream (:meth:`deliver`) only when it needs what arrived. On the CPU (the
+    tests' emulated GPUs) the copies are plain ``to``.
+    """
+
+    def __init__(self, devices: Sequence[torch.device]) -> None:
+        self.devices = list(devices)
+        cuda = all(d.type == "cuda" for d in self.devices) and len(set(self.devices)) == len(self.devices)
+        self._send = [torch.cuda.Stream(d) for d in self.devices] if cuda else []
+        self._recv = [torch.cuda.Stream(d) for d in self.devices] if cuda else []
+
+    def copy(self, tensor: torch.Tensor, source: int, target: int) -> torch.Tensor:
+        """``tensor`` (on GPU ``source``, produced by its compute stream) on GPU ``target``."""
+        if source == target:
+            return tensor
+        if not self._send:
+            return tensor.to(self.devices[target])
+        send, recv = self._send[source], self._recv[target]
+        tensor = tensor.contiguous()  # on the compute stream: the copy itself is one memcpy
+        send.wait_stream(torch.cuda.current_stream(self.devices[source]))
+        with torch.cuda.stream(send), torch.cuda.stream(recv):
+            moved = tensor.to(self.devices[target], non_blocking=True)
+        # Both are used on other streams than they were made on: the allocator must not reuse them early.
+        tensor.record_stream(send)
+        moved.record_stream(torch.cuda.current_stream(self.devices[target]))
+        return moved
+
+    def deliver(self) -> None:
+        """Every GPU's compute waits for what it received."""
+        for device, recv in zip(self.devices, self._recv, strict=False):
+            torch.cuda.current_stream(device).wait_stream(recv)
 
 
 def _bounds(shares: Sequence[int]) -> list[tuple[int, int]]:
@@ -46,37 +86,49 @@ def heads_for_ranks(
     images: Sequence[torch.Tensor],
     texts: Sequence[torch.Tensor],
     shares: Sequence[int],
-    devices: Sequence[torch.device],
+    copies: PeerCopies,
 ) -> list[torch.Tensor]:
     """(each GPU's image tokens, all heads) -> (all tokens, each GPU's heads).
 
     ``images[r]`` [..., tokens of r, heads, dim] and ``texts[r]`` [..., text, heads, dim] live on
-    ``devices[r]`` (the text is the same on every GPU). Returns, for GPU ``j``, on ``devices[j]``:
+    ``copies.devices[r]`` (the text is the same on every GPU). Returns, for GPU ``j``, on its device:
     [..., text + all image tokens, shares[j], dim], the text first (the single-GPU order)."""
-    joints = []
-    for j, (first, last) in enumerate(_bounds(shares)):
-        parts = [texts[j][..., first:last, :]]
-        parts += [image[..., first:last, :].to(devices[j], non_blocking=True) for image in images]
-        joints.append(torch.cat(parts, dim=-3))
-    return joints
+    bounds = _bounds(shares)
+    # Every copy is queued before any joining, so the copies of both directions run at once.
+    arrived = [
+        [copies.copy(image[..., first:last, :], r, j) for r, image in enumerate(images)]
+        for j, (first, last) in enumerate(bounds)
+    ]
+    copies.deliver()
+    return [
+        torch.cat([texts[j][..., first:last, :], *parts], dim=-3)
+        for j, ((first, last), parts) in enumerate(zip(bounds, arrived, strict=True))
+    ]
 
 
 def tokens_for_ranks(
     joints: Sequence[torch.Tensor],
     text_tokens: int,
     spans: Sequence[tuple[int, int]],
-    devices: Sequence[torch.device],
+    copies: PeerCopies,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The inverse of :func:`heads_for_ranks` for the attention's output.
 
-    ``joints[j]`` [..., text + all image tokens, heads of j, dim] on ``devices[j]``. Returns, for GPU
-    ``r``, on ``devices[r]``: (the whole text [..., text, heads, dim], its image tokens ``spans[r]``
+    ``joints[j]`` [..., text + all image tokens, heads of j, dim] on ``copies.devices[j]``. Returns, for GPU
+    ``r``, on its device: (the whole text [..., text, heads, dim], its image tokens ``spans[r]``
     [..., tokens of r, heads, dim]), the head groups in GPU order (the single-GPU head order)."""
-    back = []
-    for device, (start, stop) in zip(devices, spans, strict=True):
-        text = [joint[..., :text_tokens, :, :].to(device, non_blocking=True) for joint in joints]
-        image = [
-            joint[..., text_tokens + start : text_tokens + stop, :, :].to(device, non_blocking=True) for joint in joints
+    arrived = [
+        [
+            (
+                copies.copy(joint[..., :text_tokens, :, :], j, r),
+                copies.copy(joint[..., text_tokens + start : text_tokens + stop, :, :], j, r),
+            )
+            for j, joint in enumerate(joints)
         ]
-        back.append((torch.cat(text, dim=-2), torch.cat(image, dim=-2)))
-    return back
+        for r, (start, stop) in enumerate(spans)
+    ]
+    copies.deliver()
+    return [
+        (torch.cat([text for text, _ in parts], dim=-2), torch.cat([image for _, image in parts], dim=-2))
+        for parts in arrived
+    ]

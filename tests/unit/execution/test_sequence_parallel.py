@@ -10,7 +10,7 @@ from tiny_transformer import CPU, VARIANTS, inputs, reference
 
 from optim.execution.block_streamer import BlockStreamer
 from optim.execution.cfg_pairing import TextInput
-from optim.execution.sequence_parallel import heads_for_ranks, tokens_for_ranks
+from optim.execution.sequence_parallel import PeerCopies, heads_for_ranks, tokens_for_ranks
 from optim.execution.transformer_engine import TransformerEngine
 from optim.planning.work_split import head_shares, token_spans
 from optim.qwen.architectures import Architecture
@@ -51,14 +51,14 @@ def test_exchanges_give_every_gpu_all_tokens_of_its_heads_and_back(shares: tuple
     spans = token_spans(tokens, shares)
     image = torch.randn(1, tokens, HEADS, 4)
     text = torch.randn(1, text_tokens, HEADS, 4)
-    devices = [CPU] * len(shares)
-    joints = heads_for_ranks([image[:, a:b] for a, b in spans], [text] * len(shares), shares, devices)
+    copies = PeerCopies([CPU] * len(shares))
+    joints = heads_for_ranks([image[:, a:b] for a, b in spans], [text] * len(shares), shares, copies)
     first = 0
     for joint, share in zip(joints, shares, strict=True):
         heads = slice(first, first + share)
         assert torch.equal(joint, torch.cat([text[:, :, heads], image[:, :, heads]], dim=1))
         first += share
-    back = tokens_for_ranks(joints, text_tokens, spans, devices)
+    back = tokens_for_ranks(joints, text_tokens, spans, copies)
     for (text_back, image_back), (a, b) in zip(back, spans, strict=True):
         assert torch.equal(text_back, text) and torch.equal(image_back, image[:, a:b])
 

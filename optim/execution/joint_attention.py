@@ -38,7 +38,8 @@ def rotated_qkv(
     if attn.norm_added_k is not None:
         tk = attn.norm_added_k(tk)
     iq, ik = rotary(iq, img_freqs, use_real=False), rotary(ik, img_freqs, use_real=False)
-    tq, tk = rotary(tq, txt_freqs, use_real=False), rotary(tk, txt_freqs, use_real=False)
+    if text.shape[-2]:  # sequence parallelism's other GPUs run on an empty text (nothing to rotate)
+        tq, tk = rotary(tq, txt_freqs, use_real=False), rotary(tk, txt_freqs, use_real=False)
     return iq, ik, iv, tq, tk, tv
 
 

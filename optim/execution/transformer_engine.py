@@ -427,7 +427,7 @@ class TransformerEngine:
         for i, block in enumerate(tr.transformer_blocks):
             # Both halves in GPU order. One thread queues every GPU's kernels, and measured on two H200s this
             # order is the faster one: ending in reverse order (binding each GPU's weights once per block)
-            # took 0.369 s/step instead of 0.232.
+            # took 0.369 s/step instead of 0.232 (session 11's exchange).
             begun = []
             for streamer, state in zip(streamers, states, strict=True):
                 streamer.enter(i)

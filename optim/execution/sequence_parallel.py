@@ -49,8 +49,10 @@ class PeerCopies:
     source's stream: queued from one thread, the copy one way then waits for the copy the other way, and
     each GPU's compute waits for both. Here each GPU has a send and a receive stream: a copy r -> j runs on
     r's send stream once r's compute has produced the data, j's receive stream waits for it, and j's
-    compute waits for its receive stream (:meth:`deliver`) only when it needs what arrived. On the CPU (the
-    tests' emulated GPUs) the copies are plain ``to``.
+    compute waits for its receive stream (:meth:`deliver`) only when it needs what arrived. Measured on two
+    H200s: 0.232 -> 0.222 s/step; grouping the copies per GPU pair (one wait per sending GPU) measured 0.424,
+    not understood, so each copy waits by itself. On the CPU (the tests' emulated GPUs) the copies are
+    plain ``to``.
     """
 
     def __init__(self, devices: Sequence[torch.device]) -> None:

@@ -260,8 +260,9 @@ class _Search:
         self.unchecked = offload.mode == "none" and len(gpus) == 1
         # A model narrower than two heads is never split by heads.
         self.heads = sizes.heads
-        # The strategy asked for; with one device only one GPU can run (sequence_parallel refuses it).
-        self.strategy = offload.multi_gpu if len(gpus) > 1 or offload.multi_gpu == "sequence_parallel" else "split"
+        # The strategy asked for; with one device only one GPU can run (a parallel strategy asked for refuses it).
+        forced = offload.multi_gpu in ("cfg_parallel", "sequence_parallel")
+        self.strategy = offload.multi_gpu if len(gpus) > 1 or forced else "split"
         self.speeds = {g.device: g.speed / gpus[0].speed for g in gpus}
 
     def transient(self, cfg: str) -> tuple[int, int]:
@@ -500,6 +501,8 @@ class _Search:
     def strategy_refusal(self) -> str | None:
         """Why the strategy ``multi_gpu`` names cannot run this job at all, with the fix; None when it can."""
         job, offload, count = self.job, self.offload, len(self.gpus)
+        if self.strategy not in ("cfg_parallel", "sequence_parallel"):
+            return None
         if self.strategy == "cfg_parallel":
             why = (
                 "this job runs without CFG (a Lightning LoRA, or CFG scale 1)"
@@ -508,22 +511,22 @@ class _Search:
                 if offload.cfg == "two_calls"
                 else None
             )
-            return why and f"CFG-parallel cannot run: {why}. Pick multi_gpu 'auto' or 'split'."
-        if self.strategy == "sequence_parallel":
+        else:
             why = (
                 "this job runs with CFG (it splits a CFG-off job's image tokens: a Lightning LoRA, or CFG scale 1)"
                 if job.cfg
-                else "it needs two or more GPUs and gpus is 'one'"
-                if count == 1 and offload.gpus == "one"
-                else f"it needs two or more GPUs and only {self.gpus[0].device} is visible"
-                if count == 1
                 else f"the model's {self.heads} attention head cannot be shared by two GPUs"
-                if self.heads < 2
+                if self.heads < 2 and count > 1
                 else None
             )
-            fix = "Set gpus to 'all', or pick" if count == 1 and offload.gpus == "one" else "Pick"
-            return why and f"sequence parallelism cannot run: {why}. {fix} multi_gpu 'auto' or 'split'."
-        return None
+        if why is None and count == 1:
+            seen = "gpus is 'one'" if offload.gpus == "one" else f"only {self.gpus[0].device} is visible"
+            why = f"it needs two or more GPUs and {seen}"
+        if why is None:
+            return None
+        name = "CFG-parallel" if self.strategy == "cfg_parallel" else "sequence parallelism"
+        fix = "Set gpus to 'all', or pick" if count == 1 and offload.gpus == "one" else "Pick"
+        return f"{name} cannot run: {why}. {fix} multi_gpu 'auto' or 'split'."
 
     def refuse(self) -> None:
         """Raise the error that names the fix: the parallel strategy asked for does not fit, or the

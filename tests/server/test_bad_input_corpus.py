@@ -781,6 +781,18 @@ FORCED_STRATEGIES = [
         ("sequence parallelism cannot run: it needs two or more GPUs and only cpu is visible", "Pick multi_gpu"),
         id="sequence-parallel-no-second-gpu",
     ),
+    pytest.param(
+        {"multi_gpu": "cfg_parallel", "gpus": "one"},
+        4.0,
+        ("CFG-parallel cannot run: it needs two or more GPUs and gpus is 'one'", "Set gpus to 'all'"),
+        id="cfg-parallel-one-gpu",
+    ),
+    pytest.param(
+        {"multi_gpu": "cfg_parallel", "gpus": "all"},
+        4.0,
+        ("CFG-parallel cannot run: it needs two or more GPUs and only cpu is visible", "Pick multi_gpu"),
+        id="cfg-parallel-no-second-gpu",
+    ),
 ]
 
 

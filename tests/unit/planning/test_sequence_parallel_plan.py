@@ -9,7 +9,7 @@ import pytest
 from real_size import real_sizes
 
 from optim.errors import QwenFitError
-from optim.planning.plan import SEQUENCE_PARALLEL, SPLIT, Plan
+from optim.planning.plan import CFG_PARALLEL, SEQUENCE_PARALLEL, SPLIT, Plan
 from optim.planning.planner import SAFETY, Gpu, plan_run
 from optim.planning.strategy_choice import relative_step
 from optim.qwen.job_shape import JobShape
@@ -109,6 +109,19 @@ def test_sequence_parallel_asked_for_a_job_it_cannot_run_names_the_fix() -> None
     with pytest.raises(QwenFitError, match="needs two or more GPUs and gpus is 'one'. Set gpus to 'all'"):
         plan(LIGHTNING, 24, strategy="sequence_parallel", gpus="one")
     assert plan(LIGHTNING, 24, 24, strategy="sequence_parallel").strategy == SEQUENCE_PARALLEL
+
+
+def test_cfg_parallel_asked_for_on_one_gpu_names_the_fix() -> None:
+    """It used to give a one-GPU plan without a word: the user asked for two GPUs' work on one."""
+    with pytest.raises(QwenFitError, match="CFG-parallel cannot run: it needs two or more GPUs and gpus is 'one'. "
+                                           "Set gpus to 'all', or pick multi_gpu 'auto' or 'split'"):  # fmt: skip
+        plan(WITH_CFG, 24, strategy="cfg_parallel", gpus="one")
+    with pytest.raises(QwenFitError, match="CFG-parallel cannot run: it needs two or more GPUs and only cuda:0 is "
+                                           "visible. Pick multi_gpu"):  # fmt: skip
+        plan(WITH_CFG, 24, strategy="cfg_parallel")
+    with pytest.raises(QwenFitError, match="CFG-parallel cannot run: this job runs without CFG"):
+        plan(LIGHTNING, 24, strategy="cfg_parallel")  # the job's reason first, as for sequence parallelism
+    assert plan(WITH_CFG, 24, 24, strategy="cfg_parallel").strategy == CFG_PARALLEL
 
 
 def test_an_explicit_split_is_kept() -> None:

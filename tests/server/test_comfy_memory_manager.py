@@ -28,6 +28,23 @@ def _wait_for(comfy, check, seconds: float = 30.0) -> dict:
         time.sleep(0.2)
 
 
+def _ask_comfyui_to_free(comfy, done, attempts: int = 6) -> dict:
+    """POST /free as the frontend's button does, again if ComfyUI's worker has not acted on it in 5 s.
+
+    ComfyUI's prompt worker (main.py, 0.3.75) reads the flags /free sets, then collects garbage after a
+    prompt, then waits on its queue; a /free that lands between the read and the wait wakes nobody and
+    waits for the next prompt (a lost wake-up in ComfyUI, not in the pack). A second request wakes it, as
+    a user's second click does; ComfyUI then unloads its models once, so the count below still checks that
+    one unload releases the pipeline once."""
+    for _ in range(attempts):
+        answer = requests.post(f"{comfy.url}/free", json={"unload_models": True, "free_memory": True}, timeout=30)
+        assert answer.status_code == 200
+        holdings = _wait_for(comfy, done, seconds=5.0)
+        if done(holdings):
+            return holdings
+    return holdings
+
+
 def test_comfyui_unloading_its_models_releases_the_pipeline_and_the_next_run_places_it_again(comfy):
     first = comfy.run(edit_graph(seed=23))
     expected = _image(first)
@@ -36,9 +53,7 @@ def test_comfyui_unloading_its_models_releases_the_pipeline_and_the_next_run_pla
     released_before, loads_before = holdings["release_count"], _loads(comfy)
 
     # ComfyUI's own request: unload every model it manages, and forget its cached node outputs.
-    answer = requests.post(f"{comfy.url}/free", json={"unload_models": True, "free_memory": True}, timeout=30)
-    assert answer.status_code == 200
-    holdings = _wait_for(comfy, lambda h: h["release_count"] > released_before)
+    holdings = _ask_comfyui_to_free(comfy, lambda h: h["release_count"] > released_before)
     assert holdings["release_count"] == released_before + 1, holdings
     assert not holdings["registered"] and not holdings["placed"] and holdings["gpu_bytes"] == 0, holdings
     assert holdings["releases"][-1]["node"] is None  # asked between prompts, not by a node

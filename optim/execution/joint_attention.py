@@ -28,18 +28,22 @@ def rotated_qkv(
         return x.unflatten(-1, (-1, head_dim))
 
     iq, ik, iv = heads(attn.to_q(image)), heads(attn.to_k(image)), heads(attn.to_v(image))
-    tq, tk, tv = heads(attn.add_q_proj(text)), heads(attn.add_k_proj(text)), heads(attn.add_v_proj(text))
     if attn.norm_q is not None:
         iq = attn.norm_q(iq)
     if attn.norm_k is not None:
         ik = attn.norm_k(ik)
+    iq, ik = rotary(iq, img_freqs, use_real=False), rotary(ik, img_freqs, use_real=False)
+    if not text.shape[-2]:
+        # Sequence parallelism's other GPUs run on an empty text (it lives on the first GPU): nothing to
+        # project, and the host that queues every GPU's kernels is what limits their step.
+        empty = iq[..., :0, :, :]
+        return iq, ik, iv, empty, empty, empty
+    tq, tk, tv = heads(attn.add_q_proj(text)), heads(attn.add_k_proj(text)), heads(attn.add_v_proj(text))
     if attn.norm_added_q is not None:
         tq = attn.norm_added_q(tq)
     if attn.norm_added_k is not None:
         tk = attn.norm_added_k(tk)
-    iq, ik = rotary(iq, img_freqs, use_real=False), rotary(ik, img_freqs, use_real=False)
-    if text.shape[-2]:  # sequence parallelism's other GPUs run on an empty text (nothing to rotate)
-        tq, tk = rotary(tq, txt_freqs, use_real=False), rotary(tk, txt_freqs, use_real=False)
+    tq, tk = rotary(tq, txt_freqs, use_real=False), rotary(tk, txt_freqs, use_real=False)
     return iq, ik, iv, tq, tk, tv
 
 
@@ -50,4 +54,6 @@ def output_projections(
     img_attn = attn.to_out[0](img_joint.contiguous())
     if len(attn.to_out) > 1:
         img_attn = attn.to_out[1](img_attn)
+    if not txt_joint.shape[-2]:  # an empty text (sequence parallelism's other GPUs): nothing to project
+        return img_attn, txt_joint
     return img_attn, attn.to_add_out(txt_joint.contiguous())

@@ -440,7 +440,8 @@ class TransformerEngine:
                         block, state.image, state.text, img_mod, txt_mod, state.img_freqs, state.txt_freqs,
                         state.index,
                     )  # fmt: skip
-                begun.append((torch.stack(qkv[:3]), torch.stack(qkv[3:]), kept))
+                # Only the first GPU's text goes on (the others' is empty).
+                begun.append((torch.stack(qkv[:3]), torch.stack(qkv[3:]) if not begun else None, kept))
             joints = heads_for_ranks([b[0] for b in begun], begun[0][1], self.head_shares, copies)
             attended = [self._attend(j[0], j[1], j[2]).to(j.dtype) for j in joints]
             back = tokens_for_ranks(attended, lengths[0], spans, copies)
@@ -498,7 +499,8 @@ class TransformerEngine:
         img_mod1, img_mod2 = img_mod.chunk(2, dim=-1)
         txt_mod1, txt_mod2 = txt_mod.chunk(2, dim=-1)
         img_in, img_gate1 = block._modulate(block.img_norm1(image), img_mod1, index)
-        txt_in, txt_gate1 = block._modulate(block.txt_norm1(text), txt_mod1)
+        # An empty text (sequence parallelism's other GPUs) queues nothing: the host is their limit.
+        txt_in, txt_gate1 = block._modulate(block.txt_norm1(text), txt_mod1) if text.shape[1] else (text, None)
         qkv = rotated_qkv(block.attn, img_in, txt_in, img_freqs, txt_freqs, self._rotary)
         return qkv, (img_gate1, txt_gate1, img_mod2, txt_mod2)
 
@@ -507,11 +509,12 @@ class TransformerEngine:
         img_gate1, txt_gate1, img_mod2, txt_mod2 = kept
         img_attn, txt_attn = output_projections(block.attn, img_joint, txt_joint)
         image = image + img_gate1 * img_attn
-        text = text + txt_gate1 * txt_attn
         img_in2, img_gate2 = block._modulate(block.img_norm2(image), img_mod2, index)
         image = image + img_gate2 * block.img_mlp(img_in2)
-        txt_in2, txt_gate2 = block._modulate(block.txt_norm2(text), txt_mod2)
-        text = text + txt_gate2 * block.txt_mlp(txt_in2)
+        if text.shape[1]:  # an empty text (sequence parallelism's other GPUs) queues nothing
+            text = text + txt_gate1 * txt_attn
+            txt_in2, txt_gate2 = block._modulate(block.txt_norm2(text), txt_mod2)
+            text = text + txt_gate2 * block.txt_mlp(txt_in2)
         if image.dtype == torch.float16:  # as diffusers does: fp16 overflows in this model
             image, text = image.clip(-65504, 65504), text.clip(-65504, 65504)
         return image, text

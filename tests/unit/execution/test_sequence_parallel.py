@@ -96,6 +96,32 @@ def test_sequence_parallel_forward_equals_the_single_gpu_forward(variant: Varian
         engine.end_run()
 
 
+def test_only_the_first_gpu_queues_the_text_stream() -> None:
+    """The text lives on the first GPU: the others' blocks call no text module, not even on an empty text
+    (one thread queues every GPU's kernels, and an empty call still costs that thread its dispatch)."""
+    variant = Variant.EDIT_2509
+    transformer = twelve_head_transformer(variant)
+    hidden, prompt, _, shapes, extra = inputs(transformer, variant)
+    calls: list[int] = []
+    text_modules = [
+        module
+        for block in transformer.transformer_blocks
+        for module in (block.txt_norm1, block.txt_norm2, block.txt_mlp, block.attn.add_q_proj, block.attn.to_add_out)
+    ]
+    hooks = [m.register_forward_hook(lambda _m, args, _out: calls.append(args[0].shape[-2])) for m in text_modules]
+    try:
+        with torch.inference_mode():
+            engine = _engine(transformer, (4, 4, 4), resident=1)
+            engine.begin_run()
+            engine.run(hidden, [TextInput(prompt, None)], torch.tensor([0.6]), shapes, extra)
+            engine.end_run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(calls) == len(text_modules)  # once per module: the first GPU's
+    assert 0 not in calls
+
+
 def test_each_gpu_computes_with_its_own_weights() -> None:
     """Spoiling the second GPU's resident copy of one block changes only the tokens the second GPU holds
     after that block's MLP... and, through attention, the rest: the output differs. The first GPU's

@@ -28,22 +28,24 @@ def rotated_qkv(
         return x.unflatten(-1, (-1, head_dim))
 
     iq, ik, iv = heads(attn.to_q(image)), heads(attn.to_k(image)), heads(attn.to_v(image))
+    # Sequence parallelism's other GPUs run on an empty text (it lives on the first GPU): nothing to queue
+    # for it, and the host that queues every GPU's kernels is what limits their step.
+    text_given = bool(text.shape[-2])
+    if text_given:
+        tq, tk, tv = heads(attn.add_q_proj(text)), heads(attn.add_k_proj(text)), heads(attn.add_v_proj(text))
     if attn.norm_q is not None:
         iq = attn.norm_q(iq)
     if attn.norm_k is not None:
         ik = attn.norm_k(ik)
-    iq, ik = rotary(iq, img_freqs, use_real=False), rotary(ik, img_freqs, use_real=False)
-    if not text.shape[-2]:
-        # Sequence parallelism's other GPUs run on an empty text (it lives on the first GPU): nothing to
-        # project, and the host that queues every GPU's kernels is what limits their step.
-        empty = iq[..., :0, :, :]
-        return iq, ik, iv, empty, empty, empty
-    tq, tk, tv = heads(attn.add_q_proj(text)), heads(attn.add_k_proj(text)), heads(attn.add_v_proj(text))
-    if attn.norm_added_q is not None:
+    if text_given and attn.norm_added_q is not None:
         tq = attn.norm_added_q(tq)
-    if attn.norm_added_k is not None:
+    if text_given and attn.norm_added_k is not None:
         tk = attn.norm_added_k(tk)
-    tq, tk = rotary(tq, txt_freqs, use_real=False), rotary(tk, txt_freqs, use_real=False)
+    iq, ik = rotary(iq, img_freqs, use_real=False), rotary(ik, img_freqs, use_real=False)
+    if not text_given:
+        tq = tk = tv = iq[..., :0, :, :]
+    else:
+        tq, tk = rotary(tq, txt_freqs, use_real=False), rotary(tk, txt_freqs, use_real=False)
     return iq, ik, iv, tq, tk, tv
 
 

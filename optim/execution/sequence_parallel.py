@@ -22,10 +22,12 @@ Decisions:
 - **The text stream lives on the first GPU**, not split: it keeps the whole text (a few hundred tokens
   beside 4096..16k image tokens) and computes its projections and MLP, as one GPU does. The other
   GPUs get the text's Q/K/V of their heads with the image tokens and send the text's attention
-  output back to the first GPU only; their own blocks run on an empty text. Measured on two H200s:
+  output back to the first GPU only; their own blocks run on an empty text and queue no text kernel
+  (optim/execution/joint_attention.py, ``TransformerEngine._block_end``). Measured on two H200s:
   every GPU computing the whole text itself ran 0.222 s/step, the queuing thread being the limit
   (it queued a step in 0.213 s; the GPUs' kernels took 0.192 s), and the text is about half of a
-  block's kernels.
+  block's kernels; the text on the first GPU only, 0.2195 (the other GPUs then still called their
+  text layers on the empty text; skipping those calls is not measured on GPUs yet).
 - Image tokens are cut in order; the latents and the references are one image stream in the engine,
   so references are cut like the latents. RoPE tables and the 2511 modulation index are cut the same
   way; RoPE is applied per token before the exchange.

@@ -508,11 +508,13 @@ class TransformerEngine:
         """A block from the attended tokens (heads flattened) on: output projections, gates and MLPs."""
         img_gate1, txt_gate1, img_mod2, txt_mod2 = kept
         img_attn, txt_attn = output_projections(block.attn, img_joint, txt_joint)
+        text_given = bool(text.shape[1])  # an empty text (sequence parallelism's other GPUs) queues nothing
         image = image + img_gate1 * img_attn
+        if text_given:
+            text = text + txt_gate1 * txt_attn
         img_in2, img_gate2 = block._modulate(block.img_norm2(image), img_mod2, index)
         image = image + img_gate2 * block.img_mlp(img_in2)
-        if text.shape[1]:  # an empty text (sequence parallelism's other GPUs) queues nothing
-            text = text + txt_gate1 * txt_attn
+        if text_given:
             txt_in2, txt_gate2 = block._modulate(block.txt_norm2(text), txt_mod2)
             text = text + txt_gate2 * block.txt_mlp(txt_in2)
         if image.dtype == torch.float16:  # as diffusers does: fp16 overflows in this model

@@ -111,6 +111,17 @@ def file_bytes_per_step(sizes: ModelSizes, plan: Plan) -> int:
     return sum(1 for block in plan.streamed_blocks if block < in_files) * sizes.block_bytes
 
 
+def _block_launches(plan: Plan) -> float:
+    """How many blocks' worth of kernels the one queuing thread launches per block of the model: once per
+    GPU for CFG-parallel; sequence-parallel, the other GPUs queue no text kernels (about half a block)."""
+    others = len(plan.devices) - 1
+    if plan.strategy == CFG_PARALLEL:
+        return 1 + others
+    if plan.strategy == SEQUENCE_PARALLEL:
+        return 1 + others / 2
+    return 1
+
+
 def estimate_step(
     sizes: ModelSizes,
     job: JobShape,
@@ -133,9 +144,7 @@ def estimate_step(
     else:  # exact (or no 8-bit rate measured): every weight expanded, bf16 products
         expansion = EXPANSION_COST.get(transformer_precision, 1.0)
         compute = flops / (speed.matmul_flops * EFFICIENCY) * expansion
-    # One thread queues every GPU's kernels: the fixed cost per block is paid once per GPU.
-    launches = len(plan.devices) if plan.strategy in (CFG_PARALLEL, SEQUENCE_PARALLEL) else 1
-    compute = compute * max(compute_shares(plan)) + sizes.blocks * BLOCK_OVERHEAD_S * launches
+    compute = compute * max(compute_shares(plan)) + sizes.blocks * BLOCK_OVERHEAD_S * _block_launches(plan)
     streamed = streamed_bytes_per_step(sizes, plan)
     transfer = streamed / speed.host_to_device_bytes if streamed and speed.host_to_device_bytes else 0.0
     read = file_bytes_per_step(sizes, plan)

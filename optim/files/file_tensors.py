@@ -111,8 +111,8 @@ def drop_weights(module: nn.Module) -> None:
     for owner in module.modules():
         for tensors, wrap in ((owner._parameters, lambda t: nn.Parameter(t, False)), (owner._buffers, lambda t: t)):
             for name, tensor in tensors.items():
-                if tensor is None or tensor.numel() <= 1 or holds_no_memory(tensor):
-                    continue
+                if tensor is None or tensor.numel() <= 1 or is_placeholder(tensor):
+                    continue  # a view of a freed arena is replaced too: read, it would crash the process
                 tensors[name] = wrap(placeholder(tuple(tensor.shape), tensor.dtype))
                 _give_back(tensor)
 
@@ -126,8 +126,14 @@ def _give_back(tensor: torch.Tensor) -> None:
 
 
 def holds_no_memory(tensor: torch.Tensor) -> bool:
-    """True for a placeholder (its storage is one element, whatever its shape)."""
+    """True for a placeholder (its storage is one element, whatever its shape) and for a view of memory
+    already given back (its storage is empty)."""
     return tensor.untyped_storage().nbytes() <= tensor.element_size() < tensor.numel() * tensor.element_size()
+
+
+def is_placeholder(tensor: torch.Tensor) -> bool:
+    """True for a :func:`placeholder`: one element of storage, more in its shape."""
+    return tensor.untyped_storage().nbytes() == tensor.element_size() < tensor.numel() * tensor.element_size()
 
 
 class FileFeeds:

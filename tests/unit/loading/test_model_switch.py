@@ -9,7 +9,7 @@ from PIL import Image
 from tiny_files import LAYOUTS, split_files
 
 import optim.loading.pipeline_cache as pipeline_cache
-from optim import EditJob, LoadRequest, PipelineCache, QwenFitError, run_edit
+from optim import EditJob, LoadRequest, PipelineCache, QwenFitError, load_pipeline, run_edit
 from optim.execution.host_arena import arena_bytes
 from optim.files.file_tensors import holds_no_memory
 
@@ -60,3 +60,28 @@ def test_edit_layered_edit_frees_each_before_the_next_loads(monkeypatch):
     assert torch.isfinite(image).all()
     cache.clear()
     assert arena_bytes() == 0 and _weight_bytes(held[-1]) == 0
+
+
+def _within_storage(tensor: torch.Tensor) -> bool:
+    """Whether every element of ``tensor`` lies in the bytes its storage owns."""
+    if tensor.numel() == 0:
+        return True
+    extent = sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride(), strict=True))
+    last = tensor.storage_offset() + extent
+    return (last + 1) * tensor.element_size() <= tensor.untyped_storage().nbytes()
+
+
+def test_modules_of_a_released_pipeline_point_at_no_freed_memory():
+    """The streamed blocks' weights are views of the host arena, which a release frees at once; the modules
+    are re-pointed at placeholders, so one that someone kept computes NaN instead of reading freed memory
+    (which crashed a benchmark process, and would crash the server)."""
+    loaded = load_pipeline(LoadRequest(split_files(EDIT, "edit-2509"))).wait_until_filled()
+    pipe = loaded.pipeline
+    kept = pipe.transformer.transformer_blocks[0].attn.to_q
+    loaded.engine.release()
+    for part in (pipe.transformer, pipe.text_encoder, pipe.vae):
+        outside = [n for n, t in [*part.named_parameters(), *part.named_buffers()] if not _within_storage(t)]
+        assert not outside, outside[:5]
+    with torch.inference_mode():
+        out = kept(torch.ones(1, kept.in_features, dtype=kept.weight.dtype))
+    assert torch.isnan(out).all()

@@ -96,6 +96,34 @@ def test_sequence_parallel_forward_equals_the_single_gpu_forward(variant: Varian
         engine.end_run()
 
 
+@pytest.mark.parametrize(("stored", "kind"), [("int8", "int8"), ("fp8_e4m3fn_fast", "fp8")])
+def test_sequence_parallel_forward_with_8_bit_products_equals_diffusers_on_the_same_layers(stored, kind) -> None:
+    """The fast rung (W8A8: activations quantized per token) cut over GPUs: each GPU quantizes its own tokens'
+    rows, which are the rows one GPU quantizes, so the forward is diffusers' own over the same 8-bit layers."""
+    from optim.quant.compressed_linear import compressed_layers, enable_fast_blocks
+    from optim.quant.formats import quantize_linears
+
+    variant = Variant.EDIT_2511
+    transformer = twelve_head_transformer(variant)
+    quantize_linears(transformer.transformer_blocks, stored, lambda name: True)
+    assert enable_fast_blocks(transformer.transformer_blocks, kind) > 0
+    hidden, prompt, _, shapes, extra = inputs(transformer, variant)
+    t = torch.tensor([0.6])
+    with torch.inference_mode():
+        want = reference(transformer, hidden, prompt, t, shapes, extra)
+        engine = _engine(transformer, (8, 4), resident=1)
+        engine.begin_run()
+        got = engine.run(hidden, [TextInput(prompt, None)], t, shapes, extra)[0]
+        engine.end_run()
+    assert torch.isfinite(want).all()
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    for layer in compressed_layers(transformer):  # the same weights expanded: the 8-bit products ran above
+        layer.fast = False
+    with torch.inference_mode():
+        expanded = reference(transformer, hidden, prompt, t, shapes, extra)
+    assert (expanded - want).abs().max() > 1e-4 * want.abs().max()
+
+
 def test_only_the_first_gpu_queues_the_text_stream() -> None:
     """The text lives on the first GPU: the others' blocks call no text module, not even on an empty text
     (one thread queues every GPU's kernels, and an empty call still costs that thread its dispatch)."""

@@ -111,8 +111,8 @@ def drop_weights(module: nn.Module) -> None:
     for owner in module.modules():
         for tensors, wrap in ((owner._parameters, lambda t: nn.Parameter(t, False)), (owner._buffers, lambda t: t)):
             for name, tensor in tensors.items():
-                if tensor is None or tensor.numel() <= 1 or is_placeholder(tensor):
-                    continue  # a view of a freed arena is replaced too: read, it would crash the process
+                if tensor is None or is_placeholder(tensor) or (tensor.numel() <= 1 and _owns_bytes(tensor)):
+                    continue  # a view of a freed arena (a scale too) is replaced: read, it would crash the process
                 tensors[name] = wrap(placeholder(tuple(tensor.shape), tensor.dtype))
                 _give_back(tensor)
 
@@ -129,6 +129,10 @@ def holds_no_memory(tensor: torch.Tensor) -> bool:
     """True for a placeholder (its storage is one element, whatever its shape) and for a view of memory
     already given back (its storage is empty)."""
     return tensor.untyped_storage().nbytes() <= tensor.element_size() < tensor.numel() * tensor.element_size()
+
+
+def _owns_bytes(tensor: torch.Tensor) -> bool:
+    return tensor.untyped_storage().nbytes() > 0
 
 
 def is_placeholder(tensor: torch.Tensor) -> bool:

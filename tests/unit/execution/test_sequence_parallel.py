@@ -78,6 +78,17 @@ def _engine(transformer: torch.nn.Module, shares: tuple[int, ...], resident: int
     return engine
 
 
+def _split_forward(transformer: torch.nn.Module, shares: tuple[int, ...], t: torch.Tensor, job: tuple) -> torch.Tensor:
+    """One forward of ``job`` (what ``inputs`` gives) at timestep ``t`` over emulated GPUs of ``shares``."""
+    hidden, prompt, _, shapes, extra = job
+    with torch.inference_mode():
+        engine = _engine(transformer, shares, resident=1)
+        engine.begin_run()
+        out = engine.run(hidden, [TextInput(prompt, None)], t, shapes, extra)[0]
+        engine.end_run()
+    return out
+
+
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.value)
 @pytest.mark.parametrize("shares", [(6, 6), (8, 4), (3, 3, 3, 3)])
 def test_sequence_parallel_forward_equals_the_single_gpu_forward(variant: Variant, shares: tuple) -> None:
@@ -107,14 +118,12 @@ def test_sequence_parallel_forward_with_8_bit_products_equals_diffusers_on_the_s
     transformer = twelve_head_transformer(variant)
     quantize_linears(transformer.transformer_blocks, stored, lambda name: True)
     assert enable_fast_blocks(transformer.transformer_blocks, kind) > 0
-    hidden, prompt, _, shapes, extra = inputs(transformer, variant)
+    job = inputs(transformer, variant)
+    hidden, prompt, _, shapes, extra = job
     t = torch.tensor([0.6])
     with torch.inference_mode():
         want = reference(transformer, hidden, prompt, t, shapes, extra)
-        engine = _engine(transformer, (8, 4), resident=1)
-        engine.begin_run()
-        got = engine.run(hidden, [TextInput(prompt, None)], t, shapes, extra)[0]
-        engine.end_run()
+    got = _split_forward(transformer, (8, 4), t, job)
     assert torch.isfinite(want).all()
     assert (got - want).abs().max() <= 1e-5 * want.abs().max()
     for layer in compressed_layers(transformer):  # the same weights expanded: the 8-bit products ran above
@@ -129,7 +138,7 @@ def test_only_the_first_gpu_queues_the_text_stream() -> None:
     (one thread queues every GPU's kernels, and an empty call still costs that thread its dispatch)."""
     variant = Variant.EDIT_2509
     transformer = twelve_head_transformer(variant)
-    hidden, prompt, _, shapes, extra = inputs(transformer, variant)
+    job = inputs(transformer, variant)
     calls: list[int] = []
     text_modules = [
         module
@@ -138,11 +147,7 @@ def test_only_the_first_gpu_queues_the_text_stream() -> None:
     ]
     hooks = [m.register_forward_hook(lambda _m, args, _out: calls.append(args[0].shape[-2])) for m in text_modules]
     try:
-        with torch.inference_mode():
-            engine = _engine(transformer, (4, 4, 4), resident=1)
-            engine.begin_run()
-            engine.run(hidden, [TextInput(prompt, None)], torch.tensor([0.6]), shapes, extra)
-            engine.end_run()
+        _split_forward(transformer, (4, 4, 4), torch.tensor([0.6]), job)
     finally:
         for hook in hooks:
             hook.remove()

@@ -51,14 +51,22 @@ class MissingFile(BadParameter):
     (a shared preset names files the user may not have), so the route answers it, not refuses it."""
 
 
-# Where each file parameter's names come from (the message says where to put the file).
+# The folder each file parameter's names come from (the message says where to put the file).
 _FOLDERS = {
-    "model": "models/diffusion_models (or a diffusers folder in models/diffusers)",
+    "model": "models/diffusion_models",
     "text_encoder": "models/text_encoders",
     "vae": "models/vae",
     "lora": "models/loras",
     "loras": "models/loras",
 }
+_MODEL_FILE_SUFFIXES = (".safetensors", ".gguf")
+
+
+def _folder_for(name: str, value: str) -> str:
+    """Where the file ``value`` of parameter ``name`` goes (a model without a file suffix is a diffusers folder)."""
+    if name == "model" and not value.lower().endswith(_MODEL_FILE_SUFFIXES):
+        return "models/diffusers"
+    return _FOLDERS[name]
 
 
 _NOT_A_NAME = re.compile(r"[\x00-\x1f\\]|://|(^|/)\.\.(/|$)|^/|^[A-Za-z]:")
@@ -73,10 +81,11 @@ def _file(params: Mapping[str, str], name: str, allowed: tuple[str, ...], defaul
         raise BadParameter(name, "is not a file name the loader could list; pick one from the loader's list")
     if value.lower().endswith(PICKLE_SUFFIXES):
         raise BadParameter(name, f"{value!r} is not offered: QwenFit never loads pickle files; use a .safetensors file")
+    # The file and its folder first, then the fix: the badge shows this whole, and a user needs all three.
     raise MissingFile(
         name,
-        f"{value!r} is not among the files the loader lists ({_FOLDERS[name]}; .safetensors files and diffusers "
-        "folders): put the file there and refresh, or pick one the loader lists",
+        f"{value!r} is missing from {_folder_for(name, value)}: put the file there and refresh, "
+        "or pick one the loader lists",
     )
 
 
@@ -260,6 +269,7 @@ def preview_json(settings: PreviewSettings, answer: Preview, device: str) -> dic
             "reason": plan.reason,
             "gpus": [{"device": d, "peak_bytes": b} for d, b in plan.device_peaks],
             "text": plan.describe(),
+            "summary": answer.placement,  # the badge's line: where the weights are
         },
     }
     if not plan.places_weights:

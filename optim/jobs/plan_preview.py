@@ -98,6 +98,23 @@ class Preview:
     notes: tuple[str, ...]
     rungs: tuple[tuple[str, float], ...] = ()  # (speed rung, predicted s/step) for each rung possible here
     model: str = ""  # what the weights are ("FireRed-Image-Edit (runs as Qwen-Image-Edit-2509...)")
+    placement: str = ""  # where the weights are, in one line (``placement_summary``)
+
+
+def placement_summary(plan: Plan, gpus: tuple[Gpu, ...]) -> str:
+    """Where ``plan`` puts the weights over ``gpus`` (the devices it was planned for), in one line for the
+    node's badge: on a GPU, how many transformer blocks stay on it and how many stream from host RAM; with
+    no GPU, that every block is in host RAM (a CPU run has nothing on a GPU to count); then the text encoder
+    and VAE tiling."""
+    tail = f"text encoder {plan.text_encoder}, VAE tiling {'on' if plan.vae_tiling else 'off'}"
+    if not plan.places_weights:
+        return f"{plan.strategy}: diffusers moves each component to the GPU as it runs; {tail}"
+    blocks = plan.sizes.blocks
+    if all(torch.device(gpu.device).type == "cpu" for gpu in gpus):
+        return f"no GPU: all {blocks} blocks in host RAM, {tail}"
+    resident, streamed = len(plan.resident_blocks), len(plan.streamed_blocks)
+    stream = f" ({streamed} streamed from host RAM)" if streamed else ""
+    return f"{resident}/{blocks} blocks on GPU{stream}, {tail}"
 
 
 def job_shape(settings: PreviewSettings, variant: Variant, loras: LoraStack = NO_LORAS) -> JobShape:
@@ -251,12 +268,17 @@ def preview(
     host = plan_host_memory_for(request, desc, arithmetic)
     itemsize = compute_dtype(settings.precision.transformer, device).itemsize
     plan = _plan(sizes, job, settings, gpus, host, notes, arithmetic, lora_plan(loras, itemsize))
+    placement = placement_summary(plan, gpus)
     if not plan.places_weights:
-        return Preview(desc.variant, job, sizes, plan, None, None, (), model=desc.identity.describe())
+        return Preview(
+            desc.variant, job, sizes, plan, None, None, (), model=desc.identity.describe(), placement=placement
+        )
     step = _step_estimate(settings, sizes, job, plan, device, may_measure_speed)
     if step is None:
         note = "s/step: the device's speed is measured once no run holds it; ask again after the run"
-        return Preview(desc.variant, job, sizes, plan, None, None, (note,), model=desc.identity.describe())
+        return Preview(
+            desc.variant, job, sizes, plan, None, None, (note,), model=desc.identity.describe(), placement=placement
+        )
     estimate, speed = step
     calibration = _calibration(last_run, settings, sizes, gpus, host, speed, str(device), arithmetic)
     factor = calibration.factor if calibration else 1.0
@@ -271,7 +293,9 @@ def preview(
         ),
     )
     seconds_plan = replace(plan, seconds_per_step=seconds)
-    return Preview(desc.variant, job, sizes, seconds_plan, estimate, calibration, (), rungs, desc.identity.describe())
+    return Preview(
+        desc.variant, job, sizes, seconds_plan, estimate, calibration, (), rungs, desc.identity.describe(), placement
+    )
 
 
 def _calibration(

@@ -7,7 +7,12 @@ import { locate } from "./graph_nodes.js";
 
 export const BADGE_WIDGET = "qwenfit_plan";
 const LINE_PX = 15;
-const LINES = 3;
+const FONT = "11px sans-serif";
+const PAD_X = 6; // the badge's padding, left and right
+const PAD_Y = 2; // and top and bottom
+// The frontend insets a DOM widget by its margin on every side of the height it asks for (10 px unless told):
+// the badge asks for its lines plus twice this.
+const MARGIN = 4;
 const COLOURS = { plan: "#ffd65a", measured: "#5ec8ff", detail: "#aab", error: "#ff8080" };
 
 function planLines(preview) {
@@ -18,8 +23,8 @@ function planLines(preview) {
   const lines = [["plan", `plan: peak ${formatBytes(preview.predicted_peak_bytes)}${where} · ${formatStep(preview.seconds_per_step)}`]];
   const plan = preview.plan;
   if (plan) {
-    const blocks = `${plan.resident_blocks}/${plan.blocks} blocks on GPU`;
-    const detail = `${blocks}, text encoder ${plan.text_encoder}, VAE tiling ${plan.vae_tiling ? "on" : "off"}`;
+    // The server says where the weights are (on a CPU-only host there is no GPU to name).
+    const detail = plan.summary;
     // Several GPUs: how they share the work leads the line, and the row's tooltip says why.
     const several = plan.gpus?.length > 1;
     lines.push(["detail", several ? `${plan.strategy}: ${detail}` : detail, several ? plan.reason : undefined]);
@@ -44,6 +49,83 @@ export function badgeLines(node) {
   return lines;
 }
 
+/** Everything the badge knows, as the click shows it: every line in full, with its why and the preview's notes. */
+export function fullText(node) {
+  const rows = badgeLines(node).map(([, text, why]) => (why ? `${text}\n${why}` : text));
+  const notes = node.qwenfit?.preview?.notes ?? [];
+  return [...rows, ...notes.map((note) => `note: ${note}`)].join("\n");
+}
+
+let measure = null; // a canvas context to measure text with, made on first use
+
+/** How many lines ``text`` wraps to in ``width`` px (as the rows wrap: at spaces, or anywhere in a long word). */
+function wrappedLines(text, width) {
+  measure ??= document.createElement("canvas").getContext("2d");
+  measure.font = FONT;
+  let lines = 1;
+  let line = "";
+  for (const word of text.split(" ")) {
+    const next = line ? `${line} ${word}` : word;
+    if (measure.measureText(next).width <= width) {
+      line = next;
+      continue;
+    }
+    if (line) lines += 1;
+    line = word;
+    while (measure.measureText(line).width > width && line.length > 1) { // a word longer than the line
+      let fits = line.length - 1;
+      while (fits > 1 && measure.measureText(line.slice(0, fits)).width > width) fits -= 1;
+      line = line.slice(fits);
+      lines += 1;
+    }
+  }
+  return lines;
+}
+
+/** The height of the badge's content: measured where the renderer shows it, else reckoned from the node's width. */
+function contentHeight(node, element) {
+  const rows = [...element.children];
+  if (element.isConnected && element.clientWidth > 0 && rows.length) {
+    return rows.reduce((sum, row) => sum + row.offsetHeight, 0) + 2 * PAD_Y;
+  }
+  const width = (node.size?.[0] ?? 300) - 2 * MARGIN - 2 * PAD_X;
+  const lines = badgeLines(node).reduce((sum, [, text]) => sum + wrappedLines(text, Math.max(width, 40)), 0);
+  return lines * LINE_PX + 2 * PAD_Y;
+}
+
+let open = null; // the full text shown by a click: { box, close }
+
+function closeFullText() {
+  open?.close();
+}
+
+/** Show ``node``'s full text in a box under ``row`` until Escape or a click elsewhere. */
+function showFullText(node, row) {
+  closeFullText();
+  const box = document.createElement("div");
+  box.className = "qwenfit-plan-full";
+  const at = row.getBoundingClientRect();
+  Object.assign(box.style, {
+    position: "fixed", left: `${Math.max(0, at.left)}px`, top: `${at.bottom + 4}px`, zIndex: 10000,
+    maxWidth: "min(520px, 90vw)", padding: "6px 8px", borderRadius: "6px", background: "rgba(20, 22, 28, 0.97)",
+    color: "#dde", font: "12px sans-serif", lineHeight: "16px", whiteSpace: "pre-wrap", overflowWrap: "anywhere",
+    boxShadow: "0 2px 8px rgba(0,0,0,0.5)", userSelect: "text",
+  });
+  box.textContent = fullText(node);
+  const onKey = (event) => event.key === "Escape" && close();
+  const onPointer = (event) => !box.contains(event.target) && close();
+  function close() {
+    box.remove();
+    document.removeEventListener("keydown", onKey, true);
+    document.removeEventListener("pointerdown", onPointer, true);
+    if (open?.box === box) open = null;
+  }
+  document.addEventListener("keydown", onKey, true);
+  document.addEventListener("pointerdown", onPointer, true);
+  document.body.append(box);
+  open = { box, close };
+}
+
 /** Give ``node`` its badge once it sits in a workflow. Not at creation: the frontend also creates
  * throw-away copies of nodes (a subgraph being made clones its nodes first), and Nodes 2.0 on 1.58 would
  * then show the copy's badge instead of the node's. */
@@ -51,18 +133,34 @@ export function addBadge(node, visible = true) {
   if (!node.graph || node.widgets?.some((w) => w.name === BADGE_WIDGET) || !node.addDOMWidget) return;
   const element = document.createElement("div");
   element.className = "qwenfit-plan";
+  // The badge itself lets the pointer through to the canvas (drags on it move the node, as elsewhere on the
+  // node); only its rows, as wide as their text, take it: hover shows a row's full text, a click all of it.
   Object.assign(element.style, {
-    font: "11px sans-serif", lineHeight: `${LINE_PX}px`, padding: "2px 6px", borderRadius: "4px",
+    font: FONT, lineHeight: `${LINE_PX}px`, padding: `${PAD_Y}px ${PAD_X}px`, borderRadius: "4px",
     background: "rgba(20, 22, 28, 0.9)", overflow: "hidden", boxSizing: "border-box", pointerEvents: "none",
   });
-  const height = LINES * LINE_PX + 6;
+  // The classic canvas sizes the widget from these on every draw (and grows the node to fit); Nodes 2.0 lays
+  // the element out itself. Both frontends in use (1.32, 1.35, 1.58) read getMinHeight/getMaxHeight and margin.
+  const height = () => contentHeight(node, element) + 2 * MARGIN;
   const widget = node.addDOMWidget(BADGE_WIDGET, "qwenfit_plan", element, {
     serialize: false, // not a setting: never in the saved workflow nor in the queued prompt
     hideOnZoom: false,
-    getMinHeight: () => height,
-    getMaxHeight: () => height,
+    margin: MARGIN,
+    getMinHeight: height,
+    getMaxHeight: height,
   });
   widget.serialize = false;
+  element.addEventListener("click", (event) => {
+    const row = event.target.closest?.("[data-kind]");
+    if (row) showFullText(node, row);
+  });
+  // The wheel zooms the canvas over the badge too (the classic canvas sits under it; Nodes 2.0 handles it).
+  element.addEventListener("wheel", (event) => {
+    const canvas = node.graph?.list_of_graphcanvas?.[0]?.canvas;
+    if (!canvas || element.closest("[data-node-id]")) return;
+    event.preventDefault();
+    canvas.dispatchEvent(new WheelEvent("wheel", event));
+  }, { passive: false });
   // Room for the badge below the node's own widgets (a node made before it had none).
   const wanted = node.computeSize?.();
   if (wanted && node.size && wanted[1] > node.size[1]) node.setSize?.([node.size[0], wanted[1]]);
@@ -72,14 +170,20 @@ export function addBadge(node, visible = true) {
 /** Write ``node``'s badge lines into its element (``visible`` false hides it: the preview setting). */
 export function showBadge(node, visible = true) {
   const element = node.widgets?.find((w) => w.name === BADGE_WIDGET)?.element;
-  if (element) fill(element, node, visible);
+  if (!element) return;
+  fill(element, node, visible);
+  node.setDirtyCanvas?.(true, true); // the classic canvas measures the badge again (and grows the node) as it draws
 }
 
 function fill(element, node, visible) {
   element.style.visibility = visible ? "visible" : "hidden";
   const rows = badgeLines(node).map(([kind, text, why]) => {
     const row = document.createElement("div");
-    Object.assign(row.style, { color: COLOURS[kind], whiteSpace: "nowrap", overflow: "hidden", textOverflow: "ellipsis" });
+    // A long line wraps (at spaces, or inside a long file name) instead of losing its end: errors end with the fix.
+    Object.assign(row.style, {
+      color: COLOURS[kind], whiteSpace: "normal", overflowWrap: "anywhere", width: "fit-content", maxWidth: "100%",
+      pointerEvents: visible ? "auto" : "none", cursor: "help",
+    });
     row.dataset.kind = kind;
     row.textContent = text;
     row.title = why ? `${text}\n${why}` : text;

@@ -239,3 +239,28 @@ def test_the_preview_shows_sequence_parallelism_and_why(monkeypatch):
     assert f"GPUs: sequence-parallel ({lightning.reason})" in lightning.describe()
     with_cfg = preview(settings(offload=offload), source, CPU).plan
     assert with_cfg.strategy == "CFG-parallel" and with_cfg.reason.startswith("CFG on: each of 2 GPUs computes")
+
+
+def test_on_a_cpu_only_host_the_placement_names_host_ram_not_a_gpu():
+    """The badge's placement line (issue 32): with no GPU it said "2/2 blocks on GPU" next to "no GPU: host
+    RAM". The CPU runs everything from host RAM, and the line says so."""
+    answer = preview(settings(width=256, height=256), split_files(EDIT_BF16, "edit-2509"), CPU)
+    blocks = answer.sizes.blocks
+    assert answer.placement == f"no GPU: all {blocks} blocks in host RAM, text encoder {answer.plan.text_encoder}, " \
+        f"VAE tiling {'on' if answer.plan.vae_tiling else 'off'}"  # fmt: skip
+    assert "on GPU" not in answer.placement
+
+
+def test_on_a_gpu_the_placement_counts_the_blocks_it_holds_and_streams(monkeypatch):
+    import optim.jobs.plan_preview as plan_preview
+
+    one_gpu = (Gpu("cuda:0", 24 * GIB),)
+    monkeypatch.setattr(plan_preview, "resolve_gpus", lambda offload, device, **_: (one_gpu, ()))
+    answer = preview(settings(width=256, height=256), split_files(EDIT_BF16, "edit-2509"), CPU)
+    blocks = answer.sizes.blocks
+    assert answer.placement.startswith(f"{blocks}/{blocks} blocks on GPU, text encoder ")
+    plan = answer.plan
+    streaming = plan_preview.replace(plan, resident_blocks=plan.resident_blocks[:1], streamed_blocks=tuple(range(1, blocks)))
+    assert plan_preview.placement_summary(streaming, one_gpu).startswith(
+        f"1/{blocks} blocks on GPU ({blocks - 1} streamed from host RAM), "
+    )

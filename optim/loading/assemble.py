@@ -11,6 +11,7 @@ from ..files.file_tensors import FileFeeds
 from ..files.weight_source import WeightSource
 from ..quant.fp8_scope import fp8_filter
 from ..qwen.architectures import Architecture, empty_text_encoder, empty_transformer, empty_vae
+from ..qwen.empty_modules import build_empty
 from ..qwen.variants import Variant
 from .fill import KeepInFiles, fill_module
 
@@ -29,12 +30,10 @@ def build_transformer(
     feeds: FileFeeds | None = None,
 ) -> nn.Module:
     """The transformer from ``arch`` (split files) or a folder's ``config``, filled from ``source``."""
-    from accelerate import init_empty_weights
     from diffusers import QwenImageTransformer2DModel
 
     if config is not None:
-        with init_empty_weights():
-            module = QwenImageTransformer2DModel.from_config(config).eval()
+        module = build_empty(lambda: QwenImageTransformer2DModel.from_config(config))
     else:
         module = empty_transformer(arch, variant)
     fill_module(
@@ -57,12 +56,10 @@ def build_vae(
     dtype: torch.dtype,
     device: torch.device,
 ) -> nn.Module:
-    from accelerate import init_empty_weights
     from diffusers import AutoencoderKLQwenImage
 
     if config is not None:
-        with init_empty_weights():
-            module = AutoencoderKLQwenImage.from_config(config).eval()
+        module = build_empty(lambda: AutoencoderKLQwenImage.from_config(config))
     else:
         module = empty_vae(arch, input_channels)
     fill_module(module, source, dtype, device)
@@ -91,12 +88,10 @@ def build_text_encoder(
     keep_in_files: KeepInFiles | None = None,
     feeds: FileFeeds | None = None,
 ) -> nn.Module:
-    from accelerate import init_empty_weights
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     if config is not None:
-        with init_empty_weights():
-            module = Qwen2_5_VLForConditionalGeneration(config).eval()
+        module = build_empty(lambda: Qwen2_5_VLForConditionalGeneration(config))
     else:
         module = empty_text_encoder(arch)
     missing = fill_module(

@@ -40,10 +40,16 @@ def _set_placeholder(module: nn.Module, key: str, shape: tuple[int, ...], dtype:
         owner._buffers[leaf] = empty
 
 
-def _assign(module: nn.Module, key: str, value: torch.Tensor) -> None:
+def _assign(module: nn.Module, key: str, value: torch.Tensor, source: WeightSource) -> None:
     """Put ``value`` in place of the (meta) tensor ``key``: a Parameter stays a Parameter."""
     layer, _, leaf = key.rpartition(".")
     owner = module.get_submodule(layer) if layer else module
+    expected = getattr(owner, leaf).shape
+    if value.shape != expected:  # the one way a readable file of the wrong model shows up here
+        raise QwenFitError(
+            f"{source.names} holds {source.to_file_key(key)} of shape {tuple(value.shape)}, where this model needs "
+            f"{tuple(expected)}: the file belongs to another model. Pick the matching file."
+        )
     if leaf in owner._parameters:
         owner._parameters[leaf] = nn.Parameter(value, requires_grad=False)
     else:
@@ -106,7 +112,7 @@ def fill_module(
             value = dequantize_blocks(
                 blocks, file.read(file_key), _target_dtype(key, torch.float32, compute_dtype, fp32_modules)
             )
-            _assign(module, key, value.to(device))
+            _assign(module, key, value.to(device), source)
             continue
         if not source.has(key):
             missing.append(key)
@@ -122,7 +128,7 @@ def fill_module(
         else:
             value = source.read(key)
             value = value.to(_target_dtype(key, value.dtype, compute_dtype, fp32_modules))
-        _assign(module, key, value.to(device))
+        _assign(module, key, value.to(device), source)
         trim.add(value.numel() * value.element_size())
     for layer in sorted(fp8_layers):
         weight_key = f"{layer}.weight"

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..errors import QwenFitError
+from ..errors import InternalError, QwenFitError
 from ..execution.arena_fill import begin_load
 from ..execution.arena_fill import current_stats as fill_stats
 from ..execution.devices import can_compile, check_fp8_matmul, resolve_gpus
@@ -562,11 +562,15 @@ def load_pipeline(request: LoadRequest, checkpoint: Callable[[str], None] | None
         release_memory()
         # A cancel propagates as it is: ComfyUI's is an Exception in 0.3.75 and a BaseException since.
         if any(exc is cancel for cancel in cancels) or not isinstance(exc, Exception):
+            log.info(
+                "QwenFit: loading %s stopped (%s); cleaned up: nothing partly loaded is kept, memory given back",
+                request.source.name, type(exc).__name__,
+            )  # fmt: skip
             raise
-        raise QwenFitError(
-            f"'{request.source.name}' could not be loaded: {type(exc).__name__}: {exc}. The files may be "
-            "truncated or from another model; re-copy or download them again."
-        ) from exc
+        # Bad files are reported by the readers and the fill as QwenFitError (naming the file and the fix);
+        # anything else is ours, and blaming the user's files would send them re-downloading good ones.
+        log.exception("QwenFit: loading %s failed inside QwenFit", request.source.name)
+        raise InternalError(f"loading '{request.source.name}' failed ({type(exc).__name__}: {exc}).") from exc
     loaded = LoadedPipeline(
         pipeline=pipeline,
         variant=desc.variant,

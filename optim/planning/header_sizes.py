@@ -24,6 +24,7 @@ from ..quant.fp8 import Fp8Linear
 from ..quant.fp8_scope import FP8_SCOPES, fp8_filter, fp8_mode
 from ..quant.gguf import gguf_format
 from ..qwen.architectures import empty_text_encoder, empty_transformer, empty_vae
+from ..qwen.empty_modules import build_empty
 from ..settings import PrecisionSettings
 from .model_sizes import ModelSizes, measure
 
@@ -101,16 +102,15 @@ def _empty_models(desc: SourceDescription) -> tuple[nn.Module, nn.Module, nn.Mod
             empty_text_encoder(desc.architecture),
             empty_vae(desc.architecture, desc.vae_channels),
         )
-    from accelerate import init_empty_weights
     from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    with init_empty_weights():
-        return (
-            QwenImageTransformer2DModel.from_config(desc.folder_config("transformer")).eval(),
-            Qwen2_5_VLForConditionalGeneration(_text_encoder_config(desc)).eval(),
-            AutoencoderKLQwenImage.from_config(desc.folder_config("vae")).eval(),
-        )
+    text_encoder_config = _text_encoder_config(desc)
+    return (
+        build_empty(lambda: QwenImageTransformer2DModel.from_config(desc.folder_config("transformer"))),
+        build_empty(lambda: Qwen2_5_VLForConditionalGeneration(text_encoder_config)),
+        build_empty(lambda: AutoencoderKLQwenImage.from_config(desc.folder_config("vae"))),
+    )
 
 
 def sizes_from_headers(desc: SourceDescription, precision: PrecisionSettings, device: torch.device) -> ModelSizes:

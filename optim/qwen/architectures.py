@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from .empty_modules import build_empty
 from .variants import Variant
 
 CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
@@ -51,28 +52,22 @@ def all_architectures() -> list[Architecture]:
 
 def empty_transformer(arch: Architecture, variant: Variant) -> torch.nn.Module:
     """The transformer with parameters on the meta device (no memory), ready to be filled."""
-    from accelerate import init_empty_weights
     from diffusers import QwenImageTransformer2DModel
 
-    with init_empty_weights():
-        return QwenImageTransformer2DModel.from_config(arch.transformer_config(variant)).eval()
+    return build_empty(lambda: QwenImageTransformer2DModel.from_config(arch.transformer_config(variant)))
 
 
 def empty_vae(arch: Architecture, input_channels: int) -> torch.nn.Module:
-    from accelerate import init_empty_weights
     from diffusers import AutoencoderKLQwenImage
 
-    with init_empty_weights():
-        return AutoencoderKLQwenImage.from_config(arch.vae_config(input_channels)).eval()
+    return build_empty(lambda: AutoencoderKLQwenImage.from_config(arch.vae_config(input_channels)))
 
 
 def empty_text_encoder(arch: Architecture) -> torch.nn.Module:
-    from accelerate import init_empty_weights
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     config = Qwen2_5_VLConfig(**arch.config("text_encoder"))
-    with init_empty_weights():
-        return Qwen2_5_VLForConditionalGeneration(config).eval()
+    return build_empty(lambda: Qwen2_5_VLForConditionalGeneration(config))
 
 
 def scheduler(arch: Architecture):

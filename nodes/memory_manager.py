@@ -70,11 +70,17 @@ class QwenFitHold(comfy.model_patcher.ModelPatcher):
         # unpatch_all=False: ComfyUI registering this same model again (the next run); nothing to give back.
         if unpatch_all and self.pipeline is not None:
             freed = self.pipeline.release_gpu()
+            node = _running_node()
             self.release_count += 1
             self.releases = [
                 *self.releases[-(MAX_RELEASES_KEPT - 1) :],
-                {"at": time.time(), "node": _running_node(), "bytes": freed},
+                {"at": time.time(), "node": node, "bytes": freed},
             ]
+            log.info(
+                "QwenFit: ComfyUI unloaded the pipeline (%s): %.2f GiB of GPU memory given back; the weights stay "
+                "in host memory and the next QwenFit run places them again",
+                f"room for node {node}" if node else "between prompts: /free or Unload Models", freed / 2**30,
+            )  # fmt: skip
         return self.model
 
 

@@ -101,14 +101,32 @@ def prepared(loaded: LoadedPipeline, job: JobShape, checkpoint: Checkpoint | Non
         afterwards=after_the_run,
     )  # fmt: skip
     hook = loaded.pipeline.transformer.register_forward_pre_hook(tracker.denoising_starts)
+    stopped_by: BaseException | None = None
     try:
         with torch.inference_mode(), running:
             yield tracker
+    except BaseException as stop:  # Cancel (ComfyUI's interrupt), an error: cleaned up below, then raised
+        stopped_by = stop
+        raise
     finally:
+        phase = tracker.current_phase
         tracker.abandon()  # no-op after finish(); tells observers when the run stopped early
         hook.remove()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        if stopped_by is not None:
+            # Users who press Cancel read the server log to know what was given back.
+            log.info(
+                "QwenFit: %s stopped during %s (%s); cleaned up: streaming buffers freed, cached GPU blocks "
+                "returned; %s; the loaded model stays for the next run",
+                loaded.name, phase or "its end", type(stopped_by).__name__, _gpu_memory_now(loaded.device),
+            )  # fmt: skip
+
+
+def _gpu_memory_now(device: torch.device) -> str:
+    if device.type != "cuda":
+        return "no GPU memory in use (CPU run)"
+    return f"{torch.cuda.memory_allocated(device) / 2**30:.2f} GiB of GPU memory allocated now"
 
 
 class Stopwatch:

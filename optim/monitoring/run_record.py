@@ -120,6 +120,11 @@ class PhaseTracker:
             if self.checkpoint is not None:
                 self.checkpoint(following)
 
+    @property
+    def current_phase(self) -> str | None:
+        """The phase under way (encode, denoise, decode), None once finished."""
+        return self._current
+
     def denoising_starts(self, *_: Any) -> None:
         """Forward pre-hook of the transformer: the first call ends the encode phase."""
         if self._current == "encode":

@@ -12,6 +12,7 @@ matmuls do, so the exact rung never uses it. Backends that download kernels at r
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from functools import partial
 
@@ -27,6 +28,7 @@ INT8_KERNEL = "comfy_kitchen_int8"
 HEADS, HEAD_DIM = 24, 128
 _REPEATS = 5
 _chosen: dict[tuple[str, int, bool], tuple[str, dict[str, float]]] = {}
+_chosen_lock = threading.Lock()  # one measurement at a time: two would time each other
 
 
 def _diffusers_kernel(name: str | None) -> Kernel:
@@ -85,20 +87,21 @@ def fastest_attention(
     if device.type != "cuda":
         return None, {}
     key = (str(device), tokens, lossy)
-    if key not in _chosen:
-        shape = (1, tokens, HEADS, HEAD_DIM)
-        q, k, v = (torch.randn(shape, device=device, dtype=dtype) for _ in range(3))
-        timings: dict[str, float] = {}
-        with torch.inference_mode():
-            for name, kernel in attention_kernels(device, lossy).items():
-                try:
-                    timings[name] = best_seconds(lambda kernel=kernel: kernel(q, k, v), device, _REPEATS)
-                except Exception:  # a kernel this GPU, dtype or build lacks: not a candidate here
-                    continue
-        del q, k, v
-        best = min(timings, key=timings.get) if timings else None
-        _chosen[key] = (best, timings)
-    return _chosen[key]
+    with _chosen_lock:
+        if key not in _chosen:
+            shape = (1, tokens, HEADS, HEAD_DIM)
+            q, k, v = (torch.randn(shape, device=device, dtype=dtype) for _ in range(3))
+            timings: dict[str, float] = {}
+            with torch.inference_mode():
+                for name, kernel in attention_kernels(device, lossy).items():
+                    try:
+                        timings[name] = best_seconds(lambda kernel=kernel: kernel(q, k, v), device, _REPEATS)
+                    except Exception:  # a kernel this GPU, dtype or build lacks: not a candidate here
+                        continue
+            del q, k, v
+            best = min(timings, key=timings.get) if timings else None
+            _chosen[key] = (best, timings)
+        return _chosen[key]
 
 
 def describe_choice(backend: str | None, timings: dict[str, float]) -> str:

@@ -45,15 +45,15 @@ def build_empty(factory: Callable[[], M]) -> M:
 
 def _computed_meta_tensors(owner: nn.Module) -> list[str]:
     """Names of ``owner``'s own meta tensors that no file fills: non-persistent buffers and plain attributes."""
-    names = [k for k, b in owner._buffers.items() if b is not None and b.is_meta and k in owner._non_persistent_buffers_set]
+    names = [
+        k for k, b in owner._buffers.items() if b is not None and b.is_meta and k in owner._non_persistent_buffers_set
+    ]
     names += [k for k, v in vars(owner).items() if isinstance(v, torch.Tensor) and v.is_meta]
     return names
 
 
 def _rebuild_computed_state(where: str, owner: nn.Module, names: list[str]) -> None:
-    if any(True for _ in owner.parameters()) or any(
-        k not in owner._non_persistent_buffers_set for k in owner._buffers
-    ):
+    if any(True for _ in owner.parameters()) or any(k not in owner._non_persistent_buffers_set for k in owner._buffers):
         raise InternalError(
             f"{where} ({type(owner).__name__}) computes tensors in its constructor next to weights, so it cannot "
             "be built empty on this diffusers/transformers version."

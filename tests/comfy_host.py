@@ -1,6 +1,8 @@
 """A real ComfyUI server for tests and the demo: start, run API workflows, collect, stop.
 
-The host runs ``main.py --cpu --listen 127.0.0.1`` (``--cpu`` unless asked for the GPU) on a free port with its own base
+Two servers can be hosted (``SERVERS``): ComfyUI 0.3.75, which provisioning always builds, and ComfyUI 0.8.0,
+built only where ``../shared/comfyui-0.8.0`` is next to the repository (its own venv: other frontend and
+template pins, comfy-kitchen). The host runs ``main.py --cpu --listen 127.0.0.1`` (``--cpu`` unless asked for the GPU) on a free port with its own base
 directory (models, input, output, user, custom_nodes) and the pack linked into
 ``custom_nodes/`` under any name. Workflows go to ``POST /prompt``; the websocket is
 followed until the prompt ends; outputs come from ``/history`` and the output folder.
@@ -27,6 +29,12 @@ import websocket
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 240
 MODEL_KINDS = ("diffusers", "diffusion_models", "text_encoders", "vae", "loras")
+# Each server's (python, ComfyUI tree) keys in the env.sh tools/provision.sh writes.
+SERVERS = {
+    "0.3.75": ("QWENFIT_PYTHON", "QWENFIT_COMFYUI"),
+    "0.8.0": ("QWENFIT_PYTHON_080", "QWENFIT_COMFYUI_080"),
+}
+DEFAULT_SERVER = "0.3.75"
 
 
 def read_env(cache: Path | None = None) -> dict[str, str]:
@@ -40,6 +48,13 @@ def read_env(cache: Path | None = None) -> dict[str, str]:
         key, _, value = line.partition("=")
         values[key.strip()] = value.strip().strip('"')
     return values
+
+
+def server_provisioned(server: str) -> bool:
+    """Whether provisioning built ``server`` (0.8.0 only exists where ../shared/comfyui-0.8.0 was found)."""
+    python_key, comfy_key = SERVERS[server]
+    env = read_env()
+    return bool(env.get(python_key)) and (Path(env.get(comfy_key, "")) / "main.py").is_file()
 
 
 def _free_port() -> int:
@@ -76,11 +91,17 @@ class ComfyHost:
         extra_args: tuple[str, ...] = (),
         cpu: bool = True,
         front_end: str | None = None,
+        server: str = DEFAULT_SERVER,
     ) -> None:
-        """``front_end``: another frontend's static folder to serve (``--front-end-root``; None: the host's own)."""
+        """``front_end``: another frontend's static folder to serve (``--front-end-root``; None: the host's own).
+        ``server``: which provisioned ComfyUI runs (a key of ``SERVERS``)."""
         env = read_env()
-        self.python = env["QWENFIT_PYTHON"]
-        self.comfy = Path(env["QWENFIT_COMFYUI"])
+        python_key, comfy_key = SERVERS[server]
+        if python_key not in env:
+            raise RuntimeError(f"ComfyUI {server} is not provisioned (no {python_key} in .cache/env.sh)")
+        self.server = server
+        self.python = env[python_key]
+        self.comfy = Path(env[comfy_key])
         self.models = Path(env["QWENFIT_MODELS"])
         self.base = base_dir
         self.pack_link_name = pack_link_name
@@ -253,9 +274,10 @@ def main() -> int:
     """Start a host on a scratch base directory and keep it running (for poking at by hand)."""
     import tempfile
 
+    server = sys.argv[1] if len(sys.argv) > 1 else DEFAULT_SERVER  # 0.3.75 or 0.8.0
     base = Path(tempfile.mkdtemp(prefix="qwenfit-host-"))
-    with ComfyHost(base) as host:
-        print(f"ComfyUI with QwenFit at {host.url} (base {base}); Ctrl-C stops it", flush=True)
+    with ComfyHost(base, server=server) as host:
+        print(f"ComfyUI {server} with QwenFit at {host.url} (base {base}); Ctrl-C stops it", flush=True)
         try:
             host.process.wait()
         except KeyboardInterrupt:

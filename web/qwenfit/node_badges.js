@@ -2,6 +2,7 @@
 // before a run, and after a run the measured peak and s/step next to it. It is a DOM widget, which both
 // node renderers show (the classic canvas overlays it, Nodes 2.0 puts the element inside the node), and
 // which never reaches the saved workflow or the queued prompt.
+import { app } from "../../../scripts/app.js";
 import { formatBytes, formatStep } from "./format.js";
 import { locate } from "./graph_nodes.js";
 
@@ -13,6 +14,7 @@ const PAD_Y = 2; // and top and bottom
 // The frontend insets a DOM widget by its margin on every side of the height it asks for (10 px unless told):
 // the badge asks for its lines plus twice this.
 const MARGIN = 4;
+const DRAG_PX = 4; // a press on the badge that moves further is a drag of the node, not a click
 const COLOURS = { plan: "#ffd65a", measured: "#5ec8ff", detail: "#aab", error: "#ff8080" };
 
 function planLines(preview) {
@@ -112,18 +114,67 @@ function showFullText(node, row) {
     boxShadow: "0 2px 8px rgba(0,0,0,0.5)", userSelect: "text",
   });
   box.textContent = fullText(node);
-  const onKey = (event) => event.key === "Escape" && close();
+  const onKey = (event) => {
+    if (event.key !== "Escape") return;
+    // Escape closes this box only: the frontend would also take it (leaving an open subgraph, say).
+    event.stopImmediatePropagation();
+    event.preventDefault();
+    close();
+  };
   const onPointer = (event) => !box.contains(event.target) && close();
   function close() {
     box.remove();
-    document.removeEventListener("keydown", onKey, true);
+    window.removeEventListener("keydown", onKey, true);
     document.removeEventListener("pointerdown", onPointer, true);
     if (open?.box === box) open = null;
   }
-  document.addEventListener("keydown", onKey, true);
+  window.addEventListener("keydown", onKey, true);
   document.addEventListener("pointerdown", onPointer, true);
   document.body.append(box);
   open = { box, close };
+}
+
+/** The classic canvas under the badge; null in Nodes 2.0, which puts the badge inside its node's element
+ * and handles the pointer there itself. */
+function canvasUnder(element) {
+  return element.closest("[data-node-id]") ? null : (app.canvas ?? null);
+}
+
+/** The pointer on the badge. A press that stays put on a row is a click: it shows the full text (a row's
+ * title shows it on hover). In the classic renderer, which overlays the badge on the canvas, a press that
+ * moves drags the node, as anywhere else on its body (the canvas itself treats a widget's area as the
+ * widget's), and the wheel zooms the canvas. */
+function handlePointer(node, element) {
+  let press = null; // { x, y, row, from: the node's position, dragging }
+  element.addEventListener("pointerdown", (event) => {
+    if (event.button !== 0) return;
+    press = { x: event.clientX, y: event.clientY, row: event.target.closest?.("[data-kind]"), from: [...node.pos] };
+    if (canvasUnder(element)) element.setPointerCapture?.(event.pointerId);
+  });
+  element.addEventListener("pointermove", (event) => {
+    const canvas = canvasUnder(element);
+    if (!press || !canvas || node.pinned) return;
+    const dx = event.clientX - press.x, dy = event.clientY - press.y;
+    if (!press.dragging && Math.hypot(dx, dy) < DRAG_PX) return;
+    press.dragging = true;
+    const scale = canvas.ds?.scale ?? 1;
+    node.pos = [press.from[0] + dx / scale, press.from[1] + dy / scale];
+    canvas.setDirty?.(true, true);
+  });
+  const release = (event) => {
+    const done = press;
+    press = null;
+    if (element.hasPointerCapture?.(event.pointerId)) element.releasePointerCapture(event.pointerId);
+    if (event.type === "pointerup" && done?.row && !done.dragging) showFullText(node, done.row);
+  };
+  element.addEventListener("pointerup", release);
+  element.addEventListener("pointercancel", release);
+  element.addEventListener("wheel", (event) => {
+    const canvas = canvasUnder(element)?.canvas;
+    if (!canvas) return;
+    event.preventDefault();
+    canvas.dispatchEvent(new WheelEvent(event.type, event));
+  }, { passive: false });
 }
 
 /** Give ``node`` its badge once it sits in a workflow. Not at creation: the frontend also creates
@@ -133,11 +184,9 @@ export function addBadge(node, visible = true) {
   if (!node.graph || node.widgets?.some((w) => w.name === BADGE_WIDGET) || !node.addDOMWidget) return;
   const element = document.createElement("div");
   element.className = "qwenfit-plan";
-  // The badge itself lets the pointer through to the canvas (drags on it move the node, as elsewhere on the
-  // node); only its rows, as wide as their text, take it: hover shows a row's full text, a click all of it.
   Object.assign(element.style, {
     font: FONT, lineHeight: `${LINE_PX}px`, padding: `${PAD_Y}px ${PAD_X}px`, borderRadius: "4px",
-    background: "rgba(20, 22, 28, 0.9)", overflow: "hidden", boxSizing: "border-box", pointerEvents: "none",
+    background: "rgba(20, 22, 28, 0.9)", overflow: "hidden", boxSizing: "border-box",
   });
   // The classic canvas sizes the widget from these on every draw (and grows the node to fit); Nodes 2.0 lays
   // the element out itself. Both frontends in use (1.32, 1.35, 1.58) read getMinHeight/getMaxHeight and margin.
@@ -150,17 +199,7 @@ export function addBadge(node, visible = true) {
     getMaxHeight: height,
   });
   widget.serialize = false;
-  element.addEventListener("click", (event) => {
-    const row = event.target.closest?.("[data-kind]");
-    if (row) showFullText(node, row);
-  });
-  // The wheel zooms the canvas over the badge too (the classic canvas sits under it; Nodes 2.0 handles it).
-  element.addEventListener("wheel", (event) => {
-    const canvas = node.graph?.list_of_graphcanvas?.[0]?.canvas;
-    if (!canvas || element.closest("[data-node-id]")) return;
-    event.preventDefault();
-    canvas.dispatchEvent(new WheelEvent("wheel", event));
-  }, { passive: false });
+  handlePointer(node, element);
   // Room for the badge below the node's own widgets (a node made before it had none).
   const wanted = node.computeSize?.();
   if (wanted && node.size && wanted[1] > node.size[1]) node.setSize?.([node.size[0], wanted[1]]);

@@ -47,8 +47,11 @@ MODEL_FILES = {
     EDIT_VAE: ("vae", f"{_HF}/Qwen-Image_ComfyUI/resolve/main/split_files/vae/{EDIT_VAE}"),
     LAYERED_VAE: ("vae", f"{_HF}/Qwen-Image-Layered_ComfyUI/resolve/main/split_files/vae/{LAYERED_VAE}"),
 }
-# The files each kind of preset needs (the loader picks the text encoder and the VAE beside the model).
+# The files each kind of preset needs: (transformer, text encoder, VAE), as its loader names them.
 PRESET_FILES = {"edit": (EDIT_MODEL, TEXT_ENCODER, EDIT_VAE), "layered": (LAYERED_MODEL, TEXT_ENCODER, LAYERED_VAE)}
+# The loader's inputs that name a file. The frontend offers a missing file only when a combo's value names it
+# (frontend 1.58 scans the widgets; `auto` names nothing), so the presets name every file instead of `auto`.
+FILE_INPUTS = ("model", "text_encoder", "vae", "lora")
 
 
 def model_entry(name: str) -> dict[str, str]:
@@ -75,8 +78,36 @@ class Preset:
     links: list[tuple[int, str, int, str]]  # (from node, output name, to node, input name)
 
 
-def _note(node_id: int, pos: tuple[int, int], text: str) -> Node:
-    return Node(node_id, "MarkdownNote", pos, {"text": text}, title="Read me", size=(420, 260))
+# The layout, in canvas units. The frontends draw a node taller than its saved size wherever its content needs
+# it, each renderer and frontend differently, and the classic canvas draws the title bar above ``pos``. Measured
+# (2026-12, frontends 1.32.9 and 1.58.1, each renderer), title included: Precision 164 to 200, Offload 210 to 256,
+# VAE Tiling 112 to 144, the loader 260 to 372 with its plan badge, Instruct Edit up to 580, the notes up to 345.
+# So each column holds nodes of one width, the nodes in a column stand ROW_GAP apart beyond their tallest
+# drawing, and the nodes that grow most (notes, run nodes, monitors) have nothing below them.
+# tests/browser/test_preset_layout.py checks every preset in each frontend and renderer.
+TITLE_H = 30
+COLUMN_GAP = 60
+ROW_GAP = 80
+NOTE_X, NOTE_W = 0, 420
+SETTINGS_X, SETTINGS_W = NOTE_X + NOTE_W + COLUMN_GAP, 300
+LOADER_X, LOADER_W = SETTINGS_X + SETTINGS_W + COLUMN_GAP, 320
+RUN_X, RUN_W = LOADER_X + LOADER_W + COLUMN_GAP, 360
+OUTPUT_X, OUTPUT_W = RUN_X + RUN_W + COLUMN_GAP, 420
+# Each node's top (``pos``) below the tallest drawing of the node above it.
+PRECISION_Y = 0
+OFFLOAD_Y = PRECISION_Y + 200 + ROW_GAP
+VAE_Y = OFFLOAD_Y + 260 + ROW_GAP
+IMAGE_Y = 380 + 2 * ROW_GAP  # below the loader, whose badge may gain a few lines
+SAVE_H, PREVIEW_H = 400, 300  # drawn as saved
+BELOW_SAVE_Y = SAVE_H + TITLE_H + ROW_GAP
+BELOW_PREVIEW_Y = BELOW_SAVE_Y + PREVIEW_H + TITLE_H + ROW_GAP
+# Where the frontend opens a preset: the notes at the left edge, all the columns in view on a 1920 px screen.
+VIEW = {"scale": 0.75, "offset": [20, 60]}
+
+
+def _note(node_id: int, text: str) -> Node:
+    """The notes, in the first column with nothing below them (a note is drawn as tall as its text)."""
+    return Node(node_id, "MarkdownNote", (NOTE_X, 0), {"text": text}, title="Read me", size=(NOTE_W, 260))
 
 
 EDIT_FILES = """Files (Comfy-Org's repackaged ones; press R after copying):
@@ -181,13 +212,19 @@ PROFILES = (
 )
 
 
-def _settings_nodes(start_id: int, y: int, profile: Profile) -> list[Node]:
+def _settings_nodes(start_id: int, profile: Profile) -> list[Node]:
     return [
-        Node(start_id, "QwenFitPrecisionSelector", (40, y), dict(profile.precision), size=(300, 134)),
+        Node(
+            start_id,
+            "QwenFitPrecisionSelector",
+            (SETTINGS_X, PRECISION_Y),
+            dict(profile.precision),
+            size=(SETTINGS_W, 134),
+        ),
         Node(
             start_id + 1,
             "QwenFitOffloadToggle",
-            (40, y + 150),
+            (SETTINGS_X, OFFLOAD_Y),
             {
                 "mode": profile.offload[0],
                 "vram_budget": profile.offload[1],
@@ -196,9 +233,9 @@ def _settings_nodes(start_id: int, y: int, profile: Profile) -> list[Node]:
                 "gpus": profile.gpus,
                 "multi_gpu": "auto",
             },
-            size=(300, 180),
+            size=(SETTINGS_W, 180),
         ),
-        Node(start_id + 2, "QwenFitVAESlicer", (40, y + 380), dict(profile.vae), size=(300, 80)),
+        Node(start_id + 2, "QwenFitVAESlicer", (SETTINGS_X, VAE_Y), dict(profile.vae), size=(SETTINGS_W, 80)),
     ]
 
 
@@ -210,13 +247,21 @@ def _settings_links(start_id: int, loader_id: int) -> list[tuple[int, str, int, 
     ]
 
 
-# Room under the loader and the run node for the plan preview the browser extension draws there.
-IMAGE_Y = 400  # below the loader and its plan badge
-
-
 def _monitor(node_id: int, pos: tuple[int, int]) -> Node:
     """The VRAM monitor after the run node: its report and a chart of the run's memory."""
-    return Node(node_id, "QwenFitVRAMMonitor", pos, {}, title="QwenFit VRAM Monitor (last run)", size=(420, 330))
+    return Node(node_id, "QwenFitVRAMMonitor", pos, {}, title="QwenFit VRAM Monitor (last run)", size=(OUTPUT_W, 330))
+
+
+def _loader(node_id: int, kind: str) -> Node:
+    """The loader, naming each file the preset needs (Comfy-Org's names)."""
+    model, text_encoder, vae = PRESET_FILES[kind]
+    return Node(
+        node_id,
+        "QwenFitOptimizedLoader",
+        (LOADER_X, 0),
+        {"model": model, "text_encoder": text_encoder, "vae": vae},
+        size=(LOADER_W, 230),
+    )
 
 
 def edit_preset(profile: Profile) -> Preset:
@@ -225,14 +270,14 @@ def edit_preset(profile: Profile) -> Preset:
         name=f"qwenfit_edit_{profile.key}",
         title=f"QwenFit Edit ({profile.title})",
         nodes=[
-            _note(1, (40, -300), note),
-            *_settings_nodes(2, 0, profile),
-            Node(5, "QwenFitOptimizedLoader", (400, 0), {"model": EDIT_MODEL}, size=(320, 230)),
-            Node(6, "LoadImage", (400, IMAGE_Y), {"image": SAMPLE_IMAGE}, size=(320, 320)),
+            _note(1, note),
+            *_settings_nodes(2, profile),
+            _loader(5, "edit"),
+            Node(6, "LoadImage", (LOADER_X, IMAGE_Y), {"image": SAMPLE_IMAGE}, size=(LOADER_W, 320)),
             Node(
                 7,
                 "QwenFitInstructEdit",
-                (780, 0),
+                (RUN_X, 0),
                 {
                     "prompt": "Paint the house blue and add snow on the roof.",
                     "negative_prompt": " ",
@@ -242,10 +287,10 @@ def edit_preset(profile: Profile) -> Preset:
                     "width": 0,
                     "height": 0,
                 },
-                size=(360, 420),
+                size=(RUN_W, 420),
             ),
-            Node(8, "SaveImage", (1200, 0), {"filename_prefix": "QwenFit/edit"}, size=(360, 400)),
-            _monitor(9, (1200, 450)),
+            Node(8, "SaveImage", (OUTPUT_X, 0), {"filename_prefix": "QwenFit/edit"}, size=(OUTPUT_W, SAVE_H)),
+            _monitor(9, (OUTPUT_X, BELOW_SAVE_Y)),
         ],
         links=[
             *_settings_links(2, 5),
@@ -270,7 +315,7 @@ def masked_edit_preset(profile: Profile) -> Preset:
     preset = edit_preset(profile)
     note = f"**QwenFit - Instruct Edit, masked ({profile.title})**\n\n{EDIT_FILES}\n\n{MASKED_NOTE}"
     nodes = [
-        _note(1, (40, -300), note) if n.id == 1 else Node(n.id, n.type, n.pos, dict(n.widgets), n.title, n.size)
+        _note(1, note) if n.id == 1 else Node(n.id, n.type, n.pos, dict(n.widgets), n.title, n.size)
         for n in preset.nodes
     ]
     for node in nodes:
@@ -295,14 +340,14 @@ def layered_preset(profile: Profile) -> Preset:
         name=f"qwenfit_layered_{profile.key}",
         title=f"QwenFit Layered ({profile.title})",
         nodes=[
-            _note(1, (40, -300), note),
-            *_settings_nodes(2, 0, profile),
-            Node(5, "QwenFitOptimizedLoader", (400, 0), {"model": LAYERED_MODEL}, size=(320, 230)),
-            Node(6, "LoadImage", (400, IMAGE_Y), {"image": SAMPLE_IMAGE}, size=(320, 320)),
+            _note(1, note),
+            *_settings_nodes(2, profile),
+            _loader(5, "layered"),
+            Node(6, "LoadImage", (LOADER_X, IMAGE_Y), {"image": SAMPLE_IMAGE}, size=(LOADER_W, 320)),
             Node(
                 7,
                 "QwenFitLayeredDecompose",
-                (780, 0),
+                (RUN_X, 0),
                 {
                     "layers": 4,
                     "resolution": "640",
@@ -314,11 +359,11 @@ def layered_preset(profile: Profile) -> Preset:
                     "save_psd": False,
                     "filename_prefix": "QwenFit/layers",
                 },
-                size=(360, 480),
+                size=(RUN_W, 480),
             ),
-            Node(8, "SaveImage", (1200, 0), {"filename_prefix": "QwenFit/layer"}, size=(360, 400)),
-            Node(9, "PreviewImage", (1200, 450), {}, size=(360, 300)),
-            _monitor(10, (1600, 0)),
+            Node(8, "SaveImage", (OUTPUT_X, 0), {"filename_prefix": "QwenFit/layer"}, size=(OUTPUT_W, SAVE_H)),
+            Node(9, "PreviewImage", (OUTPUT_X, BELOW_SAVE_Y), {}, size=(OUTPUT_W, PREVIEW_H)),
+            _monitor(10, (OUTPUT_X, BELOW_PREVIEW_Y)),
         ],
         links=[
             *_settings_links(2, 5),
@@ -396,9 +441,10 @@ def _properties(node: Node, info: dict[str, Any] | None) -> dict[str, Any]:
     if info is None:
         return {}
     properties: dict[str, Any] = {"Node name for S&R": node.type}
-    model = node.widgets.get("model")
-    if model in MODEL_FILES:  # the loader: the frontend can offer this file when it is missing
-        properties["models"] = [model_entry(model)]
+    # The loader: every file it names, so that the frontend can offer each one when it is missing.
+    files = [node.widgets[name] for name in FILE_INPUTS if node.widgets.get(name) in MODEL_FILES]
+    if files:
+        properties["models"] = [model_entry(name) for name in files]
     return properties
 
 
@@ -442,7 +488,7 @@ def to_ui(preset: Preset, object_info: dict[str, Any]) -> dict[str, Any]:
         "links": ui_links,
         "groups": [],
         "config": {},
-        "extra": {"ds": {"scale": 0.8, "offset": [80, 420]}, "qwenfit_title": preset.title},
+        "extra": {"ds": dict(VIEW, offset=list(VIEW["offset"])), "qwenfit_title": preset.title},
         "models": [model_entry(name) for name in PRESET_FILES["layered" if "layered" in preset.name else "edit"]],
         "version": 0.4,
     }
@@ -480,11 +526,15 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-# The tiny stand-ins for the real folder names, and a step count that keeps CPU runs short
-# (the tiny models draw noise whatever the step count).
+# The tiny stand-ins for the real files' names (the transformers first), and a step count that keeps CPU runs
+# short (the tiny models draw noise whatever the step count). The text encoder is the one `auto` picks among
+# the tiny files.
 TINY_STAND_INS = {
     EDIT_MODEL: "qwenfit_tiny_edit_2509_fp8_e4m3fn.safetensors",
     LAYERED_MODEL: "qwenfit_tiny_layered_fp8mixed.safetensors",
+    TEXT_ENCODER: "qwenfit_tiny_qwen_2.5_vl.safetensors",
+    EDIT_VAE: "qwenfit_tiny_qwen_image_vae.safetensors",
+    LAYERED_VAE: "qwenfit_tiny_qwen_image_layered_vae.safetensors",
 }
 TINY_STEPS = 3
 
@@ -494,8 +544,10 @@ def on_tiny_models(api: dict[str, Any], steps: int = TINY_STEPS) -> dict[str, An
     api = json.loads(json.dumps(api))
     for node in api.values():
         inputs = node["inputs"]
-        if node["class_type"] == "QwenFitOptimizedLoader" and inputs.get("model") in TINY_STAND_INS:
-            inputs["model"] = TINY_STAND_INS[inputs["model"]]
+        if node["class_type"] == "QwenFitOptimizedLoader":
+            for name in FILE_INPUTS:
+                if inputs.get(name) in TINY_STAND_INS:
+                    inputs[name] = TINY_STAND_INS[inputs[name]]
         if "steps" in inputs and node["class_type"].startswith("QwenFit"):
             inputs["steps"] = min(inputs["steps"], steps)
     return api

@@ -58,15 +58,19 @@ MODEL_FOLDERS = {"diffusion_models", "text_encoders", "vae", "loras"}
 @pytest.mark.parametrize("ui_path", UI_WORKFLOWS, ids=lambda p: p.stem)
 def test_preset_names_where_its_files_come_from(comfy, ui_path):
     """A new user without the files gets the frontend's offer to download them (the pack never downloads):
-    the loader's model carries its metadata (the name must equal the widget's value), and the workflow lists
-    every file the loader will pick, each from Comfy-Org's repository into its ComfyUI folder."""
+    the loader names every file it needs on its widgets (frontend 1.58 offers only files a widget names, so
+    not `auto`) and carries each one's metadata, as the workflow does, each from Comfy-Org's repository into
+    its ComfyUI folder."""
     workflow = load_json(ui_path)
     loader = next(n for n in workflow["nodes"] if n["type"] == "QwenFitOptimizedLoader")
     names = [n for n, _ in widget_names(comfy.object_info()["QwenFitOptimizedLoader"])]
-    model = loader["widgets_values"][names.index("model")]
-    assert loader["properties"]["models"] == [next(m for m in workflow["models"] if m["name"] == model)]
+    widgets = dict(zip(names, loader["widgets_values"], strict=False))
     kind = "layered" if "layered" in ui_path.stem else "edit"
-    assert [m["name"] for m in workflow["models"]] == list(PRESET_FILES[kind])
+    named = [widgets["model"], widgets["text_encoder"], widgets["vae"]]
+    assert named == list(PRESET_FILES[kind])
+    assert widgets["lora"] == "none"  # a preset with a LoRA lists it in its models too
+    assert loader["properties"]["models"] == workflow["models"]
+    assert [m["name"] for m in workflow["models"]] == named
     for entry in workflow["models"]:
         assert entry["directory"] in MODEL_FOLDERS, entry
         assert entry["url"].startswith("https://huggingface.co/Comfy-Org/"), entry

@@ -1,13 +1,15 @@
 """ComfyUI's memory manager can take back what QwenFit keeps on the GPU between runs: the held pipeline is
 registered as a model ComfyUI manages, an unload from ComfyUI (here its /free route, what the frontend's
 "Unload Models" button sends) releases it, and the next QwenFit run places the weights again from host
-memory, without loading, to the same image."""
+memory, without loading, to the same image. On each server: ComfyUI 0.3.75 and 0.8.0 (whose model_management
+was reworked: async offload, pinned memory)."""
 
 from __future__ import annotations
 
 import time
 
 import numpy as np
+import pytest
 import requests
 from graphs import edit_graph
 from test_lora import _image, _loads, _report
@@ -45,7 +47,8 @@ def _ask_comfyui_to_free(comfy, done, attempts: int = 6) -> dict:
     return holdings
 
 
-def test_comfyui_unloading_its_models_releases_the_pipeline_and_the_next_run_places_it_again(comfy):
+def test_comfyui_unloading_its_models_releases_the_pipeline_and_the_next_run_places_it_again(any_comfy):
+    comfy = any_comfy
     first = comfy.run(edit_graph(seed=23))
     expected = _image(first)
     holdings = _holdings(comfy)
@@ -76,15 +79,18 @@ def _tiny_upscaler(path) -> None:
     save_file(Compact(num_feat=4, num_conv=1, upscale=4).state_dict(), str(path))
 
 
-def test_a_native_node_that_needs_memory_releases_the_pipeline(tmp_path_factory):
+@pytest.mark.parametrize("server", ["0.3.75", "0.8.0"])
+def test_a_native_node_that_needs_memory_releases_the_pipeline(tmp_path_factory, server: str):
     """ComfyUI's own upscale node asks its memory manager for room (free_memory); with smart memory off
     (ComfyUI's --disable-smart-memory, so that the test's machine need not be short of memory) that unloads
     every model it manages, QwenFit's included, while that node runs."""
     from comfy_host import ComfyHost
-    from conftest import PACK_LINK_NAME, SAMPLE
+    from conftest import PACK_LINK_NAME, SAMPLE, require_080
 
-    base = tmp_path_factory.mktemp("comfy-smart-memory-off")
-    host = ComfyHost(base, pack_link_name=PACK_LINK_NAME, extra_args=("--disable-smart-memory",))
+    if server == "0.8.0":
+        require_080()
+    base = tmp_path_factory.mktemp(f"comfy-smart-memory-off-{server}")
+    host = ComfyHost(base, pack_link_name=PACK_LINK_NAME, extra_args=("--disable-smart-memory",), server=server)
     host.prepare()
     host.add_input(SAMPLE)
     (base / "models" / "upscale_models").mkdir(parents=True, exist_ok=True)

@@ -340,6 +340,83 @@ def patch_tiny_sizes() -> dict:
     return {"transformer": dit, "text_encoder": text, "vision": vision, "vae": vae}
 
 
+# ---- the same workflow as an API prompt ------------------------------------------------------------
+
+
+def native_graph(
+    image: list,
+    steps: int = 6,
+    seed: int = 0,
+    cfg: float = 4.0,
+    transformer: str = TRANSFORMER_SCALED,
+    text_encoder: str = TEXT_ENCODER,
+    vae: str = VAE,
+    prompt: str = PROMPT,
+    bare: bool = False,
+    prefix: str = "n",
+) -> tuple[dict, list]:
+    """``run_native``'s workflow as API-format nodes for a server's ``POST /prompt``: UNETLoader, CLIPLoader
+    (qwen_image), VAELoader, ImageScaleToTotalPixels(lanczos, 1 MP), VAEEncode, TextEncodeQwenImageEditPlus for
+    the prompt and for "" (image1 = the scaled picture, with the VAE), ModelSamplingAuraFlow(3) and CFGNorm(1)
+    unless ``bare``, KSampler(euler, simple, denoise 1), VAEDecode. ``image`` is the link of the picture to edit
+    (``[node id, output]``); node ids start with ``prefix``. Returns the nodes and the decoded IMAGE's link.
+    ``resolution_steps`` is ImageScaleToTotalPixels' input on 0.8.0 (1 = its default; an older server ignores it)."""
+    ids = {
+        name: f"{prefix}{i}"
+        for i, name in enumerate(
+            ("unet", "clip", "vae", "scale", "latent", "positive", "negative", "aura", "norm", "sampler", "decode")
+        )
+    }
+    nodes = {
+        ids["unet"]: {
+            "class_type": "UNETLoader",
+            "inputs": {"unet_name": Path(transformer).name, "weight_dtype": "default"},
+        },
+        ids["clip"]: {
+            "class_type": "CLIPLoader",
+            "inputs": {"clip_name": Path(text_encoder).name, "type": "qwen_image", "device": "default"},
+        },
+        ids["vae"]: {"class_type": "VAELoader", "inputs": {"vae_name": Path(vae).name}},
+        ids["scale"]: {
+            "class_type": "ImageScaleToTotalPixels",
+            "inputs": {"image": image, "upscale_method": "lanczos", "megapixels": 1.0, "resolution_steps": 1},
+        },
+        ids["latent"]: {"class_type": "VAEEncode", "inputs": {"pixels": [ids["scale"], 0], "vae": [ids["vae"], 0]}},
+    }
+    for name, text in (("positive", prompt), ("negative", "")):
+        nodes[ids[name]] = {
+            "class_type": "TextEncodeQwenImageEditPlus",
+            "inputs": {"clip": [ids["clip"], 0], "prompt": text, "vae": [ids["vae"], 0], "image1": [ids["scale"], 0]},
+        }
+    model = [ids["unet"], 0]
+    if not bare:
+        nodes[ids["aura"]] = {"class_type": "ModelSamplingAuraFlow", "inputs": {"model": model, "shift": 3.0}}
+        nodes[ids["norm"]] = {"class_type": "CFGNorm", "inputs": {"model": [ids["aura"], 0], "strength": 1.0}}
+        model = [ids["norm"], 0]
+    nodes[ids["sampler"]] = {
+        "class_type": "KSampler",
+        "inputs": {
+            "model": model,
+            "seed": seed,
+            "steps": steps,
+            "cfg": cfg,
+            "sampler_name": "euler",
+            "scheduler": "simple",
+            "positive": [ids["positive"], 0],
+            "negative": [ids["negative"], 0],
+            "latent_image": [ids["latent"], 0],
+            "denoise": 1.0,
+        },
+    }
+    nodes[ids["decode"]] = {
+        "class_type": "VAEDecode",
+        "inputs": {"samples": [ids["sampler"], 0], "vae": [ids["vae"], 0]},
+    }
+    for node in nodes.values():
+        node["_meta"] = {"title": f"ComfyUI native {node['class_type']}"}
+    return nodes, [ids["decode"], 0]
+
+
 # ---- run-native -----------------------------------------------------------------------------------
 
 

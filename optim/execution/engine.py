@@ -23,7 +23,7 @@ from ..files.lora import LoraStack
 from ..planning.host_memory import FILES, HostMemory
 from ..planning.model_sizes import ModelSizes, measure
 from ..planning.plan import CFG_PARALLEL, NO_LORA_PLAN, SEQUENCE_PARALLEL, ComponentPlacement, LoraPlan, Plan
-from ..planning.planner import Gpu, plan_run
+from ..planning.planner import Gpu, plan_run, room_beside_others
 from ..planning.speed_ladder import EXACT, Arithmetic
 from ..qwen.anatomy import is_modulation
 from ..qwen.job_shape import JobShape
@@ -92,6 +92,9 @@ class PipelineEngine:
         facts every plan carries; ``files`` has the recipes of the weights left in the model files."""
         self.pipeline = pipeline
         self.device = device = indexed(device)
+        # What this process had allocated on the GPU before the engine placed anything: the budget resolved
+        # at load ("auto": the memory free then) already left it out.
+        self._allocated_before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
         self.options = options
         self.host, self.components, self.notes = host, components, notes
         files = files or FileFeeds()
@@ -149,10 +152,26 @@ class PipelineEngine:
             gpus = tuple(replace(g, budget_bytes=_smaller(g.budget_bytes, self._lean_budget)) for g in gpus)
         if self._lean_tiling:
             vae = replace(vae, tiling="on")
-        return plan_run(
-            self.sizes, job, self.options.offload, vae, gpus, self.host, self.components, self.notes,
-            arithmetic=self.options.arithmetic, loras=loras,
-        )  # fmt: skip
+        beside = room_beside_others(gpus, self.others_allocated())
+        for budgets in (beside, gpus) if beside != gpus else (gpus,):
+            try:
+                return plan_run(
+                    self.sizes, job, self.options.offload, vae, budgets, self.host, self.components, self.notes,
+                    arithmetic=self.options.arithmetic, loras=loras,
+                )  # fmt: skip
+            except QwenFitError:
+                if budgets is gpus:
+                    raise  # no plan fits even the whole budget: that message names the fix
+        raise AssertionError("unreachable")
+
+    def others_allocated(self) -> int:
+        """Bytes allocated on the GPU now that are neither this engine's nor there when it took the pipeline over:
+        a model ComfyUI kept loaded beside ours (ComfyUI 0.8.0 may leave one partly loaded after it was asked
+        for room). The next plan leaves them room instead of running out of memory."""
+        if self.device.type != "cuda":
+            return 0
+        now = torch.cuda.memory_allocated(self.device)
+        return max(0, now - self._allocated_before - self.gpu_bytes_held())
 
     def lean_down(self, job: JobShape, vae: VaeSettings = DEFAULT_VAE) -> str:
         """After an out-of-memory error: plan every later run one step leaner, i.e. for the next smaller
@@ -200,6 +219,10 @@ class PipelineEngine:
                 "load it again with load_pipeline (QwenFit's nodes do this by themselves)."
             )
         plan = self.plan_for(job, vae, loras)
+        if (others := self.others_allocated()) > 0:
+            log.info(
+                "QwenFit: %.2f GiB of the GPU is held by another model; this run is planned beside it", others / GIB
+            )
         self._choose_attention(job)
         if self.parked:  # ComfyUI took the GPU memory back after the last run: place everything again
             for child in self._small_parts:

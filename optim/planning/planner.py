@@ -105,6 +105,16 @@ class Gpu:
 Phases = tuple[tuple[str, int], ...]
 
 
+def room_beside_others(gpus: tuple[Gpu, ...], others_bytes: int) -> tuple[Gpu, ...]:
+    """``gpus`` with the first GPU's budget less ``others_bytes``: memory another model holds there now (one
+    ComfyUI kept loaded after asking us to make room, and did not unload when we asked it back) is not ours
+    to plan with. A GPU without a limit keeps none."""
+    first = gpus[0]
+    if others_bytes <= 0 or first.budget_bytes is None:
+        return gpus
+    return (replace(first, budget_bytes=max(0, first.budget_bytes - others_bytes)), *gpus[1:])
+
+
 def denoise_activations(sizes: ModelSizes, job: JobShape, k: Coefficients, cfg: str = "batched") -> int:
     """Live activations of one block. Batched CFG computes every sample at once. Interleaved CFG
     computes one sample at a time, but measured (H200, 2026-11-22) it peaks as high: the 8 GB plan

@@ -98,3 +98,17 @@ def test_compressed_linears_stay_close_to_dense(cls, tolerance: float) -> None:
     want = dense(x)
     error = (layer(x) - want).norm() / want.norm()
     assert error < tolerance
+
+
+def test_memory_another_model_holds_is_left_out_of_the_first_gpus_budget():
+    """ComfyUI 0.8.0 kept 2.28 GiB of its own Qwen-Image model on an 8 GB card after QwenFit asked for room
+    (bench/results/handback_080_h100_2026-12-07): a plan for the whole 7.0 GiB ran out of memory there."""
+    from optim.planning.planner import Gpu, room_beside_others
+
+    gib = 2**30
+    gpus = (Gpu("cuda:0", 7 * gib), Gpu("cuda:1", 7 * gib))
+    beside = room_beside_others(gpus, int(2.28 * gib))
+    assert beside[0].budget_bytes == 7 * gib - int(2.28 * gib) and beside[1] == gpus[1]
+    assert room_beside_others(gpus, 0) is gpus
+    assert room_beside_others((Gpu("cuda:0", None),), gib)[0].budget_bytes is None  # no limit: nothing to leave
+    assert room_beside_others((Gpu("cuda:0", gib),), 2 * gib)[0].budget_bytes == 0

@@ -27,16 +27,26 @@ from comfy_host import MODEL_KINDS, ComfyHost  # noqa: E402
 
 from .presets import API_DIR, INPUT_IMAGES, PRESETS, TINY_STAND_INS, on_tiny_models  # noqa: E402
 
+# The loader's file inputs and the models folder each one names a file of.
+_FILE_FOLDERS = {"model": "diffusion_models", "text_encoder": "text_encoders", "vae": "vae"}
+
 
 def _has_real_models(models_dir: Path | None, api: dict) -> bool:
-    """True when the user's models folder holds every model the preset's loaders name."""
+    """True when the user's models folder holds every file the preset's loaders name (transformer, text
+    encoder and VAE; ``auto`` and a diffusers folder bring their own)."""
     if models_dir is None:
         return False
-    wanted = [n["inputs"]["model"] for n in api.values() if n["class_type"] == "QwenFitOptimizedLoader"]
-    return bool(wanted) and all(
-        (models_dir / "diffusion_models" / name).is_file()
-        or (models_dir / "diffusers" / name / "model_index.json").is_file()
-        for name in wanted
+    loaders = [n["inputs"] for n in api.values() if n["class_type"] == "QwenFitOptimizedLoader"]
+
+    def present(slot: str, name: str) -> bool:
+        if name == "auto":
+            return True
+        return (models_dir / _FILE_FOLDERS[slot] / name).is_file() or (
+            slot == "model" and (models_dir / "diffusers" / name / "model_index.json").is_file()
+        )
+
+    return bool(loaders) and all(
+        present(slot, inputs[slot]) for inputs in loaders for slot in _FILE_FOLDERS if slot in inputs
     )
 
 

@@ -7,6 +7,7 @@ import re
 
 import pytest
 from conftest import ARTIFACTS, REPO, load_json, pack_errors
+from test_memory_panel import PANEL, settled_previews
 
 from tools.workflow_format import VIRTUAL_NODES, widget_names
 
@@ -21,9 +22,12 @@ def test_the_renderer_is_the_one_asked_for(page):
     # Nodes 2.0 draws each node as an element carrying its id; the classic canvas draws none.
     page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", load_json(UI_WORKFLOWS[0]))
     if page.vue_nodes:
-        page.wait_for_selector("[data-node-id]", timeout=15_000)
+        page.wait_for_selector("[data-node-id]", timeout=60_000)
     else:
-        page.wait_for_timeout(500)
+        # Two animation frames after the graph has its nodes: the canvas has drawn them (and Nodes 2.0 would
+        # have mounted its elements).
+        page.wait_for_function("() => window.app.graph.nodes.length > 0", timeout=60_000)
+        page.evaluate("() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
         assert page.locator("[data-node-id]").count() == 0
 
 
@@ -79,8 +83,13 @@ def _console_problems(page, disabled: list[str], workflow: dict) -> set[tuple[st
     try:
         page.reload()
         page.wait_for_function("window.app && window.app.graph && window.app.graph.nodes", timeout=120_000)
-        page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
-        page.wait_for_timeout(3000)  # previews asked and answered, memory events received
+        if disabled:  # the pack is off: its memory events reach a frontend with no listener, which warns of them
+            with page.expect_console_message(lambda message: "qwenfit.memory" in message.text, timeout=120_000):
+                page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
+        else:  # every badge shows the answer to its settings, and the memory panel has had an event
+            page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
+            settled_previews(page)
+            page.wait_for_function(f"() => {PANEL}?.lastSample != null", timeout=120_000)
     finally:
         page.remove_listener("console", record)
     return set(seen)

@@ -4,10 +4,11 @@ and the frontend's own "queue" conversion gives exactly the API twin the other t
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from conftest import ARTIFACTS, REPO, load_json, pack_errors
-from test_memory_panel import PANEL, settled_previews
+from test_memory_panel import PANEL
 
 from tools.workflow_format import VIRTUAL_NODES, widget_names
 
@@ -83,16 +84,31 @@ def _console_problems(page, disabled: list[str], workflow: dict) -> set[tuple[st
     try:
         page.reload()
         page.wait_for_function("window.app && window.app.graph && window.app.graph.nodes", timeout=120_000)
+        page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
         if disabled:  # the pack is off: its memory events reach a frontend with no listener, which warns of them
-            with page.expect_console_message(lambda message: "qwenfit.memory" in message.text, timeout=120_000):
-                page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
+            deadline = time.monotonic() + 120
+            while not any("qwenfit.memory" in text for _, text in seen) and time.monotonic() < deadline:
+                page.wait_for_timeout(100)  # lets the page deliver its messages; the loop waits for the warning
         else:  # every badge shows the answer to its settings, and the memory panel has had an event
-            page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
-            settled_previews(page)
+            page.wait_for_function(PREVIEWS_ANSWERED, timeout=180_000)
             page.wait_for_function(f"() => {PANEL}?.lastSample != null", timeout=120_000)
     finally:
         page.remove_listener("console", record)
-    return set(seen)
+    return {problem for problem in seen if not OFFLINE_FETCH.search(problem[1])}
+
+
+# The newest frontend fetches the download size of each file a workflow lacks from its address; this machine
+# has no network, so that fetch fails whatever node names the file (with the pack off, nothing names them).
+OFFLINE_FETCH = re.compile(
+    r"^(Error fetching file size: TypeError: Failed to fetch|Failed to load resource: net::ERR_NAME_NOT_RESOLVED$)"
+)
+# Both of the preset's QwenFit nodes show an answer from the plan preview route (read from their state only:
+# calling the pack's functions from the test could log what the pack itself does not).
+PREVIEWS_ANSWERED = """() => {
+    const types = ["QwenFitOptimizedLoader", "QwenFitInstructEdit", "QwenFitLayeredDecompose"];
+    const nodes = window.app.graph.nodes.filter((n) => types.includes(n.comfyClass ?? n.type));
+    return nodes.length >= 2 && nodes.every((n) => n.qwenfit && !n.qwenfit.pending && n.qwenfit.preview?.ok !== undefined);
+}"""
 
 
 def test_the_pack_adds_no_console_errors_or_warnings(page):

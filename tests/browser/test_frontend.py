@@ -116,8 +116,10 @@ def test_the_pack_adds_no_console_errors_or_warnings(page):
     only with the pack enabled is the pack's doing, however the frontend words it (a deprecated field read,
     an event with no listener yet, the workflow read before it exists)."""
     workflow = load_json(REPO / "example_workflows" / "qwenfit_edit_auto.json")
-    without = _console_problems(page, ["qwenfit.core"], workflow)
-    with_pack = _console_problems(page, [], workflow)
+    try:
+        without = _console_problems(page, ["qwenfit.core"], workflow)
+    finally:  # the setting lives on the server: a failure here must not leave the pack off for later tests
+        with_pack = _console_problems(page, [], workflow)
     assert not with_pack - without, sorted(with_pack - without)
     # The frontend warns about the pack's events when the pack is not there to listen: they were seen.
     assert any("qwenfit.memory" in text for _, text in without), sorted(without)

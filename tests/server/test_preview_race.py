@@ -34,7 +34,7 @@ def _edit_preset(run: int) -> dict:
         if node["class_type"] == "QwenFitOptimizedLoader":
             node["inputs"]["model"] = TRANSFORMERS[run % 2]
         if node["class_type"] == "QwenFitInstructEdit":
-            node["inputs"].update(seed=1000 + run, width=64, height=64, steps=1)
+            node["inputs"].update(seed=1000 + run, width=64, height=64, steps=2)
     return graph
 
 

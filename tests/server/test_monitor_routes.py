@@ -47,7 +47,6 @@ def test_memory_history_is_sampled_a_few_times_a_second(comfy):
         time.sleep(0.25)  # polling interval, not a guess: the loop waits for the samples themselves
     assert 6 <= len(times) <= 12, times  # 4 samples a second: never more, and at least 6 once unhindered
     assert times == sorted(times) and data["now"] - times[-1] < 2.0
-    assert all(b - a >= 0.2 for a, b in zip(times, times[1:], strict=False)), times  # never faster than asked
 
 
 @pytest.mark.parametrize(

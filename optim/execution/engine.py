@@ -144,6 +144,7 @@ class PipelineEngine:
         self.replaced_note = ""  # set by a prepare() that placed the weights again after release_gpu()
         self._lean_budget: int | None = None  # set by lean_down() after an out-of-memory error
         self._lean_tiling = False
+        self._others_at_plan = 0  # bytes another model held on the GPU when the last plan was made
 
     def plan_for(self, job: JobShape, vae: VaeSettings = DEFAULT_VAE, loras: LoraPlan = NO_LORA_PLAN) -> Plan:
         """The plan this job would get with ``loras`` applied (nothing moves)."""
@@ -152,7 +153,8 @@ class PipelineEngine:
             gpus = tuple(replace(g, budget_bytes=_smaller(g.budget_bytes, self._lean_budget)) for g in gpus)
         if self._lean_tiling:
             vae = replace(vae, tiling="on")
-        beside = room_beside_others(gpus, self.others_allocated())
+        self._others_at_plan = self.others_allocated()  # prepare() reports it; counted once per plan
+        beside = room_beside_others(gpus, self._others_at_plan)
         for budgets in (beside, gpus) if beside != gpus else (gpus,):
             try:
                 return plan_run(
@@ -219,7 +221,7 @@ class PipelineEngine:
                 "load it again with load_pipeline (QwenFit's nodes do this by themselves)."
             )
         plan = self.plan_for(job, vae, loras)
-        if (others := self.others_allocated()) > 0:
+        if (others := self._others_at_plan) > 0:
             log.info(
                 "QwenFit: %.2f GiB of the GPU is held by another model; this run is planned beside it", others / GIB
             )

@@ -49,6 +49,7 @@ from ..qwen.architectures import scheduler as arch_scheduler
 from ..qwen.job_shape import JobShape, default_job
 from ..qwen.variants import ModelIdentity, Variant, detect_variant
 from ..settings import FP8, FP8_FAST, INT8, OffloadSettings, PrecisionSettings, VaeSettings
+from . import text_processors
 from .assemble import build_text_encoder, build_transformer, build_vae
 from .load_times import LoadTimes
 
@@ -434,7 +435,7 @@ def _build(
     times: LoadTimes,
 ) -> Any:
     from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline, QwenImageLayeredPipeline
-    from transformers import Qwen2_5_VLConfig, Qwen2Tokenizer, Qwen2VLProcessor
+    from transformers import Qwen2_5_VLConfig
 
     device = torch.device(request.device)
     precision = request.precision
@@ -487,10 +488,10 @@ def _build(
     checkpoint("load")
     vae = build_vae(desc.vae, desc.architecture, desc.folder_config("vae"), desc.vae_channels, dtypes["vae"], home)
     times.mark("VAE")
-    tokenizer = Qwen2Tokenizer.from_pretrained(str(desc.tokenizer_dir), local_files_only=True)
+    tokenizer = text_processors.tokenizer(desc.tokenizer_dir)
     if folder is not None:
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(str(folder / "scheduler"), local_files_only=True)
-        proc = Qwen2VLProcessor.from_pretrained(str(folder / "processor"), local_files_only=True)
+        proc = text_processors.folder_processor(folder / "processor")
     else:
         scheduler, proc = arch_scheduler(desc.architecture), arch_processor(desc.architecture, tokenizer)
     pipeline_cls = QwenImageLayeredPipeline if desc.variant is Variant.LAYERED else QwenImageEditPlusPipeline

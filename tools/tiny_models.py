@@ -26,7 +26,7 @@ TINY_MODELS = {
     "qwenfit-tiny-layered": "layered",
 }
 # Bump when the architecture of the tiny models changes, so caches are rebuilt.
-BUILD_VERSION = 3
+BUILD_VERSION = 4
 _STAMP = "qwenfit-tiny.json"
 
 
@@ -87,6 +87,8 @@ def ensure_tiny_models(out_dir: Path, tokenizer_dir: Path) -> list[Path]:
     Each folder is written to a temporary sibling first and renamed into place, so an
     interrupted build never leaves a half-written model behind.
     """
+    import torch
+
     out_dir.mkdir(parents=True, exist_ok=True)
     folders = []
     for name, variant in TINY_MODELS.items():
@@ -96,7 +98,10 @@ def ensure_tiny_models(out_dir: Path, tokenizer_dir: Path) -> list[Path]:
             continue
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out_dir))
         try:
-            build_pipeline(variant, tokenizer_dir).save_pretrained(str(staging), safe_serialization=True)
+            # In bf16, as the released folders are: the split bf16 files then hold exactly the folder's weights.
+            build_pipeline(variant, tokenizer_dir).to(torch.bfloat16).save_pretrained(
+                str(staging), safe_serialization=True
+            )
             (staging / _STAMP).write_text(json.dumps({"build_version": BUILD_VERSION, "variant": variant}))
             if folder.exists():
                 shutil.rmtree(folder)

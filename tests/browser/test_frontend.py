@@ -33,7 +33,9 @@ def test_the_renderer_is_the_one_asked_for(page):
 
 
 @pytest.mark.parametrize("ui_path", UI_WORKFLOWS, ids=lambda p: p.stem)
-def test_preset_loads_with_all_nodes_and_widgets(page, ui_path):
+def test_preset_loads_with_all_nodes_and_widgets_and_queues_its_api_twin(page, ui_path):
+    """Every node registered, every widget at the preset's value, and the frontend's own "queue" conversion
+    gives exactly the API twin the server tests run."""
     workflow = load_json(ui_path)
     page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
     loaded = page.evaluate(
@@ -52,17 +54,12 @@ def test_preset_loads_with_all_nodes_and_widgets(page, ui_path):
         values = [v for v in node["widgets_values"] if v not in ("randomize", "fixed", "image")]
         for name, value in zip(names, values, strict=False):
             assert by_id[str(node["id"])]["widgets"][name] == value, (node["type"], name)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"frontend-{ui_path.stem}.png"))
-
-
-@pytest.mark.parametrize("ui_path", UI_WORKFLOWS, ids=lambda p: p.stem)
-def test_frontend_queues_exactly_the_api_twin(page, ui_path):
-    page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", load_json(ui_path))
     queued = page.evaluate("async () => (await window.app.graphToPrompt()).output")
     twin = load_json(REPO / "tests" / "workflows" / f"{ui_path.stem}.api.json")
     strip = lambda prompt: {k: (v["class_type"], v["inputs"]) for k, v in prompt.items()}  # noqa: E731
     assert strip(queued) == strip(twin)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"frontend-{ui_path.stem}.png"))
 
 
 def test_no_page_errors_from_the_pack(page):

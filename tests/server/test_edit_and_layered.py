@@ -53,13 +53,13 @@ def test_same_seed_same_image_other_seed_other_image(comfy):
 
 @pytest.mark.parametrize(
     "layers, resolution, prompt",
+    # Each layer count, each resolution and both caption modes at least once (10 layers at 1024 alone took
+    # over two minutes of the suite's CPU time, and tests nothing the others do not).
     [
         (1, "640", "a red house"),
         (1, "1024", ""),
-        (4, "640", ""),
         (4, "1024", "a red house"),
-        (10, "640", "a red house"),
-        (10, "1024", ""),
+        (10, "640", ""),
     ],
     ids=lambda v: str(v) if v != "" else "auto-caption",
 )

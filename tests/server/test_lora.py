@@ -85,7 +85,7 @@ def stack(comfy) -> list[tuple[str, float]]:
     tensors = {k: v.float() for k, v in load_file(str(MODELS / "diffusion_models" / BASE)).items()}
     for seed, (name, style, parts, rank, alpha, strength) in enumerate(STACK):
         factors = write_lora(comfy.base / "models" / "loras" / name, style, block_layers(shapes, *parts), rank, alpha,
-                             seed, size=0.4)  # fmt: skip
+                             seed, size=1.0)  # fmt: skip
         for layer, (down, up, scale) in factors.items():
             tensors[f"{layer}.weight"] += (up @ down) * (scale * strength)
     merged = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in tensors.items()}
@@ -99,7 +99,7 @@ def test_a_stack_of_three_key_styles_gives_the_hand_merged_image(comfy, stack):
     result = comfy.run(_graph(BASE, stack, seed=seed))
     stacked = _image(result)
     merged = _image(comfy.run(_graph(MERGED, seed=seed)))
-    assert np.abs(stacked - base).max() > 20  # the stack changes the image...
+    assert np.abs(stacked - base).max() > 12  # the stack changes the image (3x the tolerance below)...
     # ...as merging it into the bf16 weights does (the merged weights are rounded to bf16: a few levels)
     assert np.abs(stacked - merged).max() <= 4, np.abs(stacked - merged).max()
     report = _report(result)

@@ -14,7 +14,6 @@ from tiny_files import FOLDER, LAYOUTS, MODELS, TE_FP8, VAE
 # fp8 weights (3 mantissa bits) against bf16: the largest pixel difference allowed, on 0..255.
 FP8_MAX_PIXEL_DIFF = 24
 FP8_MEAN_PIXEL_DIFF = 3.0
-BF16 = {"transformer": "bf16", "text_encoder": "bf16", "vae": "bf16"}
 
 
 def graph(
@@ -81,24 +80,22 @@ def pixels(comfy, prompt: dict) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def folder_outputs(comfy):
-    """The diffusers-folder results per variant in bf16: bf16 files must match them exactly; fp8 files
-    (computing in the CPU's fp32) within the fp8 tolerance."""
+    """The diffusers-folder results per variant, computed in the CPU's fp32: the bf16 files hold exactly the
+    folder's (bf16) weights, so they must match these exactly; fp8 files within the fp8 tolerance."""
     return {
-        variant: pixels(comfy, graph(folder, variant, precision=BF16, prefix=f"ref-{variant}"))
-        for variant, folder in FOLDER.items()
+        variant: pixels(comfy, graph(folder, variant, prefix=f"ref-{variant}")) for variant, folder in FOLDER.items()
     }
 
 
 @pytest.mark.parametrize("transformer, variant, text_encoder, fp8", LAYOUTS, ids=[layout[0] for layout in LAYOUTS])
 def test_layout_matches_the_diffusers_folder(comfy, folder_outputs, transformer, variant, text_encoder, fp8):
+    got = pixels(comfy, graph(transformer, variant, text_encoder, VAE[variant], prefix=transformer))
+    want = folder_outputs[variant]
     if fp8:
-        got = pixels(comfy, graph(transformer, variant, text_encoder, VAE[variant], prefix=transformer))
-        want = folder_outputs[variant]
         diff = np.abs(got - want)
         assert diff.max() <= FP8_MAX_PIXEL_DIFF and diff.mean() <= FP8_MEAN_PIXEL_DIFF, (diff.max(), diff.mean())
     else:
-        got = pixels(comfy, graph(transformer, variant, text_encoder, VAE[variant], precision=BF16, prefix=transformer))
-        np.testing.assert_array_equal(got, folder_outputs[variant])
+        np.testing.assert_array_equal(got, want)
 
 
 def test_fp8_scaled_text_encoder_through_the_server(comfy, folder_outputs):

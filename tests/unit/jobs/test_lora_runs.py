@@ -90,7 +90,7 @@ def test_three_loras_in_mixed_styles_give_the_hand_merged_image(loras, transform
     merged_file = _merged_by_hand(transformer, loras, tmp_path)
     merged = load_pipeline(LoadRequest(split_files(str(tmp_path / merged_file), "edit-2511"), precision=FP32))
     want = run_edit(merged, [IMAGE], JOB).image
-    assert (result.image - base).abs().max() > 0.05  # the LoRAs change the image...
+    assert (result.image - base).abs().max() > 0.02  # the LoRAs change the image (10x the tolerance below)...
     # ...as merging them would (float32 sums in another order: the tiny random model amplifies a last-bit
     # difference to 1e-3 at a few pixels, run to run)
     torch.testing.assert_close(result.image, want, rtol=0, atol=2e-3)

@@ -36,8 +36,9 @@ from optim.execution.engine import EngineOptions, PipelineEngine  # noqa: E402
 from optim.execution.host_arena import pinned_bytes  # noqa: E402
 from optim.files.sources import DiffusersFolder  # noqa: E402
 from optim.jobs.edit import EditJob, run_edit  # noqa: E402
-from optim.loading.loader import LoadedPipeline, LoadRequest, release_memory  # noqa: E402
+from optim.loading.loader import LoadedPipeline, release_memory  # noqa: E402
 from optim.planning.components import describe_components  # noqa: E402
+from optim.planning.load_request import LoadRequest  # noqa: E402
 from optim.qwen.variants import Variant  # noqa: E402
 from optim.settings import OffloadSettings  # noqa: E402
 

@@ -23,7 +23,7 @@ from .files.model_choices import (
 )
 from .files.model_folders import list_pipeline_folders, resolve_pipeline_folder
 from .files.safetensors_file import PICKLE_SUFFIXES
-from .files.sources import DiffusersFolder, PipelineSource, SplitFiles
+from .files.sources import DiffusersFolder, PipelineSource, SplitFiles, inspect_folder
 from .files.weight_files import AUTO
 from .jobs.compositing import checkerboard_composite
 from .jobs.crop_and_stitch import MASK_MODES, MAX_CONTEXT_MARGIN, MAX_FEATHER, MaskedPicture, MaskSettings
@@ -33,12 +33,13 @@ from .jobs.layered import LayeredJob, LayeredResult, run_layered
 from .jobs.plan_preview import MASKED_PREVIEW_NOTE, Preview, PreviewSettings, preview, same_pipeline
 from .jobs.psd_export import save_layers_psd
 from .loading.library_imports import import_libraries_in_background
-from .loading.loader import LoadedPipeline, LoadRequest, inspect_folder, load_pipeline, release_memory
+from .loading.loader import LoadedPipeline, load_pipeline, release_memory
 from .loading.pipeline_cache import PipelineCache
 from .monitoring.memory_chart import draw_run_chart
 from .monitoring.memory_sampler import MemorySample, MemorySampler, PhaseMark, last_run_window
 from .monitoring.monitor_report import monitor_report
 from .monitoring.run_record import RunRecord, add_run_observer, last_run, remove_run_observer
+from .planning.load_request import LoadRequest
 from .planning.plan import ComponentPlacement, Plan
 from .planning.planner import Gpu, plan_run
 from .qwen import job_limits

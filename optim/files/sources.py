@@ -1,7 +1,8 @@
 """The two layouts users have (a diffusers folder; ComfyUI's split files) and what is in them.
 
 ``describe_split_files`` and ``describe_folder`` read only headers and configs: it tells the variant, the architecture and
-where each tensor comes from, and refuses wrong or mismatched files before anything loads.
+where each tensor comes from, and refuses wrong or mismatched files before anything loads. ``inspect_folder`` checks
+that a diffusers folder is complete and safetensors-only before ``describe_folder`` reads it.
 """
 
 from __future__ import annotations
@@ -19,11 +20,16 @@ from .fp8_layouts import is_scale_key
 from .gguf_file import GgufFile
 from .gguf_text_encoder import is_gguf, refuse_gguf_text_encoder
 from .key_maps import TRANSFORMER_PREFIXES, text_encoder_to_comfy, vae_to_diffusers
+from .safetensors_file import PICKLE_SUFFIXES
 from .weight_source import WeightSource
 
 MARKER_2511 = "__index_timestep_zero__"
 LAYERED_KEY = "time_text_embed.addition_t_embedding.weight"
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
+_REQUIRED_PARTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler", "processor")
+_WEIGHT_PARTS = ("transformer", "vae", "text_encoder")
+# VAE input channels per variant: the Layered VAE works on RGBA.
+_VAE_CHANNELS = {Variant.EDIT_2509: 3, Variant.EDIT_2511: 3, Variant.LAYERED: 4}
 
 
 @dataclass(frozen=True)
@@ -240,6 +246,50 @@ def describe_split_files(files: SplitFiles, requested_variant: str = "auto") -> 
         tokenizer_dir=files.tokenizer,
         model=model,
     )
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise QwenFitError(f"{what} is missing ({path.name} not found in {path.parent}).") from None
+    except (OSError, ValueError) as exc:
+        raise QwenFitError(f"{what} could not be read ({path}): {exc}. Re-copy the file.") from None
+
+
+def inspect_folder(folder: Path) -> tuple[Variant, dict[str, Any]]:
+    """Check a diffusers folder is a complete, safetensors-only Qwen-Image pipeline; return its variant."""
+    source = f"model folder '{folder.name}'"
+    if not folder.is_dir():
+        raise QwenFitError(f"{source} does not exist any more; refresh the page (press R) and pick another.")
+    model_index = _read_json(folder / "model_index.json", f"{source}: model_index.json")
+    missing = [p for p in _REQUIRED_PARTS if not (folder / p).is_dir()]
+    if "tokenizer" in missing:
+        raise QwenFitError(
+            f"{source} has no tokenizer/ folder. Copy the tokenizer folder of the same release "
+            "(vocab.json, merges.txt, tokenizer_config.json) into it."
+        )
+    if missing:
+        raise QwenFitError(f"{source} is incomplete: missing {', '.join(missing)}. Re-copy the whole folder.")
+    for part in _WEIGHT_PARTS:
+        files = [p.name for p in (folder / part).iterdir() if p.is_file()]
+        if not any(f.endswith(".safetensors") for f in files):
+            pickles = [f for f in files if f.lower().endswith(PICKLE_SUFFIXES)]
+            found = f" (found only pickle files {', '.join(pickles)}, which QwenFit never loads)" if pickles else ""
+            raise QwenFitError(
+                f"{source}/{part} has no .safetensors weights{found}. Use the safetensors release of the model."
+            )
+    transformer_config = _read_json(folder / "transformer" / "config.json", f"{source}: transformer config")
+    variant = detect_variant(model_index, transformer_config, source)
+    vae_config = _read_json(folder / "vae" / "config.json", f"{source}: VAE config")
+    channels = vae_config.get("input_channels", 3)
+    if channels != _VAE_CHANNELS[variant]:
+        kind = "4-channel (Layered)" if channels == 4 else f"{channels}-channel"
+        raise QwenFitError(
+            f"{source}: its VAE is {kind} but its transformer is {variant.value}. Use the VAE of the same "
+            "release (qwen_image_layered_vae for Layered, qwen_image_vae for Edit)."
+        )
+    return variant, model_index
 
 
 def describe_folder(folder: Path, model_index: dict[str, Any], requested_variant: str) -> SourceDescription:

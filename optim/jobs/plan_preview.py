@@ -23,10 +23,11 @@ from ..execution.device_speed import device_speed, known_device_speed
 from ..execution.devices import check_fp8_matmul, resolve_gpus
 from ..files.lora import NO_LORAS, LoraChoice, LoraStack
 from ..files.sources import DiffusersFolder, PipelineSource, SourceDescription, SplitFiles
-from ..loading.loader import LoadRequest, arithmetic_for, describe, plan_host_memory_for
 from ..monitoring.run_record import RunRecord
+from ..planning.arithmetic_choice import arithmetic_for
 from ..planning.header_sizes import sizes_from_headers
-from ..planning.host_memory import HostMemory
+from ..planning.host_memory import HostMemory, plan_host_memory_for
+from ..planning.load_request import LoadRequest, describe
 from ..planning.lora_sizes import lora_plan
 from ..planning.model_sizes import ModelSizes
 from ..planning.plan import NO_LORA_PLAN, LoraPlan, Plan

@@ -1,14 +1,17 @@
-"""Load a Qwen-Image pipeline (a diffusers folder or ComfyUI split files), offline, safetensors only."""
+"""Load a Qwen-Image pipeline (a diffusers folder or ComfyUI split files), offline, safetensors only.
+
+Only loading: what the request's files are, the speed rung and the host plan are decided in planning
+(``planning/load_request.py``, ``arithmetic_choice.py``, ``host_memory.py``), before anything loads; the
+plan preview asks the same functions without this module.
+"""
 
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,57 +25,34 @@ from ..execution.lora_updates import LoraUpdates, check_stack, lora_layer_shapes
 from ..execution.whole_model_offload import place_whole_model
 from ..files.file_tensors import FileFeeds
 from ..files.lora import NO_LORAS, LoraChoice, LoraStack, lightning_scheduler_config
-from ..files.safetensors_file import PICKLE_SUFFIXES
-from ..files.sources import DiffusersFolder, PipelineSource, SourceDescription, describe_folder, describe_split_files
-from ..files.weight_source import WeightSource
+from ..files.sources import SourceDescription
+from ..planning.arithmetic_choice import arithmetic_for
 from ..planning.components import describe_components
-from ..planning.host_memory import HostMemory, HostWeights, estimate_component, host_budget_bytes, plan_host
+from ..planning.host_memory import HostMemory, deferred_parts, plan_host_memory_for
+from ..planning.load_request import LoadRequest, compute_dtypes, describe, fp8_modes
 from ..planning.lora_sizes import lora_plan
 from ..planning.model_sizes import ModelSizes, measure
 from ..planning.plan import ComponentPlacement, LoraPlan, Plan
 from ..planning.planner import Gpu, plan_run
-from ..planning.speed_ladder import EXACT, Arithmetic, choose_arithmetic
+from ..planning.speed_ladder import EXACT, Arithmetic
 from ..quant.compressed_linear import enable_fast_blocks, reset_fast_arithmetic
-from ..quant.dtypes import compute_dtype, dtype_name
 from ..quant.formats import QUANTIZED, quantize_linears
-from ..quant.fp8_scope import FP8_AS_STORED, FP8_NONE, FP8_SCOPES, fp8_mode
+from ..quant.fp8_scope import FP8_SCOPES
 from ..quant.gguf import compile_expansions
-from ..qwen.anatomy import (
-    TRANSFORMER_BLOCKS,
-    is_language_block_linear,
-    is_modulation_key,
-    is_text_unit_key,
-    is_transformer_block_key,
-)
+from ..qwen.anatomy import is_text_unit_key, is_transformer_block_key
 from ..qwen.architectures import processor as arch_processor
 from ..qwen.architectures import scheduler as arch_scheduler
 from ..qwen.job_shape import JobShape, default_job
-from ..qwen.variants import ModelIdentity, Variant, detect_variant
-from ..settings import FP8, FP8_FAST, INT8, OffloadSettings, PrecisionSettings, VaeSettings
+from ..qwen.variants import ModelIdentity, Variant
+from ..settings import FP8_FAST, VaeSettings
 from . import text_processors
 from .assemble import build_text_encoder, build_transformer, build_vae
 from .load_times import LoadTimes
 
 log = logging.getLogger("qwenfit")
 
-_REQUIRED_PARTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler", "processor")
-_WEIGHT_PARTS = ("transformer", "vae", "text_encoder")
 # The scheduler settings a Lightning LoRA changes for its runs (and a run without one restores).
 _LIGHTNING_KEYS = ("base_shift", "max_shift", "shift_terminal")
-# VAE input channels per variant: the Layered VAE works on RGBA.
-_VAE_CHANNELS = {Variant.EDIT_2509: 3, Variant.EDIT_2511: 3, Variant.LAYERED: 4}
-
-
-@dataclass(frozen=True)
-class LoadRequest:
-    """Everything that decides which weights are loaded and how; equal requests share a pipeline.
-    LoRAs are not part of it: they apply at run time (``LoadedPipeline.with_lora``), never reload."""
-
-    source: PipelineSource
-    variant: str = "auto"
-    precision: PrecisionSettings = PrecisionSettings()
-    offload: OffloadSettings = OffloadSettings()
-    device: str = "cpu"
 
 
 @dataclass
@@ -133,7 +113,7 @@ class LoadedPipeline:
     @property
     def lora_plan(self) -> LoraPlan:
         """The bytes this view's LoRAs add on each GPU, as plans count them."""
-        return lora_plan(self.loras, _compute_dtypes(self.request)["transformer"].itemsize)
+        return lora_plan(self.loras, compute_dtypes(self.request)["transformer"].itemsize)
 
     @property
     def run_scheduler_config(self) -> dict[str, Any]:
@@ -143,7 +123,7 @@ class LoadedPipeline:
     def apply_loras(self) -> None:
         """Make the transformer apply this view's LoRA stack (cheap when it already does; after
         ``prepare``, whose plan says which GPUs hold the factors) and set the scheduler it needs."""
-        dtype = _compute_dtypes(self.request)["transformer"]
+        dtype = compute_dtypes(self.request)["transformer"]
         if self.engine is not None:
             self.engine.use_loras(self.loras, dtype)
         elif self.lora_updates is not None:
@@ -218,214 +198,6 @@ class LoadedPipeline:
         return self.engine.prepare(job, self.vae, self.lora_plan) if self.engine is not None else self.plan_for(job)
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise QwenFitError(f"{what} is missing ({path.name} not found in {path.parent}).") from None
-    except (OSError, ValueError) as exc:
-        raise QwenFitError(f"{what} could not be read ({path}): {exc}. Re-copy the file.") from None
-
-
-def inspect_folder(folder: Path) -> tuple[Variant, dict[str, Any]]:
-    """Check a diffusers folder is a complete, safetensors-only Qwen-Image pipeline; return its variant."""
-    source = f"model folder '{folder.name}'"
-    if not folder.is_dir():
-        raise QwenFitError(f"{source} does not exist any more; refresh the page (press R) and pick another.")
-    model_index = _read_json(folder / "model_index.json", f"{source}: model_index.json")
-    missing = [p for p in _REQUIRED_PARTS if not (folder / p).is_dir()]
-    if "tokenizer" in missing:
-        raise QwenFitError(
-            f"{source} has no tokenizer/ folder. Copy the tokenizer folder of the same release "
-            "(vocab.json, merges.txt, tokenizer_config.json) into it."
-        )
-    if missing:
-        raise QwenFitError(f"{source} is incomplete: missing {', '.join(missing)}. Re-copy the whole folder.")
-    for part in _WEIGHT_PARTS:
-        files = [p.name for p in (folder / part).iterdir() if p.is_file()]
-        if not any(f.endswith(".safetensors") for f in files):
-            pickles = [f for f in files if f.lower().endswith(PICKLE_SUFFIXES)]
-            found = f" (found only pickle files {', '.join(pickles)}, which QwenFit never loads)" if pickles else ""
-            raise QwenFitError(
-                f"{source}/{part} has no .safetensors weights{found}. Use the safetensors release of the model."
-            )
-    transformer_config = _read_json(folder / "transformer" / "config.json", f"{source}: transformer config")
-    variant = detect_variant(model_index, transformer_config, source)
-    vae_config = _read_json(folder / "vae" / "config.json", f"{source}: VAE config")
-    channels = vae_config.get("input_channels", 3)
-    if channels != _VAE_CHANNELS[variant]:
-        kind = "4-channel (Layered)" if channels == 4 else f"{channels}-channel"
-        raise QwenFitError(
-            f"{source}: its VAE is {kind} but its transformer is {variant.value}. Use the VAE of the same "
-            "release (qwen_image_layered_vae for Layered, qwen_image_vae for Edit)."
-        )
-    return variant, model_index
-
-
-def describe(request: LoadRequest) -> SourceDescription:
-    """Check the request's files (headers and configs only) and say what they are."""
-    source = request.source
-    if isinstance(source, DiffusersFolder):
-        _, model_index = inspect_folder(source.path)
-        return describe_folder(source.path, model_index, request.variant)
-    return describe_split_files(source, request.variant)
-
-
-def _compute_dtypes(request: LoadRequest) -> dict[str, torch.dtype]:
-    device = torch.device(request.device)
-    return {
-        part: compute_dtype(getattr(request.precision, part), device) for part in ("transformer", "text_encoder", "vae")
-    }
-
-
-def _fp8_modes(request: LoadRequest, desc: SourceDescription) -> dict[str, str]:
-    return {
-        "transformer": fp8_mode(request.precision.transformer, desc.transformer),
-        "text_encoder": fp8_mode(request.precision.text_encoder, desc.text_encoder),
-    }
-
-
-def arithmetic_for(request: LoadRequest, desc: SourceDescription, gpus: tuple[Gpu, ...]) -> Arithmetic:
-    """The speed rung of the transformer's arithmetic for these files on these GPUs (fixed at load: it
-    decides how the blocks are stored)."""
-    storage = request.precision.transformer
-    if desc.transformer.holds_gguf():
-        _check_gguf_request(request, desc)
-        return GGUF_EXACT if desc.transformer.holds_gguf_blocks() else GGUF_FLOAT
-    if desc.transformer.holds_comfy_quant():
-        return _comfy_quant_arithmetic(request, desc, gpus)
-    if storage == "auto":
-        as_stored = _fp8_modes(request, desc)["transformer"] == FP8_AS_STORED
-        storage = FP8 if as_stored else dtype_name(_compute_dtypes(request)["transformer"])
-    return choose_arithmetic(request.precision.speed, storage, [g.capability for g in gpus])
-
-
-GGUF_EXACT = Arithmetic("exact", "expanded", None, False, "GGUF blocks expanded one weight at a time where used")
-GGUF_FLOAT = Arithmetic("exact", "expanded", None, False, "GGUF float weights (F16/BF16), computed as stored")
-
-
-def _check_gguf_request(request: LoadRequest, desc: SourceDescription) -> None:
-    """GGUF blocks compute as stored, expanded where used: no other storage, no 8-bit products (yet)."""
-    name = desc.transformer.names
-    if request.precision.transformer != "auto":
-        raise QwenFitError(
-            f"{name} is a GGUF file: its weights stay in their GGUF types. Set the transformer precision to auto "
-            f"(it is {request.precision.transformer}), or load a safetensors release to store them otherwise."
-        )
-    if request.precision.speed in ("fast", "fastest"):
-        raise QwenFitError(
-            f"speed {request.precision.speed} needs fp8 or int8 weights; {name} is a GGUF file, which computes "
-            "exactly as stored. Pick speed exact (or auto), or load the fp8 safetensors release for the fast rungs."
-        )
-
-
-def _comfy_quant_arithmetic(request: LoadRequest, desc: SourceDescription, gpus: tuple[Gpu, ...]) -> Arithmetic:
-    """Comfy-Org's int8 / mxfp8 / nvfp4 layers stay as stored (optim/quant/comfy_int8.py, mxfp8.py, nvfp4.py):
-    exact expands them where used; int8 files (with or without ConvRot) also take the fast rungs, multiplying
-    the stored int8 weights as ComfyUI does (nothing re-quantized, so exact, fast and fastest switch in place)."""
-    name, formats = desc.transformer.names, desc.transformer.comfy_quant_formats()
-    if request.precision.transformer != "auto":
-        raise QwenFitError(
-            f"{name} stores its weights quantized ({', '.join(formats)}): they stay so. Set the transformer "
-            f"precision to auto (it is {request.precision.transformer}), or load the bf16 release to store them "
-            "otherwise."
-        )
-    blackwell = [f for f in formats if f in ("mxfp8", "nvfp4")]
-    speed = request.precision.speed
-    if speed in ("fast", "fastest") and blackwell:
-        raise QwenFitError(
-            f"speed {speed} is not offered for {name} ({', '.join(formats)}): native {'/'.join(blackwell)} "
-            "products need Blackwell tensor cores (compute capability 10), which QwenFit does not use, so its "
-            "weights are expanded where used and compute exactly as stored. Pick speed exact (or auto), or load "
-            "the int8 (ConvRot) or fp8 release for the fast rungs."
-        )
-    if speed in ("fast", "fastest"):  # int8 only: ComfyUI's W8A8 product on the stored weights
-        rung = choose_arithmetic(speed, INT8, [g.capability for g in gpus])
-        # MEASURED's int8 figures are the pack's own int8 rung's; ComfyUI's product was not benchmarked yet.
-        return replace(rung, reason=f"Comfy-Org {', '.join(formats)} file: {rung.reason}", benchmarked=False)
-    native = (
-        f"; native {'/'.join(blackwell)} products need Blackwell tensor cores (compute capability 10), not used"
-        if blackwell
-        else "; speed fast multiplies them in int8"
-    )
-    why = f"Comfy-Org {', '.join(formats)} weights expanded to the compute dtype one weight at a time where used"
-    return Arithmetic("exact", "expanded", None, False, why + native)
-
-
-def _stays_in_files(kind: str, fp8: str) -> bool:
-    """A component's weights can be read back from its files when the plan stores them as the files
-    do (or as a plain cast): not when they are quantized on load."""
-    return kind not in QUANTIZED and fp8 in (FP8_NONE, FP8_AS_STORED)
-
-
-def _deferred_parts(request: LoadRequest, arithmetic: Arithmetic) -> dict[str, bool]:
-    """Per component: may its streamed weights (transformer blocks, text-encoder units) stay in the files
-    at load? The engine then reads them into host memory in the background, or at each use when the host
-    plan says so. Not for diffusers' whole-model offload (it moves modules the engine never sees), nor
-    for weights quantized on load (there is nothing on disk to read back)."""
-    engine_places = request.offload.mode != "model"
-    transformer = request.precision.transformer if arithmetic.store_as is None else arithmetic.store_as
-    return {
-        "transformer": engine_places and transformer not in QUANTIZED,
-        "text_encoder": engine_places and request.precision.text_encoder not in QUANTIZED,
-    }
-
-
-def plan_host_memory_for(request: LoadRequest, desc: SourceDescription, arithmetic: Arithmetic) -> HostMemory:
-    """Which weights wait in host memory and which are read from the files when used, estimated from the
-    files' headers (the loader and the plan preview both ask here)."""
-    precision = request.precision
-    dtypes, fp8 = _compute_dtypes(request), _fp8_modes(request, desc)
-    transformer = estimate_component(
-        desc.transformer,
-        fp8["transformer"],
-        precision.transformer,
-        is_transformer_block_key,
-        dtypes["transformer"].itemsize,
-        {"modulation": is_modulation_key, "blocks": _streamed_block_key},
-    )
-    text = estimate_component(
-        desc.text_encoder,
-        fp8["text_encoder"],
-        precision.text_encoder,
-        is_language_block_linear,
-        dtypes["text_encoder"].itemsize,
-        {"units": is_text_unit_key},
-    )
-    engine_places = request.offload.mode != "model"  # diffusers' own offload moves whole modules
-    weights = HostWeights(
-        transformer=transformer["all"],
-        modulation=transformer["modulation"],
-        text_encoder=text["all"],
-        text_units=text["units"],
-        vae=desc.vae.nbytes,
-        text_encoder_can_stay_in_files=engine_places and _stays_in_files(precision.text_encoder, fp8["text_encoder"]),
-        modulation_can_stay_in_files=engine_places and _stays_in_files(precision.transformer, fp8["transformer"]),
-        blocks=transformer["blocks"],
-        block_count=_block_count(desc.transformer),
-        # Read at every step: only where the whole stack is read as stored (never quantized on load).
-        blocks_can_stay_in_files=_deferred_parts(request, arithmetic)["transformer"]
-        and _stays_in_files(precision.transformer, fp8["transformer"]),
-    )
-    return plan_host(weights, host_budget_bytes(request.offload.host_budget))
-
-
-def _block_count(source: WeightSource) -> int:
-    """How many transformer blocks the files hold, from their keys (``...transformer_blocks.N.…``)."""
-    numbers = {
-        key.split(TRANSFORMER_BLOCKS, 1)[1].split(".", 1)[0]
-        for file in source.files
-        for key in file.tensors
-        if is_transformer_block_key(key)
-    }
-    return max(1, len(numbers))
-
-
-def _streamed_block_key(key: str) -> bool:
-    """A key of what streams every step: a transformer block's tensor other than its modulation layers."""
-    return is_transformer_block_key(key) and not is_modulation_key(key)
-
-
 def _build(
     request: LoadRequest,
     desc: SourceDescription,
@@ -439,16 +211,16 @@ def _build(
 
     device = torch.device(request.device)
     precision = request.precision
-    dtypes = _compute_dtypes(request)
+    dtypes = compute_dtypes(request)
     # Weights load into host memory; the engine (or diffusers' offload) places them afterwards.
     home = torch.device("cpu")
     folder = desc.folder
     te_config = (
         Qwen2_5_VLConfig.from_pretrained(str(folder / "text_encoder"), local_files_only=True) if folder else None
     )
-    fp8 = _fp8_modes(request, desc)
+    fp8 = fp8_modes(request, desc)
     transformer_fp8, text_encoder_fp8 = fp8["transformer"], fp8["text_encoder"]
-    defer = _deferred_parts(request, arithmetic)
+    defer = deferred_parts(request, arithmetic)
     transformer = build_transformer(
         desc.transformer,
         desc.architecture,

@@ -7,7 +7,8 @@ blocks run every step; when even they do not fit (a 16 GB machine), the first bl
 and are read at every step through a ring of page-locked staging buffers that reads ahead of the GPU.
 The first ones, because the GPU keeps the first blocks resident (optim/planning/planner.py): those are
 read once when placed, and only the blocks between the GPU's and the host's share are read per step.
-Decided before loading, from the files' headers, so a short host never holds them even while loading.
+Decided before loading, from the files' headers, so a short host never holds them even while loading:
+``plan_host_memory_for`` makes the plan for a load request (the loader and the plan preview both ask it).
 """
 
 from __future__ import annotations
@@ -20,11 +21,21 @@ import psutil
 from ..errors import QwenFitError
 from ..files.gguf_file import GgufTensor
 from ..files.safetensors_file import TensorInfo
+from ..files.sources import SourceDescription
 from ..files.weight_source import WeightSource
 from ..quant.formats import QUANTIZED
 from ..quant.fp8 import Fp8Linear
-from ..quant.fp8_scope import FP8_ALL, FP8_NONE
+from ..quant.fp8_scope import FP8_ALL, FP8_AS_STORED, FP8_NONE
+from ..qwen.anatomy import (
+    TRANSFORMER_BLOCKS,
+    is_language_block_linear,
+    is_modulation_key,
+    is_text_unit_key,
+    is_transformer_block_key,
+)
 from ..settings import GIB, HOST_BUDGETS, HOST_SIZES
+from .load_request import LoadRequest, compute_dtypes, fp8_modes
+from .speed_ladder import Arithmetic
 
 # Python, torch, the CUDA context, ComfyUI itself and image buffers.
 RUNTIME_BYTES = 3 * GIB
@@ -165,3 +176,77 @@ def estimate_component(
                 if belongs(key):
                     totals[name] += size
     return totals
+
+
+def _stays_in_files(kind: str, fp8: str) -> bool:
+    """A component's weights can be read back from its files when the plan stores them as the files
+    do (or as a plain cast): not when they are quantized on load."""
+    return kind not in QUANTIZED and fp8 in (FP8_NONE, FP8_AS_STORED)
+
+
+def deferred_parts(request: LoadRequest, arithmetic: Arithmetic) -> dict[str, bool]:
+    """Per component: may its streamed weights (transformer blocks, text-encoder units) stay in the files
+    at load? The engine then reads them into host memory in the background, or at each use when the host
+    plan says so. Not for diffusers' whole-model offload (it moves modules the engine never sees), nor
+    for weights quantized on load (there is nothing on disk to read back)."""
+    engine_places = request.offload.mode != "model"
+    transformer = request.precision.transformer if arithmetic.store_as is None else arithmetic.store_as
+    return {
+        "transformer": engine_places and transformer not in QUANTIZED,
+        "text_encoder": engine_places and request.precision.text_encoder not in QUANTIZED,
+    }
+
+
+def plan_host_memory_for(request: LoadRequest, desc: SourceDescription, arithmetic: Arithmetic) -> HostMemory:
+    """Which weights wait in host memory and which are read from the files when used, estimated from the
+    files' headers (the loader and the plan preview both ask here)."""
+    precision = request.precision
+    dtypes, fp8 = compute_dtypes(request), fp8_modes(request, desc)
+    transformer = estimate_component(
+        desc.transformer,
+        fp8["transformer"],
+        precision.transformer,
+        is_transformer_block_key,
+        dtypes["transformer"].itemsize,
+        {"modulation": is_modulation_key, "blocks": _streamed_block_key},
+    )
+    text = estimate_component(
+        desc.text_encoder,
+        fp8["text_encoder"],
+        precision.text_encoder,
+        is_language_block_linear,
+        dtypes["text_encoder"].itemsize,
+        {"units": is_text_unit_key},
+    )
+    engine_places = request.offload.mode != "model"  # diffusers' own offload moves whole modules
+    weights = HostWeights(
+        transformer=transformer["all"],
+        modulation=transformer["modulation"],
+        text_encoder=text["all"],
+        text_units=text["units"],
+        vae=desc.vae.nbytes,
+        text_encoder_can_stay_in_files=engine_places and _stays_in_files(precision.text_encoder, fp8["text_encoder"]),
+        modulation_can_stay_in_files=engine_places and _stays_in_files(precision.transformer, fp8["transformer"]),
+        blocks=transformer["blocks"],
+        block_count=_block_count(desc.transformer),
+        # Read at every step: only where the whole stack is read as stored (never quantized on load).
+        blocks_can_stay_in_files=deferred_parts(request, arithmetic)["transformer"]
+        and _stays_in_files(precision.transformer, fp8["transformer"]),
+    )
+    return plan_host(weights, host_budget_bytes(request.offload.host_budget))
+
+
+def _block_count(source: WeightSource) -> int:
+    """How many transformer blocks the files hold, from their keys (``...transformer_blocks.N.…``)."""
+    numbers = {
+        key.split(TRANSFORMER_BLOCKS, 1)[1].split(".", 1)[0]
+        for file in source.files
+        for key in file.tensors
+        if is_transformer_block_key(key)
+    }
+    return max(1, len(numbers))
+
+
+def _streamed_block_key(key: str) -> bool:
+    """A key of what streams every step: a transformer block's tensor other than its modulation layers."""
+    return is_transformer_block_key(key) and not is_modulation_key(key)

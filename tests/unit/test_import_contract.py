@@ -1,7 +1,8 @@
 """The core's shape: layers that import one way, no cycles, a thin node layer on the public surface.
 
-import-linter (its contract is in pyproject.toml) checks the layers; grimp, the graph it builds on,
-finds cycles; an AST walk checks that nodes/ imports only ``optim``'s public surface.
+import-linter (its contracts are in pyproject.toml) checks the layers and that planning and the plan
+preview import nothing of loading; grimp, the graph it builds on, finds cycles; an AST walk checks that
+nodes/ imports only ``optim``'s public surface.
 """
 
 from __future__ import annotations
@@ -22,21 +23,48 @@ def lint_imports(root: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=root, capture_output=True, text=True, timeout=300)
 
 
+LAYERS = "optim's layers point one way"
+NOTHING_THAT_LOADS = "planning and the plan preview need nothing that loads"
+
+
+def copy_with_import(root: Path, module: str, line: str) -> Path:
+    """A copy of the checkout's ``optim/`` and contract at ``root`` whose ``module`` (a path under
+    ``optim/``) ends with the import ``line``."""
+    shutil.copytree(REPO / "optim", root / "optim", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", root)
+    path = root / "optim" / module
+    path.write_text(path.read_text() + f"\n{line}  # noqa: E402,F401\n")
+    return root
+
+
 def test_the_layers_point_one_way():
     out = lint_imports(REPO)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "1 kept, 0 broken" in out.stdout
+    assert "2 kept, 0 broken" in out.stdout
+    assert f"{LAYERS} KEPT" in out.stdout and f"{NOTHING_THAT_LOADS} KEPT" in out.stdout
 
 
 def test_a_reverse_import_fails_the_contract(tmp_path):
     """The contract can fail: the same check on a copy whose model facts import a job."""
-    shutil.copytree(REPO / "optim", tmp_path / "optim", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "pyproject.toml", tmp_path)
-    anatomy = tmp_path / "optim" / "qwen" / "anatomy.py"
-    anatomy.write_text(anatomy.read_text() + "\nfrom ..jobs import edit  # noqa: E402,F401\n")
-    out = lint_imports(tmp_path)
+    out = lint_imports(copy_with_import(tmp_path, "qwen/anatomy.py", "from ..jobs import edit"))
     assert out.returncode != 0
     assert "optim.qwen is not allowed to import optim.jobs" in out.stdout
+
+
+def test_planning_that_imports_loading_fails_the_contract(tmp_path):
+    """Planning decides before anything loads: a copy whose plan imports the loader breaks both contracts."""
+    out = lint_imports(copy_with_import(tmp_path, "planning/plan.py", "from ..loading import loader"))
+    assert out.returncode != 0
+    assert f"{NOTHING_THAT_LOADS} BROKEN" in out.stdout
+    assert "optim.planning is not allowed to import optim.loading" in out.stdout
+
+
+def test_a_preview_that_imports_loading_fails_the_contract(tmp_path):
+    """Jobs may import loading, the plan preview may not: only the second contract catches it."""
+    out = lint_imports(copy_with_import(tmp_path, "jobs/plan_preview.py", "from ..loading import loader"))
+    assert out.returncode != 0
+    assert f"{LAYERS} KEPT" in out.stdout and f"{NOTHING_THAT_LOADS} BROKEN" in out.stdout
+    assert "optim.jobs.plan_preview is not allowed to import optim.loading" in out.stdout
 
 
 def test_no_import_cycles():

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from tiny_files import GGUF_FILES, LAYOUTS, split_files
 
-import optim.loading.loader as loader
+import optim.planning.host_memory as host_memory
 from optim import EditJob, LoadRequest, load_pipeline, run_edit
 from optim.files.file_tensors import FileFeed, holds_no_memory
 from optim.settings import OffloadSettings
@@ -29,13 +29,13 @@ IN_FILES, READ_AHEAD = 1, 3  # the tiny transformers have two blocks: one read f
 def _blocks_in_files(monkeypatch, count: int, read_ahead: int) -> None:
     """Make the loader's host plan leave the first ``count`` blocks in the files (the budget arithmetic is
     tested in tests/unit/planning/test_host_memory_plan.py; here the engine's side of it)."""
-    plan_host = loader.plan_host
+    plan_host = host_memory.plan_host
 
     def short_host(weights, budget):
         assert weights.blocks_can_stay_in_files and weights.blocks > 0
         return replace(plan_host(weights, budget), blocks_in_files=count, read_ahead=read_ahead)
 
-    monkeypatch.setattr(loader, "plan_host", short_host)
+    monkeypatch.setattr(host_memory, "plan_host", short_host)
 
 
 def _count_reads(monkeypatch) -> list:

@@ -11,7 +11,7 @@ from tiny_files import MODELS, TE_BF16, TOKENIZER
 
 from optim import QwenFitError, source_from_names, text_encoder_names
 from optim.files.gguf_text_encoder import find_mmproj, model_stem
-from optim.loading.loader import LoadRequest, describe
+from optim.planning.load_request import LoadRequest, describe
 
 TE = "Qwen2.5-VL-7B-Instruct-Q4_K_M.gguf"
 MMPROJ = "Qwen2.5-VL-7B-Instruct-mmproj-F16.gguf"

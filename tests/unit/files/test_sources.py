@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from tiny_files import MODELS, TE_BF16, TOKENIZER, split_files
 
 from optim import LoadRequest, QwenFitError, SplitFiles, Variant
-from optim.loading.loader import describe
+from optim.planning.load_request import describe
 
 
 def test_key_names_and_configs_match_comfyui_modules_at_real_size():

@@ -12,9 +12,9 @@ from tiny_files import FOLDER, LAYOUTS, MODELS, TE_FP8, split_files
 
 from optim import DiffusersFolder, LoadRequest, PrecisionSettings, QwenFitError, load_pipeline
 from optim.jobs.plan_preview import PreviewSettings, job_shape, preview, same_pipeline
-from optim.loading.loader import describe
 from optim.monitoring.run_record import PhaseStat, RunRecord
 from optim.planning.header_sizes import sizes_from_headers
+from optim.planning.load_request import describe
 from optim.planning.model_sizes import ModelSizes
 from optim.planning.planner import Gpu
 from optim.planning.step_time import DeviceSpeed, estimate_step, step_flops

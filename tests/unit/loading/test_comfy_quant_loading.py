@@ -20,8 +20,8 @@ from optim import EditJob, LayeredJob, LoadRequest, PipelineCache, load_pipeline
 from optim.errors import QwenFitError
 from optim.files.comfy_quant import comfy_quant_layers
 from optim.files.safetensors_file import SafetensorsFile
-from optim.loading.loader import describe
 from optim.planning.header_sizes import sizes_from_headers
+from optim.planning.load_request import describe
 from optim.quant.comfy_quant import ComfyQuantLinear
 from optim.quant.comfy_quant_formats import comfy_quant_linear
 from optim.settings import OffloadSettings, PrecisionSettings

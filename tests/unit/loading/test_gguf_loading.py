@@ -20,8 +20,8 @@ from tiny_files import GGUF_FILES, split_files
 from optim import EditJob, LayeredJob, LoadRequest, load_pipeline, run_edit, run_layered
 from optim.errors import QwenFitError
 from optim.files.gguf_file import GgufFile
-from optim.loading.loader import describe
 from optim.planning.header_sizes import sizes_from_headers
+from optim.planning.load_request import describe
 from optim.quant.gguf import GgufLinear
 from optim.settings import OffloadSettings, PrecisionSettings
 

@@ -10,7 +10,7 @@ import pytest
 from tiny_files import FOLDER, MODELS, TOKENIZER, split_files
 
 from optim import DiffusersFolder, LoadRequest, QwenFitError, SplitFiles, Variant
-from optim.loading.loader import describe
+from optim.planning.load_request import describe
 from optim.qwen.variants import FIRERED, VARIANT_CHOICES, ModelIdentity, is_firered_name, resolve_model
 
 COMFY_ORG_NAME = "firered_image_edit_1.0_bf16.safetensors"  # Comfy-Org/Qwen-Image-Edit_ComfyUI, split_files

@@ -71,6 +71,7 @@ forward pre-hook), steady s/step (the steps after the first), and ComfyUI's log 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -526,6 +527,9 @@ def run_native(a: argparse.Namespace) -> dict:
     import comfy.model_management as mm  # sizes itself from the (patched) mem_get_info here
     import comfy.utils
     import comfyui_version
+
+    if a.no_fp8_compute:  # ComfyUI's own bf16 computation of the same fp8 file: its 8-bit path's deviation baseline
+        mm.supports_fp8_compute = lambda device=None: False
     import folder_paths
     from comfy_extras.nodes_cfg import CFGNorm
     from comfy_extras.nodes_model_advanced import ModelSamplingAuraFlow
@@ -554,6 +558,7 @@ def run_native(a: argparse.Namespace) -> dict:
         "size": a.size,
         "cfg": a.cfg,
         "template_patches": not a.bare,
+        "fp8_compute": "off (bench)" if a.no_fp8_compute else "ComfyUI's default",
         "comfyui_version": comfyui_version.__version__,
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name() if cuda else "cpu",
@@ -585,7 +590,9 @@ def run_native(a: argparse.Namespace) -> dict:
 
             meter.begin("encode")
             image = load_reference(a.models, a.size, record)
-            image = ImageScaleToTotalPixels.execute(image, "lanczos", 1.0)[0]
+            # 0.8.0 added resolution_steps (1: its default); 0.3.75 takes three inputs.
+            steps_input = "resolution_steps" in inspect.signature(ImageScaleToTotalPixels.execute).parameters
+            image = ImageScaleToTotalPixels.execute(image, "lanczos", 1.0, *((1,) if steps_input else ()))[0]
             (latent,) = nodes.VAEEncode().encode(vae, image)
             positive = TextEncodeQwenImageEditPlus.execute(clip, PROMPT, vae=vae, image1=image)[0]
             negative = TextEncodeQwenImageEditPlus.execute(clip, "", vae=vae, image1=image)[0]
@@ -622,7 +629,7 @@ def run_native(a: argparse.Namespace) -> dict:
             from safetensors.torch import save_file
 
             latent_path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({"latent": final}, str(latent_path))
+            save_file({"latent": final, "image": decoded.float().cpu().contiguous()}, str(latent_path))
             record["latent_file"] = latent_path.name
     except Exception as error:  # an OOM included: the record keeps what was measured
         if meter.phase is not None:
@@ -717,6 +724,12 @@ def run_qwenfit(a: argparse.Namespace) -> dict:
             result = run_edit(loaded, [image], job)
             if "first_image_seconds" not in record:
                 record["first_image_seconds"] = time.perf_counter() - start
+                if a.out:  # the first image, to compare rungs (and ComfyUI's rows) on the same seed
+                    from safetensors.torch import save_file
+
+                    save_file(
+                        {"image": result.image.float().cpu().contiguous()}, str(a.out.with_suffix(".safetensors"))
+                    )
                 fill = current_stats()  # the weights read in the background while the first image ran
                 record["background_fill"] = {
                     "bytes": fill.bytes_read,
@@ -909,6 +922,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cfg", type=float, default=4.0)
     parser.add_argument("--size", type=int, default=1024, help="side of the synthetic reference image")
     parser.add_argument("--bare", action="store_true", help="without the template's ModelSamplingAuraFlow/CFGNorm")
+    parser.add_argument("--no-fp8-compute", action="store_true", help="run-native: ComfyUI computes fp8 files in bf16")
     parser.add_argument("--disable-cuda-malloc", action="store_true", help="ComfyUI's flag: torch's native allocator")
     parser.add_argument("--arch", default="qwen-image", help="qwenfit-tiny for the CPU check")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")

@@ -134,7 +134,7 @@ class QwenFitPreset:
             )
         if arithmetic.kind != "expanded":
             enable_fast_blocks(components["transformer"].transformer_blocks, arithmetic.kind)
-        compiled = self.compile_blocks or (arithmetic.rung != "exact" and can_compile(device))
+        compiled = self.compile_blocks or (arithmetic.compiled and can_compile(device))
         options = EngineOptions(offload, gpus, self.attention_backend, compiled, arithmetic)
         self._engine = PipelineEngine(pipeline, device, options)
         job = job_shape(components["job"])

@@ -82,8 +82,9 @@ _SPEED_TIP = (
     "exact: the reference's numbers (weights expanded to bf16). fast: the transformer multiplies in 8 bits "
     "(fp8 on RTX 40xx/50xx, H100 and newer; int8 on RTX 20xx/30xx, A100), activations quantized per token, "
     "compiled blocks where Triton is installed: about 2x faster, small deviation. fastest: fast plus a step "
-    "cache (about every other step predicted from the last two): faster again, larger deviation. auto: fast "
-    "only for fp8/int8 files where fast adds no more deviation than the file's own quantization, else exact."
+    "cache (about every other step predicted from the last two): faster again, larger deviation. auto: fast, "
+    "uncompiled, where ComfyUI's own nodes multiply the same file in 8 bits (scaled and mixed fp8 files on fp8 "
+    "GPUs, Comfy-Org int8 files before Hopper) and Triton is installed; else exact."
 )
 PRECISION_GROUP = SettingsGroup(
     "precision",

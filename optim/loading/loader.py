@@ -318,7 +318,7 @@ def load_pipeline(request: LoadRequest, checkpoint: Callable[[str], None] | None
             sizes = measure(pipeline)
             place_whole_model(pipeline, device)
         else:
-            compiled = arithmetic.rung != "exact" and can_compile(device)
+            compiled = arithmetic.compiled and can_compile(device)
             options = EngineOptions(offload, gpus, compile_blocks=compiled, arithmetic=arithmetic)
             engine = PipelineEngine(pipeline, device, options, host, components, notes, feeds)
             sizes = engine.sizes
@@ -379,7 +379,7 @@ def switch_speed(loaded: LoadedPipeline, request: LoadRequest) -> LoadedPipeline
     if arithmetic.kind != "expanded":
         enable_fast_blocks(blocks, arithmetic.kind)
     device = torch.device(request.device)
-    loaded.engine.use_arithmetic(arithmetic, arithmetic.rung != "exact" and can_compile(device))
+    loaded.engine.use_arithmetic(arithmetic, arithmetic.compiled and can_compile(device))
     log.info("QwenFit: %s switched to %s without loading again", request.source.name, arithmetic.describe())
     return replace(loaded, request=request, arithmetic=arithmetic)
 

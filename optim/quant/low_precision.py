@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import torch
 
+from . import fused_quantize
+
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 INT8_MAX = 127.0
 _INT_MM_MIN_ROWS = 17  # torch._int_mm on CUDA wants more than 16 rows
@@ -27,12 +29,16 @@ def supports(in_features: int, out_features: int) -> bool:
 
 def quantize_rows_fp8(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``rows`` [M, K] -> (fp8 values, float32 scale [M, 1]) with ``rows ~= values * scale``."""
+    if fused_quantize.usable_for(rows):  # one pass on a GPU, same numbers
+        return fused_quantize.quantize_rows(rows, torch.float8_e4m3fn, FP8_MAX)
     scale = (rows.abs().amax(dim=1, keepdim=True).float() / FP8_MAX).clamp(min=1e-12)
     return (rows.float() / scale).to(torch.float8_e4m3fn), scale
 
 
 def quantize_rows_int8(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``rows`` [M, K] -> (int8 values, float32 scale [M, 1]), symmetric, round to nearest."""
+    """``rows`` [M, K] -> (int8 values, float32 scale [M, 1]), symmetric, round to nearest (half to even)."""
+    if fused_quantize.usable_for(rows):
+        return fused_quantize.quantize_rows(rows, torch.int8, INT8_MAX)
     scale = (rows.abs().amax(dim=1, keepdim=True).float() / INT8_MAX).clamp(min=1e-12)
     return torch.round(rows.float() / scale).clamp(-INT8_MAX, INT8_MAX).to(torch.int8), scale
 

@@ -10,7 +10,7 @@ from real_size import plan_one, real_sizes
 
 from optim.errors import QwenFitError
 from optim.planning import speed_ladder
-from optim.planning.speed_ladder import EXACT, Deviation, choose_arithmetic
+from optim.planning.speed_ladder import EXACT, choose_arithmetic
 from optim.planning.step_time import DeviceSpeed, cache_schedule, computed_fraction, estimate_step
 from optim.qwen.job_shape import JobShape
 from optim.settings import FP8, FP8_FAST, INT8, NF4
@@ -63,23 +63,48 @@ def test_exact_is_exact_everywhere_but_for_weights_made_for_fp8_matmuls():
     assert choose_arithmetic("exact", FP8_FAST, [H200]).kind == "fp8"
 
 
-def test_auto_is_fast_only_for_8bit_files_where_fast_adds_no_more_than_the_file_itself(monkeypatch):
-    monkeypatch.setattr(speed_ladder, "MEASURED", {"fp8": Deviation(storage=4e-2, fast_vs_exact=3e-2)})
-    assert choose_arithmetic("auto", FP8, [RTX_4060]).kind == "fp8"
-    assert choose_arithmetic("auto", FP8, [RTX_3060]).kind == "expanded"  # no fp8 tensor cores
-    assert choose_arithmetic("auto", FP8, [None]).kind == "expanded"  # the CPU gains nothing
-    assert choose_arithmetic("auto", "bf16", [H200]).kind == "expanded"  # not stored in 8 bits
-    assert choose_arithmetic("auto", INT8, [H200]).kind == "expanded"  # int8 not measured within bounds
-    monkeypatch.setattr(speed_ladder, "MEASURED", {"fp8": Deviation(storage=4e-2, fast_vs_exact=6e-2)})
-    assert choose_arithmetic("auto", FP8, [RTX_4060]).kind == "expanded"
+def _auto(storage: str, gpu, comfy: bool = True, triton: bool = True):
+    return choose_arithmetic("auto", storage, [gpu], comfy_multiplies_8bit=comfy, triton=triton)
 
 
-def test_the_committed_measurements_decide_auto():
-    """The benchmark measured fast adding more deviation than the files' own (random weights): auto stays
-    exact until a measurement says otherwise."""
-    for kind, measured in speed_ladder.MEASURED.items():
-        chosen = choose_arithmetic("auto", FP8 if kind == "fp8" else INT8, [H200])
-        assert (chosen.kind != "expanded") == (measured.fast_vs_exact <= measured.storage)
+@pytest.mark.parametrize(
+    ("storage", "gpu", "comfy", "triton", "kind", "why"),
+    [
+        # ComfyUI 0.8.0 multiplies scaled and mixed fp8 files in fp8 on these GPUs: so does auto, uncompiled
+        (FP8, RTX_4060, True, True, "fp8", "ComfyUI multiplies this file in fp8"),
+        (FP8, H200, True, True, "fp8", "ComfyUI multiplies this file in fp8"),
+        (FP8, RTX_5090, True, True, "fp8", "ComfyUI multiplies this file in fp8"),
+        (FP8, H200, True, False, "expanded", "Triton is not installed"),  # uncompiled torch products: slower
+        (FP8, RTX_3060, True, True, "expanded", "has no fp8 tensor cores"),
+        (FP8, None, True, True, "expanded", "no GPU"),
+        (FP8, H200, False, True, "expanded", "ComfyUI computes these fp8_e4m3fn weights in bf16"),  # plain cast
+        # Comfy-Org int8 files: int8 products where torch's beat bf16 (before Hopper)
+        (INT8, RTX_3060, True, True, "int8", "ComfyUI multiplies this file in int8"),
+        (INT8, RTX_4060, True, True, "int8", "ComfyUI multiplies this file in int8"),
+        (INT8, H200, True, True, "expanded", "slower than bf16 on compute capability 9.0"),
+        (INT8, RTX_3060, False, True, "expanded", "in bf16 too"),  # quantized on load by the pack
+        ("bf16", H200, False, True, "expanded", "bf16 weights, exact"),
+        (NF4, H200, False, True, "expanded", "nf4 weights, exact"),
+    ],
+)
+def test_auto_multiplies_in_8_bits_where_comfyui_does_and_triton_makes_it_faster(
+    storage, gpu, comfy, triton, kind, why
+):
+    chosen = _auto(storage, gpu, comfy, triton)
+    assert chosen.kind == kind, chosen.reason
+    assert why in chosen.reason
+    assert chosen.rung == ("exact" if kind == "expanded" else "fast")
+    assert not chosen.compiled  # no image of auto's waits for torch.compile
+    assert not chosen.step_cache
+
+
+def test_auto_cites_the_measured_deviations_and_asked_for_rungs_compile():
+    chosen = _auto(FP8, H200)
+    assert f"ours adds {speed_ladder.MEASURED['fp8'].fast_vs_exact:.1e}" in chosen.reason
+    assert "ComfyUI's" in chosen.reason
+    assert choose_arithmetic("fast", FP8, [H200]).compiled  # what the user asked for, compile included
+    assert "blocks compiled on the first image" in choose_arithmetic("fast", FP8, [H200]).describe()
+    assert "compiled" not in chosen.describe()
 
 
 def test_the_step_cache_schedule_and_its_share():

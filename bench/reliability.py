@@ -34,9 +34,9 @@ from bench.realsize import build_components, make_pipeline  # noqa: E402
 from optim.execution.devices import resolve_gpus  # noqa: E402
 from optim.execution.engine import EngineOptions, PipelineEngine  # noqa: E402
 from optim.execution.host_arena import pinned_bytes  # noqa: E402
+from optim.execution.loaded_pipeline import LoadedPipeline, release_memory  # noqa: E402
 from optim.files.sources import DiffusersFolder  # noqa: E402
 from optim.jobs.edit import EditJob, run_edit  # noqa: E402
-from optim.loading.loader import LoadedPipeline, release_memory  # noqa: E402
 from optim.planning.components import describe_components  # noqa: E402
 from optim.planning.load_request import LoadRequest  # noqa: E402
 from optim.qwen.variants import Variant  # noqa: E402

@@ -9,6 +9,7 @@ only the ones below it (README, Developers; checked by tests/unit/test_import_co
 
 from .errors import QwenFitError
 from .execution.host_arena import arena_bytes
+from .execution.loaded_pipeline import LoadedPipeline, release_memory
 from .files.lora import LoraChoice, LoraStack
 from .files.model_choices import (
     ModelRoots,
@@ -33,7 +34,7 @@ from .jobs.layered import LayeredJob, LayeredResult, run_layered
 from .jobs.plan_preview import MASKED_PREVIEW_NOTE, Preview, PreviewSettings, preview, same_pipeline
 from .jobs.psd_export import save_layers_psd
 from .loading.library_imports import import_libraries_in_background
-from .loading.loader import LoadedPipeline, load_pipeline, release_memory
+from .loading.loader import load_pipeline
 from .loading.pipeline_cache import PipelineCache
 from .monitoring.memory_chart import draw_run_chart
 from .monitoring.memory_sampler import MemorySample, MemorySampler, PhaseMark, last_run_window

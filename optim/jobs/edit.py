@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from ..errors import QwenFitError
-from ..loading.loader import LoadedPipeline
+from ..execution.loaded_pipeline import LoadedPipeline
 from ..monitoring.run_record import PhaseTracker, RunRecord
 from ..qwen.job_limits import MAX_REFERENCES, MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, edit_output_size
 from ..qwen.job_shape import JobShape

@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 import torch
 
 from ..errors import QwenFitError
+from ..execution.loaded_pipeline import LoadedPipeline, release_memory
 from ..execution.whole_model_offload import apply_vae_switches
-from ..loading.loader import LoadedPipeline, release_memory
 from ..monitoring.run_record import PhaseTracker, RunRecord
 from ..qwen.job_limits import MAX_STEPS
 from ..qwen.job_shape import JobShape

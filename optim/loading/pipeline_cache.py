@@ -6,7 +6,8 @@ import logging
 import threading
 from collections.abc import Callable
 
-from .loader import LoadedPipeline, LoadRequest, load_pipeline, release_memory, switch_speed
+from ..execution.loaded_pipeline import LoadedPipeline, release_memory
+from .loader import LoadRequest, load_pipeline, switch_speed
 
 log = logging.getLogger("qwenfit")
 

@@ -1,7 +1,7 @@
 """The core's shape: layers that import one way, no cycles, a thin node layer on the public surface.
 
-import-linter (its contracts are in pyproject.toml) checks the layers and that planning and the plan
-preview import nothing of loading; grimp, the graph it builds on, finds cycles; an AST walk checks that
+import-linter (its contracts are in pyproject.toml) checks the layers and that planning and jobs import
+nothing of loading; grimp, the graph it builds on, finds cycles; an AST walk checks that
 nodes/ imports only ``optim``'s public surface.
 """
 
@@ -24,7 +24,7 @@ def lint_imports(root: Path) -> subprocess.CompletedProcess:
 
 
 LAYERS = "optim's layers point one way"
-NOTHING_THAT_LOADS = "planning and the plan preview need nothing that loads"
+NOTHING_THAT_LOADS = "planning and jobs need nothing that loads"
 
 
 def copy_with_import(root: Path, module: str, line: str) -> Path:
@@ -59,12 +59,15 @@ def test_planning_that_imports_loading_fails_the_contract(tmp_path):
     assert "optim.planning is not allowed to import optim.loading" in out.stdout
 
 
-def test_a_preview_that_imports_loading_fails_the_contract(tmp_path):
-    """Jobs may import loading, the plan preview may not: only the second contract catches it."""
-    out = lint_imports(copy_with_import(tmp_path, "jobs/plan_preview.py", "from ..loading import loader"))
-    assert out.returncode != 0
-    assert f"{LAYERS} KEPT" in out.stdout and f"{NOTHING_THAT_LOADS} BROKEN" in out.stdout
-    assert "optim.jobs.plan_preview is not allowed to import optim.loading" in out.stdout
+def test_a_job_that_imports_loading_fails_the_contract(tmp_path):
+    """Jobs run a loaded pipeline (optim/execution/loaded_pipeline.py) and never load: the layers allow the
+    import (loading sits below jobs), only the second contract catches it, in a run as in the plan preview."""
+    for module in ("jobs/edit.py", "jobs/plan_preview.py"):
+        out = lint_imports(copy_with_import(tmp_path / module.replace("/", "_"), module, "from ..loading import loader"))
+        assert out.returncode != 0
+        assert f"{LAYERS} KEPT" in out.stdout and f"{NOTHING_THAT_LOADS} BROKEN" in out.stdout
+        assert "optim.jobs is not allowed to import optim.loading" in out.stdout
+        assert f"optim.{module[:-3].replace('/', '.')} -> optim.loading.loader" in out.stdout
 
 
 def test_no_import_cycles():

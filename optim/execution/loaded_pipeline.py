@@ -6,27 +6,36 @@ host memory, the devices and their budgets, the speed rung) and the engine that 
 from __future__ import annotations
 
 import gc
+import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from ..errors import QwenFitError
+from ..files.file_tensors import FileFeeds
 from ..files.lora import NO_LORAS, LoraChoice, LoraStack, lightning_scheduler_config
+from ..planning.arithmetic_choice import arithmetic_for
+from ..planning.components import describe_components
 from ..planning.host_memory import HostMemory
-from ..planning.load_request import LoadRequest, compute_dtypes
+from ..planning.load_request import LoadRequest, compute_dtypes, describe
 from ..planning.lora_sizes import lora_plan
-from ..planning.model_sizes import ModelSizes
+from ..planning.model_sizes import ModelSizes, measure
 from ..planning.plan import ComponentPlacement, LoraPlan, Plan
 from ..planning.planner import Gpu, plan_run
 from ..planning.speed_ladder import EXACT, Arithmetic
+from ..quant.compressed_linear import enable_fast_blocks, reset_fast_arithmetic
 from ..qwen.job_shape import JobShape, default_job
 from ..qwen.variants import ModelIdentity, Variant
 from ..settings import VaeSettings
 from .arena_fill import current_stats as fill_stats
-from .engine import PipelineEngine
+from .devices import can_compile
+from .engine import EngineOptions, PipelineEngine
 from .load_times import LoadTimes
 from .lora_updates import LoraUpdates, check_stack, lora_layer_shapes
+from .whole_model_offload import place_whole_model
+
+log = logging.getLogger("qwenfit")
 
 # The scheduler settings a Lightning LoRA changes for its runs (and a run without one restores).
 _LIGHTNING_KEYS = ("base_shift", "max_shift", "shift_terminal")
@@ -173,6 +182,69 @@ class LoadedPipeline:
     def prepare(self, job: JobShape) -> Plan:
         """Plan ``job`` and place the weights as the plan says."""
         return self.engine.prepare(job, self.vae, self.lora_plan) if self.engine is not None else self.plan_for(job)
+
+
+def place_pipeline(
+    pipeline: Any,
+    request: LoadRequest,
+    variant: Variant,
+    model: ModelIdentity,
+    gpus: tuple[Gpu, ...],
+    notes: tuple[str, ...],
+    arithmetic: Arithmetic,
+    host: HostMemory,
+    feeds: FileFeeds,
+) -> LoadedPipeline:
+    """A freshly built pipeline (weights in host memory or still in ``feeds``' files) ready to run: under
+    diffusers' whole-model offload, or in the engine that places and streams its blocks per plan."""
+    device = torch.device(request.device)
+    offload = request.offload
+    whole_model = offload.mode == "model"
+    components = describe_components(pipeline, str(device), whole_model)
+    engine = None
+    if whole_model:
+        sizes = measure(pipeline)
+        place_whole_model(pipeline, device)
+    else:
+        compiled = arithmetic.compiled and can_compile(device)
+        options = EngineOptions(offload, gpus, compile_blocks=compiled, arithmetic=arithmetic)
+        engine = PipelineEngine(pipeline, device, options, host, components, notes, feeds)
+        sizes = engine.sizes
+    return LoadedPipeline(
+        pipeline=pipeline,
+        variant=variant,
+        model=model,
+        request=request,
+        sizes=sizes,
+        components=components,
+        gpus=gpus,
+        engine=engine,
+        host=host,
+        notes=notes,
+        arithmetic=arithmetic,
+        scheduler_config=dict(pipeline.scheduler.config),
+        lora_updates=LoraUpdates(pipeline.transformer) if engine is None else None,
+    )
+
+
+def switch_speed(loaded: LoadedPipeline, request: LoadRequest) -> LoadedPipeline | None:
+    """``loaded`` moved to ``request``'s speed rung without loading again, or None when ``request`` differs
+    otherwise or its rung needs the blocks stored in another form (quantized on load): then load anew.
+    An fp8 or int8 file switches between exact, fast and fastest in place."""
+    same_rest = replace(request, precision=replace(request.precision, speed=loaded.request.precision.speed))
+    if loaded.engine is None or same_rest != loaded.request:
+        return None
+    arithmetic = arithmetic_for(request, describe(request), loaded.gpus)
+    if arithmetic.store_as != loaded.arithmetic.store_as:
+        return None
+    blocks = loaded.pipeline.transformer.transformer_blocks
+    reset_fast_arithmetic(blocks)
+    if arithmetic.kind != "expanded":
+        enable_fast_blocks(blocks, arithmetic.kind)
+    device = torch.device(request.device)
+    loaded.engine.use_arithmetic(arithmetic, arithmetic.compiled and can_compile(device))
+    log.info("QwenFit: %s switched to %s without loading again", request.source.name, arithmetic.describe())
+    return replace(loaded, request=request, arithmetic=arithmetic)
 
 
 def release_memory() -> None:

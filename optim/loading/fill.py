@@ -13,15 +13,13 @@ import torch
 from torch import nn
 
 from ..errors import QwenFitError
-from ..files.comfy_quant import ComfyQuantLayer
 from ..files.file_tensors import FileFeeds, FileTensor, placeholder
 from ..files.fp8_layouts import Fp8Layout, Fp8Weight, quantize_absmax
 from ..files.host_memory import TrimEvery, trim_host_heap
 from ..files.weight_source import WeightSource
-from ..quant.comfy_quant_formats import comfy_quant_format, comfy_quant_linear
 from ..quant.compressed_linear import replace_module
 from ..quant.fp8 import replace_linear
-from ..quant.gguf import dequantize_blocks, gguf_linear
+from ..quant.stored_layers import stored_format
 
 # Decides which Linear layers (by dotted module name) are stored in fp8.
 Fp8Filter = Callable[[str], bool]
@@ -80,8 +78,8 @@ def fill_module(
 ) -> list[str]:
     """Load every parameter and persistent buffer of ``module`` from ``source``.
 
-    Linear layers accepted by ``fp8_linears`` become Fp8Linear (fp8 data + scale); Linear layers a GGUF file
-    stores as quantized blocks become that type's GgufLinear (the blocks as stored). Keys in
+    Linear layers accepted by ``fp8_linears`` become Fp8Linear (fp8 data + scale); Linear layers a file stores in
+    a format kept as stored (optim/quant/stored_layers.py) become that format's layer, holding the stored bytes. Keys in
     ``optional`` may be missing from the files; they are returned so the caller can deal with
     them. Any other missing key is an error naming the file.
 
@@ -91,9 +89,8 @@ def fill_module(
     """
     fp32_modules = _keep_in_fp32(module)
     linears = {name for name, m in module.named_modules() if isinstance(m, nn.Linear)}
-    gguf_layers = {name for name in linears if source.gguf_blocks(f"{name}.weight") is not None}
-    comfy_layers = {name: spec for name in linears if (spec := source.comfy_quant(f"{name}.weight")) is not None}
-    stored_quantized = gguf_layers | set(comfy_layers)
+    stored_layers = {name: found for name in linears if (found := stored_format(source, f"{name}.weight"))}
+    stored_quantized = set(stored_layers)
     fp8_layers = {name for name in linears - stored_quantized if fp8_linears is not None and fp8_linears(name)}
     missing: list[str] = []
     trim = TrimEvery()  # keeps the heap near what the plan keeps (weights quantized on load make temporaries)
@@ -107,11 +104,9 @@ def fill_module(
         layer, _, leaf = key.rpartition(".")
         if layer in fp8_layers or layer in stored_quantized:
             continue  # handled below, weight and bias together
-        if (blocks := source.gguf_blocks(key)) is not None:  # not a Linear's (an embedding table): expand now
-            file, file_key = source.locate(key)
-            value = dequantize_blocks(
-                blocks, file.read(file_key), _target_dtype(key, torch.float32, compute_dtype, fp32_modules)
-            )
+        if found := stored_format(source, key):  # not a Linear's (an embedding table): expand now
+            family, stored = found
+            value = family.expand(stored, source, key, _target_dtype(key, torch.float32, compute_dtype, fp32_modules))
             _assign(module, key, value.to(device), source)
             continue
         if not source.has(key):
@@ -146,13 +141,18 @@ def fill_module(
         weight = Fp8Weight(weight.data.to(device), weight.scale.to(device), weight.layout)
         replace_linear(module, layer, weight, _layer_bias(source, layer, compute_dtype, device))
         trim.add(weight.data.numel() * 4)
-    for layer in sorted(gguf_layers):
-        recipes = _gguf_layer(module, layer, source, compute_dtype, device, stays_in_files(f"{layer}.weight"))
-        in_files.update(recipes)
-    for layer, spec in sorted(comfy_layers.items()):
-        in_files.update(
-            _comfy_quant_layer(module, layer, spec, source, compute_dtype, device, stays_in_files(f"{layer}.weight"))
+    for layer, (family, stored) in sorted(stored_layers.items()):
+        linear = module.get_submodule(layer)
+
+        def bias(recipes: dict[str, FileTensor] | None, layer: str = layer) -> torch.Tensor | None:
+            return _layer_bias(source, layer, compute_dtype, device, recipes)
+
+        shape = (linear.out_features, linear.in_features)
+        new, recipes = family.layer(
+            stored, source, layer, shape, bias, compute_dtype, device, stays_in_files(f"{layer}.weight")
         )
+        replace_module(module, layer, new)
+        in_files.update(recipes)
     trim_host_heap()
     if in_files:
         assert feeds is not None, "keep_in_files needs feeds to hand the recipes to the engine"
@@ -187,83 +187,6 @@ def _fp8_layer_in_files(
     }
     replace_linear(module, layer, empty, _layer_bias(source, layer, compute_dtype, None, recipes))
     return recipes
-
-
-def _gguf_layer(
-    module: nn.Module,
-    layer: str,
-    source: WeightSource,
-    compute_dtype: torch.dtype,
-    device: torch.device,
-    in_files: bool,
-) -> dict[str, FileTensor]:
-    """Put the GgufLinear for ``layer`` in place: its blocks read now, or left in the files (placeholders, and
-    the recipes returned by state-dict key)."""
-    weight_key = f"{layer}.weight"
-    tensor = source.gguf_blocks(weight_key)
-    file, file_key = source.locate(weight_key)
-    recipes: dict[str, FileTensor] = {}
-    bias = _layer_bias(source, layer, compute_dtype, device, recipes if in_files else None)
-    if in_files:
-        blocks = placeholder(tensor.block_shape, torch.uint8)
-        recipes[f"{layer}.weight_gguf"] = FileTensor(file, file_key)
-    else:
-        blocks = file.read(file_key).to(device)
-    replace_module(module, layer, gguf_linear(tensor, blocks, bias))
-    return recipes
-
-
-def _comfy_quant_layer(
-    module: nn.Module,
-    layer: str,
-    spec: ComfyQuantLayer,
-    source: WeightSource,
-    compute_dtype: torch.dtype,
-    device: torch.device,
-    in_files: bool,
-) -> dict[str, FileTensor]:
-    """Put the format class of a Comfy-Org quantized layer in place: its tensors read now (as stored), or left
-    in the files (placeholders, and the recipes returned by state-dict key)."""
-    linear = module.get_submodule(layer)
-    out_features, in_features = linear.out_features, linear.in_features
-    cls = comfy_quant_format(spec)
-    file, _ = source.locate(f"{layer}.weight")
-    file_keys = {"weight": spec.weight_key, "weight_scale": spec.scale_key, "weight_scale_2": spec.global_scale_key}
-    recipes: dict[str, FileTensor] = {}
-    # Sizes checked from the header first: a layer left in the files is read only when used.
-    header = {
-        s: torch.empty(file.shape(k), dtype=file.tensors[k].dtype, device="meta") for s, k in file_keys.items() if k
-    }
-    _fitting_comfy_quant_layer(source, spec, header, out_features, in_features)
-    bias = _layer_bias(source, layer, compute_dtype, device, recipes if in_files else None)
-    if in_files:
-        specs = cls.buffer_specs(out_features, in_features, compute_dtype)
-        stored = {}
-        for name, suffix in cls.stored_as.items():
-            stored[suffix] = placeholder(*specs[name])
-            recipes[f"{layer}.{name}"] = FileTensor(file, file_keys[suffix])
-    else:
-        stored = {suffix: file.read(file_keys[suffix]).to(device) for suffix in cls.stored_as.values()}
-    replace_module(module, layer, _fitting_comfy_quant_layer(source, spec, stored, out_features, in_features, bias))
-    return recipes
-
-
-def _fitting_comfy_quant_layer(
-    source: WeightSource,
-    spec: ComfyQuantLayer,
-    stored: dict[str, torch.Tensor],
-    out_features: int,
-    in_features: int,
-    bias: torch.Tensor | None = None,
-) -> nn.Module:
-    """The layer of ``spec`` holding ``stored``, or the fix when its tensors do not fit the model's layer."""
-    try:
-        return comfy_quant_linear(spec, stored, out_features, in_features, bias)
-    except ValueError as exc:
-        raise QwenFitError(
-            f"{source.names}: {spec.layer} ({spec.format_name}) does not fit the model's {out_features}x{in_features} "
-            f"layer ({exc}): the file is corrupt or belongs to another model. Pick the matching file."
-        ) from None
 
 
 def _layer_bias(

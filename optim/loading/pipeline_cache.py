@@ -6,8 +6,8 @@ import logging
 import threading
 from collections.abc import Callable
 
-from ..execution.loaded_pipeline import LoadedPipeline, release_memory
-from .loader import LoadRequest, load_pipeline, switch_speed
+from ..execution.loaded_pipeline import LoadedPipeline, release_memory, switch_speed
+from .loader import LoadRequest, load_pipeline
 
 log = logging.getLogger("qwenfit")
 

@@ -16,13 +16,12 @@ from torch import nn
 
 from ..files.sources import SourceDescription
 from ..files.weight_source import WeightSource
-from ..quant.comfy_quant_formats import empty_comfy_quant
 from ..quant.compressed_linear import replace_module
 from ..quant.dtypes import compute_dtype
 from ..quant.formats import QUANTIZED, size_as_quantized
 from ..quant.fp8 import Fp8Linear
 from ..quant.fp8_scope import FP8_SCOPES, fp8_filter, fp8_mode
-from ..quant.gguf import gguf_format
+from ..quant.stored_layers import stored_format
 from ..qwen.architectures import empty_text_encoder, empty_transformer, empty_vae
 from ..qwen.empty_modules import build_empty
 from ..settings import PrecisionSettings
@@ -50,12 +49,10 @@ def _fill_meta(module: nn.Module, source: WeightSource, dtype: torch.dtype, fp8_
     fp32_modules = tuple(getattr(module, "_keep_in_fp32_modules", None) or ())
     missing: set[str] = set()
     linears = {name for name, m in module.named_modules() if isinstance(m, nn.Linear)}
-    gguf_layers = {name: source.gguf_blocks(f"{name}.weight") for name in linears}
-    gguf_layers = {name: tensor for name, tensor in gguf_layers.items() if tensor is not None}
-    comfy_layers = {name: spec for name in linears if (spec := source.comfy_quant(f"{name}.weight")) is not None}
+    stored_layers = {name: found for name in linears if (found := stored_format(source, f"{name}.weight"))}
     for key, tensor in module.state_dict(keep_vars=True).items():
         layer, _, leaf = key.rpartition(".")
-        if layer in fp8_layers or layer in gguf_layers or layer in comfy_layers:
+        if layer in fp8_layers or layer in stored_layers:
             continue
         if not source.has(key):
             missing.add(key)
@@ -77,14 +74,10 @@ def _fill_meta(module: nn.Module, source: WeightSource, dtype: torch.dtype, fp8_
         out_features, in_features = source.shape(weight_key)
         bias = nn.Parameter(_meta(source.shape(bias_key), dtype), False) if source.has(bias_key) else None
         replace_module(module, layer, Fp8Linear.empty(out_features, in_features, bias, dtype))
-    for layer, stored in gguf_layers.items():  # GGUF blocks as stored
-        bias_key = f"{layer}.bias"
-        bias = nn.Parameter(_meta(source.shape(bias_key), dtype), False) if source.has(bias_key) else None
-        replace_module(module, layer, gguf_format(stored.type_name).empty(*stored.shape, bias, dtype))
-    for layer, spec in comfy_layers.items():  # Comfy-Org's int8 / mxfp8 / nvfp4 layers as stored
+    for layer, (family, stored) in stored_layers.items():  # formats kept as stored (optim/quant/stored_layers.py)
         bias_key, linear = f"{layer}.bias", module.get_submodule(layer)
         bias = nn.Parameter(_meta(source.shape(bias_key), dtype), False) if source.has(bias_key) else None
-        replace_module(module, layer, empty_comfy_quant(spec, linear.out_features, linear.in_features, bias))
+        replace_module(module, layer, family.empty(stored, linear.out_features, linear.in_features, bias, dtype))
     return missing
 
 

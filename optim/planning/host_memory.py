@@ -19,13 +19,13 @@ from dataclasses import dataclass
 import psutil
 
 from ..errors import QwenFitError
-from ..files.gguf_file import GgufTensor
 from ..files.safetensors_file import TensorInfo
 from ..files.sources import SourceDescription
 from ..files.weight_source import WeightSource
 from ..quant.formats import QUANTIZED
 from ..quant.fp8 import Fp8Linear
 from ..quant.fp8_scope import FP8_ALL, FP8_AS_STORED, FP8_NONE
+from ..quant.stored_layers import kept_as_stored
 from ..qwen.anatomy import (
     TRANSFORMER_BLOCKS,
     is_language_block_linear,
@@ -166,8 +166,7 @@ def estimate_component(
         for key, info in file.tensors.items():
             numel = info.nbytes // info.dtype.itemsize
             linear = key.endswith(".weight") and linear_scope(key)
-            # GGUF blocks and Comfy-Org's int8 / mxfp8 / nvfp4 layers stay as stored.
-            if (isinstance(info, GgufTensor) and info.quantized) or source.comfy_quant_key(key):
+            if kept_as_stored(source, key, info):  # optim/quant/stored_layers.py
                 size = info.nbytes
             else:
                 size = int(numel * _planned_bytes(info, source.stores_fp8(key), fp8_mode, kind, linear, compute_bytes))

@@ -661,7 +661,7 @@ def run_qwenfit(a: argparse.Namespace) -> dict:
         torch.cuda.set_per_process_memory_fraction(CARDS[a.card][1] * GIB / total)
     transformer = LAYOUTS.get(a.transformer, a.transformer)
     layout = next((k for k, v in LAYOUTS.items() if v == transformer), Path(transformer).stem)
-    tokenizer = REPO / ".cache" / "comfyui" / "comfy" / "text_encoders" / "qwen25_tokenizer"
+    tokenizer = a.tokenizer or a.comfy / "comfy" / "text_encoders" / "qwen25_tokenizer"  # the tree's own
     source = SplitFiles(a.models / transformer, a.models / TEXT_ENCODER, a.models / VAE, tokenizer)
     record: dict = {"runner": f"QwenFit {card} preset, speed {a.speed}", "card": a.card, "layout": layout}
     if a.host_budget != "auto":

@@ -13,7 +13,8 @@
 set -o pipefail
 export PYTHONUNBUFFERED=1
 RESULTS=$OUT/native08
-mkdir -p "$RESULTS"
+ROWS_DIR=/tmp/native08-rows  # every row's JSON and images; what comes back is the tables and one JSON of all rows
+mkdir -p "$RESULTS" "$ROWS_DIR"
 . bench/setup_080.sh || exit 1
 . bench/native_files_080.sh || exit 1
 if [[ "$FLAGS" != *"--device cpu"* ]]; then
@@ -23,7 +24,7 @@ fi
 git log -1 --format='commit %h %cd' 2>/dev/null || true
 
 row() {  # KIND CARD: one generation in a fresh process, its JSON in $RESULTS
-  local kind=$1 card=$2 out="$RESULTS/$1_$2.json" rc
+  local kind=$1 card=$2 out="$ROWS_DIR/$1_$2.json" rc
   rm -f "$out"
   case $kind in
     native|native-bf16)
@@ -32,7 +33,7 @@ row() {  # KIND CARD: one generation in a fresh process, its JSON in $RESULTS
         $FLAGS --out "$out" 2>&1 | grep -v -i warn | grep -v "missing: \[" | tail -4 ;;
     qf-*)
       TRITON_CACHE_DIR=$(mktemp -d) TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) timeout "${ROW_TIMEOUT:-150}" \
-        python3 bench/comfy_native.py run-qwenfit --models "$MODELS" --transformer scaled --card "$card" \
+        python3 bench/comfy_native.py run-qwenfit --comfy "$COMFY" --models "$MODELS" --transformer scaled --card "$card" \
         --steps "${STEPS:-6}" --speed "${kind#qf-}" $FLAGS --out "$out" 2>&1 | grep -v -i warn | tail -3 ;;
   esac
   rc=$?
@@ -45,4 +46,5 @@ for r in "${rows[@]}"; do
   if [ "$SECONDS" -ge "${DEADLINE:-560}" ]; then echo "deadline: $r not run"; continue; fi
   row "${r%%:*}" "${r##*:}"
 done
-python3 bench/native08_table.py "$RESULTS" | tee "$RESULTS/native08.md"
+python3 bench/native08_table.py "$ROWS_DIR" | tee "$RESULTS/native08.md"
+python3 -c "import json,sys,pathlib; print(json.dumps({p.stem: json.loads(p.read_text()) for p in sorted(pathlib.Path(sys.argv[1]).glob('*.json'))}, indent=1))" "$ROWS_DIR" >"$RESULTS/native08_rows.json"

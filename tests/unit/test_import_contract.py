@@ -63,7 +63,9 @@ def test_a_job_that_imports_loading_fails_the_contract(tmp_path):
     """Jobs run a loaded pipeline (optim/execution/loaded_pipeline.py) and never load: the layers allow the
     import (loading sits below jobs), only the second contract catches it, in a run as in the plan preview."""
     for module in ("jobs/edit.py", "jobs/plan_preview.py"):
-        out = lint_imports(copy_with_import(tmp_path / module.replace("/", "_"), module, "from ..loading import loader"))
+        out = lint_imports(
+            copy_with_import(tmp_path / module.replace("/", "_"), module, "from ..loading import loader")
+        )
         assert out.returncode != 0
         assert f"{LAYERS} KEPT" in out.stdout and f"{NOTHING_THAT_LOADS} BROKEN" in out.stdout
         assert "optim.jobs is not allowed to import optim.loading" in out.stdout

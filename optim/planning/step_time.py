@@ -52,6 +52,9 @@ EXPANSION_COST = {"fp8_e4m3fn": 1.08, "int8": 1.075, "nf4": 1.135}
 # this share of it in compiled blocks; attention and the elementwise work as in EFFICIENCY. Fitted to the
 # H200 runs of 2026-11-30 (bench/results/bench_*_speed_h200_2026-11-30*).
 FAST_EFFICIENCY = {"fp8": 0.87, "int8": 0.8}
+# Uncompiled fast blocks (auto's rung: no compile on any image) run their norms, modulation, RoPE and activation as
+# separate kernels: 0.692 s/step against the compiled 0.461 (H100, 2026-12-07, bench/results/2026-12-07_native08).
+UNCOMPILED_FAST_COST = 0.692 / 0.461
 
 
 # Blocks read from the files at every step, while the files sit in the page cache: 8 reader threads read 8 GiB
@@ -141,6 +144,8 @@ def estimate_step(
         compute = linear / (fast_rate * FAST_EFFICIENCY[arithmetic.kind]) + attention / (
             speed.matmul_flops * EFFICIENCY
         )
+        if not arithmetic.compiled:
+            compute *= UNCOMPILED_FAST_COST
     else:  # exact (or no 8-bit rate measured): every weight expanded, bf16 products
         expansion = EXPANSION_COST.get(transformer_precision, 1.0)
         compute = flops / (speed.matmul_flops * EFFICIENCY) * expansion

@@ -7,7 +7,7 @@ import re
 import time
 
 import pytest
-from conftest import ARTIFACTS, REPO, load_json, pack_errors
+from conftest import ARTIFACTS, PACK_SCRIPTS, REPO, load_json, pack_errors
 from test_memory_panel import PANEL
 
 from tools.workflow_format import VIRTUAL_NODES, widget_names
@@ -67,6 +67,32 @@ def test_no_page_errors_from_the_pack(page):
     assert not errors, "\n\n".join(errors)
 
 
+# LiteGraph's deprecation warnings, re-routed once the page is up so that each carries the stack that read the
+# deprecated field: the frontend reads its own deprecated fields too (1.58's node configure reads input.link of
+# the slots it is handed), and a warning the pack caused has one of the pack's scripts on its stack.
+DEPRECATIONS_WITH_STACKS = """() => { window.LiteGraph.onDeprecationWarning =
+    [(message) => console.warn(`${message}\\nstack: ${new Error().stack}`)]; }"""
+
+
+# The same re-routing from the frontend's first moment (it restores the last workflow while it starts), for this
+# test's page loads only: newer frontends hand their LiteGraph instance to this global as they create it.
+DEPRECATION_STACKS_FROM_START = """(() => {
+    if (sessionStorage.getItem('qwenfitDeprecationStacks') !== '1') return;
+    let instance;
+    Object.defineProperty(globalThis, '__COMFY_LITEGRAPH_INSTANCE__', { configurable: true, get: () => instance,
+        set: (value) => { instance = value; value.onDeprecationWarning =
+            [(message) => console.warn(`${message}\\nstack: ${new Error().stack}`)]; } });
+})()"""
+
+
+def _whose(text: str) -> str:
+    """A deprecation warning is the pack's when the pack's code is on its stack; the stack itself is left out."""
+    message, marker, stack = text.partition("\nstack: ")
+    if not marker:
+        return text
+    return message if PACK_SCRIPTS in stack else f"{message} (read by the frontend itself)"
+
+
 def _console_problems(page, disabled: list[str], workflow: dict) -> set[tuple[str, str]]:
     """The errors and warnings of a fresh page load plus one preset, with these extensions disabled
     (numbers blanked: ports, counts and ids differ from load to load)."""
@@ -74,13 +100,15 @@ def _console_problems(page, disabled: list[str], workflow: dict) -> set[tuple[st
 
     def record(message) -> None:
         if message.type in ("error", "warning"):
-            seen.append((message.type, re.sub(r"\d+", "N", message.text)))
+            seen.append((message.type, re.sub(r"\d+", "N", _whose(message.text))))
 
     page.evaluate("async (d) => await window.app.extensionManager.setting.set('Comfy.Extension.Disabled', d)", disabled)
     page.on("console", record)
     try:
+        page.evaluate("() => sessionStorage.setItem('qwenfitDeprecationStacks', '1')")
         page.reload()
         page.wait_for_function("window.app && window.app.graph && window.app.graph.nodes", timeout=120_000)
+        page.evaluate(DEPRECATIONS_WITH_STACKS)  # frontends without the hook below
         page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
         if disabled:  # the pack is off: its memory events reach a frontend with no listener, which warns of them
             deadline = time.monotonic() + 120
@@ -91,6 +119,7 @@ def _console_problems(page, disabled: list[str], workflow: dict) -> set[tuple[st
             page.wait_for_function(f"() => {PANEL}?.lastSample != null", timeout=120_000)
     finally:
         page.remove_listener("console", record)
+        page.evaluate("() => sessionStorage.removeItem('qwenfitDeprecationStacks')")
     return {problem for problem in seen if not OFFLINE_FETCH.search(problem[1])}
 
 
@@ -113,10 +142,13 @@ def test_the_pack_adds_no_console_errors_or_warnings(page):
     only with the pack enabled is the pack's doing, however the frontend words it (a deprecated field read,
     an event with no listener yet, the workflow read before it exists)."""
     workflow = load_json(REPO / "example_workflows" / "qwenfit_edit_auto.json")
+    page.add_init_script(DEPRECATION_STACKS_FROM_START)  # inert unless _console_problems sets its flag
     try:
         without = _console_problems(page, ["qwenfit.core"], workflow)
     finally:  # the setting lives on the server: a failure here must not leave the pack off for later tests
         with_pack = _console_problems(page, [], workflow)
-    assert not with_pack - without, sorted(with_pack - without)
+    added = with_pack - without
+    # What the frontend reads of its own deprecated fields while it handles the pack's nodes is not the pack's.
+    assert not {p for p in added if not p[1].endswith("(read by the frontend itself)")}, sorted(added)
     # The frontend warns about the pack's events when the pack is not there to listen: they were seen.
     assert any("qwenfit.memory" in text for _, text in without), sorted(without)

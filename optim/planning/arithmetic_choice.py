@@ -85,14 +85,17 @@ def _comfy_quant_arithmetic(request: LoadRequest, desc: SourceDescription, gpus:
             "weights are expanded where used and compute exactly as stored. Pick speed exact (or auto), or load "
             "the int8 (ConvRot) or fp8 release for the fast rungs."
         )
+    auto = ""
     if speed in ("fast", "fastest", "auto") and not blackwell:  # int8: ComfyUI's W8A8 product on the stored weights
         rung = _choose(speed, INT8, gpus, comfy_8bit=True)
-        # MEASURED's int8 figures are the pack's own int8 rung's; ComfyUI's product was not benchmarked yet.
-        return replace(rung, reason=f"Comfy-Org {', '.join(formats)} file: {rung.reason}", benchmarked=False)
+        if rung.kind != "expanded":
+            # MEASURED's int8 figures are the pack's own int8 rung's; ComfyUI's product was not benchmarked yet.
+            return replace(rung, reason=f"Comfy-Org {', '.join(formats)} file: {rung.reason}", benchmarked=False)
+        auto = f" ({rung.reason})"
     native = (
         f"; native {'/'.join(blackwell)} products need Blackwell tensor cores (compute capability 10), not used"
         if blackwell
         else "; speed fast multiplies them in int8"
     )
     why = f"Comfy-Org {', '.join(formats)} weights expanded to the compute dtype one weight at a time where used"
-    return Arithmetic("exact", "expanded", None, False, why + native)
+    return Arithmetic("exact", "expanded", None, False, why + native + auto)

@@ -27,7 +27,7 @@ from optim.planning.model_sizes import measure  # noqa: E402
 from optim.planning.planner import Gpu, plan_run  # noqa: E402
 from optim.planning.speed_ladder import choose_arithmetic  # noqa: E402
 from optim.planning.step_time import DeviceSpeed, estimate_step  # noqa: E402
-from optim.quant.formats import size_as_quantized  # noqa: E402
+from optim.quant.format_registry import size_as_quantized  # noqa: E402
 from optim.quant.fp8_scope import FP8_SCOPES  # noqa: E402
 from optim.qwen.architectures import Architecture, empty_text_encoder, empty_transformer, empty_vae  # noqa: E402
 from optim.qwen.job_shape import JobShape  # noqa: E402

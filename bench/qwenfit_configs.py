@@ -26,7 +26,7 @@ from optim.planning.planner import Gpu
 from optim.planning.speed_ladder import choose_arithmetic
 from optim.planning.step_time import estimate_step
 from optim.quant.compressed_linear import enable_fast_blocks
-from optim.quant.formats import QUANTIZED
+from optim.quant.format_registry import quantized_on_load
 from optim.quant.fp8 import Fp8Linear
 from optim.quant.fp8_scope import FP8_SCOPES
 from optim.qwen.job_shape import JobShape
@@ -43,7 +43,7 @@ def _quantized(layer: nn.Linear, kind: str, device: torch.device) -> nn.Module:
     if kind == "fp8":  # as the loader stores a bf16 file planned for fp8, quantized on the GPU for speed
         data, scale = quantize_absmax(weight)
         return Fp8Linear(Fp8Weight(data.cpu(), scale.cpu(), Fp8Layout.SCALED), bias)
-    return QUANTIZED[kind](weight, None if bias is None else bias.to(device)).to("cpu")
+    return quantized_on_load(kind).layer_class(weight, None if bias is None else bias.to(device)).to("cpu")
 
 
 def swap_linears(module: nn.Module, keep, kind: str, device: torch.device) -> list[tuple[nn.Module, str, nn.Module]]:

@@ -17,9 +17,8 @@ from ..planning.host_memory import deferred_parts
 from ..planning.load_request import LoadRequest, compute_dtypes, fp8_modes
 from ..planning.speed_ladder import Arithmetic
 from ..quant.compressed_linear import enable_fast_blocks
-from ..quant.formats import QUANTIZED, quantize_linears
+from ..quant.format_registry import prepare_layers, quantized_on_load
 from ..quant.fp8_scope import FP8_SCOPES, fp8_filter
-from ..quant.stored_layers import prepare_stored_layers
 from ..qwen.anatomy import is_text_unit_key, is_transformer_block_key
 from ..qwen.architectures import Architecture, empty_text_encoder, empty_transformer, empty_vae
 from ..qwen.architectures import processor as arch_processor
@@ -178,11 +177,11 @@ def build_pipeline(
         kind = getattr(precision, part)
         if part == "transformer" and arithmetic.store_as is not None:  # the fast rung's 8-bit form
             kind = arithmetic.store_as
-        if kind in QUANTIZED:  # weight-only integer formats: quantized layer by layer after loading
-            quantize_linears(module, kind, FP8_SCOPES[part])
+        if (on_load := quantized_on_load(kind)) is not None:  # quantized layer by layer after loading
+            on_load.quantize(module, FP8_SCOPES[part])
     if arithmetic.kind != "expanded":
         enable_fast_blocks(transformer.transformer_blocks, arithmetic.kind)
-    prepare_stored_layers(transformer, can_compile(device))
+    prepare_layers(transformer, can_compile(device))
     times.mark("text encoder")
     checkpoint("load")
     vae = build_vae(desc.vae, desc.architecture, desc.folder_config("vae"), desc.vae_channels, dtypes["vae"], home)

@@ -14,12 +14,11 @@ from torch import nn
 
 from ..errors import QwenFitError
 from ..files.file_tensors import FileFeeds, FileTensor, placeholder
-from ..files.fp8_layouts import Fp8Layout, Fp8Weight, quantize_absmax
 from ..files.host_memory import TrimEvery, trim_host_heap
 from ..files.weight_source import WeightSource
 from ..quant.compressed_linear import replace_module
-from ..quant.fp8 import replace_linear
-from ..quant.stored_layers import stored_format
+from ..quant.format_registry import format_for, stored_format
+from ..settings import FP8
 
 # Decides which Linear layers (by dotted module name) are stored in fp8.
 Fp8Filter = Callable[[str], bool]
@@ -78,8 +77,9 @@ def fill_module(
 ) -> list[str]:
     """Load every parameter and persistent buffer of ``module`` from ``source``.
 
-    Linear layers accepted by ``fp8_linears`` become Fp8Linear (fp8 data + scale); Linear layers a file stores in
-    a format kept as stored (optim/quant/stored_layers.py) become that format's layer, holding the stored bytes. Keys in
+    Linear layers a file stores in a format kept as stored become that format's layer, holding the stored bytes;
+    other Linear layers accepted by ``fp8_linears`` become the fp8 format's (fp8 data + scale); each layer is
+    built by its format (optim/quant/format_registry.py). Keys in
     ``optional`` may be missing from the files; they are returned so the caller can deal with
     them. Any other missing key is an error naming the file.
 
@@ -90,8 +90,10 @@ def fill_module(
     fp32_modules = _keep_in_fp32(module)
     linears = {name for name, m in module.named_modules() if isinstance(m, nn.Linear)}
     stored_layers = {name: found for name in linears if (found := stored_format(source, f"{name}.weight"))}
-    stored_quantized = set(stored_layers)
-    fp8_layers = {name for name in linears - stored_quantized if fp8_linears is not None and fp8_linears(name)}
+    fp8 = format_for(FP8)
+    fp8_layers = {name for name in linears - set(stored_layers) if fp8_linears is not None and fp8_linears(name)}
+    # Every replaced Linear with its format and what the files hold for it: the fp8 ones, then the stored ones.
+    layers = {**{name: (fp8, None) for name in sorted(fp8_layers)}, **dict(sorted(stored_layers.items()))}
     missing: list[str] = []
     trim = TrimEvery()  # keeps the heap near what the plan keeps (weights quantized on load make temporaries)
     in_files: dict[str, FileTensor] = {}
@@ -102,11 +104,11 @@ def fill_module(
     keys = list(module.state_dict(keep_vars=True).keys())
     for key in keys:
         layer, _, leaf = key.rpartition(".")
-        if layer in fp8_layers or layer in stored_quantized:
+        if layer in layers:
             continue  # handled below, weight and bias together
         if found := stored_format(source, key):  # not a Linear's (an embedding table): expand now
-            family, stored = found
-            value = family.expand(stored, source, key, _target_dtype(key, torch.float32, compute_dtype, fp32_modules))
+            fmt, stored = found
+            value = fmt.expand(stored, source, key, _target_dtype(key, torch.float32, compute_dtype, fp32_modules))
             _assign(module, key, value.to(device), source)
             continue
         if not source.has(key):
@@ -125,34 +127,23 @@ def fill_module(
             value = value.to(_target_dtype(key, value.dtype, compute_dtype, fp32_modules))
         _assign(module, key, value.to(device), source)
         trim.add(value.numel() * value.element_size())
-    for layer in sorted(fp8_layers):
+    for layer, (fmt, stored) in layers.items():
         weight_key = f"{layer}.weight"
         if not source.has(weight_key):
             missing.append(weight_key)
             continue
-        if stays_in_files(weight_key) and source.is_fp8(weight_key):
-            in_files.update(_fp8_layer_in_files(module, layer, source, compute_dtype))
-            continue
-        if source.is_fp8(weight_key):
-            weight = source.read_fp8(weight_key)
-        else:  # a bf16/fp32 file planned for fp8 storage: quantize this one tensor now
-            data, scale = quantize_absmax(source.read(weight_key))
-            weight = Fp8Weight(data=data, scale=scale, layout=Fp8Layout.SCALED)
-        weight = Fp8Weight(weight.data.to(device), weight.scale.to(device), weight.layout)
-        replace_linear(module, layer, weight, _layer_bias(source, layer, compute_dtype, device))
-        trim.add(weight.data.numel() * 4)
-    for layer, (family, stored) in sorted(stored_layers.items()):
         linear = module.get_submodule(layer)
 
         def bias(recipes: dict[str, FileTensor] | None, layer: str = layer) -> torch.Tensor | None:
             return _layer_bias(source, layer, compute_dtype, device, recipes)
 
         shape = (linear.out_features, linear.in_features)
-        new, recipes = family.layer(
-            stored, source, layer, shape, bias, compute_dtype, device, stays_in_files(f"{layer}.weight")
-        )
+        read_later = stays_in_files(weight_key)
+        new, recipes = fmt.layer(stored, source, layer, shape, bias, compute_dtype, device, read_later)
         replace_module(module, layer, new)
         in_files.update(recipes)
+        if not recipes:  # read now: the format's temporaries count towards the next trim
+            trim.add(fmt.load_temporary_bytes_per_weight * shape[0] * shape[1])
     trim_host_heap()
     if in_files:
         assert feeds is not None, "keep_in_files needs feeds to hand the recipes to the engine"
@@ -165,28 +156,6 @@ def fill_module(
             "incomplete or belongs to another model. Pick the matching file, or download it again."
         )
     return missing
-
-
-def _fp8_layer_in_files(
-    module: nn.Module, layer: str, source: WeightSource, compute_dtype: torch.dtype
-) -> dict[str, FileTensor]:
-    """An Fp8Linear whose data, scale and bias stay in the files; its recipes by state-dict key."""
-    weight_key = f"{layer}.weight"
-    file, file_key = source.locate(weight_key)
-    scale = source.locate_scale(weight_key)
-    stored = file.tensors[file_key].dtype
-    data_dtype = torch.float8_e4m3fn if stored == torch.uint8 else stored  # mixed files store uint8
-    empty = Fp8Weight(
-        data=placeholder(file.shape(file_key), data_dtype),
-        scale=placeholder((), torch.float32),
-        layout=source.layout_of_key(weight_key) if scale is not None else Fp8Layout.PLAIN,
-    )
-    recipes = {
-        f"{layer}.weight_fp8": FileTensor(file, file_key),
-        f"{layer}.weight_scale": FileTensor(*scale) if scale is not None else FileTensor(None, "", constant=1.0),
-    }
-    replace_linear(module, layer, empty, _layer_bias(source, layer, compute_dtype, None, recipes))
-    return recipes
 
 
 def _layer_bias(

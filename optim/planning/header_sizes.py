@@ -18,13 +18,11 @@ from ..files.sources import SourceDescription
 from ..files.weight_source import WeightSource
 from ..quant.compressed_linear import replace_module
 from ..quant.dtypes import compute_dtype
-from ..quant.formats import QUANTIZED, size_as_quantized
-from ..quant.fp8 import Fp8Linear
+from ..quant.format_registry import format_for, quantized_on_load, stored_format
 from ..quant.fp8_scope import FP8_SCOPES, fp8_filter, fp8_mode
-from ..quant.stored_layers import stored_format
 from ..qwen.architectures import empty_text_encoder, empty_transformer, empty_vae
 from ..qwen.empty_modules import build_empty
-from ..settings import PrecisionSettings
+from ..settings import FP8, PrecisionSettings
 from .model_sizes import ModelSizes, measure
 
 META = torch.device("meta")
@@ -50,9 +48,11 @@ def _fill_meta(module: nn.Module, source: WeightSource, dtype: torch.dtype, fp8_
     missing: set[str] = set()
     linears = {name for name, m in module.named_modules() if isinstance(m, nn.Linear)}
     stored_layers = {name: found for name in linears if (found := stored_format(source, f"{name}.weight"))}
+    # Every replaced Linear with its format (optim/quant/format_registry.py): fp8 ones, then stored ones.
+    layers = {**{name: (format_for(FP8), None) for name in fp8_layers}, **stored_layers}
     for key, tensor in module.state_dict(keep_vars=True).items():
         layer, _, leaf = key.rpartition(".")
-        if layer in fp8_layers or layer in stored_layers:
+        if layer in layers:
             continue
         if not source.has(key):
             missing.add(key)
@@ -66,18 +66,14 @@ def _fill_meta(module: nn.Module, source: WeightSource, dtype: torch.dtype, fp8_
             owner._parameters[leaf] = nn.Parameter(empty, requires_grad=False)
         else:
             owner._buffers[leaf] = empty
-    for layer in fp8_layers:
+    for layer, (fmt, stored) in layers.items():
         weight_key, bias_key = f"{layer}.weight", f"{layer}.bias"
         if not source.has(weight_key):
             missing.add(weight_key)
             continue
-        out_features, in_features = source.shape(weight_key)
+        linear = module.get_submodule(layer)
         bias = nn.Parameter(_meta(source.shape(bias_key), dtype), False) if source.has(bias_key) else None
-        replace_module(module, layer, Fp8Linear.empty(out_features, in_features, bias, dtype))
-    for layer, (family, stored) in stored_layers.items():  # formats kept as stored (optim/quant/stored_layers.py)
-        bias_key, linear = f"{layer}.bias", module.get_submodule(layer)
-        bias = nn.Parameter(_meta(source.shape(bias_key), dtype), False) if source.has(bias_key) else None
-        replace_module(module, layer, family.empty(stored, linear.out_features, linear.in_features, bias, dtype))
+        replace_module(module, layer, fmt.empty(stored, linear.out_features, linear.in_features, bias, dtype))
     return missing
 
 
@@ -120,7 +116,7 @@ def sizes_from_headers(desc: SourceDescription, precision: PrecisionSettings, de
         missing = _fill_meta(module, source, compute_dtype(choice, device), fp8)
         if part == "text_encoder" and f"{LM_HEAD}.weight" in missing:
             module.lm_head = nn.Module()  # the loader puts a weightless stand-in there
-        if choice in QUANTIZED:
-            size_as_quantized(module, choice, scope)
+        if (on_load := quantized_on_load(choice)) is not None:
+            on_load.size_as_quantized(module, scope)
     _fill_meta(vae, desc.vae, compute_dtype(precision.vae, device), set())
     return measure(SimpleNamespace(transformer=transformer, text_encoder=text_encoder, vae=vae))

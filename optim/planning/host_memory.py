@@ -22,10 +22,8 @@ from ..errors import QwenFitError
 from ..files.safetensors_file import TensorInfo
 from ..files.sources import SourceDescription
 from ..files.weight_source import WeightSource
-from ..quant.formats import QUANTIZED
-from ..quant.fp8 import Fp8Linear
+from ..quant.format_registry import format_for, kept_as_stored, quantized_on_load
 from ..quant.fp8_scope import FP8_ALL, FP8_AS_STORED, FP8_NONE
-from ..quant.stored_layers import kept_as_stored
 from ..qwen.anatomy import (
     TRANSFORMER_BLOCKS,
     is_language_block_linear,
@@ -33,7 +31,7 @@ from ..qwen.anatomy import (
     is_text_unit_key,
     is_transformer_block_key,
 )
-from ..settings import GIB, HOST_BUDGETS, HOST_SIZES
+from ..settings import FP8, GIB, HOST_BUDGETS, HOST_SIZES
 from .load_request import LoadRequest, compute_dtypes, fp8_modes
 from .speed_ladder import Arithmetic
 
@@ -141,13 +139,14 @@ def _planned_bytes(
     info: TensorInfo, stored_fp8: bool, fp8_mode: str, kind: str, linear: bool, compute_bytes: int
 ) -> float:
     """Host bytes per element of one stored tensor once loaded as planned."""
+    fp8 = format_for(FP8)
     if stored_fp8 and fp8_mode != FP8_NONE:
-        return Fp8Linear.host_bytes_per_weight
+        return fp8.host_bytes_per_weight
     if linear and len(info.shape) == 2:
-        if kind in QUANTIZED:
-            return QUANTIZED[kind].host_bytes_per_weight
+        if (on_load := quantized_on_load(kind)) is not None:
+            return on_load.host_bytes_per_weight
         if fp8_mode == FP8_ALL:
-            return Fp8Linear.host_bytes_per_weight
+            return fp8.host_bytes_per_weight
     return compute_bytes
 
 
@@ -166,7 +165,7 @@ def estimate_component(
         for key, info in file.tensors.items():
             numel = info.nbytes // info.dtype.itemsize
             linear = key.endswith(".weight") and linear_scope(key)
-            if kept_as_stored(source, key, info):  # optim/quant/stored_layers.py
+            if kept_as_stored(source, key, info):  # a format the files decide (optim/quant/format_registry.py)
                 size = info.nbytes
             else:
                 size = int(numel * _planned_bytes(info, source.stores_fp8(key), fp8_mode, kind, linear, compute_bytes))
@@ -180,7 +179,7 @@ def estimate_component(
 def _stays_in_files(kind: str, fp8: str) -> bool:
     """A component's weights can be read back from its files when the plan stores them as the files
     do (or as a plain cast): not when they are quantized on load."""
-    return kind not in QUANTIZED and fp8 in (FP8_NONE, FP8_AS_STORED)
+    return quantized_on_load(kind) is None and fp8 in (FP8_NONE, FP8_AS_STORED)
 
 
 def deferred_parts(request: LoadRequest, arithmetic: Arithmetic) -> dict[str, bool]:
@@ -191,8 +190,8 @@ def deferred_parts(request: LoadRequest, arithmetic: Arithmetic) -> dict[str, bo
     engine_places = request.offload.mode != "model"
     transformer = request.precision.transformer if arithmetic.store_as is None else arithmetic.store_as
     return {
-        "transformer": engine_places and transformer not in QUANTIZED,
-        "text_encoder": engine_places and request.precision.text_encoder not in QUANTIZED,
+        "transformer": engine_places and quantized_on_load(transformer) is None,
+        "text_encoder": engine_places and quantized_on_load(request.precision.text_encoder) is None,
     }
 
 

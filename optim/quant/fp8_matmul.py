@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import torch
 
+from ..settings import FP8_FAST
 from .compressed_linear import CompressedLinear
 from .low_precision import FP8_MAX, fp8_linear
+from .weight_format import QuantizedOnLoad
 
 
 class Fp8MatmulLinear(CompressedLinear):
@@ -43,3 +45,11 @@ class Fp8MatmulLinear(CompressedLinear):
 
     def fast_forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return fp8_linear(x, self.weight_fp8, self.weight_scale, bias)
+
+
+class Fp8MatmulOnLoad(QuantizedOnLoad):
+    """The fp8_e4m3fn_fast precision: every Linear in scope quantized to ``Fp8MatmulLinear`` after loading."""
+
+    name = "fp8 matmul (quantized on load)"
+    precision = FP8_FAST
+    layer_class = Fp8MatmulLinear

@@ -1,19 +1,26 @@
 """GGUF weights as the file keeps them (ComfyUI-GGUF's Qwen-Image files): raw GGML blocks, expanded where used.
 
-Each GGML type is its own format class (``gguf_format("Q4_K")``): block size and bytes per block come from the
+Each GGML type is its own layer class (``gguf_format("Q4_K")``): block size and bytes per block come from the
 ``gguf`` library's table, the expansion from diffusers' torch dequantizers (the ones its GGUF loader uses; they
 equal the ``gguf`` library's numpy reference exactly, tests/unit/quant/test_gguf.py). The blocks stay uint8
 buffers, so the block streamer copies them compressed and the GPU expands one weight at a time.
+
+``GgufBlocks`` is the weight format of a family of GGML types (registered in optim/quant/format_registry.py):
+another family is a subclass naming its types, in a file of its own.
 """
 
 from __future__ import annotations
 
 from functools import cache
+from typing import ClassVar
 
 import torch
 
+from ..files.file_tensors import FileTensor, placeholder
 from ..files.gguf_file import QUANTIZED_TYPES, GgufTensor
+from ..files.weight_source import WeightSource
 from .compressed_linear import CompressedLinear
+from .weight_format import WeightFormat
 
 
 class GgufLinear(CompressedLinear):
@@ -54,7 +61,7 @@ class GgufLinear(CompressedLinear):
 
 @cache
 def gguf_format(type_name: str) -> type[GgufLinear]:
-    """The format class of one GGML type (one class per type, so plans name and size each exactly)."""
+    """The layer class of one GGML type (one class per type, so plans name and size each exactly)."""
     if type_name not in QUANTIZED_TYPES:
         raise ValueError(f"{type_name} is not a quantized GGUF type QwenFit reads ({', '.join(QUANTIZED_TYPES)})")
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -111,3 +118,45 @@ def gguf_linear(tensor: GgufTensor, blocks: torch.Tensor, bias: torch.Tensor | N
     """The layer for a quantized GGUF weight whose raw ``blocks`` were read from the file."""
     out_features, in_features = tensor.shape
     return gguf_format(tensor.type_name)(blocks, out_features, in_features, bias)
+
+
+class GgufBlocks(WeightFormat):
+    """GGML quantized blocks in GGUF files (ComfyUI-GGUF's), of the types in ``type_names``: the legacy
+    32-weight types and the K-quants (Q4_K_M mixes Q4_K and Q6_K, Q5_K_S is Q5_K, ...)."""
+
+    name = "GGUF blocks"
+    # By the name llama.cpp gives them (gguf.GGMLQuantizationType's).
+    type_names: ClassVar[tuple[str, ...]] = (
+        "Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0", "Q3_K", "Q2_K",
+    )  # fmt: skip
+
+    def stored(self, source: WeightSource, key: str) -> GgufTensor | None:
+        tensor = source.gguf_blocks(key)
+        return tensor if tensor is not None and tensor.type_name in self.type_names else None
+
+    def holds(self, source, file_key, info):
+        return isinstance(info, GgufTensor) and info.quantized and info.type_name in self.type_names
+
+    def empty(self, stored, out_features, in_features, bias, dtype):
+        return gguf_format(stored.type_name).empty(*stored.shape, bias, dtype)
+
+    def layer(self, stored, source, layer, shape, bias, dtype, device, in_files):
+        file, file_key = source.locate(f"{layer}.weight")
+        recipes: dict[str, FileTensor] = {}
+        bias_value = bias(recipes if in_files else None)
+        if in_files:
+            blocks = placeholder(stored.block_shape, torch.uint8)
+            recipes[f"{layer}.weight_gguf"] = FileTensor(file, file_key)
+        else:
+            blocks = file.read(file_key).to(device)
+        return gguf_linear(stored, blocks, bias_value), recipes
+
+    def expand(self, stored, source, key, dtype):
+        file, file_key = source.locate(key)
+        return dequantize_blocks(stored, file.read(file_key), dtype)
+
+    def prepare(self, module, can_compile):
+        if can_compile:  # a K-quant expansion's dozen elementwise passes fuse into one
+            for layer in module.modules():
+                if isinstance(layer, GgufLinear) and layer.type_name in self.type_names:
+                    layer.compiled_expansion = True

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import torch
 
+from ..settings import INT8
 from .compressed_linear import CompressedLinear
 from .low_precision import int8_linear
+from .weight_format import QuantizedOnLoad
 
 
 class Int8Linear(CompressedLinear):
@@ -35,3 +37,11 @@ class Int8Linear(CompressedLinear):
 
     def fast_forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return int8_linear(x, self.weight_int8, self.weight_scale.float().reshape(1, -1), bias)
+
+
+class Int8OnLoad(QuantizedOnLoad):
+    """The int8 precision: every Linear in scope quantized to ``Int8Linear`` after loading."""
+
+    name = "int8 (quantized on load)"
+    precision = INT8
+    layer_class = Int8Linear

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import torch
 
+from ..settings import NF4
 from .compressed_linear import CompressedLinear
+from .weight_format import QuantizedOnLoad
 
 NF4_BLOCK = 64
 # The NF4 code book (QLoRA, Dettmers et al. 2023, appendix E): normal quantiles scaled to [-1, 1].
@@ -60,3 +62,11 @@ class Nf4Linear(CompressedLinear):
         pairs = torch.stack([codes[byte >> 4], codes[byte & 15]], dim=-1)
         values = pairs[self.weight_nf4.long()].reshape(-1, NF4_BLOCK) * self.weight_absmax.to(dtype).unsqueeze(1)
         return values.reshape(self.out_features, self.in_features)
+
+
+class Nf4OnLoad(QuantizedOnLoad):
+    """The nf4 precision: every Linear in scope quantized to ``Nf4Linear`` after loading."""
+
+    name = "nf4 (quantized on load)"
+    precision = NF4
+    layer_class = Nf4Linear

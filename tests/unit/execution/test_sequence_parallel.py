@@ -112,7 +112,7 @@ def test_sequence_parallel_forward_with_8_bit_products_equals_diffusers_on_the_s
     """The fast rung (W8A8: activations quantized per token) cut over GPUs: each GPU quantizes its own tokens'
     rows, which are the rows one GPU quantizes, so the forward is diffusers' own over the same 8-bit layers."""
     from optim.quant.compressed_linear import compressed_layers, enable_fast_blocks
-    from optim.quant.formats import quantize_linears
+    from optim.quant.format_registry import quantize_linears
 
     variant = Variant.EDIT_2511
     transformer = twelve_head_transformer(variant)

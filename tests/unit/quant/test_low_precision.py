@@ -122,7 +122,7 @@ def test_the_blocks_multiply_in_8_bits_but_their_modulation_stays_exact():
     from tiny_transformer import seven_block_transformer
 
     from optim.quant.compressed_linear import compressed_layers, enable_fast_blocks
-    from optim.quant.formats import quantize_linears
+    from optim.quant.format_registry import quantize_linears
     from optim.qwen.variants import Variant
 
     blocks = seven_block_transformer(Variant.EDIT_2509).transformer_blocks

@@ -49,6 +49,30 @@ def stored_form(values: np.ndarray, type_name: str, rng: np.random.Generator) ->
     return quants.quantize(values, gguf.GGMLQuantizationType[type_name])
 
 
+def retyped_gguf(source: Path, path: Path, type_name: str) -> None:
+    """Copy the GGUF file ``source`` to ``path`` with its first quantized tensor stored as zero blocks of
+    ``type_name`` instead (a file of a type the pack does not read, otherwise whole)."""
+    import gguf
+
+    reader = gguf.GGUFReader(source, "r")
+    arch = reader.get_field("general.architecture")
+    writer = gguf.GGUFWriter(str(path), arch=str(arch.contents()) if arch is not None else "qwen_image")
+    retyped = False
+    for t in reader.tensors:
+        kind, data = gguf.GGMLQuantizationType(t.tensor_type), np.asarray(t.data)
+        if not retyped and gguf.GGML_QUANT_SIZES[kind][0] > 1:
+            kind = gguf.GGMLQuantizationType[type_name]
+            block_size, type_size = gguf.GGML_QUANT_SIZES[kind]
+            columns = int(t.shape[0])  # GGML lists the innermost dimension first
+            data, retyped = np.zeros((data.shape[0], columns // block_size * type_size), np.uint8), True
+        writer.add_tensor(t.name, data, raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    del reader
+
+
 def write_gguf(path: Path, tensors: dict[str, tuple[str, np.ndarray]], arch: str = "qwen_image", seed: int = 0):
     """Write ``name -> (GGML type name, float32 values)`` to ``path``; returns ``name -> stored array``."""
     import gguf

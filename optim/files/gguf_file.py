@@ -3,8 +3,9 @@
 The header is parsed by the ``gguf`` library (the format's own reader); the tensor data is then read with plain
 file reads at the offsets it reports, like ``SafetensorsFile`` does, so mapped pages never count towards the
 process's memory, and the library's memory map is dropped once the header is read. A quantized tensor is kept
-as its raw blocks (uint8, one row of blocks per output row) with its GGML type and its logical shape: the
-weight format ``optim/quant/gguf.py`` expands it where it is used. Nothing is ever unpickled.
+as its raw blocks (uint8, one row of blocks per output row) with its GGML type and its logical shape, whatever
+its block type: which types are read (and expanded where used) is the weight formats' to say
+(optim/quant/format_registry.py), which refuse the others. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ import torch
 from ..errors import QwenFitError
 from .parallel_reads import byte_pieces, read_tensor_bytes, run_reads
 
-# The GGML types ComfyUI-GGUF's Qwen-Image files use, by the name llama.cpp gives them (the names users see
-# in file names: Q4_K_M mixes Q4_K and Q6_K, Q5_K_S is Q5_K, ...); values are gguf.GGMLQuantizationType's.
+# The GGML types read as plain tensors, by the name llama.cpp gives them (gguf.GGMLQuantizationType's). Every
+# other type a file may hold is a block type (more than one weight per block), kept as raw bytes.
 PLAIN_TYPES: dict[str, torch.dtype] = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-QUANTIZED_TYPES = ("Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0", "Q3_K", "Q2_K")
 QWEN_IMAGE_ARCH = "qwen_image"  # ComfyUI-GGUF's name for the whole family (Edit 2509/2511, Layered)
 GGUF_MAGIC = b"GGUF"
 
@@ -38,7 +38,8 @@ class GgufTensor:
 
     @property
     def quantized(self) -> bool:
-        return self.type_name in QUANTIZED_TYPES
+        """True for GGML blocks (any type but the plain ones: the reader refuses other element types)."""
+        return self.type_name not in PLAIN_TYPES
 
     @property
     def dtype(self) -> torch.dtype:
@@ -104,11 +105,11 @@ class GgufFile:
                 start, nbytes = int(t.data_offset), int(t.n_bytes)
                 if start + nbytes > self.size:
                     raise self._fail(f"tensor {t.name!r} runs past the end of the file")
-                if type_name not in PLAIN_TYPES and type_name not in QUANTIZED_TYPES:
-                    supported = ", ".join((*PLAIN_TYPES, *QUANTIZED_TYPES))
-                    raise QwenFitError(
+                if type_name not in PLAIN_TYPES and gguf.GGML_QUANT_SIZES[t.tensor_type][0] == 1:
+                    raise QwenFitError(  # integers or float64: no weight file of a diffusion model holds them
                         f"{self.path.name} stores {t.name!r} as {type_name}, a GGUF type QwenFit does not read "
-                        f"({supported} are read). Use a file of one of those types (Q4_K_M, Q5_K_M, Q6_K, Q8_0 ...)."
+                        f"({', '.join(PLAIN_TYPES)} or quantized blocks are read). Use a file of quantized types "
+                        "(Q4_K_M, Q5_K_M, Q6_K, Q8_0 ...)."
                     )
                 tensors[t.name] = GgufTensor(t.name, type_name, shape, start, nbytes)
         finally:

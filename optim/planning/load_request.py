@@ -22,6 +22,7 @@ from ..files.sources import (
     inspect_folder,
 )
 from ..quant.dtypes import compute_dtype
+from ..quant.format_registry import refuse_unread
 from ..quant.fp8_scope import fp8_mode
 from ..settings import OffloadSettings, PrecisionSettings
 
@@ -39,12 +40,17 @@ class LoadRequest:
 
 
 def describe(request: LoadRequest) -> SourceDescription:
-    """Check the request's files (headers and configs only) and say what they are."""
+    """Check the request's files (headers and configs only) and say what they are; refuse weights stored in a
+    form no weight format reads (a GGML type the pack does not expand), naming those it reads."""
     source = request.source
     if isinstance(source, DiffusersFolder):
         _, model_index = inspect_folder(source.path)
-        return describe_folder(source.path, model_index, request.variant)
-    return describe_split_files(source, request.variant)
+        desc = describe_folder(source.path, model_index, request.variant)
+    else:
+        desc = describe_split_files(source, request.variant)
+    for weights in (desc.transformer, desc.text_encoder, desc.vae):
+        refuse_unread(weights)
+    return desc
 
 
 def compute_dtypes(request: LoadRequest) -> dict[str, torch.dtype]:

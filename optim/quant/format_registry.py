@@ -13,6 +13,8 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import QwenFitError
+from ..files.gguf_file import PLAIN_TYPES, GgufTensor
 from ..files.weight_source import WeightSource
 from ..settings import COMPRESSED_PRECISIONS
 from .comfy_quant_formats import ComfyQuantLayers
@@ -34,6 +36,8 @@ WEIGHT_FORMATS: tuple[WeightFormat, ...] = (
 
 _BY_PRECISION = {f.precision: f for f in WEIGHT_FORMATS if f.precision is not None}
 assert sorted(_BY_PRECISION) == sorted(COMPRESSED_PRECISIONS), "every compressed precision needs one format"
+# The GGML block types some format reads (a GGUF file's other block types are refused, naming these).
+GGUF_TYPES_READ: tuple[str, ...] = tuple(t for f in WEIGHT_FORMATS if isinstance(f, GgufBlocks) for t in f.type_names)
 
 
 def format_for(choice: str) -> WeightFormat | None:
@@ -70,12 +74,31 @@ def stored_format(source: WeightSource, key: str) -> tuple[WeightFormat, Any] | 
     for fmt in WEIGHT_FORMATS:
         if (stored := fmt.stored(source, key)) is not None:
             return fmt, stored
+    if (blocks := source.gguf_blocks(key)) is not None:  # blocks of a type no format reads
+        file, file_key = source.locate(key)
+        raise _unread(file.path.name, file_key, blocks.type_name)
     return None
 
 
 def kept_as_stored(source: WeightSource, file_key: str, info: Any) -> bool:
     """True for a tensor as the files name it (``info``: its header entry) that some format keeps as stored."""
     return any(fmt.holds(source, file_key, info) for fmt in WEIGHT_FORMATS)
+
+
+def refuse_unread(source: WeightSource) -> None:
+    """Refuse files that store a tensor in a form no format reads, naming the types that are read."""
+    for file in source.files:
+        for key, info in file.tensors.items():
+            if isinstance(info, GgufTensor) and info.quantized and not kept_as_stored(source, key, info):
+                raise _unread(file.path.name, key, info.type_name)
+
+
+def _unread(file_name: str, key: str, type_name: str) -> QwenFitError:
+    supported = ", ".join((*PLAIN_TYPES, *GGUF_TYPES_READ))
+    return QwenFitError(
+        f"{file_name} stores {key!r} as {type_name}, a GGUF type QwenFit does not read ({supported} are read). "
+        "Use a file of one of those types (Q4_K_M, Q5_K_M, Q6_K, Q8_0 ...)."
+    )
 
 
 def prepare_layers(module: nn.Module, can_compile: bool) -> None:

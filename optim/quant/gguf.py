@@ -17,7 +17,7 @@ from typing import ClassVar
 import torch
 
 from ..files.file_tensors import FileTensor, placeholder
-from ..files.gguf_file import QUANTIZED_TYPES, GgufTensor
+from ..files.gguf_file import GgufTensor
 from ..files.weight_source import WeightSource
 from .compressed_linear import CompressedLinear
 from .weight_format import WeightFormat
@@ -62,9 +62,11 @@ class GgufLinear(CompressedLinear):
 @cache
 def gguf_format(type_name: str) -> type[GgufLinear]:
     """The layer class of one GGML type (one class per type, so plans name and size each exactly)."""
-    if type_name not in QUANTIZED_TYPES:
-        raise ValueError(f"{type_name} is not a quantized GGUF type QwenFit reads ({', '.join(QUANTIZED_TYPES)})")
+    from diffusers.quantizers.gguf.utils import dequantize_functions
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    if type_name not in GGMLQuantizationType.__members__ or GGMLQuantizationType[type_name] not in dequantize_functions:
+        raise ValueError(f"{type_name} is not a quantized GGUF type diffusers can expand")
 
     block_size, type_size = GGML_QUANT_SIZES[GGMLQuantizationType[type_name]]
     return type(

@@ -18,8 +18,10 @@ from test_bad_input_corpus import (
 )
 from tiny_files import GGUF_FILES, MODELS
 
-from optim.files.gguf_file import QUANTIZED_TYPES, GgufFile
-from tools.gguf_files import write_gguf
+from optim.files.gguf_file import PLAIN_TYPES, GgufFile
+from tools.gguf_files import ALL_TYPES, retyped_gguf, write_gguf
+
+QUANTIZED_TYPES = tuple(t for t in ALL_TYPES if t not in PLAIN_TYPES)  # the block types of the tiny files
 
 
 def _report(result) -> str:
@@ -78,15 +80,9 @@ def bad_ggufs(comfy, tmp_path_factory):
     sd3 = scratch / "sd3.gguf"
     write_gguf(sd3, {"joint_blocks.0.x_block.attn.qkv.weight": ("Q8_0", np.zeros((32, 64), np.float32))}, arch="sd3")
     put("gguf_sd3.5_large-Q8_0.gguf", sd3.read_bytes())
-    import gguf
-
-    iq = scratch / "iq.gguf"
-    writer = gguf.GGUFWriter(str(iq), arch="qwen_image")
-    block_size, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.IQ4_NL]
-    writer.add_tensor("txt_norm.weight", np.zeros((32 // block_size * type_size,), np.uint8),
-                      raw_dtype=gguf.GGMLQuantizationType.IQ4_NL)  # fmt: skip
-    writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
-    put("gguf_iq4_nl.gguf", iq.read_bytes())
+    unread = scratch / "q8_1.gguf"  # a whole transformer, one of its weights in a block type no format reads
+    retyped_gguf(MODELS / "diffusion_models" / GGUF_FILES[0][0], unread, "Q8_1")
+    put("gguf_q8_1.gguf", unread.read_bytes())
     yield
     for path in written:
         path.unlink(missing_ok=True)
@@ -97,7 +93,7 @@ BAD = [
     ("gguf_header_cut-Q8_0.gguf", ("gguf_header_cut-Q8_0.gguf", "not a readable GGUF file")),
     ("gguf_flux1-dev-Q8_0.gguf", ("GGUF of 'flux', not Qwen-Image", "Pick a Qwen-Image-Edit")),
     ("gguf_sd3.5_large-Q8_0.gguf", ("GGUF of 'sd3', not Qwen-Image", "Pick a Qwen-Image-Edit")),
-    ("gguf_iq4_nl.gguf", ("as IQ4_NL, a GGUF type QwenFit does not read", "Q4_K_M")),
+    ("gguf_q8_1.gguf", ("as Q8_1, a GGUF type QwenFit does not read", "Q4_K_M")),
 ]
 
 

@@ -10,8 +10,10 @@ import torch
 from gguf import GGMLQuantizationType, quants
 
 from optim.errors import QwenFitError
-from optim.files.gguf_file import QUANTIZED_TYPES, GgufFile, is_gguf
-from optim.quant.gguf import GgufLinear, gguf_format, gguf_linear
+from optim.files.gguf_file import GgufFile, is_gguf
+from optim.files.weight_source import WeightSource
+from optim.quant.format_registry import refuse_unread, stored_format
+from optim.quant.gguf import GgufBlocks, GgufLinear, gguf_format, gguf_linear
 from tools.gguf_files import write_gguf
 
 ROWS, COLUMNS = 16, 512  # two K-quant super-blocks per row
@@ -21,7 +23,7 @@ def _weights(seed: int = 0) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal((ROWS, COLUMNS)) * 0.05).astype(np.float32)
 
 
-@pytest.mark.parametrize("type_name", QUANTIZED_TYPES)
+@pytest.mark.parametrize("type_name", GgufBlocks.type_names)
 def test_each_type_expands_exactly_as_the_gguf_library_does(tmp_path, type_name: str) -> None:
     path = tmp_path / f"tiny_{type_name}.gguf"
     bias = np.linspace(-1, 1, ROWS).astype(np.float32)
@@ -64,8 +66,8 @@ def test_format_classes_know_their_sizes_per_type() -> None:
     assert tuple(empty.weight_gguf.shape) == (3072, 12288 // 256 * 144) and empty.weight_gguf.dtype == torch.uint8
     with pytest.raises(ValueError, match="multiple of 256"):
         q4k.empty(8, 100, None, torch.bfloat16)
-    with pytest.raises(ValueError, match="not a quantized GGUF type"):
-        gguf_format("IQ4_XS")
+    with pytest.raises(ValueError, match="not a quantized GGUF type diffusers can expand"):
+        gguf_format("Q8_1")
 
 
 def test_a_truncated_file_is_refused_with_the_fix(tmp_path) -> None:
@@ -89,15 +91,32 @@ def test_a_file_that_is_not_gguf_is_refused(tmp_path) -> None:
 
 
 def test_a_type_the_pack_does_not_read_is_named_with_those_it_does(tmp_path) -> None:
+    """The reader keeps any block type; the weight formats refuse those none of them reads, naming the rest."""
     import gguf
 
-    path = tmp_path / "iq.gguf"
+    path = tmp_path / "q8_1.gguf"
     writer = gguf.GGUFWriter(str(path), arch="qwen_image")
-    block_size, type_size = gguf.GGML_QUANT_SIZES[GGMLQuantizationType.IQ4_NL]
+    block_size, type_size = gguf.GGML_QUANT_SIZES[GGMLQuantizationType.Q8_1]
     writer.add_tensor("proj.weight", np.zeros((ROWS, COLUMNS // block_size * type_size), np.uint8),
-                      raw_dtype=GGMLQuantizationType.IQ4_NL)  # fmt: skip
+                      raw_dtype=GGMLQuantizationType.Q8_1)  # fmt: skip
     writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
-    with pytest.raises(QwenFitError, match=r"as IQ4_NL, a GGUF type QwenFit does not read \(.*Q4_K.*\)"):
+    assert GgufFile(path).tensors["proj.weight"].quantized
+    source = WeightSource([path])
+    words = r"as Q8_1, a GGUF type QwenFit does not read \(.*Q4_K.*\)"
+    with pytest.raises(QwenFitError, match=words):
+        refuse_unread(source)
+    with pytest.raises(QwenFitError, match=words):
+        stored_format(source, "proj.weight")
+
+
+def test_an_element_type_no_weight_file_holds_is_refused_by_the_reader(tmp_path) -> None:
+    import gguf
+
+    path = tmp_path / "i32.gguf"
+    writer = gguf.GGUFWriter(str(path), arch="qwen_image")
+    writer.add_tensor("proj.weight", np.zeros((ROWS, COLUMNS), np.int32))
+    writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
+    with pytest.raises(QwenFitError, match=r"as I32, a GGUF type QwenFit does not read"):
         GgufFile(path)
 
 

@@ -21,6 +21,7 @@ from .comfy_quant_formats import ComfyQuantLayers
 from .fp8_matmul import Fp8MatmulOnLoad
 from .fp8_storage import Fp8Storage
 from .gguf import GgufBlocks
+from .gguf_iq4 import GgufIq4Blocks
 from .int8 import Int8OnLoad
 from .nf4 import Nf4OnLoad
 from .weight_format import QuantizedOnLoad, WeightFormat
@@ -31,6 +32,7 @@ WEIGHT_FORMATS: tuple[WeightFormat, ...] = (
     Int8OnLoad(),
     Nf4OnLoad(),
     GgufBlocks(),
+    GgufIq4Blocks(),
     ComfyQuantLayers(),
 )
 

@@ -51,7 +51,7 @@ class EngineOptions:
     offload: OffloadSettings
     gpus: tuple[Gpu, ...]
     attention_backend: str | None = None  # None: measured per job shape (optim/execution/attention_choice.py)
-    compile_blocks: bool = False  # torch.compile the block function (fuses the elementwise work)
+    compile_blocks: bool = False  # torch.compile the block function (it fuses the elementwise work) in the background
     arithmetic: Arithmetic = EXACT  # the speed rung (the blocks' fast flags are set at load)
 
 
@@ -311,8 +311,8 @@ class PipelineEngine:
 
     def run_notes(self) -> str:
         """What the last run did beyond its plan: the attention kernel, a placement made again after ComfyUI
-        took the GPU memory back, and the step cache."""
-        lines = [note for note in (self.attention_note, self.replaced_note) if note]
+        took the GPU memory back, compiled or uncompiled blocks, and the step cache."""
+        lines = [note for note in (self.attention_note, self.replaced_note, self.transformer.compile_note()) if note]
         if self.transformer.step_cache is not None:
             lines.append(self.transformer.step_cache.summary())
         return "\n  ".join(lines)
@@ -388,6 +388,7 @@ class PipelineEngine:
     def release(self) -> None:
         """Give back GPU copies and page-locked memory (the pipeline is being dropped)."""
         self.transformer.uninstall()
+        self.transformer.compile_blocks(False)  # a build under way is abandoned; its thread lets go when done
         self.loras.clear()
         self.pipeline.encode_prompt = self.prompts._encode
         self.prompts.clear()

@@ -35,6 +35,7 @@ from .devices import indexed
 from .lora_updates import LoraUpdates
 from .modulation import ModulationTable
 from .prompt_cache import PromptCache
+from .reference_latents import ReferenceLatents
 from .step_cache import StepCache
 from .text_encoder_engine import TextEncoderEngine
 from .transformer_engine import TransformerEngine
@@ -136,6 +137,8 @@ class PipelineEngine:
         self.loras = LoraUpdates(tr)
         self.prompts = PromptCache(pipeline.encode_prompt, self.text.encoding, self._pair_prompts)
         pipeline.encode_prompt = self.prompts
+        self.references = ReferenceLatents(pipeline.vae.encode, pipeline.vae)
+        pipeline.vae.encode = self.references
         self.plan: Plan | None = None
         self.attention_note = ""
         self.released = False  # release() ran: the weights are gone
@@ -311,8 +314,10 @@ class PipelineEngine:
 
     def run_notes(self) -> str:
         """What the last run did beyond its plan: the attention kernel, a placement made again after ComfyUI
-        took the GPU memory back, compiled or uncompiled blocks, and the step cache."""
-        lines = [note for note in (self.attention_note, self.replaced_note, self.transformer.compile_note()) if note]
+        took the GPU memory back, compiled or uncompiled blocks, references encoded in an earlier run, and the
+        step cache."""
+        notes = (self.attention_note, self.replaced_note, self.transformer.compile_note(), self.references.summary())
+        lines = [note for note in notes if note]
         if self.transformer.step_cache is not None:
             lines.append(self.transformer.step_cache.summary())
         return "\n  ".join(lines)
@@ -322,6 +327,7 @@ class PipelineEngine:
         """Around one pipeline call: start pairing prompts afresh, set the VAE for each phase, free the
         streaming rings afterwards."""
         self.prompts.begin_run()
+        self.references.begin_run()
         self.transformer.begin_run()
         plan = self.plan
         vae = self.pipeline.vae
@@ -367,6 +373,7 @@ class PipelineEngine:
         self.text.park()
         self.modulation.keep_only(set())  # rows computed on the GPU
         self.prompts.clear()  # embeddings on the GPU
+        self.references.clear()  # so are the references' latents
         self.loras.clear()  # the next run's use_loras() builds the factors again
         for child in self._small_parts:
             child.to("cpu")
@@ -392,6 +399,8 @@ class PipelineEngine:
         self.loras.clear()
         self.pipeline.encode_prompt = self.prompts._encode
         self.prompts.clear()
+        self.pipeline.vae.__dict__.pop("encode", None)
+        self.references.clear()
         self._release_other_gpus()  # before the arena they read goes
         self.blocks.release()
         self.text.release()

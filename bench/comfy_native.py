@@ -647,7 +647,8 @@ def run_native(a: argparse.Namespace) -> dict:
 
 def run_qwenfit(a: argparse.Namespace) -> dict:
     """The pack on the same files, job and card: its loader (precision auto: fp8 as stored) at ``--speed``,
-    then ``run_edit`` twice (the first run carries compilation; the second gives the steady s/step)."""
+    then ``run_edit`` ``--images`` times (2: the first run carries the warm-up; the last gives the steady s/step;
+    more show when blocks compiled in the background take over)."""
     import torch
 
     from bench.jobs import synthetic_image
@@ -715,7 +716,7 @@ def run_qwenfit(a: argparse.Namespace) -> dict:
         record["load_phases"] = loaded.load_times.phases if loaded.load_times is not None else None
         image = synthetic_image(1024, "RGB")
         runs = []
-        for seed in (a.seed, a.seed + 1):
+        for seed in range(a.seed, a.seed + max(2, a.images)):
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             job = EditJob(
@@ -745,6 +746,15 @@ def run_qwenfit(a: argparse.Namespace) -> dict:
                     "denoise_seconds": denoise.seconds,
                     "peak": result.record.peak_reserved,
                     "phases": {p.name: p.seconds for p in result.record.phases},  # where a first run's time went
+                    "s_per_step": denoise.seconds / a.steps,
+                    "compile": next(
+                        (
+                            ln.strip()
+                            for ln in result.report.splitlines()
+                            if "compiled blocks" in ln or "compile failed" in ln
+                        ),
+                        None,
+                    ),
                 }
             )
             record["plan"] = result.record.plan
@@ -909,6 +919,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--host-budget", default="auto", help="run-qwenfit: the host budget (e.g. 24 GB)")
     parser.add_argument("--speed", default="fast", help="run-qwenfit: the speed rung (exact, fast, fastest)")
+    parser.add_argument(
+        "--images", type=int, default=2, help="run-qwenfit: images in a row (the last gives the steady s/step)"
+    )
     parser.add_argument("--tokenizer", type=Path, help="write: ComfyUI's comfy/text_encoders/qwen25_tokenizer")
     parser.add_argument("--models", type=Path)
     parser.add_argument("--layout", default="scaled,e4m3fn", help="write: transformer layouts, comma-separated")

@@ -5,7 +5,8 @@
 # One call writes the files (~30.5 GB, once per warm machine) and runs the rows; it needs, beside the tree (3 MiB):
 #   carry [".gl", ".whl/pack", ".whl/kitchen", ".whl/server/torchsde-0.2.6-py3-none-any.whl",
 #          ".whl/server/trampoline-0.1.2-py3-none-any.whl"]   (59 MiB; the in-process rows need no server stack)
-# Settings: ROWS (default below; row = native|native-bf16|qf-SPEED : CARD 8|24|none), STEPS (6), ROW_TIMEOUT (s, 150),
+# Settings: ROWS (default below; row = native|native-bf16|qf-SPEED : CARD 8|24|none), STEPS (6), IMAGES (QwenFit
+# rows' images in a row, 2), ROW_TIMEOUT (s, 150),
 # DEADLINE (s since the start, 560: no row starts later, so the tables always come back within a 600 s call),
 # FLAGS (both runners; CPU dry run: MODELS=<tiny files> FLAGS="--arch qwenfit-tiny --device cpu" ROWS=native:none).
 # Every QwenFit row starts with empty Triton and inductor caches (a fresh machine's first image).
@@ -34,11 +35,11 @@ row() {  # KIND CARD: one generation in a fresh process, its JSON in $RESULTS
     qf-*)
       TRITON_CACHE_DIR=$(mktemp -d) TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) timeout "${ROW_TIMEOUT:-150}" \
         python3 bench/comfy_native.py run-qwenfit --comfy "$COMFY" --models "$MODELS" --transformer scaled --card "$card" \
-        --steps "${STEPS:-6}" --speed "${kind#qf-}" $FLAGS --out "$out" 2>&1 | grep -v -i warn | tail -3 ;;
+        --steps "${STEPS:-6}" --images "${IMAGES:-2}" --speed "${kind#qf-}" $FLAGS --out "$out" 2>&1 | grep -v -i warn | tail -3 ;;
   esac
   rc=$?
   [ -f "$out" ] || printf '{"runner": "%s", "card": "%s", "error": "exit %s, no result"}\n' "$kind" "$card" "$rc" >"$out"
-  python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[1].split('/')[-1], 's/step', r.get('seconds_per_step_steady'), 'load+1st', r.get('first_image_seconds'), r.get('error','')[:300])" "$out"
+  python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[1].split('/')[-1], 's/step', r.get('seconds_per_step_steady'), 'load+1st', r.get('first_image_seconds'), [(round(x['s_per_step'], 3), x['compile']) for x in r.get('runs', [])], r.get('error','')[:300])" "$out"
 }
 
 IFS=, read -ra rows <<<"${ROWS-native:none,qf-auto:none,native-bf16:none,qf-exact:none,qf-fast:none,native:8,qf-auto:8,native:24,qf-auto:24}"

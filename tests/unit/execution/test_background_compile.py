@@ -20,7 +20,7 @@ from optim.execution.cfg_pairing import TextInput
 from optim.execution.modulation import ModulationTable
 from optim.execution.transformer_engine import TransformerEngine
 from optim.quant.compressed_linear import enable_fast_blocks
-from optim.quant.formats import quantize_linears
+from optim.quant.format_registry import quantize_linears
 from optim.qwen.anatomy import is_modulation
 from optim.qwen.variants import Variant
 from optim.settings import INT8

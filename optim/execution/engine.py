@@ -52,7 +52,7 @@ class EngineOptions:
     offload: OffloadSettings
     gpus: tuple[Gpu, ...]
     attention_backend: str | None = None  # None: measured per job shape (optim/execution/attention_choice.py)
-    compile_blocks: bool = False  # torch.compile the block function (it fuses the elementwise work) in the background
+    compile_blocks: bool = False  # torch.compile the block function (fuses the elementwise work)
     arithmetic: Arithmetic = EXACT  # the speed rung (the blocks' fast flags are set at load)
 
 
@@ -314,10 +314,8 @@ class PipelineEngine:
 
     def run_notes(self) -> str:
         """What the last run did beyond its plan: the attention kernel, a placement made again after ComfyUI
-        took the GPU memory back, compiled or uncompiled blocks, references encoded in an earlier run, and the
-        step cache."""
-        notes = (self.attention_note, self.replaced_note, self.transformer.compile_note(), self.references.summary())
-        lines = [note for note in notes if note]
+        took the GPU memory back, references encoded in an earlier run, and the step cache."""
+        lines = [note for note in (self.attention_note, self.replaced_note, self.references.summary()) if note]
         if self.transformer.step_cache is not None:
             lines.append(self.transformer.step_cache.summary())
         return "\n  ".join(lines)
@@ -395,7 +393,6 @@ class PipelineEngine:
     def release(self) -> None:
         """Give back GPU copies and page-locked memory (the pipeline is being dropped)."""
         self.transformer.uninstall()
-        self.transformer.compile_blocks(False)  # a build under way is abandoned; its thread lets go when done
         self.loras.clear()
         self.pipeline.encode_prompt = self.prompts._encode
         self.prompts.clear()

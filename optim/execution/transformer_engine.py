@@ -30,7 +30,6 @@ from torch import nn
 from ..errors import QwenFitError
 from ..planning.work_split import token_spans
 from .attention_choice import Kernel, attention_kernel
-from .background_compile import BackgroundCompile, Compiler, compile_static
 from .block_streamer import BlockStreamer
 from .cfg_pairing import CfgPairing, TextInput
 from .devices import indexed
@@ -38,8 +37,6 @@ from .joint_attention import Projected, output_projections, rotated_qkv
 from .modulation import ModulationTable, expand_for_batch, single_sample_temb
 from .sequence_parallel import PeerCopies, heads_for_ranks, tokens_for_ranks
 from .step_cache import StepCache
-
-_COMPILED = ("_block", "_block_begin", "_block_end")  # the methods compile_blocks() replaces
 
 
 @dataclass
@@ -108,7 +105,6 @@ class TransformerEngine:
         self._mirrors: dict[tuple[Hashable, torch.device], list] = {}  # modulation rows on other GPUs
         self._copies: PeerCopies | None = None  # sequence parallelism's side streams
         self.step_cache: StepCache | None = None  # the fastest rung's (optim/execution/step_cache.py)
-        self.compiling: BackgroundCompile | None = None  # set by compile_blocks()
 
     @property
     def attention_backend(self) -> str | None:
@@ -121,28 +117,15 @@ class TransformerEngine:
         self._attend: Kernel = attention_kernel(name, self.device)
         self._attention_backend = name
 
-    def compile_blocks(self, on: bool = True, compiler: Compiler = compile_static) -> None:
-        """Compile the per-block computation once per shape; every block reuses it (weights as inputs). The
-        compile runs on a background thread while images run the eager methods; the compiled ones take over at
-        the start of a run once built (optim/execution/background_compile.py). ``compiler`` wraps a function
-        (tests slow it down). ``on=False`` goes back to the eager methods and abandons a build under way; on
-        again while on keeps what was built."""
-        if on and self.compiling is not None:
-            return
-        if self.compiling is not None:
-            self.compiling.cancel()
-            self.compiling = None
+    def compile_blocks(self, on: bool = True) -> None:
+        """Compile the per-block computation once; every block reuses it (same shapes, weights as inputs).
+        ``on=False`` goes back to the eager method."""
         # Sequence parallelism runs a block in two halves around its exchanges: each half compiles alone.
-        for name in _COMPILED:
-            self.__dict__.pop(name, None)
-        if on:
-            self.compiling = BackgroundCompile(compiler)
-            for name in _COMPILED:
-                setattr(self, name, self.compiling.switch(name, getattr(self, name)))
-
-    def compile_note(self) -> str:
-        """Whether the last run used compiled blocks, ran uncompiled while they build, or why not ("" uncompiled)."""
-        return self.compiling.describe_run() if self.compiling is not None else ""
+        for name in ("_block", "_block_begin", "_block_end"):
+            if not on:
+                self.__dict__.pop(name, None)
+            elif name not in self.__dict__:
+                setattr(self, name, torch.compile(getattr(self, name), dynamic=False))
 
     def install(self) -> None:
         # An instance attribute wins over the class method, so nn.Module.__call__ runs ours.
@@ -180,8 +163,6 @@ class TransformerEngine:
         return ([self.streamer] if self.streamer is not None else []) + others
 
     def begin_run(self) -> None:
-        if self.compiling is not None:  # a run boundary: compiled functions built meanwhile take over here
-            self.compiling.at_run_boundary()
         self.pairing.clear()
         if self.step_cache is not None:
             self.step_cache.clear()

@@ -64,17 +64,14 @@ class Arithmetic:
     step_cache: bool
     reason: str
     benchmarked: bool = True  # MEASURED holds this rung's deviation for these weights' format
-    # torch.compile the blocks (where Triton is): asked-for fast rungs only. The 15-37 s compile runs on a background
-    # thread while images run uncompiled (optim/execution/background_compile.py); the image after it is built
-    # switches. auto's fast rung runs uncompiled with the fused activation quantization.
+    # torch.compile the blocks (where Triton is): asked-for fast rungs only; its ~15 s fall on the first image.
+    # auto's fast rung runs uncompiled with the fused activation quantization, so no image waits for a compile.
     compiled: bool = False
 
     def describe(self) -> str:
         what = "weights expanded, exact" if self.kind == "expanded" else f"{self.kind} W8A8 (per-token activations)"
         cache = "; step cache on" if self.step_cache else ""
-        compiled = (
-            "; blocks compile in the background, images run uncompiled until it is ready" if self.compiled else ""
-        )
+        compiled = "; blocks compiled on the first image" if self.compiled else ""
         return f"speed {self.rung}: {what}{cache}{compiled} ({self.reason}{measured_deviation(self)})"
 
 

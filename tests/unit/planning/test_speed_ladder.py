@@ -105,9 +105,7 @@ def test_auto_cites_the_measured_deviations_and_asked_for_rungs_compile():
     assert ours <= comfy * 1.05  # the measured numerics that let auto multiply in fp8: no worse than ComfyUI's
     assert "not measured yet" in _auto(INT8, RTX_3060).reason  # ComfyUI's int8 path: no measurement to cite
     assert choose_arithmetic("fast", FP8, [H200]).compiled  # what the user asked for, compile included
-    assert "blocks compile in the background, images run uncompiled until it is ready" in (
-        choose_arithmetic("fast", FP8, [H200]).describe()
-    )
+    assert "blocks compiled on the first image" in choose_arithmetic("fast", FP8, [H200]).describe()
     assert "compiled" not in chosen.describe()
 
 
